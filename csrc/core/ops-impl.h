@@ -1,0 +1,76 @@
+/* ops-impl.h: helpers shared by the op files (private to the core). */
+#ifndef DC_OPS_IMPL_H
+#define DC_OPS_IMPL_H
+
+#include "../autograd/autograd.h"
+#include "ops.h"
+
+static inline dc_kargs kargs_of(dc_kop op)
+{
+    dc_kargs a;
+    memset(&a, 0, sizeof a);
+    a.op = op;
+    return a;
+}
+
+static inline void kargs_add(dc_kargs *a, const dc_tensor *t) { dc_kview_of(&a->t[a->nt++], t); }
+
+/* Normalise a possibly negative dim against ndim (rank 0 accepts -1 and 0). */
+static inline dc_status wrap_dim(int *dim, int ndim, const char *op)
+{
+    int n = ndim > 0 ? ndim : 1;
+    if (*dim < -n || *dim >= n)
+        return dc_error(DC_ERR_INDEX, "%s: dim %d is out of range for a tensor with %d dim(s)", op, *dim, ndim);
+    if (*dim < 0) *dim += n;
+    return DC_OK;
+}
+
+static inline dc_status same_device(const dc_tensor *a, const dc_tensor *b, const char *op)
+{
+    if (!dc_device_eq(a->device, b->device)) {
+        char da[32];
+        snprintf(da, sizeof da, "%s", dc_device_str(a->device));
+        return dc_error(DC_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op,
+                        da, dc_device_str(b->device));
+    }
+    return DC_OK;
+}
+
+static inline dc_status same_dtype(const dc_tensor *a, const dc_tensor *b, const char *op)
+{
+    if (a->dtype != b->dtype)
+        return dc_error(DC_ERR_DTYPE, "%s: dtype mismatch: %s and %s (convert one with .to())", op,
+                        dc_dtype_name(a->dtype), dc_dtype_name(b->dtype));
+    return DC_OK;
+}
+
+static inline dc_status need_float(const dc_tensor *t, const char *op)
+{
+    if (t->dtype != DC_FLOAT32 && t->dtype != DC_FLOAT64 && t->dtype != DC_BFLOAT16 && t->dtype != DC_FLOAT16)
+        return dc_error(DC_ERR_DTYPE, "%s: expected a floating-point tensor, got %s", op, dc_dtype_name(t->dtype));
+    return DC_OK;
+}
+
+/* Refuse in-place writes autograd cannot track; bump the version counter otherwise. */
+static inline dc_status begin_inplace(dc_tensor *t, const char *op)
+{
+    if (dc_grad_enabled() && t->requires_grad)
+        return dc_error(DC_ERR_AUTOGRAD,
+                        "%s: a tensor that requires grad (shape %s) can't be modified in place while "
+                        "grad mode is on; use `with dutycycle.no_grad():` or .detach()", op, DC_SHAPE(t));
+    atomic_fetch_add(&t->storage->version, 1);
+    return DC_OK;
+}
+
+/* Broadcast shapes a and b into out (ndim returned in *nd). */
+dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,
+                             const char *op);
+/* A kview of t broadcast to (nd, shape): stride 0 on expanded dims. */
+void dc_kview_broadcast(dc_kview *v, const dc_tensor *t, int nd, const int64_t *shape);
+/* Zero-filled tensor of the given geometry. */
+static inline dc_status dc_zeros_of(dc_tensor **out, int ndim, const int64_t *shape, dc_dtype dt, dc_device dev)
+{
+    return dc_full(out, ndim, shape, 0.0, dt, dev);
+}
+
+#endif

@@ -1,0 +1,85 @@
+/* ops.h: the public op API of the core. Every function checks its arguments (shape, dtype, device)
+ * and fails with a status + message, allocates the result, launches kernels through the device
+ * table and, when grad mode is on and an input requires grad, records an autograd node.
+ * Results are new references owned by the caller (`*out`). Python scalars are turned into 0-d
+ * tensors by the binding, so binary ops only see tensors. */
+#ifndef DC_OPS_H
+#define DC_OPS_H
+
+#include "backend-impl.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --- creation and copies ------------------------------------------------------------------ */
+dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev);
+dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_dtype dt, dc_device dev);
+/* kind: DC_K_RAND, DC_K_RANDN, DC_K_RANDINT (low/high used only for RANDINT) */
+dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape, int64_t low,
+                    int64_t high, dc_dtype dt, dc_device dev);
+dc_status dc_to(dc_tensor **out, dc_tensor *x, dc_dtype dt, dc_device dev); /* copies; differentiable */
+dc_status dc_contiguous(dc_tensor **out, dc_tensor *x); /* x itself (new ref) if already contiguous */
+dc_status dc_clone(dc_tensor **out, dc_tensor *x);
+dc_status dc_detach(dc_tensor **out, dc_tensor *x);
+
+/* --- in place (refused where autograd would need to track them) ------------------------------ */
+dc_status dc_copy_(dc_tensor *dst, dc_tensor *src); /* src broadcast to dst; dtype/device convert */
+dc_status dc_fill_(dc_tensor *t, double value);
+dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other); /* t = op(t, other) */
+
+/* --- views --------------------------------------------------------------------------------- */
+dc_status dc_view(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape); /* -1 allowed once */
+dc_status dc_reshape(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape);
+dc_status dc_permute(dc_tensor **out, dc_tensor *x, const int *dims);
+dc_status dc_transpose(dc_tensor **out, dc_tensor *x, int d0, int d1);
+dc_status dc_expand(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape); /* -1 keeps */
+dc_status dc_slice(dc_tensor **out, dc_tensor *x, int dim, int64_t start, int64_t end, int64_t step);
+dc_status dc_select(dc_tensor **out, dc_tensor *x, int dim, int64_t index);
+dc_status dc_unsqueeze(dc_tensor **out, dc_tensor *x, int dim);
+dc_status dc_squeeze(dc_tensor **out, dc_tensor *x, int dim); /* dim == DC_ALL_DIMS: every size-1 dim */
+#define DC_ALL_DIMS (-1000)
+
+/* --- elementwise ------------------------------------------------------------------------------ */
+dc_status dc_unary(dc_tensor **out, dc_kop op, dc_tensor *x); /* NEG..ABS */
+dc_status dc_clamp(dc_tensor **out, dc_tensor *x, double lo, double hi, int has_lo, int has_hi);
+dc_status dc_pow_scalar(dc_tensor **out, dc_tensor *x, double p);
+dc_status dc_rpow_scalar(dc_tensor **out, double base, dc_tensor *x);
+dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b); /* ADD..GE */
+dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b);
+dc_status dc_dropout(dc_tensor **out, dc_tensor *x, double p, int training);
+
+/* --- reductions and normalisation ----------------------------------------------------------- */
+/* dims: n dims (negative allowed); n == 0 means every dim. */
+dc_status dc_sum(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim);
+dc_status dc_mean(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim);
+dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim, int is_min);
+dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_min); /* dim DC_ALL_DIMS: flat */
+dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log);
+dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, double eps);
+
+/* --- linear algebra and indexing -------------------------------------------------------------- */
+dc_status dc_matmul(dc_tensor **out, dc_tensor *a, dc_tensor *b);
+dc_status dc_cat(dc_tensor **out, int n, dc_tensor *const *xs, int dim);
+dc_status dc_gather(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
+dc_status dc_index_select(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
+dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper);
+
+/* --- fused multi-tensor optimizer steps (in place, no autograd) -------------------------------- */
+dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs,
+                      double lr, double momentum, double dampening, double wd, int nesterov,
+                      int maximize, int first);
+dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads,
+                        dc_tensor *const *m, dc_tensor *const *v, int64_t step, double lr,
+                        double beta1, double beta2, double eps, double wd, int maximize);
+dc_status dc_total_norm(int n, dc_tensor *const *ts, double p, double *out);
+dc_status dc_scale_(int n, dc_tensor *const *ts, double factor);
+
+/* Internal helper used by backward formulas: reduce a broadcast gradient back to `shape`. */
+dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shape);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

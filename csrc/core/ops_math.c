@@ -1,0 +1,989 @@
+/* ops_math.c: elementwise ops, reductions, softmax, layer norm and dropout, each forward next to
+ * its backward. Backward formulas are written with the same ops (grad mode is off while they run). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ops-impl.h"
+
+/* --- helpers -------------------------------------------------------------------------------- */
+
+dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,
+                             const char *op)
+{
+    int n = na > nb ? na : nb;
+    for (int d = 0; d < n; d++) {
+        int da = d - (n - na), db = d - (n - nb);
+        int64_t x = da >= 0 ? sa[da] : 1, y = db >= 0 ? sb[db] : 1;
+        if (x != y && x != 1 && y != 1)
+            return dc_error(DC_ERR_SHAPE, "%s: shapes %s and %s can't be broadcast together (dim %d: %lld vs %lld)",
+                            op, dc_shape_str(na, sa), dc_shape_str(nb, sb), d, (long long)x, (long long)y);
+        out[d] = x == 1 ? y : x;
+    }
+    *nd = n;
+    return DC_OK;
+}
+
+void dc_kview_broadcast(dc_kview *v, const dc_tensor *t, int nd, const int64_t *shape)
+{
+    v->data = dc_data(t);
+    v->dtype = t->dtype;
+    v->ndim = nd;
+    for (int d = 0; d < nd; d++) {
+        int k = d - (nd - t->ndim);
+        v->shape[d] = shape[d];
+        v->strides[d] = (k < 0 || t->shape[k] != shape[d]) ? 0 : t->strides[k];
+    }
+}
+
+static dc_status scalar_like(dc_tensor **out, double v, const dc_tensor *t)
+{
+    return dc_full(out, 0, NULL, v, t->dtype, t->device);
+}
+
+static dc_status mul_scalar(dc_tensor **out, dc_tensor *t, double v)
+{
+    dc_tensor *s;
+    DC_TRY(scalar_like(&s, v, t));
+    dc_status st = dc_binary(out, DC_K_MUL, t, s);
+    dc_tensor_decref(s);
+    return st;
+}
+
+/* Record a node for y if any input needs grad; *np gets it (or NULL). On failure y is freed. */
+static dc_status record(dc_tensor *y, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *in,
+                        dc_node **np)
+{
+    *np = NULL;
+    int need = 0;
+    for (int k = 0; k < n_in; k++) need |= dc_needs_grad(in[k]);
+    if (!need) return DC_OK;
+    dc_status st = dc_node_new(np, name, fn, n_in, in);
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_node_attach(y, *np);
+    return DC_OK;
+}
+
+/* Save an op's own output without a reference cycle (output -> node -> output). */
+static void save_output(dc_node *n, dc_tensor *y)
+{
+    dc_tensor *a;
+    if (dc_alias(&a, y, y->ndim, y->shape, y->strides, y->offset) != DC_OK) {
+        dc_node_save(n, NULL);
+        return;
+    }
+    dc_node_save(n, a);
+    dc_tensor_decref(a);
+}
+
+/* Backward helpers return DC_OK with gin set; these shorten the common shapes. */
+#define SAVED(n, k, var) dc_tensor *var; DC_TRY(dc_node_saved((n), (k), &var))
+
+static dc_status launch_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b, dc_dtype out_dt)
+{
+    const char *name = dc_kop_names[op];
+    DC_TRY(same_device(a, b, name));
+    DC_TRY(same_dtype(a, b, name));
+    int nd;
+    int64_t shape[DC_MAX_DIMS];
+    DC_TRY(dc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape, name));
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, nd, shape, out_dt, a->device));
+    dc_kargs k = kargs_of(op);
+    kargs_add(&k, y);
+    dc_kview_broadcast(&k.t[k.nt++], a, nd, shape);
+    dc_kview_broadcast(&k.t[k.nt++], b, nd, shape);
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+/* --- unary ---------------------------------------------------------------------------------- */
+
+static dc_status unary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    dc_kop op = (dc_kop)n->i[0];
+    SAVED(n, 0, s); /* input x, or output y for EXP/SQRT/RSQRT/TANH/SIGMOID */
+    dc_tensor *t1 = NULL, *t2 = NULL;
+    dc_status st = DC_OK;
+    switch (op) {
+    case DC_K_NEG: return dc_unary(&gin[0], DC_K_NEG, g);
+    case DC_K_EXP: return dc_binary(&gin[0], DC_K_MUL, g, s);
+    case DC_K_LOG: return dc_binary(&gin[0], DC_K_DIV, g, s);
+    case DC_K_SQRT: /* g / (2 y) */
+        DC_TRY(dc_binary(&t1, DC_K_DIV, g, s));
+        st = mul_scalar(&gin[0], t1, 0.5);
+        break;
+    case DC_K_RSQRT: /* -0.5 g y^3 */
+        DC_TRY(dc_pow_scalar(&t1, s, 3.0));
+        if (!(st = dc_binary(&t2, DC_K_MUL, g, t1))) st = mul_scalar(&gin[0], t2, -0.5);
+        break;
+    case DC_K_SIN:
+        DC_TRY(dc_unary(&t1, DC_K_COS, s));
+        st = dc_binary(&gin[0], DC_K_MUL, g, t1);
+        break;
+    case DC_K_COS:
+        DC_TRY(dc_unary(&t1, DC_K_SIN, s));
+        if (!(st = dc_binary(&t2, DC_K_MUL, g, t1))) st = dc_unary(&gin[0], DC_K_NEG, t2);
+        break;
+    case DC_K_TANH: return launch_binary(&gin[0], DC_K_TANH_BWD, g, s, g->dtype);
+    case DC_K_SIGMOID: return launch_binary(&gin[0], DC_K_SIGMOID_BWD, g, s, g->dtype);
+    case DC_K_RELU: return launch_binary(&gin[0], DC_K_RELU_BWD, g, s, g->dtype);
+    case DC_K_GELU_TANH: return launch_binary(&gin[0], DC_K_GELU_TANH_BWD, g, s, g->dtype);
+    case DC_K_GELU_ERF: return launch_binary(&gin[0], DC_K_GELU_ERF_BWD, g, s, g->dtype);
+    case DC_K_SILU: return launch_binary(&gin[0], DC_K_SILU_BWD, g, s, g->dtype);
+    case DC_K_ABS: { /* g * sign(x), 0 at 0 */
+        dc_tensor *z = NULL, *pos = NULL, *neg = NULL, *ng = NULL, *inner = NULL;
+        st = scalar_like(&z, 0.0, s);
+        if (!st) st = dc_binary(&pos, DC_K_GT, s, z);
+        if (!st) st = dc_binary(&neg, DC_K_LT, s, z);
+        if (!st) st = dc_unary(&ng, DC_K_NEG, g);
+        if (!st) st = dc_where(&inner, neg, ng, z);
+        if (!st) st = dc_where(&gin[0], pos, g, inner);
+        dc_tensor_decref(z);
+        dc_tensor_decref(pos);
+        dc_tensor_decref(neg);
+        dc_tensor_decref(ng);
+        dc_tensor_decref(inner);
+        return st;
+    }
+    default: return dc_error(DC_ERR_INTERNAL, "no backward for unary op %s", dc_kop_names[op]);
+    }
+    dc_tensor_decref(t1);
+    dc_tensor_decref(t2);
+    return st;
+}
+
+dc_status dc_unary(dc_tensor **out, dc_kop op, dc_tensor *x)
+{
+    if (op < DC_K_NEG || op > DC_K_ABS) return dc_error(DC_ERR_INTERNAL, "dc_unary: %d is not a unary op", op);
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
+    dc_kargs k = kargs_of(op);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_node *n;
+    DC_TRY(record(y, "UnaryBackward", unary_backward, 1, &x, &n));
+    if (n) {
+        static const char *names[] = {"NegBackward", "ExpBackward", "LogBackward", "SqrtBackward", "RsqrtBackward",
+                                      "SinBackward", "CosBackward", "TanhBackward", "SigmoidBackward",
+                                      "ReluBackward", "GeluBackward", "GeluBackward", "SiluBackward", "AbsBackward"};
+        n->name = names[op - DC_K_NEG];
+        n->i[0] = op;
+        int saves_output = op == DC_K_EXP || op == DC_K_SQRT || op == DC_K_RSQRT || op == DC_K_TANH ||
+                           op == DC_K_SIGMOID || op == DC_K_RELU;
+        if (saves_output) save_output(n, y);
+        else dc_node_save(n, x);
+    }
+    *out = y;
+    return DC_OK;
+}
+
+static dc_status clamp_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, x);
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, g->ndim, g->shape, g->dtype, g->device));
+    dc_kargs k = kargs_of(DC_K_CLAMP_BWD);
+    kargs_add(&k, y);
+    dc_kview_broadcast(&k.t[k.nt++], g, y->ndim, y->shape);
+    dc_kview_broadcast(&k.t[k.nt++], x, y->ndim, y->shape);
+    k.f[0] = n->f[0];
+    k.f[1] = n->f[1];
+    k.i[0] = n->i[0];
+    k.i[1] = n->i[1];
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    gin[0] = y;
+    return DC_OK;
+}
+
+dc_status dc_clamp(dc_tensor **out, dc_tensor *x, double lo, double hi, int has_lo, int has_hi)
+{
+    if (!has_lo && !has_hi) return dc_error(DC_ERR_VALUE, "clamp: at least one of min or max must be given");
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
+    dc_kargs k = kargs_of(DC_K_CLAMP);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    k.f[0] = lo;
+    k.f[1] = hi;
+    k.i[0] = has_lo;
+    k.i[1] = has_hi;
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_node *n;
+    DC_TRY(record(y, "ClampBackward", clamp_backward, 1, &x, &n));
+    if (n) {
+        dc_node_save(n, x);
+        n->f[0] = lo;
+        n->f[1] = hi;
+        n->i[0] = has_lo;
+        n->i[1] = has_hi;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+static dc_status pow_scalar_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, s);
+    dc_tensor *t1, *t2;
+    dc_status st;
+    if (n->i[0]) { /* rpow: y = b^x, saved y: g * y * ln b */
+        DC_TRY(dc_binary(&t1, DC_K_MUL, g, s));
+        st = mul_scalar(&gin[0], t1, log(n->f[0]));
+        dc_tensor_decref(t1);
+        return st;
+    }
+    double p = n->f[0]; /* g * p * x^(p-1) */
+    DC_TRY(dc_pow_scalar(&t1, s, p - 1.0));
+    st = dc_binary(&t2, DC_K_MUL, g, t1);
+    dc_tensor_decref(t1);
+    if (st) return st;
+    st = mul_scalar(&gin[0], t2, p);
+    dc_tensor_decref(t2);
+    return st;
+}
+
+static dc_status pow_scalar_impl(dc_tensor **out, dc_tensor *x, double v, int rpow)
+{
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
+    dc_kargs k = kargs_of(rpow ? DC_K_RPOW_SCALAR : DC_K_POW_SCALAR);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    k.f[0] = v;
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_node *n;
+    DC_TRY(record(y, "PowBackward", pow_scalar_backward, 1, &x, &n));
+    if (n) {
+        n->f[0] = v;
+        n->i[0] = rpow;
+        if (rpow) save_output(n, y);
+        else dc_node_save(n, x);
+    }
+    *out = y;
+    return DC_OK;
+}
+
+dc_status dc_pow_scalar(dc_tensor **out, dc_tensor *x, double p) { return pow_scalar_impl(out, x, p, 0); }
+dc_status dc_rpow_scalar(dc_tensor **out, double base, dc_tensor *x) { return pow_scalar_impl(out, x, base, 1); }
+
+/* --- binary ----------------------------------------------------------------------------------- */
+
+/* gin[k] = sum_to(t, input k's shape); consumes t */
+static dc_status reduce_into(dc_node *n, int k, dc_tensor *t, dc_tensor **gin)
+{
+    dc_status st = dc_sum_to(&gin[k], t, n->in_ndim[k], n->in_shape[k]);
+    dc_tensor_decref(t);
+    return st;
+}
+
+static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    dc_kop op = (dc_kop)n->i[0];
+    dc_tensor *a = NULL, *b = NULL, *t = NULL, *u = NULL;
+    if (n->n_saved) {
+        DC_TRY(dc_node_saved(n, 0, &a));
+        DC_TRY(dc_node_saved(n, 1, &b));
+    }
+    int ga = n->next[0] != NULL, gb = n->next[1] != NULL;
+    dc_status st = DC_OK;
+    switch (op) {
+    case DC_K_ADD:
+    case DC_K_SUB:
+        if (ga) {
+            dc_tensor_incref(g);
+            DC_TRY(reduce_into(n, 0, g, gin));
+        }
+        if (gb) {
+            if (op == DC_K_ADD) dc_tensor_incref(g), t = g;
+            else DC_TRY(dc_unary(&t, DC_K_NEG, g));
+            DC_TRY(reduce_into(n, 1, t, gin));
+        }
+        return DC_OK;
+    case DC_K_MUL:
+        if (ga) {
+            DC_TRY(dc_binary(&t, DC_K_MUL, g, b));
+            DC_TRY(reduce_into(n, 0, t, gin));
+        }
+        if (gb) {
+            DC_TRY(dc_binary(&t, DC_K_MUL, g, a));
+            DC_TRY(reduce_into(n, 1, t, gin));
+        }
+        return DC_OK;
+    case DC_K_DIV: /* ga = g / b; gb = -ga * a / b */
+        DC_TRY(dc_binary(&t, DC_K_DIV, g, b));
+        if (gb) {
+            if (!(st = dc_binary(&u, DC_K_MUL, t, a))) {
+                dc_tensor *v;
+                if (!(st = dc_binary(&v, DC_K_DIV, u, b))) {
+                    dc_tensor *w;
+                    if (!(st = dc_unary(&w, DC_K_NEG, v))) st = reduce_into(n, 1, w, gin);
+                    dc_tensor_decref(v);
+                }
+                dc_tensor_decref(u);
+            }
+        }
+        if (!st && ga) return reduce_into(n, 0, t, gin);
+        dc_tensor_decref(t);
+        return st;
+    case DC_K_POW: { /* ga = g * b * a^(b-1); gb = g * a^b * log(a) */
+        dc_tensor *one, *bm1, *p, *q;
+        if (ga) {
+            DC_TRY(scalar_like(&one, 1.0, b));
+            st = dc_binary(&bm1, DC_K_SUB, b, one);
+            dc_tensor_decref(one);
+            if (st) return st;
+            st = dc_binary(&p, DC_K_POW, a, bm1);
+            dc_tensor_decref(bm1);
+            if (st) return st;
+            st = dc_binary(&q, DC_K_MUL, p, b);
+            dc_tensor_decref(p);
+            if (st) return st;
+            st = dc_binary(&t, DC_K_MUL, g, q);
+            dc_tensor_decref(q);
+            if (st) return st;
+            DC_TRY(reduce_into(n, 0, t, gin));
+        }
+        if (gb) {
+            DC_TRY(dc_binary(&p, DC_K_POW, a, b));
+            st = dc_unary(&q, DC_K_LOG, a);
+            if (!st) {
+                dc_tensor *r;
+                if (!(st = dc_binary(&r, DC_K_MUL, p, q))) {
+                    if (!(st = dc_binary(&t, DC_K_MUL, g, r))) st = reduce_into(n, 1, t, gin);
+                    dc_tensor_decref(r);
+                }
+                dc_tensor_decref(q);
+            }
+            dc_tensor_decref(p);
+        }
+        return st;
+    }
+    case DC_K_MAXIMUM:
+    case DC_K_MINIMUM: { /* the larger (smaller) side gets g; ties split it in half */
+        dc_tensor *win, *tie, *z, *half, *gh;
+        DC_TRY(dc_binary(&win, op == DC_K_MAXIMUM ? DC_K_GT : DC_K_LT, a, b));
+        DC_TRY(dc_binary(&tie, DC_K_EQ, a, b));
+        DC_TRY(scalar_like(&z, 0.0, g));
+        DC_TRY(mul_scalar(&gh, g, 0.5));
+        for (int side = 0; side < 2 && !st; side++) {
+            if (!(side ? gb : ga)) continue;
+            dc_tensor *base;
+            if (side == 0) st = dc_where(&base, win, g, z);
+            else st = dc_where(&base, win, z, g);
+            if (st) break;
+            if (!(st = dc_where(&half, tie, gh, base))) st = reduce_into(n, side, half, gin);
+            dc_tensor_decref(base);
+        }
+        dc_tensor_decref(win);
+        dc_tensor_decref(tie);
+        dc_tensor_decref(z);
+        dc_tensor_decref(gh);
+        return st;
+    }
+    default: return dc_error(DC_ERR_INTERNAL, "no backward for binary op %s", dc_kop_names[op]);
+    }
+}
+
+dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b)
+{
+    if (op < DC_K_ADD || op > DC_K_GE) return dc_error(DC_ERR_INTERNAL, "dc_binary: %d is not a binary op", op);
+    int cmp = op >= DC_K_EQ;
+    if (op == DC_K_DIV || op == DC_K_POW) {
+        DC_TRY(same_dtype(a, b, dc_kop_names[op]));
+        DC_TRY(need_float(a, dc_kop_names[op]));
+    }
+    dc_tensor *y;
+    DC_TRY(launch_binary(&y, op, a, b, cmp ? DC_BOOL : a->dtype));
+    if (!cmp && dc_dtype_is_float(a->dtype)) {
+        dc_tensor *in[2] = {a, b};
+        static const char *names[] = {"AddBackward", "SubBackward", "MulBackward", "DivBackward",
+                                      "PowBackward", "MaximumBackward", "MinimumBackward"};
+        dc_node *n;
+        DC_TRY(record(y, names[op - DC_K_ADD], binary_backward, 2, in, &n));
+        if (n) {
+            n->i[0] = op;
+            if (op != DC_K_ADD && op != DC_K_SUB) {
+                dc_node_save(n, a);
+                dc_node_save(n, b);
+            }
+        }
+    }
+    *out = y;
+    return DC_OK;
+}
+
+dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other)
+{
+    int nd;
+    int64_t shape[DC_MAX_DIMS];
+    DC_TRY(same_device(t, other, dc_kop_names[op]));
+    DC_TRY(same_dtype(t, other, dc_kop_names[op]));
+    DC_TRY(dc_broadcast_shape(t->ndim, t->shape, other->ndim, other->shape, &nd, shape, dc_kop_names[op]));
+    if (nd != t->ndim || memcmp(shape, t->shape, sizeof(int64_t) * nd))
+        return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s",
+                        dc_kop_names[op], DC_SHAPE(other), DC_SHAPE(t));
+    DC_TRY(begin_inplace(t, dc_kop_names[op]));
+    if (!dc_is_contiguous(t)) { /* compute out of place, then write back through the view */
+        dc_tensor *y;
+        int prev = dc_grad_enabled();
+        dc_set_grad_enabled(0);
+        dc_status st = launch_binary(&y, op, t, other, t->dtype);
+        if (st == DC_OK) {
+            st = dc_copy_(t, y);
+            dc_tensor_decref(y);
+        }
+        dc_set_grad_enabled(prev);
+        return st;
+    }
+    dc_kargs k = kargs_of(op);
+    kargs_add(&k, t);
+    kargs_add(&k, t);
+    dc_kview_broadcast(&k.t[k.nt++], other, t->ndim, t->shape);
+    return dc_numel(t) ? dc_launch(t->device, &k) : DC_OK;
+}
+
+static dc_status where_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, cond);
+    dc_tensor *z, *t;
+    DC_TRY(scalar_like(&z, 0.0, g));
+    dc_status st = DC_OK;
+    for (int side = 1; side <= 2 && !st; side++) {
+        if (!n->next[side]) continue;
+        st = side == 1 ? dc_where(&t, cond, g, z) : dc_where(&t, cond, z, g);
+        if (!st) st = reduce_into(n, side, t, gin);
+    }
+    dc_tensor_decref(z);
+    return st;
+}
+
+dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b)
+{
+    if (cond->dtype != DC_BOOL)
+        return dc_error(DC_ERR_DTYPE, "where: condition must be a bool tensor, got %s", dc_dtype_name(cond->dtype));
+    DC_TRY(same_device(cond, a, "where"));
+    DC_TRY(same_device(a, b, "where"));
+    DC_TRY(same_dtype(a, b, "where"));
+    int nd, nd2;
+    int64_t s1[DC_MAX_DIMS], shape[DC_MAX_DIMS];
+    DC_TRY(dc_broadcast_shape(cond->ndim, cond->shape, a->ndim, a->shape, &nd, s1, "where"));
+    DC_TRY(dc_broadcast_shape(nd, s1, b->ndim, b->shape, &nd2, shape, "where"));
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, nd2, shape, a->dtype, a->device));
+    dc_kargs k = kargs_of(DC_K_WHERE);
+    kargs_add(&k, y);
+    dc_kview_broadcast(&k.t[k.nt++], cond, nd2, shape);
+    dc_kview_broadcast(&k.t[k.nt++], a, nd2, shape);
+    dc_kview_broadcast(&k.t[k.nt++], b, nd2, shape);
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_tensor *in[3] = {cond, a, b};
+    dc_node *n;
+    DC_TRY(record(y, "WhereBackward", where_backward, 3, in, &n));
+    if (n) dc_node_save(n, cond);
+    *out = y;
+    return DC_OK;
+}
+
+dc_status dc_dropout(dc_tensor **out, dc_tensor *x, double p, int training)
+{
+    if (!(p >= 0 && p <= 1)) return dc_error(DC_ERR_VALUE, "dropout probability has to be between 0 and 1, got %g", p);
+    if (!training || p == 0) {
+        dc_tensor_incref(x);
+        *out = x;
+        return DC_OK;
+    }
+    DC_TRY(need_float(x, "dropout"));
+    if (p == 1) return mul_scalar(out, x, 0.0);
+    dc_tensor *r, *thr, *keep, *mask;
+    DC_TRY(dc_random(&r, DC_K_RAND, x->ndim, x->shape, 0, 0, x->dtype, x->device));
+    dc_status st = scalar_like(&thr, p, r);
+    if (!st) {
+        st = dc_binary(&keep, DC_K_GE, r, thr);
+        dc_tensor_decref(thr);
+    }
+    dc_tensor_decref(r);
+    if (st) return st;
+    st = dc_to(&mask, keep, x->dtype, x->device);
+    dc_tensor_decref(keep);
+    if (st) return st;
+    dc_tensor *scaled;
+    st = mul_scalar(&scaled, mask, 1.0 / (1.0 - p));
+    dc_tensor_decref(mask);
+    if (st) return st;
+    st = dc_binary(out, DC_K_MUL, x, scaled);
+    dc_tensor_decref(scaled);
+    return st;
+}
+
+/* --- reductions ------------------------------------------------------------------------------ */
+
+/* Parse a dim list into a mask; n == 0: all dims. */
+static dc_status dims_mask(int n, const int *dims, int ndim, int *mask, const char *op)
+{
+    for (int d = 0; d < DC_MAX_DIMS; d++) mask[d] = n == 0;
+    for (int k = 0; k < n; k++) {
+        int d = dims[k];
+        DC_TRY(wrap_dim(&d, ndim, op));
+        if (ndim == 0) continue;
+        if (mask[d]) return dc_error(DC_ERR_VALUE, "%s: dim %d appears more than once", op, dims[k]);
+        mask[d] = 1;
+    }
+    return DC_OK;
+}
+
+/* Run reduction kernel `op` over masked dims; result has keepdim geometry unless !keepdim. */
+static dc_status reduce_raw(dc_tensor **out, dc_kop op, dc_tensor *x, const int *mask, int keepdim, dc_dtype dt)
+{
+    int64_t kshape[DC_MAX_DIMS], shape[DC_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < x->ndim; d++) {
+        kshape[d] = mask[d] ? 1 : x->shape[d];
+        if (!mask[d] || keepdim) shape[nd++] = kshape[d];
+    }
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, kshape, dt, x->device));
+    dc_kargs k = kargs_of(op);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    dc_status st = dc_numel(y) ? dc_launch(x->device, &k) : DC_OK;
+    if (!st && !keepdim) {
+        dc_tensor *v;
+        int64_t strides[DC_MAX_DIMS];
+        dc_contiguous_strides(nd, shape, strides);
+        st = dc_alias(&v, y, nd, shape, strides, 0);
+        dc_tensor_decref(y);
+        y = st ? NULL : v;
+    }
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+/* g (reduced, maybe without keepdim) -> keepdim shape of the input, as a view */
+static dc_status unsqueeze_reduced(dc_tensor **out, dc_tensor *g, dc_node *n)
+{
+    int64_t shape[DC_MAX_DIMS];
+    int nd = n->in_ndim[0];
+    for (int d = 0; d < nd; d++) shape[d] = n->i[d] ? 1 : n->in_shape[0][d];
+    return dc_reshape(out, g, nd, shape);
+}
+
+static dc_status sum_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    dc_tensor *k, *e, *s;
+    DC_TRY(unsqueeze_reduced(&k, g, n));
+    dc_status st = dc_expand(&e, k, n->in_ndim[0], n->in_shape[0]);
+    dc_tensor_decref(k);
+    if (st) return st;
+    if (n->f[0] == 1.0) {
+        gin[0] = e;
+        return DC_OK;
+    }
+    st = mul_scalar(&s, e, n->f[0]); /* mean: divide by the count */
+    dc_tensor_decref(e);
+    if (!st) gin[0] = s;
+    return st;
+}
+
+static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim, int mean)
+{
+    int mask[DC_MAX_DIMS];
+    const char *name = mean ? "mean" : "sum";
+    DC_TRY(dims_mask(n, dims, x->ndim, mask, name));
+    if (mean) DC_TRY(need_float(x, "mean"));
+    dc_tensor *src = x, *y;
+    if (x->dtype == DC_BOOL || x->dtype == DC_INT32) DC_TRY(dc_to(&src, x, DC_INT64, x->device));
+    else dc_tensor_incref(src);
+    dc_status st = reduce_raw(&y, DC_K_SUM, src, mask, keepdim, src->dtype);
+    dc_tensor_decref(src);
+    if (st) return st;
+    int64_t count = 1;
+    for (int d = 0; d < x->ndim; d++)
+        if (mask[d]) count *= x->shape[d];
+    if (mean) {
+        dc_tensor *m;
+        st = mul_scalar(&m, y, count ? 1.0 / (double)count : NAN);
+        dc_tensor_decref(y);
+        if (st) return st;
+        y = m;
+        dc_node_decref(y->grad_fn); /* the node below replaces the scalar multiply's */
+        y->grad_fn = NULL;
+        y->requires_grad = 0;
+    }
+    dc_node *node;
+    DC_TRY(record(y, mean ? "MeanBackward" : "SumBackward", sum_backward, 1, &x, &node));
+    if (node) {
+        for (int d = 0; d < x->ndim; d++) node->i[d] = mask[d];
+        node->f[0] = mean ? (count ? 1.0 / (double)count : NAN) : 1.0;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+dc_status dc_sum(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim)
+{
+    return sum_impl(out, x, n, dims, keepdim, 0);
+}
+dc_status dc_mean(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim)
+{
+    return sum_impl(out, x, n, dims, keepdim, 1);
+}
+
+dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shape)
+{
+    int same = g->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = g->shape[d] == shape[d];
+    if (same) {
+        dc_tensor_incref(g);
+        *out = g;
+        return DC_OK;
+    }
+    int mask[DC_MAX_DIMS] = {0}, lead = g->ndim - ndim, any = 0;
+    if (lead < 0) return dc_error(DC_ERR_INTERNAL, "sum_to: %s is smaller than %s", DC_SHAPE(g), dc_shape_str(ndim, shape));
+    for (int d = 0; d < g->ndim; d++) {
+        mask[d] = d < lead || (shape[d - lead] == 1 && g->shape[d] != 1);
+        any |= mask[d];
+    }
+    dc_tensor *s;
+    if (any) DC_TRY(reduce_raw(&s, DC_K_SUM, g, mask, 1, g->dtype));
+    else dc_tensor_incref(g), s = g;
+    dc_status st = dc_reshape(out, s, ndim, shape);
+    dc_tensor_decref(s);
+    return st;
+}
+
+static dc_status amax_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, x);
+    SAVED(n, 1, yk); /* keepdim-shaped result */
+    dc_tensor *eq, *m, *cnt, *gk, *t;
+    DC_TRY(dc_binary(&eq, DC_K_EQ, x, yk));
+    dc_status st = dc_to(&m, eq, x->dtype, x->device);
+    dc_tensor_decref(eq);
+    if (st) return st;
+    int mask[DC_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) mask[d] = yk->shape[d] == 1 && x->shape[d] != 1;
+    for (int d = 0; d < x->ndim; d++) mask[d] |= (int)n->i[DC_MAX_DIMS + d];
+    if ((st = reduce_raw(&cnt, DC_K_SUM, m, mask, 1, m->dtype))) goto out_m;
+    if ((st = dc_reshape(&gk, g, yk->ndim, yk->shape))) goto out_c;
+    if (!(st = dc_binary(&t, DC_K_DIV, gk, cnt))) {
+        st = dc_binary(&gin[0], DC_K_MUL, m, t);
+        dc_tensor_decref(t);
+    }
+    dc_tensor_decref(gk);
+out_c:
+    dc_tensor_decref(cnt);
+out_m:
+    dc_tensor_decref(m);
+    return st;
+}
+
+dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim, int is_min)
+{
+    int mask[DC_MAX_DIMS];
+    const char *name = is_min ? "min" : "max";
+    DC_TRY(dims_mask(n, dims, x->ndim, mask, name));
+    for (int d = 0; d < x->ndim; d++)
+        if (mask[d] && x->shape[d] == 0)
+            return dc_error(DC_ERR_VALUE, "%s(): expected a non-empty dim %d to reduce over (shape %s)", name, d,
+                            DC_SHAPE(x));
+    dc_tensor *yk, *y;
+    DC_TRY(reduce_raw(&yk, is_min ? DC_K_MIN : DC_K_MAX, x, mask, 1, x->dtype));
+    if (keepdim) {
+        y = yk;
+        dc_tensor_incref(y);
+    } else {
+        int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
+        int nd = 0;
+        for (int d = 0; d < x->ndim; d++)
+            if (!mask[d]) shape[nd++] = x->shape[d];
+        dc_contiguous_strides(nd, shape, strides);
+        dc_status st = dc_alias(&y, yk, nd, shape, strides, 0);
+        if (st) {
+            dc_tensor_decref(yk);
+            return st;
+        }
+    }
+    dc_node *node = NULL;
+    if (dc_dtype_is_float(x->dtype)) {
+        dc_status st = record(y, is_min ? "MinBackward" : "MaxBackward", amax_backward, 1, &x, &node);
+        if (st) {
+            dc_tensor_decref(yk);
+            return st;
+        }
+    }
+    if (node) {
+        dc_node_save(node, x);
+        dc_node_save(node, yk);
+        for (int d = 0; d < x->ndim; d++) node->i[DC_MAX_DIMS + d] = mask[d];
+    }
+    dc_tensor_decref(yk);
+    *out = y;
+    return DC_OK;
+}
+
+dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_min)
+{
+    const char *name = is_min ? "argmin" : "argmax";
+    dc_tensor *src;
+    if (dim == DC_ALL_DIMS) {
+        int64_t n = dc_numel(x);
+        int prev = dc_grad_enabled();
+        dc_set_grad_enabled(0);
+        dc_status st = dc_reshape(&src, x, 1, &n);
+        dc_set_grad_enabled(prev);
+        if (st) return st;
+        dim = 0;
+        keepdim = 0;
+    } else {
+        DC_TRY(wrap_dim(&dim, x->ndim, name));
+        dc_tensor_incref(x);
+        src = x;
+    }
+    if (src->ndim > 0 && src->shape[dim] == 0) {
+        dc_tensor_decref(src);
+        return dc_error(DC_ERR_VALUE, "%s(): expected a non-empty dim to reduce over", name);
+    }
+    int mask[DC_MAX_DIMS] = {0};
+    if (src->ndim) mask[dim] = 1;
+    dc_tensor *y;
+    int64_t kshape[DC_MAX_DIMS];
+    for (int d = 0; d < src->ndim; d++) kshape[d] = mask[d] ? 1 : src->shape[d];
+    dc_status st = dc_empty(&y, src->ndim, kshape, DC_INT64, src->device);
+    if (!st) {
+        dc_kargs k = kargs_of(is_min ? DC_K_ARGMIN : DC_K_ARGMAX);
+        kargs_add(&k, y);
+        kargs_add(&k, src);
+        k.i[0] = dim;
+        if (src->ndim == 0) st = dc_fill_(y, 0.0);
+        else if (dc_numel(y)) st = dc_launch(src->device, &k);
+    }
+    dc_tensor_decref(src);
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    if (!keepdim && y->ndim) {
+        dc_tensor *v;
+        st = dc_squeeze(&v, y, dim);
+        dc_tensor_decref(y);
+        if (st) return st;
+        y = v;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+/* --- softmax and layer norm -------------------------------------------------------------------- */
+
+static dc_status softmax_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, y);
+    dc_tensor *dx;
+    DC_TRY(dc_empty(&dx, y->ndim, y->shape, y->dtype, y->device));
+    dc_kargs k = kargs_of(n->i[1] ? DC_K_LOG_SOFTMAX_BWD : DC_K_SOFTMAX_BWD);
+    kargs_add(&k, dx);
+    kargs_add(&k, g);
+    kargs_add(&k, y);
+    k.i[0] = n->i[0];
+    dc_status st = dc_numel(dx) ? dc_launch(dx->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(dx);
+        return st;
+    }
+    gin[0] = dx;
+    return DC_OK;
+}
+
+dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log)
+{
+    const char *name = log ? "log_softmax" : "softmax";
+    DC_TRY(need_float(x, name));
+    DC_TRY(wrap_dim(&dim, x->ndim, name));
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
+    dc_kargs k = kargs_of(log ? DC_K_LOG_SOFTMAX : DC_K_SOFTMAX);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    k.i[0] = x->ndim ? dim : 0;
+    if (x->ndim == 0) { /* treat a scalar as one element along a length-1 dim */
+        k.t[0].ndim = k.t[1].ndim = 1;
+        k.t[0].shape[0] = k.t[1].shape[0] = 1;
+        k.t[0].strides[0] = k.t[1].strides[0] = 1;
+    }
+    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    dc_node *n;
+    DC_TRY(record(y, log ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward, 1, &x, &n));
+    if (n) {
+        save_output(n, y);
+        n->i[0] = k.i[0];
+        n->i[1] = log;
+    }
+    *out = y;
+    return DC_OK;
+}
+
+static dc_status layer_norm_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, x);    /* (N, D) contiguous */
+    SAVED(n, 1, mean); /* (N,) */
+    SAVED(n, 2, rstd); /* (N,) */
+    SAVED(n, 3, w);    /* (D,) or NULL */
+    int64_t N = x->shape[0], D = x->shape[1];
+    int has_w = n->i[0], has_b = n->i[1];
+    dc_tensor *dy = NULL, *dx = NULL, *dw = NULL, *db = NULL, *gc = NULL;
+    dc_status st = dc_contiguous(&gc, g);
+    if (!st) st = dc_reshape(&dy, gc, 2, x->shape);
+    if (!st) st = dc_empty(&dx, 2, x->shape, x->dtype, x->device);
+    if (!st && has_w) st = dc_empty(&dw, 1, &D, x->dtype, x->device);
+    if (!st && has_b) st = dc_empty(&db, 1, &D, x->dtype, x->device);
+    if (!st) {
+        dc_kargs k = kargs_of(DC_K_LAYERNORM_BWD);
+        k.nt = 8;
+        dc_kview_of(&k.t[0], dx);
+        if (dw) dc_kview_of(&k.t[1], dw);
+        if (db) dc_kview_of(&k.t[2], db);
+        dc_kview_of(&k.t[3], dy);
+        dc_kview_of(&k.t[4], x);
+        dc_kview_of(&k.t[5], mean);
+        dc_kview_of(&k.t[6], rstd);
+        if (w) dc_kview_of(&k.t[7], w);
+        k.i[0] = has_w;
+        k.i[1] = has_b;
+        if (N && D) st = dc_launch(x->device, &k);
+        else {
+            if (dw) st = dc_fill_(dw, 0);
+            if (!st && db) st = dc_fill_(db, 0);
+        }
+    }
+    if (!st) st = dc_reshape(&gin[0], dx, n->in_ndim[0], n->in_shape[0]);
+    dc_tensor_decref(gc);
+    dc_tensor_decref(dy);
+    dc_tensor_decref(dx);
+    if (!st && n->next[1]) {
+        gin[1] = dw;
+        dw = NULL;
+    }
+    if (!st && n->next[2]) {
+        gin[2] = db;
+        db = NULL;
+    }
+    dc_tensor_decref(dw);
+    dc_tensor_decref(db);
+    return st;
+}
+
+dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, double eps)
+{
+    DC_TRY(need_float(x, "layer_norm"));
+    if (x->ndim == 0) return dc_error(DC_ERR_SHAPE, "layer_norm: input must have at least 1 dim");
+    int64_t D = x->shape[x->ndim - 1], N = D ? dc_numel(x) / D : 0;
+    dc_tensor *p[2] = {w, b};
+    for (int k = 0; k < 2; k++) {
+        if (!p[k]) continue;
+        const char *nm = k ? "bias" : "weight";
+        DC_TRY(same_device(x, p[k], "layer_norm"));
+        DC_TRY(same_dtype(x, p[k], "layer_norm"));
+        if (p[k]->ndim != 1 || p[k]->shape[0] != D)
+            return dc_error(DC_ERR_SHAPE, "layer_norm: %s has shape %s but the normalised dim has size %lld", nm,
+                            DC_SHAPE(p[k]), (long long)D);
+    }
+    dc_tensor *xc = NULL, *x2 = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *wc = NULL, *bc = NULL;
+    int64_t shape2[2] = {N, D};
+    int prev = dc_grad_enabled();
+    dc_set_grad_enabled(0); /* internal reshapes are not part of the graph */
+    dc_status st = dc_contiguous(&xc, x);
+    if (!st) st = dc_reshape(&x2, xc, 2, shape2);
+    if (!st && w) st = dc_contiguous(&wc, w);
+    if (!st && b) st = dc_contiguous(&bc, b);
+    dc_set_grad_enabled(prev);
+    if (!st) st = dc_empty(&y, x->ndim, x->shape, x->dtype, x->device);
+    if (!st) st = dc_empty(&mean, 1, &N, x->dtype, x->device);
+    if (!st) st = dc_empty(&rstd, 1, &N, x->dtype, x->device);
+    if (!st && N && D) {
+        dc_kargs k = kargs_of(DC_K_LAYERNORM);
+        k.nt = 6;
+        dc_kview_of(&k.t[0], y);
+        k.t[0].ndim = 2;
+        k.t[0].shape[0] = N;
+        k.t[0].shape[1] = D;
+        k.t[0].strides[0] = D;
+        k.t[0].strides[1] = 1;
+        dc_kview_of(&k.t[1], mean);
+        dc_kview_of(&k.t[2], rstd);
+        dc_kview_of(&k.t[3], x2);
+        if (wc) dc_kview_of(&k.t[4], wc);
+        if (bc) dc_kview_of(&k.t[5], bc);
+        k.f[0] = eps;
+        k.i[0] = w != NULL;
+        k.i[1] = b != NULL;
+        st = dc_launch(x->device, &k);
+    }
+    dc_node *n = NULL;
+    if (!st) {
+        dc_tensor *in[3] = {x, w, b};
+        st = record(y, "LayerNormBackward", layer_norm_backward, 3, in, &n);
+        if (st) y = NULL;
+    }
+    if (!st && n) {
+        dc_tensor *x2d;
+        if (!(st = dc_detach(&x2d, x2))) {
+            dc_node_save(n, x2d);
+            dc_tensor_decref(x2d);
+        }
+        dc_node_save(n, mean);
+        dc_node_save(n, rstd);
+        dc_node_save(n, wc);
+        n->i[0] = w != NULL;
+        n->i[1] = b != NULL;
+    }
+    dc_tensor_decref(xc);
+    dc_tensor_decref(x2);
+    dc_tensor_decref(mean);
+    dc_tensor_decref(rstd);
+    dc_tensor_decref(wc);
+    dc_tensor_decref(bc);
+    if (st) {
+        dc_tensor_decref(y);
+        return st;
+    }
+    *out = y;
+    return DC_OK;
+}

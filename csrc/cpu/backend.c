@@ -1,0 +1,120 @@
+/* backend.c: the CPU kernel table and host memory. Every slot of dc_kop is filled; the kernels
+ * live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign under -std=c11 */
+#include <stdlib.h>
+
+#include "cpu.h"
+
+static int cpu_device_count(void) { return 1; }
+
+static dc_status cpu_alloc(dc_device dev, size_t nbytes, void **out)
+{
+    (void)dev;
+    /* 64-byte alignment: a cache line and an AVX-512 vector. A zero-byte request still gets a
+     * real, freeable pointer so empty tensors need no special case. */
+    void *p = NULL;
+    if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0 || !p)
+        return dc_error(DC_ERR_NOMEM, "out of host memory allocating %zu bytes", nbytes);
+    *out = p;
+    return DC_OK;
+}
+
+static void cpu_free(dc_device dev, void *p)
+{
+    (void)dev;
+    free(p);
+}
+
+static dc_status cpu_memcpy(dc_device dev, void *dst, const void *src, size_t n)
+{
+    (void)dev;
+    if (n) memcpy(dst, src, n);
+    return DC_OK;
+}
+
+static dc_status cpu_synchronize(dc_device dev)
+{
+    (void)dev; /* CPU kernels finish before they return */
+    return DC_OK;
+}
+
+static const dc_backend cpu_backend = {
+    .name = "cpu",
+    .device_count = cpu_device_count,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_host = cpu_memcpy,
+    .from_host = cpu_memcpy,
+    .synchronize = cpu_synchronize,
+    .kernels = {
+        [DC_K_COPY] = dc_cpu_copy,
+        [DC_K_FILL] = dc_cpu_fill,
+        [DC_K_ARANGE] = dc_cpu_arange,
+        [DC_K_RAND] = dc_cpu_rand,
+        [DC_K_RANDN] = dc_cpu_randn,
+        [DC_K_RANDINT] = dc_cpu_randint,
+        [DC_K_NEG] = dc_cpu_unary,
+        [DC_K_EXP] = dc_cpu_unary,
+        [DC_K_LOG] = dc_cpu_unary,
+        [DC_K_SQRT] = dc_cpu_unary,
+        [DC_K_RSQRT] = dc_cpu_unary,
+        [DC_K_SIN] = dc_cpu_unary,
+        [DC_K_COS] = dc_cpu_unary,
+        [DC_K_TANH] = dc_cpu_unary,
+        [DC_K_SIGMOID] = dc_cpu_unary,
+        [DC_K_RELU] = dc_cpu_unary,
+        [DC_K_GELU_TANH] = dc_cpu_unary,
+        [DC_K_GELU_ERF] = dc_cpu_unary,
+        [DC_K_SILU] = dc_cpu_unary,
+        [DC_K_ABS] = dc_cpu_unary,
+        [DC_K_CLAMP] = dc_cpu_unary,
+        [DC_K_POW_SCALAR] = dc_cpu_unary,
+        [DC_K_RPOW_SCALAR] = dc_cpu_unary,
+        [DC_K_ADD] = dc_cpu_binary,
+        [DC_K_SUB] = dc_cpu_binary,
+        [DC_K_MUL] = dc_cpu_binary,
+        [DC_K_DIV] = dc_cpu_binary,
+        [DC_K_POW] = dc_cpu_binary,
+        [DC_K_MAXIMUM] = dc_cpu_binary,
+        [DC_K_MINIMUM] = dc_cpu_binary,
+        [DC_K_EQ] = dc_cpu_compare,
+        [DC_K_NE] = dc_cpu_compare,
+        [DC_K_LT] = dc_cpu_compare,
+        [DC_K_LE] = dc_cpu_compare,
+        [DC_K_GT] = dc_cpu_compare,
+        [DC_K_GE] = dc_cpu_compare,
+        [DC_K_RELU_BWD] = dc_cpu_binary,
+        [DC_K_GELU_TANH_BWD] = dc_cpu_binary,
+        [DC_K_GELU_ERF_BWD] = dc_cpu_binary,
+        [DC_K_SILU_BWD] = dc_cpu_binary,
+        [DC_K_SIGMOID_BWD] = dc_cpu_binary,
+        [DC_K_TANH_BWD] = dc_cpu_binary,
+        [DC_K_CLAMP_BWD] = dc_cpu_binary,
+        [DC_K_WHERE] = dc_cpu_where,
+        [DC_K_SUM] = dc_cpu_reduce,
+        [DC_K_MAX] = dc_cpu_reduce,
+        [DC_K_MIN] = dc_cpu_reduce,
+        [DC_K_ARGMAX] = dc_cpu_argreduce,
+        [DC_K_ARGMIN] = dc_cpu_argreduce,
+        [DC_K_SOFTMAX] = dc_cpu_softmax,
+        [DC_K_LOG_SOFTMAX] = dc_cpu_softmax,
+        [DC_K_SOFTMAX_BWD] = dc_cpu_softmax_bwd,
+        [DC_K_LOG_SOFTMAX_BWD] = dc_cpu_softmax_bwd,
+        [DC_K_LAYERNORM] = dc_cpu_layernorm,
+        [DC_K_LAYERNORM_BWD] = dc_cpu_layernorm_bwd,
+        [DC_K_MATMUL] = dc_cpu_matmul,
+        [DC_K_GATHER] = dc_cpu_gather,
+        [DC_K_SCATTER_ADD] = dc_cpu_scatter_add,
+        [DC_K_INDEX_SELECT] = dc_cpu_index_select,
+        [DC_K_INDEX_ADD] = dc_cpu_index_add,
+        [DC_K_TRIL] = dc_cpu_tril,
+        [DC_K_SGD] = dc_cpu_sgd,
+        [DC_K_ADAMW] = dc_cpu_adamw,
+        [DC_K_NORM_POW] = dc_cpu_norm_pow,
+        [DC_K_SCALE] = dc_cpu_scale,
+    },
+};
+/* A new dc_kop must get a slot above: DC_K_SCALE is the last id today. */
+_Static_assert(DC_K_SCALE + 1 == DC_KOP_COUNT, "cpu backend: fill the slot of every new dc_kop");
+
+const dc_backend *dc_cpu_backend_get(void) { return &cpu_backend; }

@@ -1,0 +1,365 @@
+/* linalg.c: matmul (through OpenBLAS), the indexing kernels (gather, scatter_add, index_select,
+ * index_add) and tril/triu.
+ *
+ * Indexing kernels check every index before touching memory, so a bad index is a clean
+ * DC_ERR_INDEX naming the first offender (negative indices are out of bounds here: the op layer
+ * wraps Python-style negatives before it calls us). The accumulating kernels are parallel only over
+ * coordinates no two indices can share, so duplicate indices sum correctly without atomics. */
+#include <cblas.h>
+#include <stdlib.h>
+
+#include "cpu.h"
+
+/* ================================ matmul ===================================================== */
+
+/* How BLAS can read an (r, c) matrix with element strides (sr, sc): row-major with ld = sr, or
+ * transposed with ld = sc. Size-1 dims make their stride irrelevant. 0: neither (copy it). */
+static int mat_layout(int64_t r, int64_t c, int64_t sr, int64_t sc, CBLAS_TRANSPOSE *t, int64_t *ld)
+{
+    int64_t min_n = c > 1 ? c : 1, min_t = r > 1 ? r : 1;
+    if ((sc == 1 || c == 1) && (r == 1 || sr >= min_n)) {
+        *t = CblasNoTrans;
+        *ld = r == 1 ? min_n : sr;
+        return 1;
+    }
+    if ((sr == 1 || r == 1) && (c == 1 || sc >= min_t)) {
+        *t = CblasTrans;
+        *ld = c == 1 ? min_t : sc;
+        return 1;
+    }
+    return 0;
+}
+
+/* A contiguous copy of a (B, r, c) operand that BLAS cannot read in place. A broadcast batch
+ * (stride 0) is copied once. The copy costs a pass over the operand; the op layer avoids it. */
+static dc_status contiguous_operand(const dc_kview *v, int64_t B, int64_t bstride, void **buf, dc_kview *out)
+{
+    const int nd = v->ndim;
+    dc_kview src = *v, dst;
+    int64_t nb = bstride == 0 ? 1 : B;
+    if (nd == 3) src.shape[0] = nb;
+    dst = src;
+    dst.data = NULL;
+    int64_t n = cpu_numel(&src);
+    int64_t cs = 1;
+    for (int d = nd - 1; d >= 0; cs *= src.shape[d], d--) dst.strides[d] = cs;
+    *buf = malloc((size_t)(n ? n : 1) * cpu_esize(v));
+    if (!*buf) return dc_error(DC_ERR_NOMEM, "matmul: out of memory copying a %lld-element operand", (long long)n);
+    dst.data = *buf;
+    dc_kargs c = {.op = DC_K_COPY, .nt = 2};
+    c.t[0] = dst;
+    c.t[1] = src;
+    DC_TRY(dc_cpu_copy(&c));
+    *out = dst;
+    if (nd == 3 && bstride == 0) out->strides[0] = 0;
+    return DC_OK;
+}
+
+dc_status dc_cpu_matmul(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0];
+    dc_kview A = a->t[1], Bm = a->t[2];
+    const dc_dtype dt = o->dtype;
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
+    if (A.dtype != dt) return cpu_bad_dtype(a->op, A.dtype);
+    if (Bm.dtype != dt) return cpu_bad_dtype(a->op, Bm.dtype);
+    const int nd = o->ndim;
+    if ((nd != 2 && nd != 3) || A.ndim != nd || Bm.ndim != nd)
+        return dc_error(DC_ERR_SHAPE, "matmul kernel wants 2-d or 3-d operands, got %d, %d and %d dims", o->ndim,
+                        A.ndim, Bm.ndim);
+    const int b0 = nd - 3; /* batch dim index, -1 for 2-d */
+    const int64_t Bn = nd == 3 ? o->shape[0] : 1, M = o->shape[nd - 2], N = o->shape[nd - 1];
+    const int64_t K = A.shape[nd - 1];
+    if (A.shape[nd - 2] != M || Bm.shape[nd - 2] != K || Bm.shape[nd - 1] != N)
+        return dc_error(DC_ERR_SHAPE, "matmul: (%lld, %lld) @ (%lld, %lld) does not give (%lld, %lld)",
+                        (long long)A.shape[nd - 2], (long long)K, (long long)Bm.shape[nd - 2],
+                        (long long)Bm.shape[nd - 1], (long long)M, (long long)N);
+    if (Bn == 0 || M == 0 || N == 0) return DC_OK;
+    if (K == 0) {
+        dc_kargs f = {.op = DC_K_FILL, .nt = 1};
+        f.t[0] = *o;
+        return dc_cpu_fill(&f);
+    }
+    int64_t sa = b0 >= 0 ? A.strides[0] : 0, sb = b0 >= 0 ? Bm.strides[0] : 0;
+    CBLAS_TRANSPOSE ta = CblasNoTrans, tb = CblasNoTrans;
+    int64_t lda = 1, ldb = 1;
+    void *bufa = NULL, *bufb = NULL;
+    dc_status st = DC_OK;
+    if (!mat_layout(M, K, A.strides[nd - 2], A.strides[nd - 1], &ta, &lda)) {
+        if ((st = contiguous_operand(&A, Bn, sa, &bufa, &A)) != DC_OK) goto done;
+        sa = b0 >= 0 ? A.strides[0] : 0;
+        mat_layout(M, K, A.strides[nd - 2], A.strides[nd - 1], &ta, &lda);
+    }
+    if (!mat_layout(K, N, Bm.strides[nd - 2], Bm.strides[nd - 1], &tb, &ldb)) {
+        if ((st = contiguous_operand(&Bm, Bn, sb, &bufb, &Bm)) != DC_OK) goto done;
+        sb = b0 >= 0 ? Bm.strides[0] : 0;
+        mat_layout(K, N, Bm.strides[nd - 2], Bm.strides[nd - 1], &tb, &ldb);
+    }
+    /* One BLAS call per batch matrix: OpenBLAS threads each call itself, and a second level of
+     * OpenMP threads around it would oversubscribe the cores. */
+    for (int64_t b = 0; b < Bn; b++) {
+        if (dt == DC_FLOAT32)
+            cblas_sgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, 1.0f,
+                        (const float *)A.data + b * sa, (blasint)lda, (const float *)Bm.data + b * sb, (blasint)ldb,
+                        0.0f, (float *)o->data + b * M * N, (blasint)N);
+        else
+            cblas_dgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, 1.0,
+                        (const double *)A.data + b * sa, (blasint)lda, (const double *)Bm.data + b * sb,
+                        (blasint)ldb, 0.0, (double *)o->data + b * M * N, (blasint)N);
+    }
+done:
+    free(bufa);
+    free(bufb);
+    return st;
+}
+
+/* ================================ index checks =============================================== */
+
+typedef struct {
+    int64_t size, bad;
+    int found;
+} idx_check;
+
+static void check_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    idx_check *c = (idx_check *)vctx; /* serial run: the only writer */
+    if (c->found) return;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t v = *(const int64_t *)(p[0] + i * s[0]);
+        if (v < 0 || v >= c->size) {
+            c->found = 1;
+            c->bad = v;
+            return;
+        }
+    }
+}
+
+/* Every index in `idx` (int64, any strides) must lie in [0, size). Serial and in row-major order,
+ * so the message names the first bad index. */
+static dc_status check_indices(dc_kop op, const dc_kview *idx, int64_t size, int dim)
+{
+    if (idx->dtype != DC_INT64)
+        return dc_error(DC_ERR_DTYPE, "%s: indices must be int64, got %s", dc_kop_names[op], dc_dtype_name(idx->dtype));
+    idx_check c = {size, 0, 0};
+    const dc_kview *v[1] = {idx};
+    cpu_iter it;
+    cpu_iter_init(&it, 1, v, 0);
+    cpu_iter_range(&it, 0, it.numel, check_inner, &c);
+    if (c.found)
+        return dc_error(DC_ERR_INDEX, "index %lld is out of bounds for dimension %d with size %lld", (long long)c.bad,
+                        dim, (long long)size);
+    return DC_OK;
+}
+
+static int check_dim(int64_t d, int ndim) { return d >= 0 && d < (ndim > 0 ? ndim : 1); }
+
+/* ================================ gather / index_select ====================================== */
+
+typedef struct {
+    int64_t sd; /* byte stride of the source along the indexed dim */
+    size_t es;
+} gather_ctx;
+
+#define GATHER_LOOP(T)                                                                        \
+    for (int64_t i = 0; i < n; i++) {                                                           \
+        int64_t ix = *(const int64_t *)(p[2] + i * s[2]);                                       \
+        *(T *)(p[0] + i * s[0]) = *(const T *)(p[1] + i * s[1] + ix * c->sd);                   \
+    }
+
+static void gather_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    const gather_ctx *c = vctx;
+    switch (c->es) {
+    case 1: GATHER_LOOP(uint8_t); break;
+    case 2: GATHER_LOOP(uint16_t); break;
+    case 4: GATHER_LOOP(uint32_t); break;
+    default: GATHER_LOOP(uint64_t); break;
+    }
+}
+
+/* out[..., j, ...] = src[..., idx[..., j, ...], ...] along `dim`; idx already has out's geometry. */
+static dc_status gather_impl(const dc_kargs *a, const dc_kview *out, const dc_kview *src, const dc_kview *idx, int dim)
+{
+    if (src->dtype != out->dtype) return cpu_bad_dtype(a->op, src->dtype);
+    if ((unsigned)out->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, out->dtype);
+    const int64_t size = src->ndim ? src->shape[dim] : 1;
+    DC_TRY(check_indices(a->op, idx, size, dim));
+    dc_kview s2 = *src; /* src seen with out's shape, fixed at index 0 along dim */
+    for (int d = 0; d < out->ndim; d++) s2.shape[d] = out->shape[d];
+    if (src->ndim) s2.strides[dim] = 0;
+    gather_ctx c = {src->ndim ? src->strides[dim] * (int64_t)cpu_esize(src) : 0, cpu_esize(src)};
+    const dc_kview *v[3] = {out, &s2, idx};
+    cpu_iter it;
+    cpu_iter_init(&it, 3, v, 1);
+    cpu_iter_run(&it, gather_inner, &c, DC_CPU_PAR_MIN);
+    return DC_OK;
+}
+
+dc_status dc_cpu_gather(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
+    int dim = (int)a->i[0];
+    if (!check_dim(dim, x->ndim) || o->ndim != x->ndim || idx->ndim != o->ndim)
+        return dc_error(DC_ERR_SHAPE, "gather: bad dim %d for %d-d input", dim, x->ndim);
+    return gather_impl(a, o, x, idx, dim);
+}
+
+dc_status dc_cpu_index_select(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
+    int dim = (int)a->i[0];
+    if (!check_dim(dim, x->ndim) || o->ndim != x->ndim)
+        return dc_error(DC_ERR_SHAPE, "index_select: bad dim %d for %d-d input", dim, x->ndim);
+    int64_t n = cpu_numel(idx);
+    if (x->ndim && n != o->shape[dim])
+        return dc_error(DC_ERR_SHAPE, "index_select: %lld indices for an output of size %lld at dim %d", (long long)n,
+                        (long long)o->shape[dim], dim);
+    dc_kview iv = *idx; /* the 1-d index broadcast to out's shape */
+    iv.ndim = o->ndim;
+    for (int d = 0; d < o->ndim; d++) {
+        iv.shape[d] = o->shape[d];
+        iv.strides[d] = 0;
+    }
+    if (o->ndim) iv.strides[dim] = idx->ndim ? idx->strides[0] : 0;
+    return gather_impl(a, o, x, &iv, dim);
+}
+
+/* ================================ scatter_add / index_add ==================================== */
+
+#define SCATTER_ROW(T)                                                                          \
+    do {                                                                                          \
+        T *dst = (T *)(o->data) + off[2];                                                         \
+        const T *src = (const T *)(x->data) + off[1];                                             \
+        const int64_t *ix = (const int64_t *)(idx->data) + off[0];                                \
+        for (int64_t j = 0; j < L; j++) dst[ix[j * is] * od] += src[j * xs];                      \
+    } while (0)
+
+/* out[..., idx[..., j, ...], ...] += src[..., j, ...]. Rows (every coordinate but `dim`) are
+ * independent: two rows never write the same output element, so rows go in parallel and each
+ * row's duplicates are summed by one thread in order. */
+static dc_status scatter_impl(const dc_kargs *a, const dc_kview *o, const dc_kview *x, const dc_kview *idx, int dim)
+{
+    const dc_dtype dt = o->dtype;
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
+    if (x->dtype != dt) return cpu_bad_dtype(a->op, x->dtype);
+    DC_TRY(check_indices(a->op, idx, o->ndim ? o->shape[dim] : 1, dim));
+    const int64_t numel = cpu_numel(idx);
+    if (numel == 0) return DC_OK;
+    const int64_t L = idx->ndim ? idx->shape[dim] : 1, rows = numel / L;
+    const int64_t is = idx->ndim ? idx->strides[dim] : 0, xs = x->ndim ? x->strides[dim] : 0,
+                  od = o->ndim ? o->strides[dim] : 0;
+    dc_kview ov = *o; /* out seen with idx's shape: only the non-dim coordinates are used */
+    for (int d = 0; d < o->ndim; d++) ov.shape[d] = idx->shape[d];
+    const dc_kview *vv[3] = {idx, x, &ov};
+    const int skip = idx->ndim ? dim : -1;
+#pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t off[3];
+        cpu_row_offsets(3, vv, skip, r, off);
+        if (dt == DC_FLOAT32) SCATTER_ROW(float);
+        else SCATTER_ROW(double);
+    }
+    return DC_OK;
+}
+
+dc_status dc_cpu_scatter_add(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
+    int dim = (int)a->i[0];
+    if (!check_dim(dim, o->ndim) || x->ndim != o->ndim || idx->ndim != o->ndim)
+        return dc_error(DC_ERR_SHAPE, "scatter_add: bad dim %d for %d-d output", dim, o->ndim);
+    return scatter_impl(a, o, x, idx, dim);
+}
+
+/* index_add on contiguous out/src: view both as (outer, size, inner) and add whole inner blocks per
+ * index, so an embedding backward streams rows instead of striding down columns. Parallel over
+ * (outer, inner block): a block's output cells belong to that task alone. */
+#define INDEX_ADD_BLOCK(T)                                                                         \
+    do {                                                                                             \
+        T *dst = (T *)o->data + ob * V * inner + c0;                                                 \
+        const T *src = (const T *)x->data + ob * n * inner + c0;                                     \
+        for (int64_t j = 0; j < n; j++) {                                                            \
+            T *d_ = dst + ix[j * is] * inner;                                                        \
+            const T *s_ = src + j * inner;                                                           \
+            _Pragma("omp simd") for (int64_t c = 0; c < w; c++) d_[c] += s_[c];                      \
+        }                                                                                            \
+    } while (0)
+
+dc_status dc_cpu_index_add(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
+    int dim = (int)a->i[0];
+    if (!check_dim(dim, o->ndim) || x->ndim != o->ndim)
+        return dc_error(DC_ERR_SHAPE, "index_add: bad dim %d for %d-d output", dim, o->ndim);
+    const int64_t n = cpu_numel(idx);
+    if (o->ndim && n != x->shape[dim])
+        return dc_error(DC_ERR_SHAPE, "index_add: %lld indices for a source of size %lld at dim %d", (long long)n,
+                        (long long)x->shape[dim], dim);
+    const dc_dtype dt = o->dtype;
+    if (o->ndim && cpu_is_contig(o) && cpu_is_contig(x) && (dt == DC_FLOAT32 || dt == DC_FLOAT64) &&
+        x->dtype == dt) {
+        DC_TRY(check_indices(a->op, idx, o->shape[dim], dim));
+        int64_t outer = 1, inner = 1;
+        for (int d = 0; d < dim; d++) outer *= o->shape[d];
+        for (int d = dim + 1; d < o->ndim; d++) inner *= o->shape[d];
+        const int64_t V = o->shape[dim], is = idx->ndim ? idx->strides[0] : 0;
+        const int64_t *ix = (const int64_t *)idx->data;
+        const int64_t BLK = 1024, nblk = (inner + BLK - 1) / BLK, ntask = outer * nblk;
+        if (n == 0 || inner == 0 || outer == 0) return DC_OK;
+#pragma omp parallel for schedule(static) if (n * inner * outer >= DC_CPU_PAR_MIN && ntask > 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            int64_t ob = t / nblk, c0 = (t % nblk) * BLK, w = inner - c0 < BLK ? inner - c0 : BLK;
+            if (dt == DC_FLOAT32) INDEX_ADD_BLOCK(float);
+            else INDEX_ADD_BLOCK(double);
+        }
+        return DC_OK;
+    }
+    dc_kview iv = *idx; /* the 1-d index broadcast to the source's shape */
+    iv.ndim = x->ndim;
+    for (int d = 0; d < x->ndim; d++) {
+        iv.shape[d] = x->shape[d];
+        iv.strides[d] = 0;
+    }
+    if (x->ndim) iv.strides[dim] = idx->ndim ? idx->strides[0] : 0;
+    return scatter_impl(a, o, x, &iv, dim);
+}
+
+/* ================================ tril / triu ================================================ */
+
+#define TRIL_ROW(T)                                                                                 \
+    do {                                                                                              \
+        T *d_ = (T *)o->data + off[0];                                                                \
+        const T *s_ = (const T *)x->data + off[1];                                                    \
+        for (int64_t c = 0; c < C; c++) d_[c * ocs] = (c >= lo && c < hi) ? s_[c * xcs] : (T)0;      \
+    } while (0)
+
+dc_status dc_cpu_tril(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0], *x = &a->t[1];
+    if (o->ndim < 2) return dc_error(DC_ERR_SHAPE, "tril/triu needs at least 2 dims, got %d", o->ndim);
+    if (x->dtype != o->dtype || (unsigned)o->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, x->dtype);
+    const int64_t numel = cpu_numel(o);
+    if (numel == 0) return DC_OK;
+    const int nd = o->ndim;
+    const int64_t R = o->shape[nd - 2], C = o->shape[nd - 1], k = a->i[0], rows = numel / C;
+    const int64_t ocs = o->strides[nd - 1], xcs = x->strides[nd - 1];
+    const int upper = a->i[1] != 0;
+    const size_t es = cpu_esize(o);
+    const dc_kview *vv[2] = {o, x};
+#pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)
+    for (int64_t rr = 0; rr < rows; rr++) {
+        int64_t off[2], r = rr % R;
+        cpu_row_offsets(2, vv, nd - 1, rr, off);
+        /* kept columns: [0, r+k] for tril, [r+k, C) for triu */
+        int64_t lo = upper ? r + k : 0, hi = upper ? C : r + k + 1;
+        if (lo < 0) lo = 0;
+        if (hi > C) hi = C;
+        switch (es) {
+        case 1: TRIL_ROW(uint8_t); break;
+        case 2: TRIL_ROW(uint16_t); break;
+        case 4: TRIL_ROW(uint32_t); break;
+        default: TRIL_ROW(uint64_t); break;
+        }
+    }
+    return DC_OK;
+}

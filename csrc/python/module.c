@@ -1,0 +1,853 @@
+/* module.c: the dutycycle._C module: one thin function per core op. Each parses its arguments,
+ * releases the GIL around the pure-C op (no PyObject touched meanwhile), and wraps the result.
+ * Argument checks that need Python types live here; everything about shapes, dtypes and devices
+ * is checked by the core and comes back as a status. */
+#include <math.h>
+
+#include "py.h"
+
+/* --- argument converters (for PyArg "O&") ---------------------------------------------------- */
+
+static int conv_tensor(PyObject *o, void *out)
+{
+    dc_tensor *t = dc_py_tensor(o, "argument");
+    if (!t) return 0;
+    *(dc_tensor **)out = t;
+    return 1;
+}
+
+static int conv_opt_tensor(PyObject *o, void *out)
+{
+    if (o == Py_None) {
+        *(dc_tensor **)out = NULL;
+        return 1;
+    }
+    return conv_tensor(o, out);
+}
+
+typedef struct {
+    int n;
+    int64_t v[DC_MAX_DIMS];
+} shape_arg;
+
+static int conv_shape(PyObject *o, void *out)
+{
+    shape_arg *s = out;
+    PyObject *seq = PySequence_Fast(o, "shape must be a tuple or list of ints");
+    if (!seq) return 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > DC_MAX_DIMS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "tensors have at most %d dims, got %zd", DC_MAX_DIMS, n);
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
+        if (!PyIndex_Check(x)) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "shape entries must be ints, got %.100s at position %zd",
+                         Py_TYPE(x)->tp_name, k);
+            return 0;
+        }
+        s->v[k] = PyLong_AsLongLong(x);
+        if (s->v[k] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return 0;
+        }
+    }
+    s->n = (int)n;
+    Py_DECREF(seq);
+    return 1;
+}
+
+typedef struct {
+    int n;
+    dc_tensor **v;
+} tensor_list;
+
+static int conv_tensor_list(PyObject *o, void *out)
+{
+    tensor_list *l = out;
+    if (!o) { /* cleanup call */
+        PyMem_Free(l->v);
+        return 0;
+    }
+    PyObject *seq = PySequence_Fast(o, "expected a list or tuple of tensors");
+    if (!seq) return 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    l->v = PyMem_Calloc(n ? (size_t)n : 1, sizeof *l->v);
+    l->n = (int)n;
+    if (!l->v) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
+        if (!PyObject_TypeCheck(x, dc_py_tensor_base)) {
+            PyErr_Format(PyExc_TypeError, "expected a sequence of tensors, but element %zd is %.100s", k,
+                         Py_TYPE(x)->tp_name);
+            Py_DECREF(seq);
+            PyMem_Free(l->v);
+            l->v = NULL;
+            return 0;
+        }
+        l->v[k] = ((TensorObject *)x)->t;
+    }
+    Py_DECREF(seq); /* the caller's list keeps the tensors alive during the call */
+    return Py_CLEANUP_SUPPORTED;
+}
+
+static int parse_dims(PyObject *o, int *n, int *dims, const char *op)
+{
+    *n = 0;
+    if (o == Py_None) return 1;
+    if (PyIndex_Check(o)) {
+        long d = PyLong_AsLong(o);
+        if (d == -1 && PyErr_Occurred()) return 0;
+        dims[(*n)++] = (int)d;
+        return 1;
+    }
+    shape_arg s;
+    if (!conv_shape(o, &s)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: dim must be an int or a tuple of ints", op);
+        return 0;
+    }
+    if (s.n == 0) {
+        /* an empty tuple means every dim, as in torch */
+        return 1;
+    }
+    for (int k = 0; k < s.n; k++) dims[k] = (int)s.v[k];
+    *n = s.n;
+    return 1;
+}
+
+static int check_dtype_dev(int dtype, int devtype)
+{
+    if (dtype < 0 || dtype >= DC_DTYPE_COUNT) {
+        PyErr_Format(PyExc_TypeError, "unknown dtype id %d", dtype);
+        return 0;
+    }
+    if (devtype < 0 || devtype >= DC_DEVICE_TYPE_COUNT) {
+        PyErr_Format(PyExc_ValueError, "unknown device type %d", devtype);
+        return 0;
+    }
+    return 1;
+}
+
+/* Run a core call without the GIL; then wrap `out` or raise. */
+#define RUN(call)                   \
+    dc_status st_;                  \
+    Py_BEGIN_ALLOW_THREADS          \
+    st_ = (call);                   \
+    Py_END_ALLOW_THREADS            \
+    if (st_) return dc_py_raise(st_)
+
+#define RUN_WRAP(call, out) \
+    RUN(call);              \
+    return dc_py_wrap(out)
+
+/* --- creation -------------------------------------------------------------------------------- */
+
+static PyObject *f_empty(PyObject *m, PyObject *args)
+{
+    (void)m;
+    shape_arg s;
+    int dt, devt, devi;
+    if (!PyArg_ParseTuple(args, "O&iii:empty", conv_shape, &s, &dt, &devt, &devi)) return NULL;
+    if (!check_dtype_dev(dt, devt)) return NULL;
+    dc_tensor *out;
+    RUN_WRAP(dc_empty(&out, s.n, s.v, (dc_dtype)dt, (dc_device){devt, devi}), out);
+}
+
+static PyObject *f_full(PyObject *m, PyObject *args)
+{
+    (void)m;
+    shape_arg s;
+    double v;
+    int dt, devt, devi;
+    if (!PyArg_ParseTuple(args, "O&diii:full", conv_shape, &s, &v, &dt, &devt, &devi)) return NULL;
+    if (!check_dtype_dev(dt, devt)) return NULL;
+    dc_tensor *out;
+    RUN_WRAP(dc_full(&out, s.n, s.v, v, (dc_dtype)dt, (dc_device){devt, devi}), out);
+}
+
+static PyObject *f_arange(PyObject *m, PyObject *args)
+{
+    (void)m;
+    double a, b, step;
+    int dt, devt, devi;
+    if (!PyArg_ParseTuple(args, "dddiii:arange", &a, &b, &step, &dt, &devt, &devi)) return NULL;
+    if (!check_dtype_dev(dt, devt)) return NULL;
+    dc_tensor *out;
+    RUN_WRAP(dc_arange(&out, a, b, step, (dc_dtype)dt, (dc_device){devt, devi}), out);
+}
+
+static PyObject *f_random(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int kind, dt, devt, devi;
+    shape_arg s;
+    long long lo, hi;
+    if (!PyArg_ParseTuple(args, "iO&LLiii:random", &kind, conv_shape, &s, &lo, &hi, &dt, &devt, &devi)) return NULL;
+    if (!check_dtype_dev(dt, devt)) return NULL;
+    if (kind != DC_K_RAND && kind != DC_K_RANDN && kind != DC_K_RANDINT) {
+        PyErr_SetString(PyExc_ValueError, "random: unknown kind");
+        return NULL;
+    }
+    dc_tensor *out;
+    RUN_WRAP(dc_random(&out, (dc_kop)kind, s.n, s.v, lo, hi, (dc_dtype)dt, (dc_device){devt, devi}), out);
+}
+
+static PyObject *f_to(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dt, devt, devi;
+    if (!PyArg_ParseTuple(args, "O&iii:to", conv_tensor, &x, &dt, &devt, &devi)) return NULL;
+    if (!check_dtype_dev(dt, devt)) return NULL;
+    RUN_WRAP(dc_to(&out, x, (dc_dtype)dt, (dc_device){devt, devi}), out);
+}
+
+#define UNARY_T(name, fn)                                              \
+    static PyObject *f_##name(PyObject *m, PyObject *arg)              \
+    {                                                                  \
+        (void)m;                                                       \
+        dc_tensor *x = dc_py_tensor(arg, #name "() argument"), *out;   \
+        if (!x) return NULL;                                           \
+        RUN_WRAP(fn(&out, x), out);                                    \
+    }
+UNARY_T(contiguous, dc_contiguous)
+UNARY_T(clone, dc_clone)
+UNARY_T(detach, dc_detach)
+
+static PyObject *f_from_dlpack_capsule(PyObject *m, PyObject *cap)
+{
+    (void)m;
+    extern PyObject *dc_py_from_dlpack_capsule(PyObject *);
+    return dc_py_from_dlpack_capsule(cap);
+}
+
+/* from_numpy: share the memory of any object with the buffer protocol */
+static void release_buffer(void *ctx)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyBuffer_Release((Py_buffer *)ctx);
+    PyMem_RawFree(ctx);
+    PyGILState_Release(g);
+}
+
+static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
+{
+    (void)m;
+    Py_buffer *view = PyMem_RawCalloc(1, sizeof *view);
+    if (!view) return PyErr_NoMemory();
+    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS) < 0) {
+        PyErr_Clear();
+        if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0) {
+            PyMem_RawFree(view);
+            return NULL;
+        }
+    }
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    dc_dtype dt;
+    Py_ssize_t isz = view->itemsize;
+    if (!strcmp(f, "f") && isz == 4) dt = DC_FLOAT32;
+    else if (!strcmp(f, "d") && isz == 8) dt = DC_FLOAT64;
+    else if (!strcmp(f, "e") && isz == 2) dt = DC_FLOAT16;
+    else if ((!strcmp(f, "i") || !strcmp(f, "l")) && isz == 4) dt = DC_INT32;
+    else if ((!strcmp(f, "l") || !strcmp(f, "q")) && isz == 8) dt = DC_INT64;
+    else if (!strcmp(f, "?") && isz == 1) dt = DC_BOOL;
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "from_numpy: unsupported array dtype (buffer format '%s', itemsize %zd); supported: float32, "
+                     "float64, float16, int32, int64, bool",
+                     view->format ? view->format : "B", isz);
+        PyBuffer_Release(view);
+        PyMem_RawFree(view);
+        return NULL;
+    }
+    if (view->ndim > DC_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "from_numpy: %d dims is more than the supported %d", view->ndim, DC_MAX_DIMS);
+        PyBuffer_Release(view);
+        PyMem_RawFree(view);
+        return NULL;
+    }
+    int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
+    for (int d = 0; d < view->ndim; d++) {
+        shape[d] = view->shape[d];
+        Py_ssize_t bs = view->strides ? view->strides[d] : 0;
+        if (bs < 0 || bs % isz) {
+            PyErr_SetString(PyExc_ValueError,
+                            "from_numpy: arrays with negative or unaligned strides are not supported; pass "
+                            "numpy.ascontiguousarray(a)");
+            PyBuffer_Release(view);
+            PyMem_RawFree(view);
+            return NULL;
+        }
+        strides[d] = bs / isz;
+    }
+    if (!view->strides) dc_contiguous_strides(view->ndim, shape, strides);
+    dc_tensor *t;
+    dc_status st = dc_from_blob(&t, view->buf, (size_t)view->len, view->ndim, shape, strides, dt,
+                                (dc_device){DC_CPU, 0}, release_buffer, view);
+    if (st) return dc_py_raise(st); /* the deleter already released the buffer */
+    return dc_py_wrap(t);
+}
+
+/* --- in place -------------------------------------------------------------------------------- */
+
+static PyObject *f_copy_(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *dst, *src;
+    if (!PyArg_ParseTuple(args, "O&O&:copy_", conv_tensor, &dst, conv_tensor, &src)) return NULL;
+    RUN(dc_copy_(dst, src));
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_fill_(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *t;
+    double v;
+    if (!PyArg_ParseTuple(args, "O&d:fill_", conv_tensor, &t, &v)) return NULL;
+    RUN(dc_fill_(t, v));
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_binary_(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int op;
+    dc_tensor *t, *o;
+    if (!PyArg_ParseTuple(args, "iO&O&:binary_", &op, conv_tensor, &t, conv_tensor, &o)) return NULL;
+    if (op < DC_K_ADD || op > DC_K_MINIMUM) {
+        PyErr_SetString(PyExc_ValueError, "binary_: not an arithmetic op");
+        return NULL;
+    }
+    RUN(dc_binary_((dc_kop)op, t, o));
+    Py_RETURN_NONE;
+}
+
+/* --- views ----------------------------------------------------------------------------------- */
+
+static PyObject *f_view(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    shape_arg s;
+    int reshape = 0;
+    if (!PyArg_ParseTuple(args, "O&O&|p:view", conv_tensor, &x, conv_shape, &s, &reshape)) return NULL;
+    RUN_WRAP(reshape ? dc_reshape(&out, x, s.n, s.v) : dc_view(&out, x, s.n, s.v), out);
+}
+
+static PyObject *f_expand(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    shape_arg s;
+    if (!PyArg_ParseTuple(args, "O&O&:expand", conv_tensor, &x, conv_shape, &s)) return NULL;
+    RUN_WRAP(dc_expand(&out, x, s.n, s.v), out);
+}
+
+static PyObject *f_permute(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    shape_arg s;
+    if (!PyArg_ParseTuple(args, "O&O&:permute", conv_tensor, &x, conv_shape, &s)) return NULL;
+    if (s.n != x->ndim) {
+        PyErr_Format(PyExc_ValueError, "permute: got %d dims for a tensor with %d dims (shape %s)", s.n, x->ndim,
+                     DC_SHAPE(x));
+        return NULL;
+    }
+    int dims[DC_MAX_DIMS];
+    for (int d = 0; d < s.n; d++) dims[d] = (int)s.v[d];
+    RUN_WRAP(dc_permute(&out, x, dims), out);
+}
+
+static PyObject *f_transpose(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int a, b;
+    if (!PyArg_ParseTuple(args, "O&ii:transpose", conv_tensor, &x, &a, &b)) return NULL;
+    RUN_WRAP(dc_transpose(&out, x, a, b), out);
+}
+
+static PyObject *f_slice(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dim;
+    long long a, b, step;
+    if (!PyArg_ParseTuple(args, "O&iLLL:slice", conv_tensor, &x, &dim, &a, &b, &step)) return NULL;
+    RUN_WRAP(dc_slice(&out, x, dim, a, b, step), out);
+}
+
+static PyObject *f_select(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dim;
+    long long i;
+    if (!PyArg_ParseTuple(args, "O&iL:select", conv_tensor, &x, &dim, &i)) return NULL;
+    RUN_WRAP(dc_select(&out, x, dim, i), out);
+}
+
+static PyObject *f_unsqueeze(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dim;
+    if (!PyArg_ParseTuple(args, "O&i:unsqueeze", conv_tensor, &x, &dim)) return NULL;
+    RUN_WRAP(dc_unsqueeze(&out, x, dim), out);
+}
+
+static PyObject *f_squeeze(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    PyObject *d = Py_None;
+    if (!PyArg_ParseTuple(args, "O&|O:squeeze", conv_tensor, &x, &d)) return NULL;
+    int dim = DC_ALL_DIMS;
+    if (d != Py_None) {
+        dim = (int)PyLong_AsLong(d);
+        if (dim == -1 && PyErr_Occurred()) return NULL;
+    }
+    RUN_WRAP(dc_squeeze(&out, x, dim), out);
+}
+
+/* --- elementwise ------------------------------------------------------------------------------ */
+
+static PyObject *f_unary(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int op;
+    dc_tensor *x, *out;
+    if (!PyArg_ParseTuple(args, "iO&:unary", &op, conv_tensor, &x)) return NULL;
+    if (op < DC_K_NEG || op > DC_K_ABS) {
+        PyErr_Format(PyExc_ValueError, "unary: %d is not a unary op", op);
+        return NULL;
+    }
+    RUN_WRAP(dc_unary(&out, (dc_kop)op, x), out);
+}
+
+static PyObject *f_binary(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int op;
+    dc_tensor *a, *b, *out;
+    if (!PyArg_ParseTuple(args, "iO&O&:binary", &op, conv_tensor, &a, conv_tensor, &b)) return NULL;
+    if (op < DC_K_ADD || op > DC_K_GE) {
+        PyErr_Format(PyExc_ValueError, "binary: %d is not a binary op", op);
+        return NULL;
+    }
+    RUN_WRAP(dc_binary(&out, (dc_kop)op, a, b), out);
+}
+
+static PyObject *f_clamp(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    PyObject *lo, *hi;
+    if (!PyArg_ParseTuple(args, "O&OO:clamp", conv_tensor, &x, &lo, &hi)) return NULL;
+    double l = 0, h = 0;
+    if (lo != Py_None && (l = PyFloat_AsDouble(lo)) == -1 && PyErr_Occurred()) return NULL;
+    if (hi != Py_None && (h = PyFloat_AsDouble(hi)) == -1 && PyErr_Occurred()) return NULL;
+    RUN_WRAP(dc_clamp(&out, x, l, h, lo != Py_None, hi != Py_None), out);
+}
+
+static PyObject *f_pow_scalar(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    double p;
+    int reverse = 0;
+    if (!PyArg_ParseTuple(args, "O&d|p:pow_scalar", conv_tensor, &x, &p, &reverse)) return NULL;
+    RUN_WRAP(reverse ? dc_rpow_scalar(&out, p, x) : dc_pow_scalar(&out, x, p), out);
+}
+
+static PyObject *f_where(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *c, *a, *b, *out;
+    if (!PyArg_ParseTuple(args, "O&O&O&:where", conv_tensor, &c, conv_tensor, &a, conv_tensor, &b)) return NULL;
+    RUN_WRAP(dc_where(&out, c, a, b), out);
+}
+
+static PyObject *f_dropout(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    double p;
+    int training;
+    if (!PyArg_ParseTuple(args, "O&dp:dropout", conv_tensor, &x, &p, &training)) return NULL;
+    RUN_WRAP(dc_dropout(&out, x, p, training), out);
+}
+
+static PyObject *f_gelu(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int approx = 0;
+    if (!PyArg_ParseTuple(args, "O&|p:gelu", conv_tensor, &x, &approx)) return NULL;
+    RUN_WRAP(dc_unary(&out, approx ? DC_K_GELU_TANH : DC_K_GELU_ERF, x), out);
+}
+
+static PyObject *f_silu(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    dc_tensor *x = dc_py_tensor(arg, "silu() argument"), *out;
+    if (!x) return NULL;
+    RUN_WRAP(dc_unary(&out, DC_K_SILU, x), out);
+}
+
+/* --- reductions ----------------------------------------------------------------------------- */
+
+static PyObject *f_sum(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    PyObject *dims_o = Py_None;
+    int keepdim = 0, mean = 0, n, dims[DC_MAX_DIMS];
+    if (!PyArg_ParseTuple(args, "O&|Opp:sum", conv_tensor, &x, &dims_o, &keepdim, &mean)) return NULL;
+    if (!parse_dims(dims_o, &n, dims, mean ? "mean" : "sum")) return NULL;
+    RUN_WRAP(mean ? dc_mean(&out, x, n, dims, keepdim) : dc_sum(&out, x, n, dims, keepdim), out);
+}
+
+static PyObject *f_amax(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    PyObject *dims_o = Py_None;
+    int keepdim = 0, is_min = 0, n, dims[DC_MAX_DIMS];
+    if (!PyArg_ParseTuple(args, "O&|Opp:amax", conv_tensor, &x, &dims_o, &keepdim, &is_min)) return NULL;
+    if (!parse_dims(dims_o, &n, dims, is_min ? "min" : "max")) return NULL;
+    RUN_WRAP(dc_amax(&out, x, n, dims, keepdim, is_min), out);
+}
+
+static PyObject *f_argmax(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    PyObject *d = Py_None;
+    int keepdim = 0, is_min = 0;
+    if (!PyArg_ParseTuple(args, "O&|Opp:argmax", conv_tensor, &x, &d, &keepdim, &is_min)) return NULL;
+    int dim = DC_ALL_DIMS;
+    if (d != Py_None) {
+        dim = (int)PyLong_AsLong(d);
+        if (dim == -1 && PyErr_Occurred()) return NULL;
+    }
+    RUN_WRAP(dc_argmax(&out, x, dim, keepdim, is_min), out);
+}
+
+static PyObject *f_softmax(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dim, log = 0;
+    if (!PyArg_ParseTuple(args, "O&i|p:softmax", conv_tensor, &x, &dim, &log)) return NULL;
+    RUN_WRAP(dc_softmax(&out, x, dim, log), out);
+}
+
+static PyObject *f_layer_norm(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *w, *b, *out;
+    double eps = 1e-5;
+    if (!PyArg_ParseTuple(args, "O&O&O&|d:layer_norm", conv_tensor, &x, conv_opt_tensor, &w, conv_opt_tensor, &b, &eps))
+        return NULL;
+    RUN_WRAP(dc_layer_norm(&out, x, w, b, eps), out);
+}
+
+/* --- linear algebra, indexing ---------------------------------------------------------------- */
+
+static PyObject *f_matmul(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *a, *b, *out;
+    if (!PyArg_ParseTuple(args, "O&O&:matmul", conv_tensor, &a, conv_tensor, &b)) return NULL;
+    RUN_WRAP(dc_matmul(&out, a, b), out);
+}
+
+static PyObject *f_cat(PyObject *m, PyObject *args)
+{
+    (void)m;
+    tensor_list l = {0};
+    int dim = 0;
+    dc_tensor *out;
+    if (!PyArg_ParseTuple(args, "O&|i:cat", conv_tensor_list, &l, &dim)) return NULL;
+    dc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dc_cat(&out, l.n, l.v, dim);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(l.v);
+    if (st) return dc_py_raise(st);
+    return dc_py_wrap(out);
+}
+
+static PyObject *f_gather(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *idx, *out;
+    int dim, select = 0;
+    if (!PyArg_ParseTuple(args, "O&iO&|p:gather", conv_tensor, &x, &dim, conv_tensor, &idx, &select)) return NULL;
+    RUN_WRAP(select ? dc_index_select(&out, x, dim, idx) : dc_gather(&out, x, dim, idx), out);
+}
+
+static PyObject *f_tril(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    long long diag = 0;
+    int upper = 0;
+    if (!PyArg_ParseTuple(args, "O&|Lp:tril", conv_tensor, &x, &diag, &upper)) return NULL;
+    RUN_WRAP(dc_tril(&out, x, diag, upper), out);
+}
+
+/* --- optimizers ------------------------------------------------------------------------------ */
+
+static int same_len(const tensor_list *a, const tensor_list *b, const char *op, const char *what)
+{
+    if (a->n == b->n) return 1;
+    PyErr_Format(PyExc_ValueError, "%s: got %d params but %d %s", op, a->n, b->n, what);
+    return 0;
+}
+
+static PyObject *f_sgd_step(PyObject *m, PyObject *args)
+{
+    (void)m;
+    tensor_list p = {0}, g = {0}, b = {0};
+    double lr, mom, damp, wd;
+    int nesterov, maximize, first = 0;
+    PyObject *r = NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&ddddpp|p:sgd_step", conv_tensor_list, &p, conv_tensor_list, &g,
+                          conv_tensor_list, &b, &lr, &mom, &damp, &wd, &nesterov, &maximize, &first))
+        return NULL;
+    if (same_len(&p, &g, "sgd_step", "grads") && (mom == 0 || same_len(&p, &b, "sgd_step", "momentum buffers"))) {
+        dc_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
+        Py_END_ALLOW_THREADS
+        r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+    }
+    PyMem_Free(p.v);
+    PyMem_Free(g.v);
+    PyMem_Free(b.v);
+    return r;
+}
+
+static PyObject *f_adamw_step(PyObject *m, PyObject *args)
+{
+    (void)m;
+    tensor_list p = {0}, g = {0}, ea = {0}, eas = {0};
+    long long step;
+    double lr, b1, b2, eps, wd;
+    int maximize = 0;
+    PyObject *r = NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&Lddddd|p:adamw_step", conv_tensor_list, &p, conv_tensor_list, &g,
+                          conv_tensor_list, &ea, conv_tensor_list, &eas, &step, &lr, &b1, &b2, &eps, &wd, &maximize))
+        return NULL;
+    if (same_len(&p, &g, "adamw_step", "grads") && same_len(&p, &ea, "adamw_step", "exp_avgs") &&
+        same_len(&p, &eas, "adamw_step", "exp_avg_sqs")) {
+        dc_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
+        Py_END_ALLOW_THREADS
+        r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+    }
+    PyMem_Free(p.v);
+    PyMem_Free(g.v);
+    PyMem_Free(ea.v);
+    PyMem_Free(eas.v);
+    return r;
+}
+
+static PyObject *f_grad_norm(PyObject *m, PyObject *args)
+{
+    (void)m;
+    tensor_list l = {0};
+    double p, out = 0;
+    if (!PyArg_ParseTuple(args, "O&d:grad_norm", conv_tensor_list, &l, &p)) return NULL;
+    dc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dc_total_norm(l.n, l.v, p, &out);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(l.v);
+    if (st) return dc_py_raise(st);
+    return PyFloat_FromDouble(out);
+}
+
+static PyObject *f_scale_(PyObject *m, PyObject *args)
+{
+    (void)m;
+    tensor_list l = {0};
+    double f;
+    if (!PyArg_ParseTuple(args, "O&d:scale_", conv_tensor_list, &l, &f)) return NULL;
+    dc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dc_scale_(l.n, l.v, f);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(l.v);
+    if (st) return dc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* --- autograd, RNG, misc -------------------------------------------------------------------- */
+
+static PyObject *f_backward(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *t, *g;
+    int retain = 0;
+    if (!PyArg_ParseTuple(args, "O&O&|p:backward", conv_tensor, &t, conv_opt_tensor, &g, &retain)) return NULL;
+    RUN(dc_backward(t, g, retain)); /* the whole backward pass runs without the GIL */
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_set_grad_enabled(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    int prev = dc_grad_enabled();
+    dc_set_grad_enabled(on);
+    return PyBool_FromLong(prev);
+}
+
+static PyObject *f_is_grad_enabled(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    return PyBool_FromLong(dc_grad_enabled());
+}
+
+static PyObject *f_manual_seed(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    unsigned long long s = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred()) return NULL;
+    dc_manual_seed(s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_rng_state(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    return Py_BuildValue("(KK)", (unsigned long long)dc_initial_seed(), (unsigned long long)dc_rng_get_offset());
+}
+
+static PyObject *f_set_rng_state(PyObject *m, PyObject *args)
+{
+    (void)m;
+    unsigned long long seed, off;
+    if (!PyArg_ParseTuple(args, "KK:set_rng_state", &seed, &off)) return NULL;
+    dc_rng_set_state(seed, off);
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_set_tensor_class(PyObject *m, PyObject *cls)
+{
+    (void)m;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, dc_py_tensor_base)) {
+        PyErr_SetString(PyExc_TypeError, "_set_tensor_class: expected a subclass of TensorBase");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XDECREF(dc_py_tensor_cls);
+    dc_py_tensor_cls = (PyTypeObject *)cls;
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_cuda_info(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    const dc_backend *be = dc_backend_get(DC_CUDA);
+    int n = 0;
+    if (be) {
+        Py_BEGIN_ALLOW_THREADS
+        n = be->device_count();
+        Py_END_ALLOW_THREADS
+    }
+    return Py_BuildValue("(Oi)", be ? Py_True : Py_False, n);
+}
+
+static PyObject *f_synchronize(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int devt, devi;
+    if (!PyArg_ParseTuple(args, "ii:synchronize", &devt, &devi)) return NULL;
+    const dc_backend *be = dc_backend_get(devt);
+    if (!be) {
+        PyErr_SetString(PyExc_RuntimeError, "synchronize: that device type is not built in");
+        return NULL;
+    }
+    RUN(be->synchronize((dc_device){devt, devi}));
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_kernel_names(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    PyObject *d = PyDict_New();
+    for (int k = 0; d && k < DC_KOP_COUNT; k++) {
+        PyObject *v = PyLong_FromLong(k);
+        if (!v || PyDict_SetItemString(d, dc_kop_names[k], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+#define F(name, flags) {#name, (PyCFunction)(void (*)(void))f_##name, flags, NULL}
+static PyMethodDef module_methods[] = {
+    F(empty, METH_VARARGS), F(full, METH_VARARGS), F(arange, METH_VARARGS), F(random, METH_VARARGS),
+    F(to, METH_VARARGS), F(contiguous, METH_O), F(clone, METH_O), F(detach, METH_O),
+    F(from_dlpack_capsule, METH_O), F(from_buffer, METH_O),
+    F(copy_, METH_VARARGS), F(fill_, METH_VARARGS), F(binary_, METH_VARARGS),
+    F(view, METH_VARARGS), F(expand, METH_VARARGS), F(permute, METH_VARARGS), F(transpose, METH_VARARGS),
+    F(slice, METH_VARARGS), F(select, METH_VARARGS), F(unsqueeze, METH_VARARGS), F(squeeze, METH_VARARGS),
+    F(unary, METH_VARARGS), F(binary, METH_VARARGS), F(clamp, METH_VARARGS), F(pow_scalar, METH_VARARGS),
+    F(where, METH_VARARGS), F(dropout, METH_VARARGS), F(gelu, METH_VARARGS), F(silu, METH_O),
+    F(sum, METH_VARARGS), F(amax, METH_VARARGS), F(argmax, METH_VARARGS), F(softmax, METH_VARARGS),
+    F(layer_norm, METH_VARARGS), F(matmul, METH_VARARGS), F(cat, METH_VARARGS), F(gather, METH_VARARGS),
+    F(tril, METH_VARARGS), F(sgd_step, METH_VARARGS), F(adamw_step, METH_VARARGS), F(grad_norm, METH_VARARGS),
+    F(scale_, METH_VARARGS), F(backward, METH_VARARGS), F(set_grad_enabled, METH_O),
+    F(is_grad_enabled, METH_NOARGS), F(manual_seed, METH_O), F(rng_state, METH_NOARGS),
+    F(set_rng_state, METH_VARARGS), F(set_tensor_class, METH_O), F(cuda_info, METH_NOARGS),
+    F(synchronize, METH_VARARGS), F(kernel_names, METH_NOARGS),
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *m)
+{
+    if (dc_py_init_errors(m) < 0) return -1;
+    if (dc_py_init_tensor_type(m) < 0) return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dutycycle._C",
+    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
+    .m_size = 0,
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModuleDef_Init(&module_def); }

@@ -1,0 +1,147 @@
+/* common.cuh: what every file in cuda/ shares: the core's C headers made includable from CUDA C++,
+ * the DC_CUDA_TRY error macro, launch geometry and the dtype <-> compute-type helpers.
+ *
+ * Private to cuda/; the rest of dutycycle sees only dc_cuda_backend_get() and the two diagnostics
+ * in backend.cu. */
+#ifndef DC_CUDA_COMMON_CUH
+#define DC_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* tensor.h uses C11 <stdatomic.h> (atomic_long). Before C++23, libstdc++'s <stdatomic.h> declares
+ * nothing in C++, so give C++ the same names the C++23 header gives: std::atomic<long> has the
+ * size and alignment of C's _Atomic long on every ABI we build for. cuda/ never touches the
+ * atomic fields; it only needs dc_tensor's declaration to parse. */
+#if defined(__cplusplus) && __cplusplus <= 202002L
+#include <atomic>
+using std::atomic_long;
+using std::memory_order;
+#endif
+
+#include "backend-impl.h"
+
+/* Every CUDA runtime call goes through here: on failure the message (file, line, CUDA's text)
+ * goes into the thread's error buffer and the function returns DC_ERR_CUDA. The failed call also
+ * set CUDA's "last error"; clear it so the next launch check does not report it a second time
+ * (sticky errors, e.g. an illegal address, stay and fail every later call, as they must). */
+#define DC_CUDA_TRY(call)                                                                        \
+    do {                                                                                         \
+        cudaError_t dc_cuda_e_ = (call);                                                         \
+        if (dc_cuda_e_ != cudaSuccess) {                                                         \
+            (void)cudaGetLastError();                                                            \
+            return dc_error(DC_ERR_CUDA, "%s:%d: %s (%s)", __FILE__, __LINE__,                   \
+                            cudaGetErrorString(dc_cuda_e_), cudaGetErrorName(dc_cuda_e_));       \
+        }                                                                                        \
+    } while (0)
+
+/* After every kernel launch (llm.c's cudaCheck(cudaGetLastError())): catches bad launch
+ * configurations now; faults inside the kernel surface at the next synchronising call. */
+#define DC_CUDA_CHECK_LAUNCH() DC_CUDA_TRY(cudaGetLastError())
+
+/* --- launch geometry ----------------------------------------------------------------------- */
+
+#define DC_CUDA_THREADS 256
+/* Grid-stride loops: beyond this many blocks each thread takes several elements. */
+#define DC_CUDA_MAX_BLOCKS 65536
+
+static inline unsigned int dc_cuda_blocks(int64_t n)
+{
+    int64_t b = (n + DC_CUDA_THREADS - 1) / DC_CUDA_THREADS;
+    if (b < 1) b = 1;
+    if (b > DC_CUDA_MAX_BLOCKS) b = DC_CUDA_MAX_BLOCKS;
+    return (unsigned int)b;
+}
+
+/* Shape and strides of N operands of one elementwise op, passed to the kernel by value. Dim d of
+ * every operand has extent shape[d]; operand k's element for flat (row-major) index i sits at
+ * sum_d idx_d * st[k][d] elements from its base pointer. */
+template <int N> struct dc_geom {
+    int ndim;
+    int64_t shape[DC_MAX_DIMS];
+    int64_t st[N][DC_MAX_DIMS];
+};
+
+/* Offsets (in elements) of flat index i in each operand. OneD: ndim == 1, no division needed,
+ * which after coalescing is every contiguous or scalar-broadcast case. */
+template <int N, bool OneD>
+__device__ __forceinline__ void dc_geom_offsets(const dc_geom<N> &g, int64_t i, int64_t off[N])
+{
+    if constexpr (OneD) {
+#pragma unroll
+        for (int k = 0; k < N; k++) off[k] = i * g.st[k][0];
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; k++) off[k] = 0;
+        for (int d = g.ndim - 1; d >= 0; d--) {
+            int64_t idx = i % g.shape[d];
+            i /= g.shape[d];
+#pragma unroll
+            for (int k = 0; k < N; k++) off[k] += idx * g.st[k][d];
+        }
+    }
+}
+
+/* --- element types --------------------------------------------------------------------------- */
+/* Storage types: float, double, __nv_bfloat16, __half, int32_t, int64_t, and uint8_t for bool
+ * (one byte, 0 or 1; read as "nonzero"). 16-bit floats compute in float (as the CPU does), with
+ * round-to-nearest-even stores, so CPU and CUDA results agree bit for bit on add and copy. */
+template <class T> struct dc_acc { typedef T type; };
+template <> struct dc_acc<__half> { typedef float type; };
+template <> struct dc_acc<__nv_bfloat16> { typedef float type; };
+template <> struct dc_acc<uint8_t> { typedef int type; };
+
+template <class T> __device__ __forceinline__ typename dc_acc<T>::type dc_load(T x) { return x; }
+template <> __device__ __forceinline__ float dc_load<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float dc_load<__nv_bfloat16>(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+template <> __device__ __forceinline__ int dc_load<uint8_t>(uint8_t x) { return x != 0; }
+
+/* Compute value -> storage type T. */
+template <class T> struct dc_store_impl {
+    template <class A> __device__ __forceinline__ static T go(A a) { return static_cast<T>(a); }
+};
+template <> struct dc_store_impl<__half> {
+    template <class A> __device__ __forceinline__ static __half go(A a)
+    {
+        return __float2half_rn(static_cast<float>(a)); /* doubles round via float, as on the CPU */
+    }
+};
+template <> struct dc_store_impl<__nv_bfloat16> {
+    template <class A> __device__ __forceinline__ static __nv_bfloat16 go(A a)
+    {
+        return __float2bfloat16_rn(static_cast<float>(a));
+    }
+};
+template <> struct dc_store_impl<uint8_t> {
+    template <class A> __device__ __forceinline__ static uint8_t go(A a) { return a != A(0) ? 1 : 0; }
+};
+template <class T, class A> __device__ __forceinline__ T dc_store(A a) { return dc_store_impl<T>::go(a); }
+
+/* Calls f(T()) with T the storage type of dt. Only dtypes whose bit is set in Allowed
+ * (1 << dc_dtype) are instantiated and accepted; any other gives DC_ERR_UNSUPPORTED naming op and
+ * dtype. */
+#define DC_DT_BIT(d) (1u << (d))
+#define DC_DT_ALL 0x7fu
+#define DC_DT_ARITH (DC_DT_ALL & ~DC_DT_BIT(DC_BOOL))
+
+template <unsigned Allowed, class F> static dc_status dc_dispatch(dc_dtype dt, const char *op, F &&f)
+{
+    switch (dt) {
+    case DC_FLOAT32: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT32)) return f(float()); break;
+    case DC_FLOAT64: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT64)) return f(double()); break;
+    case DC_BFLOAT16: if constexpr (Allowed & DC_DT_BIT(DC_BFLOAT16)) return f(__nv_bfloat16()); break;
+    case DC_FLOAT16: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT16)) return f(__half()); break;
+    case DC_INT32: if constexpr (Allowed & DC_DT_BIT(DC_INT32)) return f(int32_t()); break;
+    case DC_INT64: if constexpr (Allowed & DC_DT_BIT(DC_INT64)) return f(int64_t()); break;
+    case DC_BOOL: if constexpr (Allowed & DC_DT_BIT(DC_BOOL)) return f(uint8_t()); break;
+    default: break;
+    }
+    return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
+}
+
+#endif

@@ -1,0 +1,317 @@
+"""Module-level tensor functions: constructors (tensor, zeros, randn, ...) and the function forms
+of tensor methods (dutycycle.cat, dutycycle.softmax, ...)."""
+
+from __future__ import annotations
+
+import math
+
+from . import _C
+from ._dtype import as_device, as_dtype, bfloat16, bool_, float32, float64, int64
+from ._tensor import K, Tensor, _norm_size, where  # noqa: F401
+
+_default_dtype = float32
+
+
+def set_default_dtype(d):
+    global _default_dtype
+    d = as_dtype(d)
+    if not d.is_floating_point:
+        raise TypeError(f"default dtype must be floating point, got {d!r}")
+    _default_dtype = d
+
+
+def get_default_dtype():
+    return _default_dtype
+
+
+def _finish(t, requires_grad):
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def _dd(dtype, default=None):
+    return as_dtype(dtype) if dtype is not None else (default or _default_dtype)
+
+
+# --- constructors ----------------------------------------------------------------------------------
+
+def tensor(data, dtype=None, device=None, requires_grad=False):
+    """A new tensor (always a copy) from a nested list, a number, a NumPy array or a tensor."""
+    import numpy as np
+
+    if isinstance(data, Tensor):
+        t = data.detach().to(dtype=_dd(dtype, data.dtype), device=as_device(device) if device else data.device,
+                             copy=True)
+        return _finish(t, requires_grad)
+    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in data):
+        data = [x.detach().cpu().numpy() if isinstance(x, Tensor) else x for x in data]
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"tensor(): can't build a tensor from {type(data).__name__}: {e}") from None
+    if dtype is None:
+        if arr.dtype.kind == "f":
+            dt = float64 if (isinstance(data, np.ndarray) and arr.dtype == np.float64) else (
+                as_dtype(arr.dtype.name) if arr.dtype in (np.float32, np.float16) else _default_dtype)
+        elif arr.dtype.kind in "iu":
+            dt = as_dtype(arr.dtype.name) if (isinstance(data, np.ndarray) and arr.dtype.name in ("int32", "int64")) \
+                else int64
+        elif arr.dtype.kind == "b":
+            dt = bool_
+        else:
+            raise TypeError(f"tensor(): unsupported data of NumPy dtype {arr.dtype} ({type(data).__name__})")
+    else:
+        dt = as_dtype(dtype)
+    host_dt = float32 if dt == bfloat16 else dt
+    arr = np.ascontiguousarray(arr, dtype=host_dt._np)
+    t = _C.clone(_C.from_buffer(arr))
+    if dt != host_dt or device is not None:
+        t = t.to(dt, as_device(device) if device is not None else "cpu")
+    return _finish(t, requires_grad)
+
+
+as_tensor = tensor
+
+
+def from_numpy(arr):
+    """A tensor sharing memory with a NumPy array (writes show up on both sides)."""
+    import numpy as np
+
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(arr).__name__}")
+    return _C.from_buffer(arr)
+
+
+def from_dlpack(obj):
+    """A tensor sharing memory with any DLPack producer (NumPy, PyTorch, CuPy, ...)."""
+    if hasattr(obj, "__dlpack__"):
+        try:
+            cap = obj.__dlpack__()
+        except TypeError:
+            cap = obj.__dlpack__(stream=None)
+    else:
+        cap = obj
+    return _C.from_dlpack_capsule(cap)
+
+
+def empty(*size, dtype=None, device=None, requires_grad=False):
+    return _finish(_C.empty(_norm_size(size), _dd(dtype).id, *as_device(device)._tuple), requires_grad)
+
+
+def full(size, fill_value, dtype=None, device=None, requires_grad=False):
+    if isinstance(size, int):
+        size = (size,)
+    if dtype is None:
+        dtype = bool_ if isinstance(fill_value, bool) else int64 if isinstance(fill_value, int) else _default_dtype
+    return _finish(_C.full(_norm_size((size,)), float(fill_value), as_dtype(dtype).id, *as_device(device)._tuple),
+                   requires_grad)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False):
+    return _finish(_C.full(_norm_size(size), 0.0, _dd(dtype).id, *as_device(device)._tuple), requires_grad)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False):
+    return _finish(_C.full(_norm_size(size), 1.0, _dd(dtype).id, *as_device(device)._tuple), requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    vals = (start, end, step)
+    if dtype is None:
+        dtype = int64 if all(isinstance(v, int) for v in vals) else _default_dtype
+    return _finish(_C.arange(float(start), float(end), float(step), as_dtype(dtype).id, *as_device(device)._tuple),
+                   requires_grad)
+
+
+def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
+    if steps == 1:
+        return full((1,), start, dtype=_dd(dtype), device=device, requires_grad=requires_grad)
+    step = (end - start) / (steps - 1)
+    t = _C.arange(0.0, float(steps), 1.0, float64.id, 0, 0)
+    t = (t * step + float(start)).to(_dd(dtype), as_device(device))
+    return _finish(t, requires_grad)
+
+
+def _random(kind, size, dtype, device, requires_grad, low=0, high=0):
+    t = _C.random(K[kind], _norm_size(size), low, high, dtype.id, *as_device(device)._tuple)
+    return _finish(t, requires_grad)
+
+
+def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
+    return _random("rand", size, _dd(dtype), device, requires_grad)
+
+
+def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
+    return _random("randn", size, _dd(dtype), device, requires_grad)
+
+
+def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=False, generator=None):
+    if high is None:
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint() missing the size argument")
+    return _random("randint", (size,) if not isinstance(size, int) else ((size,),), _dd(dtype, int64), device,
+                   requires_grad, int(low), int(high))
+
+
+def randperm(n, dtype=None, device=None):
+    """A random permutation of 0..n-1 drawn from dutycycle's generator."""
+    import numpy as np
+
+    keys = rand(n, dtype=float64).numpy()
+    return tensor(np.argsort(keys, kind="stable"), dtype=_dd(dtype, int64), device=device)
+
+
+def zeros_like(t, dtype=None, device=None, requires_grad=False):
+    return zeros(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, device=None, requires_grad=False):
+    return ones(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def empty_like(t, dtype=None, device=None, requires_grad=False):
+    return empty(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, device=None, requires_grad=False):
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def rand_like(t, dtype=None, device=None, requires_grad=False):
+    return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def randn_like(t, dtype=None, device=None, requires_grad=False):
+    return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def randint_like(t, low, high=None, dtype=None, device=None):
+    return randint(low, high, t.shape, dtype=dtype or t.dtype, device=device or t.device)
+
+
+# --- RNG -----------------------------------------------------------------------------------------
+
+def manual_seed(seed):
+    """Seed the generator every random op draws from (results don't depend on the thread count)."""
+    if not isinstance(seed, int):
+        raise TypeError(f"manual_seed expects an int, got {type(seed).__name__}")
+    _C.manual_seed(seed & 0xFFFFFFFFFFFFFFFF)
+
+
+def initial_seed():
+    return _C.rng_state()[0]
+
+
+def get_rng_state():
+    """(seed, offset): restoring it with set_rng_state replays the same random numbers."""
+    return tuple(_C.rng_state())
+
+
+def set_rng_state(state):
+    seed, offset = state
+    _C.set_rng_state(int(seed), int(offset))
+
+
+# --- function forms -------------------------------------------------------------------------------
+
+def _check_tensor(x, fn):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{fn}(): expected a dutycycle.Tensor, got {type(x).__name__}")
+    return x
+
+
+def cat(tensors, dim=0):
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError("cat(): expected a list or tuple of tensors")
+    return _C.cat(list(tensors), dim)
+
+
+concat = cat
+
+
+def stack(tensors, dim=0):
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise TypeError("stack(): expected a non-empty list or tuple of tensors")
+    shape0 = tensors[0].shape
+    for i, t in enumerate(tensors):
+        _check_tensor(t, "stack")
+        if t.shape != shape0:
+            raise ValueError(f"stack expects each tensor to be equal size, but got {shape0} at entry 0 and "
+                             f"{t.shape} at entry {i}")
+    nd = len(shape0) + 1
+    d = dim % nd if -nd <= dim < nd else None
+    if d is None:
+        raise IndexError(f"stack: dim {dim} is out of range for {nd} dims")
+    return _C.cat([t.unsqueeze(d) for t in tensors], d)
+
+
+def matmul(a, b):
+    return _check_tensor(a, "matmul").__matmul__(b)
+
+
+def mm(a, b):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"mm expects 2-D tensors, got shapes {a.shape} and {b.shape}")
+    return _C.matmul(a, b)
+
+
+def bmm(a, b):
+    if a.ndim != 3 or b.ndim != 3:
+        raise ValueError(f"bmm expects 3-D tensors, got shapes {a.shape} and {b.shape}")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"bmm: batch sizes differ: {a.shape} and {b.shape}")
+    return _C.matmul(a, b)
+
+
+def _method(name):
+    def f(x, *args, **kwargs):
+        return getattr(_check_tensor(x, name), name)(*args, **kwargs)
+
+    f.__name__ = name
+    f.__doc__ = f"Function form of Tensor.{name}."
+    return f
+
+
+for _n in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "abs", "neg", "sum", "mean",
+           "var", "std", "max", "min", "amax", "amin", "argmax", "argmin", "softmax", "log_softmax", "clamp",
+           "gather", "index_select", "masked_fill", "tril", "triu", "split", "chunk", "reshape", "flatten",
+           "squeeze", "unsqueeze", "transpose", "permute", "maximum", "minimum", "square", "unbind", "narrow",
+           "clone", "allclose", "numel"):
+    globals()[_n] = _method(_n)
+clip = clamp  # noqa: F821
+
+
+def add(a, b, alpha=1):
+    return a + (b * alpha if alpha != 1 else b)
+
+
+def sub(a, b, alpha=1):
+    return a - (b * alpha if alpha != 1 else b)
+
+
+def mul(a, b):
+    return a * b if isinstance(a, Tensor) else b * a
+
+
+def div(a, b):
+    return a / b
+
+
+def pow(a, b):
+    return a ** b
+
+
+def is_tensor(x):
+    return isinstance(x, Tensor)
+
+
+def numel(x):
+    return x.numel()
+
+
+def isfinite(x):
+    return (x == x) & (x.abs() < math.inf)

@@ -1,0 +1,179 @@
+"""nn.functional: stateless layer functions composed from Tensor ops and fused _C kernels.
+
+Fused kernels (layer_norm, gelu, silu, dropout) come from the engine; the rest (cross_entropy,
+scaled_dot_product_attention, ...) are compositions whose gradients come from autograd.
+"""
+
+import math
+
+import dutycycle as dc
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def linear(x, weight, bias=None):
+    """x (..., in) @ weight.T (in, out) + bias (out,) -> (..., out)."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input has {x.shape[-1]} features, weight expects {weight.shape[1]} (weight {tuple(weight.shape)})"
+        )
+    lead = tuple(x.shape[:-1])
+    y = x.reshape(-1, x.shape[-1]) @ weight.t()  # (N, out)
+    if bias is not None:
+        y = y + bias
+    return y.view(*lead, weight.shape[0])
+
+
+def relu(x):
+    return x.relu()
+
+
+def silu(x):
+    return dc._C.silu(x)
+
+
+def gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return dc._C.gelu(x, approximate == "tanh")
+
+
+def tanh(x):
+    return x.tanh()
+
+
+def sigmoid(x):
+    return x.sigmoid()
+
+
+def softmax(x, dim=-1):
+    return x.softmax(dim)
+
+
+def log_softmax(x, dim=-1):
+    return x.log_softmax(dim)
+
+
+def dropout(x, p=0.5, training=True):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    return dc._C.dropout(x, p, training)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) != 1 or x.dim() == 0 or x.shape[-1] != shape[0]:
+        raise ValueError(
+            f"layer_norm normalises over the last dimension only: normalized_shape={shape} "
+            f"must be ({x.shape[-1] if x.dim() else '?'},) for input of shape {tuple(x.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected {shape}")
+    return dc._C.layer_norm(x, weight, bias, eps)
+
+
+def embedding(idx, weight):
+    """idx (...) int64 -> weight rows (..., D). Out-of-range indices raise from the engine."""
+    if idx.dtype not in (dc.int64, dc.int32):
+        raise TypeError(f"embedding: indices must be int64 (or int32), got {idx.dtype}")
+    rows = weight.index_select(0, idx.reshape(-1))  # (numel, D)
+    return rows.view(*idx.shape, weight.shape[1])
+
+
+def mse_loss(input, target, reduction="mean"):
+    _check_reduction(reduction)
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"mse_loss: input shape {tuple(input.shape)} != target shape {tuple(target.shape)}")
+    d = input - target
+    sq = d * d
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    return sq
+
+
+def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross entropy from logits and int64 class indices.
+
+    input (N, C) with target (N,), input (C,) with target (), or class-last input (B, T, ..., C)
+    with target (B, T, ...) (nanoGPT layout; note torch puts C second for >2-D inputs).
+    Targets equal to ignore_index add nothing and are left out of the 'mean' denominator
+    (all ignored -> nan, as in torch). label_smoothing mixes in the uniform distribution:
+    loss = (1 - eps) * nll + eps * mean_c(-log p_c).
+    """
+    _check_reduction(reduction)
+    if not isinstance(input, dc.Tensor) or not isinstance(target, dc.Tensor):
+        raise TypeError("cross_entropy: input and target must be Tensors")
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"cross_entropy: input must be floating point logits, got {input.dtype}")
+    if target.dtype != dc.int64:
+        raise TypeError(f"cross_entropy: target must be int64 (dc.long) class indices, got {target.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if input.dim() == 0:
+        raise ValueError("cross_entropy: input must have at least 1 dimension (classes)")
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"cross_entropy: target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}; "
+            f"expected target of shape {tuple(input.shape[:-1])} (classes are the last input dimension)"
+        )
+    C = input.shape[-1]
+    logits = input.reshape(-1, C)  # (N, C)
+    tgt = target.reshape(-1)  # (N,)
+    logp = logits.log_softmax(-1)  # (N, C)
+    ignored = tgt == ignore_index  # (N,) bool
+    safe = tgt.masked_fill(ignored, 0)  # gather needs in-range indices on ignored rows
+    loss = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)  # (N,)
+    if label_smoothing > 0.0:
+        loss = loss * (1.0 - label_smoothing) - logp.mean(-1) * label_smoothing
+    loss = loss.masked_fill(ignored, 0.0)
+    if reduction == "none":
+        return loss.view(*target.shape)
+    if reduction == "sum":
+        return loss.sum()
+    count = (tgt != ignore_index).to(loss.dtype).sum()  # stays on device: no sync
+    return loss.sum() / count
+
+
+def _causal_future_mask(tq, tk, device):
+    # (tq, tk) bool, True where key j lies in the future of query i (j > i), as torch's is_causal.
+    return dc.ones(tq, tk, device=device).triu(1) > 0.5
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """softmax(q @ k^T * scale + mask) @ v for q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv).
+
+    attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
+    (..., Tq, Tk). Dropout on the attention weights is applied whenever dropout_p > 0 (pass 0.0
+    in eval mode, as torch expects).
+    """
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            "scaled_dot_product_attention: incompatible shapes "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal, not both")
+    tq, tk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    att = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    if is_causal:
+        att = att.masked_fill(_causal_future_mask(tq, tk, q.device), float("-inf"))
+    elif attn_mask is not None:
+        if attn_mask.dtype == dc.bool:
+            att = att.masked_fill(attn_mask.to(att.dtype) == 0, float("-inf"))
+        else:
+            att = att + attn_mask
+    att = att.softmax(-1)
+    if dropout_p > 0.0:
+        att = dc._C.dropout(att, dropout_p, True)
+    return att @ v  # (..., Tq, Dv)

@@ -1,0 +1,111 @@
+"""Build dutycycle._C from csrc/ (C11, OpenMP, OpenBLAS) and, when nvcc is found or
+DUTYCYCLE_CUDA=1, the CUDA kernels in cuda/ (linked with cudart, cuBLASLt, cuDNN and NCCL).
+
+Environment:
+  DUTYCYCLE_CUDA=0/1     force the CPU-only or the CUDA build (default: CUDA when nvcc is found)
+  CUDA_HOME              CUDA toolkit root (default /usr/local/cuda)
+  DUTYCYCLE_CUDA_ARCH    e.g. "80;90" (default); compute capabilities to compile for
+  DUTYCYCLE_SANITIZE=1   build with -fsanitize=address,undefined (make sanitize)
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cuda_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return "/usr/local/cuda"
+
+
+def want_cuda():
+    flag = os.environ.get("DUTYCYCLE_CUDA")
+    if flag is not None:
+        return flag not in ("0", "", "false", "no")
+    return shutil.which("nvcc") is not None or os.path.exists(os.path.join(cuda_home(), "bin", "nvcc"))
+
+
+SANITIZE = os.environ.get("DUTYCYCLE_SANITIZE") == "1"
+WITH_CUDA = want_cuda()
+
+sources = sorted(
+    glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
+    + glob.glob("csrc/python/*.c")
+)
+cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
+          "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]
+ldflags = ["-fopenmp"]
+libraries = ["openblas", "m"]
+if SANITIZE:
+    cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+               "-fno-sanitize-recover=undefined"]
+    ldflags += ["-fsanitize=address,undefined"]
+define_macros = []
+library_dirs, runtime_dirs, extra_objects = [], [], []
+
+if WITH_CUDA:
+    home = cuda_home()
+    define_macros.append(("DC_WITH_CUDA", "1"))
+    lib64 = os.path.join(home, "lib64")
+    library_dirs.append(lib64)
+    runtime_dirs.append(lib64)
+    libraries += ["cudart", "cublasLt", "cudnn", "nccl", "stdc++"]
+
+
+class BuildExt(build_ext):
+    """Compile cuda/*.cu with nvcc into objects, then link them into the extension."""
+
+    def build_extension(self, ext):
+        if WITH_CUDA:
+            home = cuda_home()
+            nvcc = os.path.join(home, "bin", "nvcc")
+            if not os.path.exists(nvcc):
+                nvcc = shutil.which("nvcc") or nvcc
+            archs = os.environ.get("DUTYCYCLE_CUDA_ARCH", "80;90").split(";")
+            gencode = []
+            for a in archs:
+                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+            out_dir = os.path.join(self.build_temp, "cuda")
+            os.makedirs(out_dir, exist_ok=True)
+            objs = []
+            for src in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
+                obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                if not os.path.exists(obj) or os.path.getmtime(obj) < max(
+                        os.path.getmtime(p) for p in [src] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh"))
+                        + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h"))):
+                    cmd = [nvcc, "-std=c++17", "-O3", "--threads", "0", "-Xcompiler", "-fPIC",
+                           "-I" + os.path.join(ROOT, "csrc", "core"), "-DDC_WITH_CUDA", *gencode,
+                           "-c", src, "-o", obj]
+                    print(" ".join(cmd), flush=True)
+                    subprocess.check_call(cmd)
+                objs.append(obj)
+            ext.extra_objects = list(ext.extra_objects or []) + objs
+        super().build_extension(ext)
+
+
+ext = Extension(
+    "dutycycle._C",
+    sources=sources,
+    include_dirs=["csrc"],
+    define_macros=define_macros,
+    extra_compile_args=cflags,
+    extra_link_args=ldflags,
+    libraries=libraries,
+    library_dirs=library_dirs,
+    runtime_library_dirs=runtime_dirs,
+    extra_objects=extra_objects,
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
