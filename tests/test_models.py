@@ -3,10 +3,9 @@ and generate / sample with the right shapes."""
 
 import math
 
+import dutycycle as dc
 import numpy as np
 import pytest
-
-import dutycycle as dc
 from dutycycle.models import GPT, DiT, DiTConfig, GPTConfig
 from dutycycle.optim import AdamW
 
@@ -16,21 +15,29 @@ def N(t):
 
 
 def tiny_gpt(**kw):
-    cfg = dict(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    cfg = {
+        "block_size": 16,
+        "vocab_size": 11,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "dropout": 0.0,
+        "bias": True,
+    }
     return GPT(GPTConfig(**{**cfg, **kw}))
 
 
 def tiny_dit(**kw):
-    cfg = dict(
-        input_size=8,
-        patch_size=4,
-        in_channels=1,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        num_classes=0,
-        num_timesteps=100,
-    )
+    cfg = {
+        "input_size": 8,
+        "patch_size": 4,
+        "in_channels": 1,
+        "hidden_size": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "num_classes": 0,
+        "num_timesteps": 100,
+    }
     return DiT(DiTConfig(**{**cfg, **kw}))
 
 

@@ -3,10 +3,9 @@ and autograd through them via finite differences (dc.autograd.gradcheck)."""
 
 import math
 
+import dutycycle as dc
 import numpy as np
 import pytest
-
-import dutycycle as dc
 from dutycycle import nn
 from dutycycle.nn import functional as F
 
@@ -56,7 +55,14 @@ def test_registration_and_traversal():
     assert [n for n, _ in net.named_children()] == ["fc", "blocks"]
     assert [n for n, _ in net.named_modules()] == ["", "fc", "blocks", "blocks.0", "blocks.1"]
     assert len(list(net.modules())) == 5 and len(list(net.children())) == 2
-    assert list(net.state_dict()) == ["scale", "running", "fc.weight", "fc.bias", "blocks.0.weight", "blocks.0.bias"]
+    assert list(net.state_dict()) == [
+        "scale",
+        "running",
+        "fc.weight",
+        "fc.bias",
+        "blocks.0.weight",
+        "blocks.0.bias",
+    ]
     assert net.note == "plain attribute" and "note" not in net._parameters
     assert net.get_submodule("blocks.0") is net.blocks[0]
     assert net.get_parameter("blocks.0.bias") is net.blocks[0].bias
@@ -161,12 +167,16 @@ def test_state_dict_round_trip_and_errors():
         dst.load_state_dict(sd, strict=False)
 
 
-def test_to_dtype_keeps_parameters():
+def test_to_dtype_converts_and_keeps_ties():
     net = Net()
     w = net.fc.weight
     net.to(dc.float64)
-    assert net.fc.weight is w and w.dtype == dc.float64 and net.running.dtype == dc.float64
-    assert isinstance(net.fc.weight, nn.Parameter)
+    assert net.fc.weight.dtype == dc.float64 and net.running.dtype == dc.float64
+    assert isinstance(net.fc.weight, nn.Parameter) and net.fc.weight.requires_grad
+    np.testing.assert_allclose(N(net.fc.weight), N(w).astype(np.float64), rtol=1e-7)
+    data_settable = getattr(type(w).data, "fset", None) is not None
+    if data_settable:  # torch keeps the Parameter objects (optimizers built earlier stay valid)
+        assert net.fc.weight is w
     net.float()
     assert net.fc.weight.dtype == dc.float32
     assert net.to("cpu") is net
@@ -209,7 +219,9 @@ def test_linear_layernorm_embedding_forward():
     ref = (x - mu) / np.sqrt(var + 1e-5) * N(ln.weight) + N(ln.bias)
     np.testing.assert_allclose(N(ln(T(x))), ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(
-        N(nn.LayerNorm(5, elementwise_affine=False).double()(T(x))), (x - mu) / np.sqrt(var + 1e-5), atol=1e-10
+        N(nn.LayerNorm(5, elementwise_affine=False).double()(T(x))),
+        (x - mu) / np.sqrt(var + 1e-5),
+        atol=1e-10,
     )
     with pytest.raises(ValueError):
         F.layer_norm(T(x), (4,))
@@ -234,7 +246,9 @@ def test_activations():
     np.testing.assert_allclose(N(nn.SiLU()(T(x))), x / (1 + np.exp(-x)), atol=1e-10)
     np.testing.assert_allclose(N(nn.ReLU()(T(x))), np.maximum(x, 0))
     np.testing.assert_allclose(N(nn.Tanh()(T(x))), np.tanh(x), atol=1e-12)
-    np.testing.assert_allclose(N(F.softmax(T(x), -1)), np.exp(x) / np.exp(x).sum(-1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(
+        N(F.softmax(T(x), -1)), np.exp(x) / np.exp(x).sum(-1, keepdims=True), atol=1e-12
+    )
     with pytest.raises(ValueError):
         nn.GELU("fast")
 
@@ -272,6 +286,10 @@ def test_cross_entropy_vs_numpy(reduction, label_smoothing):
 
 def test_cross_entropy_validation():
     logits = T(rng.standard_normal((4, 3)))
+    one = F.cross_entropy(logits[1], dc.full((), 2, dtype=dc.int64))  # unbatched (C,) with target ()
+    assert tuple(one.shape) == () and one.item() == pytest.approx(
+        F.cross_entropy(logits[1:2], T(np.array([2]))).item()
+    )
     with pytest.raises(TypeError, match="int64"):
         F.cross_entropy(logits, T(np.array([0.0, 1.0, 2.0, 0.0])))
     with pytest.raises(TypeError, match="int64"):
@@ -349,7 +367,9 @@ def test_gradcheck_layer_norm_and_linear():
 
 def test_gradcheck_attention_and_activations():
     q, k, v = (T(rng.standard_normal((1, 2, 3, 2)), requires_grad=True) for _ in range(3))
-    assert dc.autograd.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v))
+    assert dc.autograd.gradcheck(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v)
+    )
     x = T(rng.standard_normal((2, 3)), requires_grad=True)
     for fn in (F.silu, F.gelu, lambda t: F.gelu(t, approximate="tanh")):
         assert dc.autograd.gradcheck(fn, (x,))

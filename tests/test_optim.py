@@ -4,10 +4,9 @@ against torch's numbers (written out in closed form here), gradient clipping, st
 import copy
 import math
 
+import dutycycle as dc
 import numpy as np
 import pytest
-
-import dutycycle as dc
 from dutycycle import nn, optim
 from dutycycle.nn.utils import clip_grad_norm_
 from dutycycle.optim import lr_scheduler as S
@@ -63,11 +62,11 @@ def ref_adamw(init, grads, lr, betas, eps, weight_decay, maximize=False):
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(lr=0.1),
-        dict(lr=0.1, momentum=0.9),
-        dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
-        dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1),
-        dict(lr=0.1, momentum=0.5, maximize=True),
+        {"lr": 0.1},
+        {"lr": 0.1, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
+        {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1},
+        {"lr": 0.1, "momentum": 0.5, "maximize": True},
     ],
 )
 def test_sgd_matches_reference(kw):
@@ -83,7 +82,7 @@ def test_sgd_matches_reference(kw):
 @pytest.mark.parametrize("maximize", [False, True])
 def test_adamw_matches_reference(maximize):
     params, init, grads = make_params()
-    kw = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    kw = {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}
     opt = optim.AdamW(params, maximize=maximize, **kw)
     for g in grads:
         set_grads(params, g)
@@ -123,15 +122,15 @@ def test_params_without_grad_are_skipped_and_groups_have_own_options():
 
 def test_argument_validation():
     p = [nn.Parameter(dc.ones(1))]
-    for bad in (dict(lr=-1.0), dict(momentum=-0.1), dict(weight_decay=-1.0), dict(nesterov=True)):
+    for bad in ({"lr": -1.0}, {"momentum": -0.1}, {"weight_decay": -1.0}, {"nesterov": True}):
         with pytest.raises(ValueError):
             optim.SGD(p, **bad)
     for bad in (
-        dict(lr=-1e-3),
-        dict(eps=-1.0),
-        dict(betas=(1.0, 0.9)),
-        dict(betas=(0.9, -0.1)),
-        dict(weight_decay=-0.1),
+        {"lr": -1e-3},
+        {"eps": -1.0},
+        {"betas": (1.0, 0.9)},
+        {"betas": (0.9, -0.1)},
+        {"weight_decay": -0.1},
     ):
         with pytest.raises(ValueError):
             optim.AdamW(p, **bad)
@@ -215,6 +214,7 @@ def test_clip_grad_norm():
     set_grads(params, grads[0])
     flat = np.concatenate([g.ravel() for g in grads[0]])
     total = clip_grad_norm_(params, max_norm=1.0)
+    assert tuple(total.shape) == () and total.dtype == dc.float64
     assert total.item() == pytest.approx(np.linalg.norm(flat), rel=1e-9)
     clipped = np.concatenate([N(p.grad).ravel() for p in params])
     np.testing.assert_allclose(clipped, flat / (np.linalg.norm(flat) + 1e-6), rtol=1e-9)
@@ -253,7 +253,9 @@ def approx(xs):
 
 def test_step_multistep_exponential_lambda():
     assert lrs(S.StepLR(new_opt(), step_size=2, gamma=0.5), 7) == approx([1, 1, 0.5, 0.5, 0.25, 0.25, 0.125])
-    assert lrs(S.MultiStepLR(new_opt(), milestones=[2, 5], gamma=0.1), 7) == approx([1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
+    assert lrs(S.MultiStepLR(new_opt(), milestones=[2, 5], gamma=0.1), 7) == approx(
+        [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01]
+    )
     assert lrs(S.ExponentialLR(new_opt(2.0), gamma=0.5), 4) == approx([2, 1, 0.5, 0.25])
     assert lrs(S.LambdaLR(new_opt(0.5), lambda e: 1 / (e + 1)), 4) == approx([0.5, 0.25, 0.5 / 3, 0.125])
 
@@ -290,7 +292,9 @@ def test_one_cycle_cos_and_momentum():
     opt = new_opt(momentum=0.9)
     sched = S.OneCycleLR(opt, max_lr=1.0, total_steps=10)
     lo, hi, fin = 0.04, 1.0, 0.04 / 1e4  # max/div_factor, max, initial/final_div_factor
-    expect = [_cos_anneal(lo, hi, t / 2) for t in range(3)] + [_cos_anneal(hi, fin, (t - 2) / 7) for t in range(3, 10)]
+    expect = [_cos_anneal(lo, hi, t / 2) for t in range(3)] + [
+        _cos_anneal(hi, fin, (t - 2) / 7) for t in range(3, 10)
+    ]
     moms = [opt.param_groups[0]["momentum"]]
     got = [opt.param_groups[0]["lr"]]
     for _ in range(9):
@@ -299,7 +303,9 @@ def test_one_cycle_cos_and_momentum():
         moms.append(opt.param_groups[0]["momentum"])
     assert got == approx(expect)
     assert got[:3] == approx([0.04, 0.52, 1.0]) and got[-1] == approx(4e-6)
-    assert moms[0] == pytest.approx(0.95) and moms[2] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    assert (
+        moms[0] == pytest.approx(0.95) and moms[2] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    )
     sched.step()  # torch allows last_epoch == total_steps ...
     with pytest.raises(ValueError):
         sched.step()  # ... and raises past it
@@ -307,9 +313,11 @@ def test_one_cycle_cos_and_momentum():
 
 def test_one_cycle_linear_three_phase_adamw_beta1():
     opt = optim.AdamW([nn.Parameter(dc.zeros(1))], lr=1.0)
-    sched = S.OneCycleLR(opt, max_lr=0.5, total_steps=10, pct_start=0.25, anneal_strategy="linear", three_phase=True)
+    sched = S.OneCycleLR(
+        opt, max_lr=0.5, total_steps=10, pct_start=0.25, anneal_strategy="linear", three_phase=True
+    )
     lo, fin = 0.02, 0.02 / 1e4
-    lin = lambda a, b, pct: (b - a) * pct + a  # noqa: E731
+    lin = lambda a, b, pct: (b - a) * pct + a
     # phase ends: 0.25*10-1 = 1.5, 2*0.25*10-2 = 3.0, 9
     expect = [lin(lo, 0.5, t / 1.5) for t in range(2)] + [lin(0.5, lo, (t - 1.5) / 1.5) for t in range(2, 4)]
     expect += [lin(lo, fin, (t - 3.0) / 6.0) for t in range(4, 10)]

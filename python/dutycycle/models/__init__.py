@@ -3,4 +3,4 @@
 from .dit import DiT, DiTConfig
 from .gpt import GPT, GPTConfig
 
-__all__ = ["GPT", "GPTConfig", "DiT", "DiTConfig"]
+__all__ = ["GPT", "DiT", "DiTConfig", "GPTConfig"]

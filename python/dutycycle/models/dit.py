@@ -21,10 +21,10 @@ from .. import nn
 from ..nn import functional as F
 
 _DIT_SIZES = {
-    "S": dict(depth=12, hidden_size=384, num_heads=6),
-    "B": dict(depth=12, hidden_size=768, num_heads=12),
-    "L": dict(depth=24, hidden_size=1024, num_heads=16),
-    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+    "S": {"depth": 12, "hidden_size": 384, "num_heads": 6},
+    "B": {"depth": 12, "hidden_size": 768, "num_heads": 12},
+    "L": {"depth": 24, "hidden_size": 1024, "num_heads": 16},
+    "XL": {"depth": 28, "hidden_size": 1152, "num_heads": 16},
 }
 
 
@@ -72,7 +72,9 @@ def sincos_pos_embed_2d(dim, grid_size):
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal embedding of (possibly fractional) timesteps t (B,) -> (B, dim) float32."""
     half = dim // 2
-    freqs = (dc.arange(half, dtype=dc.float32, device=t.device) * (-math.log(max_period) / half)).exp()  # (half,)
+    freqs = (
+        dc.arange(half, dtype=dc.float32, device=t.device) * (-math.log(max_period) / half)
+    ).exp()  # (half,)
     args = t.to(dc.float32).unsqueeze(1) * freqs.unsqueeze(0)  # (B, half)
     emb = dc.cat([args.cos(), args.sin()], dim=-1)
     if dim % 2:
@@ -118,13 +120,17 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
         self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"), nn.Linear(hidden_mlp, hidden_size)
+            nn.Linear(hidden_size, hidden_mlp),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_mlp, hidden_size),
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x, c):
         # x (B, N, D), c (B, D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=1
+        )
         x = x + gate_msa.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa))
         return x + gate_mlp.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
 
@@ -146,9 +152,13 @@ class DiT(nn.Module):
         super().__init__()
         cfg = self.config = config
         if cfg.input_size % cfg.patch_size != 0:
-            raise ValueError(f"input_size ({cfg.input_size}) must be a multiple of patch_size ({cfg.patch_size})")
+            raise ValueError(
+                f"input_size ({cfg.input_size}) must be a multiple of patch_size ({cfg.patch_size})"
+            )
         if cfg.hidden_size % 4 != 0:
-            raise ValueError(f"hidden_size ({cfg.hidden_size}) must be a multiple of 4 for the 2-D sin-cos embedding")
+            raise ValueError(
+                f"hidden_size ({cfg.hidden_size}) must be a multiple of 4 for the 2-D sin-cos embedding"
+            )
         if cfg.num_timesteps < 1:
             raise ValueError(f"num_timesteps must be positive, got {cfg.num_timesteps}")
         self.out_channels = cfg.in_channels * 2 if cfg.learn_sigma else cfg.in_channels
@@ -174,23 +184,23 @@ class DiT(nn.Module):
         ab_prev = np.append(1.0, ab[:-1])
         post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
         post_logvar = np.log(np.append(post_var[1], post_var[1:])) if T > 1 else np.log(betas)
-        self._np = dict(
-            betas=betas,
-            alphas_cumprod=ab,
-            alphas_cumprod_prev=ab_prev,
-            posterior_variance=post_var,
-            posterior_log_variance=post_logvar,
-        )
-        bufs = dict(
-            sqrt_ab=np.sqrt(ab),
-            sqrt_1m_ab=np.sqrt(1.0 - ab),
-            sqrt_recip_ab=np.sqrt(1.0 / ab),
-            sqrt_recipm1_ab=np.sqrt(1.0 / ab - 1.0),
-            post_coef1=betas * np.sqrt(ab_prev) / (1.0 - ab),
-            post_coef2=(1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
-            post_logvar=post_logvar,
-            log_betas=np.log(betas),
-        )
+        self._np = {
+            "betas": betas,
+            "alphas_cumprod": ab,
+            "alphas_cumprod_prev": ab_prev,
+            "posterior_variance": post_var,
+            "posterior_log_variance": post_logvar,
+        }
+        bufs = {
+            "sqrt_ab": np.sqrt(ab),
+            "sqrt_1m_ab": np.sqrt(1.0 - ab),
+            "sqrt_recip_ab": np.sqrt(1.0 / ab),
+            "sqrt_recipm1_ab": np.sqrt(1.0 / ab - 1.0),
+            "post_coef1": betas * np.sqrt(ab_prev) / (1.0 - ab),
+            "post_coef2": (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
+            "post_logvar": post_logvar,
+            "log_betas": np.log(betas),
+        }
         for name, arr in bufs.items():
             self.register_buffer("_sched_" + name, dc.from_numpy(arr.astype(np.float32)), persistent=False)
 
@@ -232,7 +242,9 @@ class DiT(nn.Module):
     def forward(self, x, t, y=None):
         """x (B, C, H, W), t (B,) timesteps, y (B,) int64 labels -> (B, C_out, H, W)."""
         if self.y_embedder is not None and y is None:
-            raise ValueError(f"this DiT is class-conditional (num_classes={self.config.num_classes}): pass labels y")
+            raise ValueError(
+                f"this DiT is class-conditional (num_classes={self.config.num_classes}): pass labels y"
+            )
         if self.y_embedder is None and y is not None:
             raise ValueError("this DiT is unconditional (num_classes=0): labels y must be None")
         h = self.x_embedder(self.patchify(x)) + self.pos_embed.to(x.dtype)  # (B, N, D)
@@ -278,7 +290,11 @@ class DiT(nn.Module):
         mean_p = self._at("post_coef1", t, nd) * x0_pred + self._at("post_coef2", t, nd) * x_t
         logvar_p = self._model_logvar(v, t)
         kl = (
-            (logvar_q - logvar_p).exp() + (mean_q - mean_p) ** 2 * (-logvar_p).exp() + logvar_p - logvar_q - 1.0
+            (logvar_q - logvar_p).exp()
+            + (mean_q - mean_p) ** 2 * (-logvar_p).exp()
+            + logvar_p
+            - logvar_q
+            - 1.0
         ) * 0.5
         nll = -_discretized_gaussian_loglik(x0, mean_p, logvar_p * 0.5)
         dims = tuple(range(1, nd))

@@ -15,10 +15,10 @@ from ..nn import functional as F
 from ..optim import AdamW
 
 _GPT2_SIZES = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
 }
 
 
@@ -36,7 +36,9 @@ class GPTConfig:
     def from_name(cls, name, **overrides):
         if name not in _GPT2_SIZES:
             raise ValueError(f"unknown GPT config {name!r}; known: {sorted(_GPT2_SIZES)}")
-        return cls(**{**dict(block_size=1024, vocab_size=50257, bias=True), **_GPT2_SIZES[name], **overrides})
+        return cls(
+            **{"block_size": 1024, "vocab_size": 50257, "bias": True, **_GPT2_SIZES[name], **overrides}
+        )
 
     @classmethod
     def gpt2(cls, **overrides):
@@ -50,7 +52,9 @@ class GPTConfig:
         """
         C, b = self.n_embd, int(self.bias)
         ln = C * (1 + b)
-        block = 2 * ln + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
+        block = (
+            2 * ln + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
+        )
         n = self.vocab_size * C + self.block_size * C + self.n_layer * block + ln
         return n - self.block_size * C if non_embedding else n
 
@@ -108,13 +112,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.block_size, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+            }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying: one Parameter object
@@ -146,9 +150,11 @@ class GPT(nn.Module):
         With targets (B, T): logits (B, T, vocab) and the mean cross entropy (targets of -1 are
         ignored). Without: logits for the last position only, (B, 1, vocab), and loss None.
         """
-        B, T = idx.shape
+        T = idx.shape[1]  # idx: (B, T)
         if T > self.config.block_size:
-            raise ValueError(f"cannot forward a sequence of length {T}, block size is only {self.config.block_size}")
+            raise ValueError(
+                f"cannot forward a sequence of length {T}, block size is only {self.config.block_size}"
+            )
         pos = dc.arange(T, dtype=dc.int64, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
@@ -177,7 +183,9 @@ class GPT(nn.Module):
         with dc.no_grad():
             for _ in range(max_new_tokens):
                 cond = (
-                    idx if idx.shape[1] <= self.config.block_size else idx[:, idx.shape[1] - self.config.block_size :]
+                    idx
+                    if idx.shape[1] <= self.config.block_size
+                    else idx[:, idx.shape[1] - self.config.block_size :]
                 )
                 logits, _ = self(cond)
                 # note: CPU-GPU sync point, the last logits come to the host

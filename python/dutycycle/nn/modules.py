@@ -54,7 +54,9 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
 
 class Embedding(Module):
@@ -79,11 +81,15 @@ class Embedding(Module):
 class LayerNorm(Module):
     """Normalises over the last dimension only (normalized_shape must be an int or a 1-tuple)."""
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+    def __init__(
+        self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None
+    ):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if len(shape) != 1:
-            raise ValueError(f"LayerNorm normalises over the last dimension only; got normalized_shape={shape}")
+            raise ValueError(
+                f"LayerNorm normalises over the last dimension only; got normalized_shape={shape}"
+            )
         self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
         kw = _factory(device, dtype)
         self.weight = Parameter(dc.ones(*shape, **kw)) if elementwise_affine else None

@@ -15,7 +15,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     grads = [p.grad for p in parameters if p.grad is not None]
     norm_type = float(norm_type)
     if not grads:
-        return dc.tensor(0.0)
+        return dc.zeros(())
     total = float(dc._C.grad_norm(grads, norm_type))  # sync point: the norm comes back as a float
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
@@ -26,7 +26,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     coef = float(max_norm) / (total + 1e-6)
     if math.isnan(coef) or coef < 1.0:
         dc._C.scale_(grads, coef)
-    return dc.tensor(total, dtype=grads[0].dtype, device=grads[0].device)
+    return dc.full((), total, dtype=grads[0].dtype, device=grads[0].device)
 
 
 def clip_grad_value_(parameters, clip_value):

@@ -57,13 +57,17 @@ class Optimizer:
             params = list(params)
         for p in params:
             if not isinstance(p, dc.Tensor):
-                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}")
+                raise TypeError(
+                    f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}"
+                )
             if not p.is_leaf:
                 raise ValueError("can't optimize a non-leaf Tensor")
         group = dict(param_group, params=params)
         for k, v in self.defaults.items():
             if v is required and k not in group:
-                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {k}")
+                raise ValueError(
+                    f"parameter group didn't specify a value of required optimization parameter {k}"
+                )
             group.setdefault(k, v)
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if len({id(p) for p in params}) != len(params) or seen & {id(p) for p in params}:
@@ -121,7 +125,11 @@ class Optimizer:
                     f"loaded state dict contains a parameter group ({i}) with {len(sg['params'])} parameters "
                     f"that doesn't match the size of the optimizer's group ({len(g['params'])})"
                 )
-        id_map = {sid: p for g, sg in zip(self.param_groups, saved_groups) for sid, p in zip(sg["params"], g["params"])}
+        id_map = {
+            sid: p
+            for g, sg in zip(self.param_groups, saved_groups)
+            for sid, p in zip(sg["params"], g["params"])
+        }
         self.state = defaultdict(dict)
         for sid, s in state_dict["state"].items():
             if sid not in id_map:
