@@ -53,6 +53,15 @@ if SANITIZE:
     ldflags += ["-fsanitize=address,undefined"]
 define_macros = []
 library_dirs, runtime_dirs, extra_objects = [], [], []
+include_dirs = ["csrc"]
+
+# Prefer Debian's OpenMP build of OpenBLAS: GEMM then shares libgomp's thread pool with our own
+# kernels instead of a second pool of spinning pthreads fighting it for the cores.
+OPENBLAS_OMP = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+if os.path.exists(os.path.join(OPENBLAS_OMP, "libopenblas.so")):
+    library_dirs.append(OPENBLAS_OMP)
+    runtime_dirs.append(OPENBLAS_OMP)
+    include_dirs.insert(0, "/usr/include/x86_64-linux-gnu/openblas-openmp")
 
 if WITH_CUDA:
     home = cuda_home()
@@ -98,7 +107,7 @@ class BuildExt(build_ext):
 ext = Extension(
     "dutycycle._C",
     sources=sources,
-    include_dirs=["csrc"],
+    include_dirs=include_dirs,
     define_macros=define_macros,
     extra_compile_args=cflags,
     extra_link_args=ldflags,

@@ -1,0 +1,79 @@
+# dutycycle: the two commands a new machine needs.
+#   make demo   install system packages (apt-get) and the package, then run the main job
+#   make test   install the test tools, then run the whole suite (C kernel test + pytest)
+# Other targets: install, sanitize (ASan+UBSan build running the op tests), test-c, bench, lint.
+
+PYTHON ?= python3
+PIP    := $(PYTHON) -m pip
+APT_PACKAGES := build-essential libopenblas-dev libopenblas-openmp-dev wamerican
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SAN_DIR := build/sanitize
+CFLAGS_TEST := -std=c11 -O2 -fopenmp -Wall -Icsrc
+CORE_C := csrc/core/status.c csrc/core/dtype.c csrc/core/backend.c $(wildcard csrc/cpu/*.c)
+
+.PHONY: all deps install demo test test-py test-c sanitize bench lint format clean
+
+all: install
+
+# System packages, only those missing (apt-get needs root or sudo).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+install: deps
+	$(PIP) install -q --upgrade pip setuptools wheel numpy
+	$(PIP) install -q --no-build-isolation -e .
+
+demo: install
+	$(PYTHON) -m dutycycle.demo $(DEMO_ARGS)
+
+test: install
+	$(PIP) install -q -e '.[test]' --no-build-isolation
+	$(MAKE) test-c
+	$(PYTHON) -m pytest -q tests
+
+test-py:
+	$(PYTHON) -m pytest -q tests
+
+# Plain-C test of every CPU kernel against reference loops.
+test-c: build/test_cpu_kernels
+	./build/test_cpu_kernels
+
+build/test_cpu_kernels: tests/c/test_cpu_kernels.c $(CORE_C) $(wildcard csrc/cpu/*.h csrc/core/*.h)
+	@mkdir -p build
+	gcc $(CFLAGS_TEST) -o $@ tests/c/test_cpu_kernels.c $(CORE_C) -lopenblas -lm
+
+# ASan + UBSan build of the extension (CPU only) in build/sanitize, then the op tests against it.
+sanitize: install
+	$(PIP) install -q -e '.[test]' --no-build-isolation
+	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
+	cp -r python/dutycycle $(SAN_DIR)/dutycycle
+	rm -f $(SAN_DIR)/dutycycle/_C*.so
+	DUTYCYCLE_SANITIZE=1 DUTYCYCLE_CUDA=0 $(PYTHON) setup.py -q build_ext --build-lib $(SAN_DIR)/lib \
+	  --build-temp $(SAN_DIR)/tmp
+	cp $(SAN_DIR)/lib/dutycycle/_C*.so $(SAN_DIR)/dutycycle/
+	gcc $(CFLAGS_TEST) -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	  -o $(SAN_DIR)/test_cpu_kernels tests/c/test_cpu_kernels.c $(CORE_C) -lopenblas -lm
+	ASAN_OPTIONS=detect_leaks=1 ./$(SAN_DIR)/test_cpu_kernels
+	cd $(SAN_DIR) && PYTHONPATH=$(CURDIR)/$(SAN_DIR) DUTYCYCLE_EXPECT_PATH=$(CURDIR)/$(SAN_DIR)/dutycycle \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py $(CURDIR)/tests/test_autograd.py \
+	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py
+
+bench: install
+	$(PYTHON) benchmarks/engine.py
+
+lint:
+	$(PIP) install -q ruff
+	clang-format --dry-run --Werror $$(git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh')
+	$(PYTHON) -m ruff check python tests benchmarks
+
+format:
+	clang-format -i $$(git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh')
+
+clean:
+	rm -rf build python/*.egg-info python/dutycycle/_C*.so
