@@ -43,7 +43,7 @@ sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
     + glob.glob("csrc/python/*.c")
 )
-cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
+cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]
 ldflags = ["-fopenmp"]
 libraries = ["openblas", "m"]

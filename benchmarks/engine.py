@@ -43,7 +43,10 @@ def paired(fn_a, fn_b, reps):
     """Time two functions in alternation (a, b, a, b, ...) and return both medians."""
     ta, tb = [], []
     for _ in range(3):
+        # pauses let the other side's BLAS/OpenMP threads stop spinning before we time
+        time.sleep(0.1)
         ta.append(timeit(fn_a, reps))
+        time.sleep(0.1)
         tb.append(timeit(fn_b, reps))
     return min(ta), min(tb)
 

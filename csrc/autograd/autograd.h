@@ -60,6 +60,10 @@ dc_status dc_node_saved(dc_node *n, int k, dc_tensor **out);
 /* Make `out` the (non-leaf) result of node n: sets requires_grad and grad_fn (steals n). */
 void dc_node_attach(dc_tensor *out, dc_node *n);
 
+/* Call t's post-accumulate-grad hooks in registration order (csrc/core/tensor.c). Hooks may add or
+ * remove hooks, and other threads may too, while they run. Stops at the first error. */
+dc_status dc_tensor_run_hooks(dc_tensor *t);
+
 /* Run backward from `root` with gradient `grad` (NULL: root must have one element: grad = 1).
  * Gradients accumulate into leaves' .grad. Runs entirely in C; call it without the GIL. */
 dc_status dc_backward(dc_tensor *root, dc_tensor *grad, int retain_graph);

@@ -2,14 +2,35 @@
  *
  * The engine runs without the GIL: it only calls C ops (with grad mode off on this thread) and
  * the leaves' C hooks. Order: a node runs once every consumer of its output has run (dependency
- * counts), and among ready nodes the most recently created runs first. */
+ * counts), and among ready nodes the most recently created runs first.
+ *
+ * Threads: two backward passes may reach the same nodes (a shared parameter's AccumulateGrad) and
+ * the same leaf .grad, so passes are serialised by backward_lock (recursive: a hook may call
+ * backward). It is taken only in dc_backward, whose caller has released the GIL, so a hook waiting
+ * for the GIL can't deadlock with it. grad_acc_lock guards leaves' cached AccumulateGrad pointer
+ * (forward ops in other threads look it up while a dying graph clears it); it is held for a few
+ * instructions and never across a call that could block. */
+#define _POSIX_C_SOURCE 200809L /* recursive pthread mutexes under -std=c11 */
 #include "autograd.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "../core/ops.h"
 
 static atomic_ullong seq_counter;
+static pthread_mutex_t grad_acc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t backward_lock;
+static pthread_once_t backward_lock_once = PTHREAD_ONCE_INIT;
+
+static void backward_lock_init(void)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&backward_lock, &a);
+    pthread_mutexattr_destroy(&a);
+}
 
 /* --- nodes ------------------------------------------------------------------------------------ */
 
@@ -20,7 +41,9 @@ void dc_node_decref(dc_node *n)
     for (int k = 0; k < n->n_in; k++) dc_node_decref(n->next[k]);
     for (int k = 0; k < n->n_saved; k++) dc_tensor_decref(n->saved[k]);
     if (n->leaf) {
+        pthread_mutex_lock(&grad_acc_lock);
         if (n->leaf->grad_acc == n) n->leaf->grad_acc = NULL;
+        pthread_mutex_unlock(&grad_acc_lock);
         dc_tensor_decref(n->leaf);
     }
     dc_tensor_decref(n->gbuf);
@@ -39,18 +62,27 @@ static dc_node *node_alloc(const char *name)
     return n;
 }
 
-/* The leaf's AccumulateGrad node (new reference), created on first use. */
+/* The leaf's AccumulateGrad node (new reference), created on first use. A cached node whose count
+ * already reached 0 is being freed by another thread: it is replaced, never revived. */
 static dc_node *accumulate_node(dc_tensor *leaf)
 {
-    if (leaf->grad_acc) {
-        atomic_fetch_add(&leaf->grad_acc->refcount, 1);
-        return leaf->grad_acc;
+    pthread_mutex_lock(&grad_acc_lock);
+    dc_node *n = leaf->grad_acc;
+    if (n) {
+        long r = atomic_load(&n->refcount);
+        while (r > 0 && !atomic_compare_exchange_weak(&n->refcount, &r, r + 1)) {
+        }
+        if (r > 0) {
+            pthread_mutex_unlock(&grad_acc_lock);
+            return n;
+        }
     }
-    dc_node *n = node_alloc("AccumulateGrad");
-    if (!n) return NULL;
-    dc_tensor_incref(leaf);
-    n->leaf = leaf;
-    leaf->grad_acc = n;
+    if ((n = node_alloc("AccumulateGrad"))) {
+        dc_tensor_incref(leaf);
+        n->leaf = leaf;
+        leaf->grad_acc = n;
+    }
+    pthread_mutex_unlock(&grad_acc_lock);
     return n;
 }
 
@@ -207,7 +239,18 @@ static void release_saved(dc_node *n)
     n->released = 1;
 }
 
+static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_graph);
+
 dc_status dc_backward(dc_tensor *root, dc_tensor *grad, int retain_graph)
+{
+    pthread_once(&backward_lock_once, backward_lock_init);
+    pthread_mutex_lock(&backward_lock);
+    dc_status st = backward_locked(root, grad, retain_graph);
+    pthread_mutex_unlock(&backward_lock);
+    return st;
+}
+
+static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_graph)
 {
     if (!root->requires_grad)
         return dc_error(DC_ERR_AUTOGRAD,
@@ -279,8 +322,7 @@ dc_status dc_backward(dc_tensor *root, dc_tensor *grad, int retain_graph)
             if (gout) {
                 st = accumulate(n->leaf, gout);
                 if (st) goto done;
-                for (dc_hook *h = n->leaf->hooks; h; h = h->next)
-                    if ((st = h->fn(h->ctx, n->leaf))) goto done;
+                if ((st = dc_tensor_run_hooks(n->leaf))) goto done;
             }
             continue;
         }

@@ -62,6 +62,32 @@ static inline dc_status begin_inplace(dc_tensor *t, const char *op)
     return DC_OK;
 }
 
+/* Would writing dst in place change elements of src before they are read? True when their memory
+ * ranges intersect (the same storage, or two wrappers of one NumPy array), unless src is exactly dst
+ * (same elements in the same order, as in x.mul_(x)). In-place ops then read a copy of src, as
+ * NumPy does, instead of half-updated values. */
+static inline int inplace_overlap(const dc_tensor *dst, const dc_tensor *src)
+{
+    if (!dc_device_eq(dst->device, src->device) || !dc_numel(dst) || !dc_numel(src)) return 0;
+    const dc_tensor *v[2] = {dst, src};
+    char *lo[2], *hi[2];
+    for (int k = 0; k < 2; k++) {
+        int64_t a = 0, b = 0, es = (int64_t)dc_dtype_size(v[k]->dtype);
+        for (int d = 0; d < v[k]->ndim; d++) {
+            int64_t span = (v[k]->shape[d] - 1) * v[k]->strides[d] * es;
+            if (span < 0) a += span;
+            else b += span;
+        }
+        lo[k] = dc_data(v[k]) + a;
+        hi[k] = dc_data(v[k]) + b + es;
+    }
+    if (hi[0] <= lo[1] || hi[1] <= lo[0]) return 0;
+    int same = dc_data(dst) == dc_data(src) && dst->dtype == src->dtype && dst->ndim == src->ndim;
+    for (int d = 0; same && d < dst->ndim; d++)
+        same = dst->shape[d] == src->shape[d] && (dst->shape[d] == 1 || dst->strides[d] == src->strides[d]);
+    return !same;
+}
+
 /* Broadcast shapes a and b into out (ndim returned in *nd). */
 dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,
                              const char *op);

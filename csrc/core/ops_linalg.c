@@ -150,6 +150,17 @@ dc_status dc_matmul(dc_tensor **out, dc_tensor *a, dc_tensor *b)
     if (a->ndim == 0 || b->ndim == 0)
         return dc_error(DC_ERR_SHAPE, "matmul: both arguments need at least 1 dim, got shapes %s and %s", DC_SHAPE(a),
                         DC_SHAPE(b));
+    /* Check here, against the caller's shapes: below, vectors become matrices and batches fold. */
+    int64_t ka = a->shape[a->ndim - 1], kb = b->shape[b->ndim == 1 ? 0 : b->ndim - 2];
+    if (ka != kb)
+        return dc_error(DC_ERR_SHAPE, "matmul: shapes %s and %s can't be multiplied (%lld != %lld)", DC_SHAPE(a),
+                        DC_SHAPE(b), (long long)ka, (long long)kb);
+    int nbat;
+    int64_t bshape[DC_MAX_DIMS];
+    if (dc_broadcast_shape(a->ndim > 2 ? a->ndim - 2 : 0, a->shape, b->ndim > 2 ? b->ndim - 2 : 0, b->shape, &nbat,
+                           bshape, "matmul"))
+        return dc_error(DC_ERR_SHAPE, "matmul: the batch dims of shapes %s and %s can't be broadcast together",
+                        DC_SHAPE(a), DC_SHAPE(b));
     dc_tensor *a2 = NULL, *b2 = NULL, *y = NULL;
     dc_status st = DC_OK;
     /* vectors become matrices (recorded as views, so autograd needs nothing special) */

@@ -254,7 +254,8 @@ static dc_status pow_scalar_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         dc_tensor_decref(t1);
         return st;
     }
-    double p = n->f[0]; /* g * p * x^(p-1) */
+    double p = n->f[0]; /* g * p * x^(p-1); exactly 0 for p == 0 (not 0 * inf at x = 0) */
+    if (p == 0.0) return dc_zeros_of(&gin[0], g->ndim, g->shape, g->dtype, g->device);
     DC_TRY(dc_pow_scalar(&t1, s, p - 1.0));
     st = dc_binary(&t2, DC_K_MUL, g, t1);
     dc_tensor_decref(t1);
@@ -364,6 +365,23 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
             st = dc_binary(&q, DC_K_MUL, p, b);
             dc_tensor_decref(p);
             if (st) return st;
+            { /* where b == 0 the derivative is 0, not 0 * a^-1 (NaN at a = 0) */
+                dc_tensor *z, *bz, *qm;
+                if ((st = scalar_like(&z, 0.0, b))) goto pow_q;
+                if (!(st = dc_binary(&bz, DC_K_EQ, b, z))) {
+                    if (!(st = dc_where(&qm, bz, z, q))) {
+                        dc_tensor_decref(q);
+                        q = qm;
+                    }
+                    dc_tensor_decref(bz);
+                }
+                dc_tensor_decref(z);
+            }
+        pow_q:
+            if (st) {
+                dc_tensor_decref(q);
+                return st;
+            }
             st = dc_binary(&t, DC_K_MUL, g, q);
             dc_tensor_decref(q);
             if (st) return st;
@@ -375,7 +393,22 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
             if (!st) {
                 dc_tensor *r;
                 if (!(st = dc_binary(&r, DC_K_MUL, p, q))) {
-                    if (!(st = dc_binary(&t, DC_K_MUL, g, r))) st = reduce_into(n, 1, t, gin);
+                    /* 0 where a == 0 and b >= 0 (a^b log a -> 0 there, not 1 * -inf), as torch does */
+                    dc_tensor *z = NULL, *a0 = NULL, *bpos = NULL, *no = NULL, *cond = NULL, *rm = NULL;
+                    st = scalar_like(&z, 0.0, a);
+                    if (!st) st = dc_binary(&a0, DC_K_EQ, a, z);
+                    if (!st) st = dc_binary(&bpos, DC_K_GE, b, z);
+                    if (!st) st = dc_full(&no, 0, NULL, 0.0, DC_BOOL, a->device);
+                    if (!st) st = dc_where(&cond, a0, bpos, no);
+                    if (!st) st = dc_where(&rm, cond, z, r);
+                    if (!st) st = dc_binary(&t, DC_K_MUL, g, rm);
+                    if (!st) st = reduce_into(n, 1, t, gin);
+                    dc_tensor_decref(z);
+                    dc_tensor_decref(a0);
+                    dc_tensor_decref(bpos);
+                    dc_tensor_decref(no);
+                    dc_tensor_decref(cond);
+                    dc_tensor_decref(rm);
                     dc_tensor_decref(r);
                 }
                 dc_tensor_decref(q);
@@ -449,6 +482,18 @@ dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other)
         return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s",
                         dc_kop_names[op], DC_SHAPE(other), DC_SHAPE(t));
     DC_TRY(begin_inplace(t, dc_kop_names[op]));
+    if (inplace_overlap(t, other)) { /* e.g. x.add_(x.T): read a copy of other */
+        dc_tensor *c;
+        int prev = dc_grad_enabled();
+        dc_set_grad_enabled(0);
+        dc_status st = dc_clone(&c, other);
+        if (st == DC_OK) {
+            st = dc_binary_(op, t, c);
+            dc_tensor_decref(c);
+        }
+        dc_set_grad_enabled(prev);
+        return st;
+    }
     if (!dc_is_contiguous(t)) { /* compute out of place, then write back through the view */
         dc_tensor *y;
         int prev = dc_grad_enabled();

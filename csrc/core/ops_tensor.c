@@ -64,9 +64,12 @@ dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape
     if (kind != DC_K_RANDINT && dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16)
         return dc_error(DC_ERR_DTYPE, "%s: expected a floating-point dtype, got %s", dc_kop_names[kind],
                         dc_dtype_name(dt));
-    /* Generated on the host in float64/int64 so every device and dtype sees the same stream. */
+    /* Generated on the host in float64/int64 so every device and dtype sees the same stream. Uniform
+     * bf16/fp16 are drawn in their own dtype: rounding a float64 draw up to 1.0 would break [0, 1). */
     dc_device cpu = {DC_CPU, 0};
-    dc_dtype gen = kind == DC_K_RANDINT ? DC_INT64 : (dt == DC_FLOAT32 ? DC_FLOAT32 : DC_FLOAT64);
+    int half = dt == DC_BFLOAT16 || dt == DC_FLOAT16;
+    dc_dtype gen = kind == DC_K_RANDINT ? DC_INT64
+                   : (dt == DC_FLOAT32 || (kind == DC_K_RAND && half)) ? dt : DC_FLOAT64;
     dc_tensor *t;
     DC_TRY(dc_empty(&t, ndim, shape, gen, cpu));
     int64_t n = dc_numel(t);
@@ -245,6 +248,7 @@ dc_status dc_copy_(dc_tensor *dst, dc_tensor *src)
     DC_TRY(begin_inplace(dst, "copy_"));
     dc_tensor *s = src;
     if (!dc_device_eq(src->device, dst->device)) DC_TRY(dc_to(&s, src, src->dtype, dst->device));
+    else if (inplace_overlap(dst, src)) DC_TRY(copy_convert(&s, src, src->dtype)); /* e.g. x.copy_(x.T) */
     else dc_tensor_incref(s);
     dc_kargs a = kargs_of(DC_K_COPY);
     kargs_add(&a, dst);

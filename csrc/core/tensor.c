@@ -1,7 +1,9 @@
 /* tensor.c: storage and tensor lifetime, geometry helpers, hooks, grad mode and the RNG state. */
+#define _POSIX_C_SOURCE 200809L /* pthread under -std=c11 */
 #include "tensor.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -201,7 +203,40 @@ const char *dc_shape_str(int ndim, const int64_t *shape)
 
 /* --- hooks ------------------------------------------------------------------------------- */
 
+/* The backward engine calls hooks without holding hooks_lock (a hook may add or remove hooks, and
+ * Python removes them from other threads). So while any hook runs, a removed hook is only marked
+ * (fn = NULL) and is unlinked and freed later, once none runs; the engine finds the next hook by id,
+ * never through a pointer it held across a call. */
+static pthread_mutex_t hooks_lock = PTHREAD_MUTEX_INITIALIZER;
+static int hooks_running; /* hook calls in progress, all threads (guarded by hooks_lock) */
 static atomic_int next_hook_id = 1;
+
+/* Unlink t's marked hooks when no hook runs; returns them as a list to free outside the lock. */
+static dc_hook *unlink_removed(dc_tensor *t)
+{
+    dc_hook *dead = NULL;
+    if (hooks_running) return NULL;
+    for (dc_hook **p = &t->hooks; *p;) {
+        dc_hook *h = *p;
+        if (h->fn) {
+            p = &h->next;
+            continue;
+        }
+        *p = h->next;
+        h->next = dead;
+        dead = h;
+    }
+    return dead;
+}
+
+static void free_hooks(dc_hook *h) /* ctx_free may take the GIL: never call it under hooks_lock */
+{
+    for (dc_hook *nx; h; h = nx) {
+        nx = h->next;
+        if (h->ctx_free) h->ctx_free(h->ctx);
+        free(h);
+    }
+}
 
 int dc_tensor_add_hook(dc_tensor *t, dc_hook_fn fn, void *ctx, void (*ctx_free)(void *))
 {
@@ -211,24 +246,56 @@ int dc_tensor_add_hook(dc_tensor *t, dc_hook_fn fn, void *ctx, void (*ctx_free)(
     h->ctx = ctx;
     h->ctx_free = ctx_free;
     h->id = atomic_fetch_add(&next_hook_id, 1);
-    dc_hook **p = &t->hooks; /* keep registration order */
+    pthread_mutex_lock(&hooks_lock);
+    dc_hook **p = &t->hooks; /* keep registration order (ids increase along the list) */
     while (*p) p = &(*p)->next;
     *p = h;
+    dc_hook *dead = unlink_removed(t);
+    pthread_mutex_unlock(&hooks_lock);
+    free_hooks(dead);
     return h->id;
 }
 
 int dc_tensor_remove_hook(dc_tensor *t, int id)
 {
-    for (dc_hook **p = &t->hooks; *p; p = &(*p)->next) {
-        if ((*p)->id == id) {
-            dc_hook *h = *p;
-            *p = h->next;
-            if (h->ctx_free) h->ctx_free(h->ctx);
-            free(h);
-            return 1;
+    int found = 0;
+    pthread_mutex_lock(&hooks_lock);
+    for (dc_hook *h = t->hooks; h; h = h->next) {
+        if (h->id == id && h->fn) {
+            h->fn = NULL;
+            found = 1;
+            break;
         }
     }
-    return 0;
+    dc_hook *dead = unlink_removed(t);
+    pthread_mutex_unlock(&hooks_lock);
+    free_hooks(dead);
+    return found;
+}
+
+dc_status dc_tensor_run_hooks(dc_tensor *t)
+{
+    dc_status st = DC_OK;
+    int last = 0;
+    pthread_mutex_lock(&hooks_lock);
+    hooks_running++;
+    for (;;) {
+        dc_hook *h = t->hooks;
+        while (h && (h->id <= last || !h->fn)) h = h->next;
+        if (!h) break;
+        dc_hook_fn fn = h->fn;
+        void *ctx = h->ctx; /* stays valid: a removal now only marks the hook */
+        last = h->id;
+        pthread_mutex_unlock(&hooks_lock);
+        st = fn(ctx, t);
+        pthread_mutex_lock(&hooks_lock);
+        if (st) break;
+    }
+    hooks_running--;
+    dc_hook *dead = unlink_removed(t);
+    pthread_mutex_unlock(&hooks_lock);
+    free_hooks(dead);
+    return st;
 }
 
 /* --- grad mode ------------------------------------------------------------------------------ */

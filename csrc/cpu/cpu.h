@@ -8,6 +8,12 @@
 #ifndef DC_CPU_H
 #define DC_CPU_H
 
+/* Every CPU kernel file includes this first. No kernel relies on floating-point traps or errno from
+ * libm, and with both assumed away GCC if-converts float selects (clamp, max, NaN checks) and
+ * inlines sqrt, so those loops vectorise; with them the build flags we are given
+ * (-O3 -fopenmp -std=c11) leave them scalar. */
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -16,6 +22,16 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+/* Hot loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the loader picks the
+ * best the CPU has (GCC function multiversioning through an ifunc): the wheel stays portable and
+ * exp/softmax/layer norm use the full vector width where it exists. Off under the sanitizers,
+ * whose runtime does not mix well with ifunc resolvers. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CPU_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CPU_SIMD
 #endif
 
 /* Below this many elements a kernel runs on the calling thread: waking the OpenMP team costs
@@ -193,7 +209,7 @@ static inline float cpu_expf(float x)
     p = p * r * r + r + 1.0f;
     /* 2^n from its exponent bits, n in [-126, 128]; n > 0 goes as 2^(n-1) * 2 so 128 fits */
     const int32_t up = ni > 0;
-    sc.i = (ni + 127 - up) << 23;
+    sc.i = (int32_t)((uint32_t)(ni + 127 - up) << 23); /* unsigned: NaN inputs give garbage, not UB */
     float y = p * sc.f * (up ? 2.0f : 1.0f);
     y = x > hi ? (float)INFINITY : y;
     y = x < lo ? 0.0f : y;

@@ -216,7 +216,7 @@ typedef struct {
 /* Float unary ops. 1/(1+exp(-x)) is already safe at both ends in IEEE arithmetic (exp(-x) -> inf
  * gives 0, -> 0 gives 1), so sigmoid needs no branch and stays vectorisable. */
 #define DEF_UNARY_FLOAT(NAME, T)                                                              \
-    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                 \
+    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                 \
     {                                                                                         \
         const ew_ctx *c = vctx;                                                               \
         const T e = (T)c->e, one = 1, half = (T)0.5;                                          \
@@ -345,7 +345,7 @@ dc_status dc_cpu_unary(const dc_kargs *a)
 
 /* maximum/minimum propagate NaN from either side, as torch.maximum does. */
 #define DEF_BINARY_FLOAT(NAME, T)                                                                  \
-    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                      \
+    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                      \
     {                                                                                              \
         const ew_ctx *c = vctx;                                                                    \
         const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY; \

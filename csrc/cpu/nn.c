@@ -16,7 +16,7 @@
 /* One row: y = softmax(x) or log_softmax(x); xs/ys strides in elements. exp(x - max) keeps every
  * exponent <= 0, so nothing overflows. */
 #define DEF_SOFTMAX_ROW(NAME, T)                                                              \
-    static void NAME(T *y, int64_t ys, const T *x, int64_t xs, int64_t L, int log_out)       \
+    CPU_SIMD static void NAME(T *y, int64_t ys, const T *x, int64_t xs, int64_t L, int log_out)       \
     {                                                                                         \
         T m = -INFINITY;                                                                      \
         double s = 0;                                                                         \
@@ -57,7 +57,7 @@ DEF_SOFTMAX_ROW(softmax_row_f64, double)
 
 /* dx = y * (dy - sum(dy*y))   or, for log-softmax,   dx = dy - exp(y) * sum(dy). */
 #define DEF_SOFTMAX_BWD_ROW(NAME, T)                                                                 \
-    static void NAME(T *dx, int64_t dxs, const T *dy, int64_t dys, const T *y, int64_t yss, int64_t L, \
+    CPU_SIMD static void NAME(T *dx, int64_t dxs, const T *dy, int64_t dys, const T *y, int64_t yss, int64_t L, \
                      int log_out)                                                                    \
     {                                                                                                \
         double s = 0;                                                                                \
@@ -173,7 +173,7 @@ static void ln_dims(const dc_kview *x, int64_t *N, int64_t *D)
 /* Two-pass mean/variance in double (the second pass reads the row from cache): no cancellation
  * when |mean| >> std, unlike sum/sum-of-squares. */
 #define DEF_LN_FWD(NAME, T)                                                                        \
-    static void NAME(const dc_kargs *a, int64_t N, int64_t D)                                      \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t N, int64_t D)                                      \
     {                                                                                              \
         T *Y = (T *)a->t[0].data, *MEAN = (T *)a->t[1].data, *RSTD = (T *)a->t[2].data;            \
         const T *X = (const T *)a->t[3].data;                                                      \
@@ -237,7 +237,7 @@ dc_status dc_cpu_layernorm(const dc_kargs *a)
 
 /* Backward of one row range [n0, n1) for one thread; dw/db partials go to pw/pb (double, D). */
 #define DEF_LN_BWD(NAME, T)                                                                         \
-    static void NAME(const dc_kargs *a, int64_t n0, int64_t n1, int64_t D, double *pw, double *pb)  \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n0, int64_t n1, int64_t D, double *pw, double *pb)  \
     {                                                                                               \
         T *DX = (T *)a->t[0].data;                                                                  \
         const T *DY = (const T *)a->t[3].data, *X = (const T *)a->t[4].data;                        \

@@ -29,7 +29,7 @@ static dc_status check_contig(const dc_kargs *a, int n)
 /* ================================ SGD ======================================================== */
 
 #define DEF_SGD(NAME, T)                                                                           \
-    static void NAME(const dc_kargs *a, int64_t n)                                                 \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                                 \
     {                                                                                              \
         T *p = (T *)a->t[0].data;                                                                  \
         const T *gr = (const T *)a->t[1].data;                                                     \
@@ -62,7 +62,7 @@ dc_status dc_cpu_sgd(const dc_kargs *a)
 /* ================================ AdamW ====================================================== */
 
 #define DEF_ADAMW(NAME, T)                                                                         \
-    static void NAME(const dc_kargs *a, int64_t n)                                                 \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                                 \
     {                                                                                              \
         T *p = (T *)a->t[0].data, *m = (T *)a->t[2].data, *v = (T *)a->t[3].data;                  \
         const T *gr = (const T *)a->t[1].data;                                                     \

@@ -339,6 +339,44 @@ static void py_hook_free(void *ctx)
     PyGILState_Release(g);
 }
 
+/* Garbage collection: a hook's closure often refers back to its parameter (or to an optimizer
+ * holding it), a cycle through C the collector can't see. The wrapper reports its Python hooks
+ * only while it holds the sole reference to the C tensor; while a graph or another C owner also
+ * holds it the hooks may still fire, so they count as reachable. */
+static int tensor_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self)); /* instances of heap types visit their type */
+    dc_tensor *t = SELF_T(self);
+    if (t && atomic_load(&t->refcount) == 1)
+        for (dc_hook *h = t->hooks; h; h = h->next)
+            if (h->fn == py_hook) Py_VISIT((PyObject *)h->ctx);
+    return 0;
+}
+
+static int tensor_clear(PyObject *self)
+{
+    dc_tensor *t = SELF_T(self);
+    if (!t || atomic_load(&t->refcount) != 1) return 0;
+    dc_hook **p = &t->hooks, *dead = NULL;
+    while (*p) { /* unlink first: freeing a hook runs arbitrary Python code */
+        dc_hook *h = *p;
+        if (h->fn == py_hook) {
+            *p = h->next;
+            h->next = dead;
+            dead = h;
+        } else {
+            p = &h->next;
+        }
+    }
+    while (dead) {
+        dc_hook *h = dead;
+        dead = h->next;
+        py_hook_free(h->ctx);
+        free(h);
+    }
+    return 0;
+}
+
 static PyObject *m_add_hook(PyObject *self, PyObject *fn)
 {
     dc_tensor *t = SELF_T(self);
@@ -365,6 +403,36 @@ static PyObject *m_remove_hook(PyObject *self, PyObject *id)
     long v = PyLong_AsLong(id);
     if (v == -1 && PyErr_Occurred()) return NULL;
     return PyBool_FromLong(dc_tensor_remove_hook(SELF_T(self), (int)v));
+}
+
+/* t._set_data(src): make t an alias of src's data (storage, geometry, dtype, device), keeping t's
+ * identity, requires_grad and hooks: what `param.data = x` means in PyTorch. A .grad that no
+ * longer fits is dropped. */
+static PyObject *m_set_data(PyObject *self, PyObject *arg)
+{
+    dc_tensor *t = SELF_T(self), *s = dc_py_tensor(arg, "data");
+    if (!s) return NULL;
+    if (t->requires_grad && !dc_dtype_is_float(s->dtype)) {
+        PyErr_Format(PyExc_TypeError, "can't assign %s data to a tensor that requires grad",
+                     dc_dtype_name(s->dtype));
+        return NULL;
+    }
+    dc_storage_incref(s->storage);
+    dc_storage_decref(t->storage);
+    t->storage = s->storage;
+    t->offset = s->offset;
+    t->ndim = s->ndim;
+    memcpy(t->shape, s->shape, sizeof t->shape);
+    memcpy(t->strides, s->strides, sizeof t->strides);
+    t->dtype = s->dtype;
+    t->device = s->device;
+    dc_tensor *g = t->grad;
+    if (g && (g->dtype != t->dtype || !dc_device_eq(g->device, t->device) || g->ndim != t->ndim ||
+              memcmp(g->shape, t->shape, sizeof(int64_t) * t->ndim))) {
+        t->grad = NULL;
+        dc_tensor_decref(g);
+    }
+    Py_RETURN_NONE;
 }
 
 /* Tensor._make_subclass(cls, data, requires_grad): a new `cls` object sharing data's storage. */
@@ -399,7 +467,8 @@ static PyObject *m_make_subclass(PyObject *unused, PyObject *args)
     return (PyObject *)o;
 }
 
-/* --- DLPack (ABI of dlpack.h v0.8, unversioned capsule "dltensor") ------------------------- */
+/* --- DLPack (ABI of dlpack.h v1.0: the unversioned capsule "dltensor" and, for consumers that
+ * pass max_version >= (1, 0), "dltensor_versioned"; NumPy imports only the latter as writable) --- */
 
 typedef struct { int32_t device_type, device_id; } DLDevice;
 typedef struct { uint8_t code, bits; uint16_t lanes; } DLDataType;
@@ -416,20 +485,33 @@ typedef struct DLManagedTensor {
     void *manager_ctx;
     void (*deleter)(struct DLManagedTensor *self);
 } DLManagedTensor;
+typedef struct { uint32_t major, minor; } DLPackVersion;
+typedef struct DLManagedTensorVersioned {
+    DLPackVersion version;
+    void *manager_ctx;
+    void (*deleter)(struct DLManagedTensorVersioned *self);
+    uint64_t flags;
+    DLTensor dl_tensor;
+} DLManagedTensorVersioned;
 enum { kDLCPU = 1, kDLCUDA = 2, kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4, kDLBool = 6 };
+#define DLPACK_FLAG_BITMASK_IS_COPIED (1ull << 1)
 
+/* One allocation per export, holding both layouts; `versioned` says which one the capsule has. */
 typedef struct {
     DLManagedTensor m;
+    DLManagedTensorVersioned mv;
+    int versioned;
     int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
     dc_tensor *t;
 } dl_export;
 
-static void dl_export_deleter(DLManagedTensor *m)
+static void dl_export_free(dl_export *e)
 {
-    dl_export *e = (dl_export *)m;
     dc_tensor_decref(e->t);
     free(e);
 }
+static void dl_export_deleter(DLManagedTensor *m) { dl_export_free(m->manager_ctx); }
+static void dl_export_deleter_v(DLManagedTensorVersioned *m) { dl_export_free(m->manager_ctx); }
 
 static void dl_capsule_destructor(PyObject *cap)
 {
@@ -439,6 +521,15 @@ static void dl_capsule_destructor(PyObject *cap)
     else PyErr_Clear();
 }
 
+static void dl_capsule_destructor_v(PyObject *cap)
+{
+    if (PyCapsule_IsValid(cap, "used_dltensor_versioned")) return;
+    DLManagedTensorVersioned *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
+    if (m && m->deleter) m->deleter(m);
+    else PyErr_Clear();
+}
+
+/* __dlpack__(*, stream, max_version, dl_device, copy): the array API's export. */
 static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
@@ -446,31 +537,70 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO:__dlpack__", kwlist, &stream, &maxv, &dldev, &copy))
         return NULL;
     dc_tensor *t = SELF_T(self);
-    if (t->requires_grad && t->grad_fn) {
+    if (t->requires_grad) {
         PyErr_SetString(PyExc_RuntimeError, "can't export a tensor that requires grad via DLPack; use .detach()");
         return NULL;
     }
+    int dev_type = t->device.type == DC_CPU ? kDLCPU : kDLCUDA;
+    if (dldev != Py_None) {
+        int want_type, want_id;
+        if (!PyArg_ParseTuple(dldev, "ii:__dlpack__ dl_device", &want_type, &want_id)) return NULL;
+        if (want_type != dev_type || want_id != t->device.index) {
+            PyErr_Format(PyExc_BufferError, "__dlpack__: can't export a %s tensor to DLPack device (%d, %d)",
+                         dc_device_str(t->device), want_type, want_id);
+            return NULL;
+        }
+    }
+    int versioned = 0, copied = copy != Py_None && PyObject_IsTrue(copy) == 1;
+    if (maxv != Py_None) {
+        unsigned major, minor;
+        if (!PyArg_ParseTuple(maxv, "II:__dlpack__ max_version", &major, &minor)) return NULL;
+        versioned = major >= 1;
+    }
     static const DLDataType dts[] = {{kDLFloat, 32, 1}, {kDLFloat, 64, 1}, {kDLBfloat, 16, 1}, {kDLFloat, 16, 1},
                                      {kDLInt, 32, 1},   {kDLInt, 64, 1},   {kDLBool, 8, 1}};
+    if (copied) { /* the consumer asked for its own copy */
+        dc_tensor *c;
+        dc_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = dc_clone(&c, t);
+        Py_END_ALLOW_THREADS
+        if (st) return dc_py_raise(st);
+        t = c;
+    } else {
+        dc_tensor_incref(t);
+    }
     dl_export *e = calloc(1, sizeof *e);
-    if (!e) return PyErr_NoMemory();
-    dc_tensor_incref(t);
+    if (!e) {
+        dc_tensor_decref(t);
+        return PyErr_NoMemory();
+    }
     e->t = t;
+    e->versioned = versioned;
     for (int d = 0; d < t->ndim; d++) {
         e->shape[d] = t->shape[d];
         e->strides[d] = t->strides[d];
     }
-    e->m.dl_tensor.data = dc_data(t);
-    e->m.dl_tensor.device.device_type = t->device.type == DC_CPU ? kDLCPU : kDLCUDA;
-    e->m.dl_tensor.device.device_id = t->device.index;
-    e->m.dl_tensor.ndim = t->ndim;
-    e->m.dl_tensor.dtype = dts[t->dtype];
-    e->m.dl_tensor.shape = e->shape;
-    e->m.dl_tensor.strides = e->strides;
-    e->m.manager_ctx = e;
-    e->m.deleter = dl_export_deleter;
-    PyObject *cap = PyCapsule_New(&e->m, "dltensor", dl_capsule_destructor);
-    if (!cap) dl_export_deleter(&e->m);
+    DLTensor *dl = versioned ? &e->mv.dl_tensor : &e->m.dl_tensor;
+    dl->data = dc_data(t);
+    dl->device.device_type = dev_type;
+    dl->device.device_id = t->device.index;
+    dl->ndim = t->ndim;
+    dl->dtype = dts[t->dtype];
+    dl->shape = e->shape;
+    dl->strides = e->strides;
+    PyObject *cap;
+    if (versioned) {
+        e->mv.version = (DLPackVersion){1, 0};
+        e->mv.manager_ctx = e;
+        e->mv.deleter = dl_export_deleter_v;
+        e->mv.flags = copied ? DLPACK_FLAG_BITMASK_IS_COPIED : 0; /* writable */
+        if (!(cap = PyCapsule_New(&e->mv, "dltensor_versioned", dl_capsule_destructor_v))) dl_export_free(e);
+    } else {
+        e->m.manager_ctx = e;
+        e->m.deleter = dl_export_deleter;
+        if (!(cap = PyCapsule_New(&e->m, "dltensor", dl_capsule_destructor))) dl_export_free(e);
+    }
     return cap;
 }
 
@@ -552,6 +682,7 @@ static PyMethodDef tensor_methods[] = {
     {"item", m_item, METH_NOARGS, "the value of a one-element tensor as a Python scalar"},
     {"_add_post_accumulate_grad_hook", m_add_hook, METH_O, NULL},
     {"_remove_post_accumulate_grad_hook", m_remove_hook, METH_O, NULL},
+    {"_set_data", m_set_data, METH_O, NULL},
     {"_make_subclass", m_make_subclass, METH_VARARGS | METH_STATIC, NULL},
     {"__dlpack__", (PyCFunction)(void (*)(void))m_dlpack, METH_VARARGS | METH_KEYWORDS, "export via DLPack"},
     {"__dlpack_device__", m_dlpack_device, METH_NOARGS, "(device_type, device_id) for DLPack"},
@@ -565,6 +696,8 @@ static PyMemberDef tensor_members[] = {
 
 static PyType_Slot tensor_slots[] = {
     {Py_tp_dealloc, tensor_dealloc},
+    {Py_tp_traverse, tensor_traverse},
+    {Py_tp_clear, tensor_clear},
     {Py_tp_new, tensor_new},
     {Py_tp_getset, tensor_getset},
     {Py_tp_methods, tensor_methods},
@@ -576,7 +709,7 @@ static PyType_Slot tensor_slots[] = {
 static PyType_Spec tensor_spec = {
     .name = "dutycycle._C.TensorBase",
     .basicsize = sizeof(TensorObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = tensor_slots,
 };
 

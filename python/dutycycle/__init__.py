@@ -3,7 +3,9 @@
 The tensor engine (tensors, autograd, kernels) is the C extension ``dutycycle._C``; this package
 gives it a PyTorch-like face, so ``import dutycycle as torch`` works for the subset it has."""
 
-from . import _C
+from ._platform import load_core
+
+_C = load_core()
 from ._C import (AutogradError, CudaError, DeviceError, DTypeError, DutycycleError, IndexError_,  # noqa: F401
                  ShapeError, UnsupportedError)
 from ._dtype import (bfloat16, bool_, device, dtype, float16, float32, float64, int32, int64)  # noqa: F401

@@ -64,7 +64,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
     else:
         dt = as_dtype(dtype)
     host_dt = float32 if dt == bfloat16 else dt
-    arr = np.ascontiguousarray(arr, dtype=host_dt._np)
+    arr = np.array(arr, dtype=host_dt._np, order="C")  # keeps 0-d arrays 0-d
     t = _C.clone(_C.from_buffer(arr))
     if dt != host_dt or device is not None:
         t = t.to(dt, as_device(device) if device is not None else "cpu")
@@ -80,6 +80,11 @@ def from_numpy(arr):
 
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(arr).__name__}")
+    if not arr.flags.writeable:
+        # tensors are always writable: a write into e.g. a read-only memory map would crash
+        raise ValueError("from_numpy: the array is read-only (e.g. np.load(..., mmap_mode='r') or "
+                         "np.broadcast_to), and tensors sharing its memory could write to it; copy it with "
+                         "dutycycle.tensor(arr) instead")
     return _C.from_buffer(arr)
 
 
@@ -149,6 +154,8 @@ def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
 
 
 def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=False, generator=None):
+    if size is None and isinstance(high, (tuple, list)):
+        low, high, size = 0, low, high  # randint(high, size), as in torch
     if high is None:
         low, high = 0, low
     if size is None:

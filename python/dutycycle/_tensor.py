@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import collections
 import math
+import operator
 
 from . import _C
 from ._dtype import (as_device, as_dtype, bool_, device, device_from_tuple, dtype, dtype_from_id, float32,
@@ -22,10 +23,12 @@ def _norm_size(size, what="size"):
         size = tuple(size[0])
     if builtins.any(isinstance(s, Tensor) for s in size):
         size = tuple(int(s) for s in size)
+    out = []
     for s in size:
-        if not isinstance(s, int) or isinstance(s, bool):
+        if isinstance(s, bool) or not hasattr(s, "__index__"):  # ints and NumPy integers, not floats
             raise TypeError(f"{what} must be ints, got {type(s).__name__} in {size!r}")
-    return tuple(size)
+        out.append(operator.index(s))
+    return tuple(out)
 
 
 class GradFn:
@@ -102,6 +105,12 @@ class Tensor(_C.TensorBase):
     @property
     def data(self):
         return _C.detach(self)
+
+    @data.setter
+    def data(self, value):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data must be a tensor, got {type(value).__name__}")
+        self._set_data(value)
 
     @property
     def T(self):
@@ -341,6 +350,12 @@ class Tensor(_C.TensorBase):
         return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
 
     def narrow(self, dim, start, length):
+        size = self.shape[dim]
+        if start < 0:
+            start += size
+        if not 0 <= start <= size or length < 0 or start + length > size:
+            raise IndexError(f"narrow: start {start} + length {length} is out of range for dim {dim} of size {size} "
+                             f"(shape {self.shape})")
         return _C.slice(self, dim, start, start + length, 1)
 
     def split(self, split_size_or_sections, dim=0):
@@ -375,24 +390,39 @@ class Tensor(_C.TensorBase):
         if n_real > self.ndim:
             raise IndexError(f"too many indices for a tensor of shape {self.shape}: got {n_real}")
         out, dim = self, 0
+        src_dim = 0  # the dim of self that `item` indexes, for messages
         for item in idx:
+            if type(item).__module__ == "numpy":  # NumPy integer scalars and index arrays
+                import numpy as np
+
+                item = operator.index(item) if isinstance(item, np.integer) else \
+                    _tensor_from(item, device=self.device) if isinstance(item, np.ndarray) else item
             if item is None:
                 out = _C.unsqueeze(out, dim)
                 dim += 1
             elif item is Ellipsis:
                 dim += self.ndim - n_real
+                src_dim += self.ndim - n_real
             elif isinstance(item, bool):
                 raise TypeError("indexing with a Python bool is not supported")
             elif isinstance(item, int):
+                size = out.shape[dim]
+                if not -size <= item < size:
+                    raise IndexError(f"index {item} is out of bounds for dimension {src_dim} with size {size}")
                 out = _C.select(out, dim, item)
+                src_dim += 1
             elif isinstance(item, slice):
                 start, stop, step = item.indices(out.shape[dim])
                 if step <= 0:
                     raise ValueError("slices with a non-positive step are not supported")
                 out = _C.slice(out, dim, start, stop, step)
                 dim += 1
+                src_dim += 1
             elif isinstance(item, (Tensor, list)):
                 index = item if isinstance(item, Tensor) else _tensor_from(item, dtype=int64, device=self.device)
+                if index.dtype.is_floating_point:
+                    raise IndexError(f"tensors used as indices must be integer or bool tensors, got {index.dtype.name}")
+                src_dim += builtins.max(index.ndim, 1) if index.dtype == bool_ else 1
                 if index.dtype == bool_:
                     if index.shape != out.shape[dim:dim + index.ndim]:
                         raise IndexError(f"boolean mask of shape {index.shape} does not match the indexed "

@@ -425,6 +425,14 @@ static void test_unary(void)
     a.t[1] = x;
     K(&a);
     check(ys[0] == 0 && ys[1] == 1 && ys[2] >= 0 && ys[3] == 1, "sigmoid stable at +-1000");
+    /* the vectorised float exp/tanh keep IEEE special values */
+    xs[0] = NAN, xs[1] = INFINITY, xs[2] = -INFINITY, xs[3] = -100;
+    a.op = DC_K_EXP;
+    K(&a);
+    check(isnan(ys[0]) && ys[1] == INFINITY && ys[2] == 0 && ys[3] == 0, "exp f32 special values");
+    a.op = DC_K_TANH;
+    K(&a);
+    check(isnan(ys[0]) && ys[1] == 1 && ys[2] == -1 && ys[3] == -1, "tanh f32 special values");
     /* a big one for the threaded path */
     const int64_t *bsh = SH(300, 301);
     dc_kview bx = mk(DC_FLOAT32, 2, bsh, TRANS, 0), bo = mk_out(DC_FLOAT32, 2, bsh);

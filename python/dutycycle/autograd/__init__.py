@@ -97,7 +97,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
 
     The check projects the outputs on random directions v (so one backward per direction gives
     v^T J) and compares with (f(x + eps e_i) - f(x - eps e_i)) . v / (2 eps) for every input element i.
-    Inputs that require grad must be float64 CPU tensors."""
+    Inputs that require grad must be float64 CPU tensors; they may be non-contiguous views (each
+    element is perturbed in place through a strided NumPy view of the tensor's memory)."""
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
     inputs = tuple(inputs)
@@ -132,21 +133,23 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         if total is not None:
             total.backward()
         for k, x in enumerate(diff):
+            if x.grad is not None and x.grad.shape != x.shape:
+                raise GradcheckError(f"gradcheck: input {k} has shape {x.shape} but its .grad has shape "
+                                     f"{x.grad.shape}")
             analytic = np.zeros(x.shape) if x.grad is None else x.grad.numpy().copy()
-            buf = x.detach().numpy()  # shares memory with x
-            flat = buf.reshape(-1) if buf.flags.c_contiguous else None
-            if flat is None:
-                raise ValueError("gradcheck: inputs must be contiguous")
-            numeric = np.zeros(flat.size)
-            for i in range(flat.size):
-                orig = flat[i]
-                flat[i] = orig + eps
+            buf = x.detach().numpy()  # shares memory with x, with x's strides
+            if any(st == 0 and n > 1 for st, n in zip(buf.strides, buf.shape)):
+                raise ValueError("gradcheck: an input has a stride-0 (expanded) dim, so its elements share "
+                                 "memory; pass .contiguous()")
+            numeric = np.zeros(x.shape)
+            for i in np.ndindex(*buf.shape):
+                orig = buf[i]
+                buf[i] = orig + eps
                 fp = proj(_flat_outputs(fn(*inputs)))
-                flat[i] = orig - eps
+                buf[i] = orig - eps
                 fm = proj(_flat_outputs(fn(*inputs)))
-                flat[i] = orig
+                buf[i] = orig
                 numeric[i] = (fp - fm) / (2 * eps)
-            numeric = numeric.reshape(x.shape)
             if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
                 err = np.max(np.abs(analytic - numeric))
                 msg = (f"gradcheck failed for input {k} (shape {x.shape}): max abs difference {err:.3e}\n"
