@@ -24,7 +24,7 @@ deps:
 	fi
 
 install: deps
-	$(PIP) install -q --upgrade pip setuptools wheel numpy
+	$(PIP) install -q setuptools wheel numpy
 	$(PIP) install -q --no-build-isolation -e .
 
 demo: install

@@ -43,7 +43,8 @@ typedef enum {
     DC_K_SOFTMAX_BWD, DC_K_LOG_SOFTMAX_BWD, /* t0 = dx, t1 = dy, t2 = y, dim i0 */
     DC_K_LAYERNORM,     /* t0 y, t1 mean, t2 rstd (f32/f64 rows), t3 x, t4 w, t5 b; f0 eps; i0 has_w, i1 has_b */
     DC_K_LAYERNORM_BWD, /* t0 dx, t1 dw, t2 db, t3 dy, t4 x, t5 mean, t6 rstd, t7 w; i0 has_w, i1 has_b */
-    DC_K_MATMUL,        /* t0 (B,M,N) contiguous = t1 (B,M,K) @ t2 (B,K,N); batch strides may be 0 */
+    DC_K_MATMUL,        /* t0 (batch..., M, N) contiguous = t1 (batch..., M, K) @ t2 (batch..., K, N);
+                           any strides (0 = broadcast); the kernel copies what BLAS can't read */
     DC_K_GATHER,        /* t0 = t1 gathered along i0 by t2 (int64, t0's shape) */
     DC_K_SCATTER_ADD,   /* t0 (zeroed) += t1 scattered along i0 by t2 */
     DC_K_INDEX_SELECT,  /* t0 = t1 rows along i0 by t2 (1-D int64) */
@@ -97,6 +98,12 @@ const dc_backend *dc_cpu_backend_get(void);
 #ifdef DC_WITH_CUDA
 const dc_backend *dc_cuda_backend_get(void);
 #endif
+
+/* Host memory (csrc/cpu/alloc.c): freed large blocks are cached for reuse, up to a limit. */
+dc_status dc_cpu_alloc(dc_device dev, size_t nbytes, void **out);
+void dc_cpu_free(dc_device dev, void *p);
+void dc_cpu_cache_info(size_t *cached, size_t *limit);
+void dc_cpu_empty_cache(void);
 
 /* Run one kernel on `dev`: DC_ERR_UNSUPPORTED with a clear message if the slot is empty. */
 dc_status dc_launch(dc_device dev, const dc_kargs *a);

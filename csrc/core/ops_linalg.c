@@ -11,52 +11,14 @@
 
 /* --- matmul ------------------------------------------------------------------------------------ */
 
-/* Fix strides of size-1 dims and say whether a (B, R, C) view is BLAS-ready (one unit stride per
- * matrix and a valid leading dimension). */
-static int blas_ready(dc_kview *v)
+/* t (batch..., R, C) expanded to the broadcast batch shape bs: a view, never a copy. */
+static dc_status expand_batch(dc_tensor **out, dc_tensor *t, int nb, const int64_t *bs)
 {
-    int64_t R = v->shape[1], C = v->shape[2];
-    if (C == 1) v->strides[2] = 1;
-    if (v->strides[2] == 1) {
-        if (R == 1) v->strides[1] = C > 0 ? C : 1;
-        return v->strides[1] >= (C > 0 ? C : 1);
-    }
-    if (R == 1) v->strides[1] = 1;
-    if (v->strides[1] == 1) {
-        if (C == 1) v->strides[2] = R > 0 ? R : 1;
-        return v->strides[2] >= (R > 0 ? R : 1);
-    }
-    return 0;
-}
-
-/* (batch..., R, C) tensor as a BLAS-ready (B, R, C) view over bs; may copy. *keep owns the memory. */
-static dc_status as_batched(dc_kview *v, dc_tensor **keep, dc_tensor *t, int nb, const int64_t *bs)
-{
-    int64_t eshape[DC_MAX_DIMS], B = 1;
-    for (int d = 0; d < nb; d++) {
-        eshape[d] = bs[d];
-        B *= bs[d];
-    }
+    int64_t eshape[DC_MAX_DIMS];
+    for (int d = 0; d < nb; d++) eshape[d] = bs[d];
     eshape[nb] = t->shape[t->ndim - 2];
     eshape[nb + 1] = t->shape[t->ndim - 1];
-    dc_tensor *e, *r;
-    DC_TRY(dc_expand(&e, t, nb + 2, eshape));
-    int64_t s3[3] = {B, eshape[nb], eshape[nb + 1]};
-    dc_status st = dc_reshape(&r, e, 3, s3); /* a view when the batch dims fold; a copy otherwise */
-    dc_tensor_decref(e);
-    if (st) return st;
-    dc_kview_of(v, r);
-    if (!blas_ready(v)) {
-        dc_tensor *c;
-        st = dc_clone(&c, r);
-        dc_tensor_decref(r);
-        if (st) return st;
-        r = c;
-        dc_kview_of(v, r);
-        blas_ready(v);
-    }
-    *keep = r;
-    return DC_OK;
+    return dc_expand(out, t, nb + 2, eshape);
 }
 
 static dc_status matmul_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
@@ -101,9 +63,8 @@ static dc_status matmul_nd(dc_tensor **out, dc_tensor *a, dc_tensor *b)
     dc_set_grad_enabled(0);
     dc_tensor *ka = NULL, *kb = NULL, *y = NULL;
     dc_kargs k = kargs_of(DC_K_MATMUL);
-    k.nt = 3;
-    dc_status st = as_batched(&k.t[1], &ka, a, nb, bs);
-    if (!st) st = as_batched(&k.t[2], &kb, b, nb, bs);
+    dc_status st = expand_batch(&ka, a, nb, bs);
+    if (!st) st = expand_batch(&kb, b, nb, bs);
     dc_set_grad_enabled(prev);
     int64_t oshape[DC_MAX_DIMS];
     for (int d = 0; d < nb; d++) oshape[d] = bs[d];
@@ -111,14 +72,9 @@ static dc_status matmul_nd(dc_tensor **out, dc_tensor *a, dc_tensor *b)
     oshape[nb + 1] = N;
     if (!st) st = dc_empty(&y, nb + 2, oshape, a->dtype, a->device);
     if (!st) {
-        dc_kview_of(&k.t[0], y);
-        k.t[0].ndim = 3;
-        k.t[0].shape[0] = k.t[1].shape[0];
-        k.t[0].shape[1] = M;
-        k.t[0].shape[2] = N;
-        k.t[0].strides[0] = M * N;
-        k.t[0].strides[1] = N;
-        k.t[0].strides[2] = 1;
+        kargs_add(&k, y);
+        kargs_add(&k, ka);
+        kargs_add(&k, kb);
         if (dc_numel(y)) st = dc_launch(a->device, &k);
     }
     dc_tensor_decref(ka);

@@ -1,29 +1,8 @@
 /* backend.c: the CPU kernel table and host memory. Every slot of dc_kop is filled; the kernels
  * live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
-#define _POSIX_C_SOURCE 200112L /* posix_memalign under -std=c11 */
-#include <stdlib.h>
-
 #include "cpu.h"
 
 static int cpu_device_count(void) { return 1; }
-
-static dc_status cpu_alloc(dc_device dev, size_t nbytes, void **out)
-{
-    (void)dev;
-    /* 64-byte alignment: a cache line and an AVX-512 vector. A zero-byte request still gets a
-     * real, freeable pointer so empty tensors need no special case. */
-    void *p = NULL;
-    if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0 || !p)
-        return dc_error(DC_ERR_NOMEM, "out of host memory allocating %zu bytes", nbytes);
-    *out = p;
-    return DC_OK;
-}
-
-static void cpu_free(dc_device dev, void *p)
-{
-    (void)dev;
-    free(p);
-}
 
 static dc_status cpu_memcpy(dc_device dev, void *dst, const void *src, size_t n)
 {
@@ -41,8 +20,8 @@ static dc_status cpu_synchronize(dc_device dev)
 static const dc_backend cpu_backend = {
     .name = "cpu",
     .device_count = cpu_device_count,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
+    .alloc = dc_cpu_alloc,
+    .free = dc_cpu_free,
     .to_host = cpu_memcpy,
     .from_host = cpu_memcpy,
     .synchronize = cpu_synchronize,

@@ -236,7 +236,7 @@ typedef struct {
             /* 0.5x(1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh */                       \
             UN_LOOP(T, x / (one + cpu_exp((T)-1.5957691216057308 * (x + (T)0.044715 * x * x * x)))); \
             break;                                                                            \
-        case DC_K_GELU_ERF: UN_LOOP(T, half * x * (one + erf(x * (T)0.7071067811865476))); break; \
+        case DC_K_GELU_ERF: UN_LOOP(T, half * x * (one + cpu_erf(x * (T)0.7071067811865476))); break; \
         case DC_K_SILU: UN_LOOP(T, x / (one + cpu_exp(-x))); break;                               \
         case DC_K_ABS: UN_LOOP(T, fabs(x)); break;                                            \
         case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                  \
@@ -334,8 +334,8 @@ dc_status dc_cpu_unary(const dc_kargs *a)
 #define GELU_ERF_GRAD(T, x)                                                                        \
     ({                                                                                             \
         T x_ = (x);                                                                                \
-        (T)0.5 * ((T)1 + erf(x_ * (T)0.7071067811865476)) +                                        \
-            x_ * exp((T)-0.5 * x_ * x_) * (T)0.3989422804014327;                                   \
+        (T)0.5 * ((T)1 + cpu_erf(x_ * (T)0.7071067811865476)) +                                        \
+            x_ * cpu_exp((T)-0.5 * x_ * x_) * (T)0.3989422804014327;                                   \
     })
 #define SILU_GRAD(T, x)                                                                            \
     ({                                                                                             \

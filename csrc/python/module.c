@@ -792,6 +792,25 @@ static PyObject *f_synchronize(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *f_cpu_cache_info(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    size_t cached, limit;
+    dc_cpu_cache_info(&cached, &limit);
+    return Py_BuildValue("{s:n,s:n}", "cached_bytes", (Py_ssize_t)cached, "limit_bytes", (Py_ssize_t)limit);
+}
+
+static PyObject *f_cpu_empty_cache(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    dc_cpu_empty_cache();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *f_kernel_names(PyObject *m, PyObject *noargs)
 {
     (void)m;
@@ -825,7 +844,8 @@ static PyMethodDef module_methods[] = {
     F(scale_, METH_VARARGS), F(backward, METH_VARARGS), F(set_grad_enabled, METH_O),
     F(is_grad_enabled, METH_NOARGS), F(manual_seed, METH_O), F(rng_state, METH_NOARGS),
     F(set_rng_state, METH_VARARGS), F(set_tensor_class, METH_O), F(cuda_info, METH_NOARGS),
-    F(synchronize, METH_VARARGS), F(kernel_names, METH_NOARGS),
+    F(synchronize, METH_VARARGS), F(kernel_names, METH_NOARGS), F(cpu_cache_info, METH_NOARGS),
+    F(cpu_empty_cache, METH_NOARGS),
     {NULL, NULL, 0, NULL},
 };
 
