@@ -9,6 +9,9 @@ APT_PACKAGES := build-essential libopenblas-dev libopenblas-openmp-dev wamerican
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAN_DIR := build/sanitize
 CFLAGS_TEST := -std=c11 -O2 -fopenmp -Wall -Icsrc
+comma := ,
+OPENBLAS_OMP := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_LIB := $(if $(wildcard $(OPENBLAS_OMP)/libopenblas.so),-I/usr/include/x86_64-linux-gnu/openblas-openmp -L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas
 CORE_C := csrc/core/status.c csrc/core/dtype.c csrc/core/backend.c $(wildcard csrc/cpu/*.c)
 
 .PHONY: all deps install demo test test-py test-c sanitize bench lint format clean
@@ -44,7 +47,7 @@ test-c: build/test_cpu_kernels
 
 build/test_cpu_kernels: tests/c/test_cpu_kernels.c $(CORE_C) $(wildcard csrc/cpu/*.h csrc/core/*.h)
 	@mkdir -p build
-	gcc $(CFLAGS_TEST) -o $@ tests/c/test_cpu_kernels.c $(CORE_C) -lopenblas -lm
+	gcc $(CFLAGS_TEST) -o $@ tests/c/test_cpu_kernels.c $(CORE_C) $(BLAS_LIB) -lm
 
 # ASan + UBSan build of the extension (CPU only) in build/sanitize, then the op tests against it.
 sanitize: install
@@ -56,7 +59,7 @@ sanitize: install
 	  --build-temp $(SAN_DIR)/tmp
 	cp $(SAN_DIR)/lib/dutycycle/_C*.so $(SAN_DIR)/dutycycle/
 	gcc $(CFLAGS_TEST) -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-	  -o $(SAN_DIR)/test_cpu_kernels tests/c/test_cpu_kernels.c $(CORE_C) -lopenblas -lm
+	  -o $(SAN_DIR)/test_cpu_kernels tests/c/test_cpu_kernels.c $(CORE_C) $(BLAS_LIB) -lm
 	ASAN_OPTIONS=detect_leaks=1 ./$(SAN_DIR)/test_cpu_kernels
 	cd $(SAN_DIR) && PYTHONPATH=$(CURDIR)/$(SAN_DIR) DUTYCYCLE_EXPECT_PATH=$(CURDIR)/$(SAN_DIR)/dutycycle \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \

@@ -1,7 +1,7 @@
 """The main job: train dutycycle's GPT as a character-level model on a word list, then print new
 words it invents (words that are not in the training list).
 
-    python -m dutycycle.demo --steps 600
+    python -m dutycycle.demo --steps 1000
     dutycycle demo --size small --data /usr/share/dict/words
 
 The default data is Debian's `wamerican` word list (/usr/share/dict/words), which `make demo`
@@ -82,7 +82,7 @@ def sample_words(model, n, block, temperature, known, rng_batches=8):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="dutycycle demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="model size (default small)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"word list, one word per line (default {DEFAULT_DATA})")
     p.add_argument("--batch-size", type=int, default=64)
