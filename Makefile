@@ -71,6 +71,8 @@ bench: install
 	$(PYTHON) benchmarks/engine.py
 
 lint:
+	@command -v clang-format >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang-format; }
 	$(PIP) install -q ruff
 	clang-format --dry-run --Werror $$(git ls-files 'csrc/*.c' 'csrc/*.h' 'cuda/*.cu' 'cuda/*.cuh')
 	$(PYTHON) -m ruff check python tests benchmarks

@@ -73,7 +73,7 @@ def gemm_rows(sizes, reps):
         b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
         ta, tb = dc.from_numpy(a), dc.from_numpy(b)
         r = max(1, reps if n <= 1024 else 2)
-        t_dc, t_np = paired(lambda: ta @ tb, lambda: a @ b, r)
+        t_dc, t_np = paired(lambda ta=ta, tb=tb: ta @ tb, lambda a=a, b=b: a @ b, r)
         flops = 2.0 * n ** 3
         rows.append((f"GEMM f32 {n}x{n}x{n}", "GFLOP/s", flops / t_dc / 1e9, flops / t_np / 1e9, 0.95))
     return rows

@@ -165,13 +165,11 @@ template <int N> static dc_geom<N> geom_make(const dc_kview *const v[N])
 
 /* --- kernels ---------------------------------------------------------------------------------- */
 
-#define DC_GRID_STRIDE_LOOP(i, n)                                                    \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);        \
-         i += (int64_t)gridDim.x * blockDim.x)
+#define DC_GRID_STRIDE_LOOP(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
 /* out = a + b; out, a, b: views of one shape (n elements); 16-bit floats add in float. */
-template <class T, bool OneD>
-__global__ void add_kernel(T *out, const T *a, const T *b, dc_geom<3> g, int64_t n)
+template <class T, bool OneD> __global__ void add_kernel(T *out, const T *a, const T *b, dc_geom<3> g, int64_t n)
 {
     DC_GRID_STRIDE_LOOP(i, n)
     {
@@ -193,8 +191,7 @@ template <class T, bool OneD> __global__ void fill_kernel(T *out, dc_geom<1> g, 
 }
 
 /* out = (D)in, element by element; bool -> 0/1, any -> bool is "nonzero". */
-template <class D, class S, bool OneD>
-__global__ void copy_kernel(D *out, const S *in, dc_geom<2> g, int64_t n)
+template <class D, class S, bool OneD> __global__ void copy_kernel(D *out, const S *in, dc_geom<2> g, int64_t n)
 {
     DC_GRID_STRIDE_LOOP(i, n)
     {
@@ -207,8 +204,7 @@ __global__ void copy_kernel(D *out, const S *in, dc_geom<2> g, int64_t n)
 /* --- launchers (plain names, stream last; each launch followed by a check) --------------------- */
 
 template <class T>
-static dc_status add_forward(T *out, const T *a, const T *b, const dc_geom<3> &g, int64_t n,
-                             cudaStream_t stream)
+static dc_status add_forward(T *out, const T *a, const T *b, const dc_geom<3> &g, int64_t n, cudaStream_t stream)
 {
     if (g.ndim == 1)
         add_kernel<T, true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(out, a, b, g, n);
@@ -218,8 +214,7 @@ static dc_status add_forward(T *out, const T *a, const T *b, const dc_geom<3> &g
     return DC_OK;
 }
 
-template <class T>
-static dc_status fill_forward(T *out, const dc_geom<1> &g, int64_t n, T value, cudaStream_t stream)
+template <class T> static dc_status fill_forward(T *out, const dc_geom<1> &g, int64_t n, T value, cudaStream_t stream)
 {
     if (g.ndim == 1)
         fill_kernel<T, true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(out, g, n, value);
@@ -242,7 +237,10 @@ static dc_status copy_forward(D *out, const S *in, const dc_geom<2> &g, int64_t 
 
 /* --- host-side value conversion (same rules as dc_store on the device) -------------------------- */
 
-template <class T> static T host_cast(double v) { return static_cast<T>(v); }
+template <class T> static T host_cast(double v)
+{
+    return static_cast<T>(v);
+}
 template <> __half host_cast<__half>(double v)
 {
     __half_raw r;
@@ -255,14 +253,17 @@ template <> __nv_bfloat16 host_cast<__nv_bfloat16>(double v)
     r.x = dc_f32_to_bf16((float)v);
     return __nv_bfloat16(r);
 }
-template <> uint8_t host_cast<uint8_t>(double v) { return v != 0.0; }
+template <> uint8_t host_cast<uint8_t>(double v)
+{
+    return v != 0.0;
+}
 
 /* --- table entries ---------------------------------------------------------------------------- */
 
 /* DC_K_ADD: t0 = t1 + t2, all one dtype; t1/t2 broadcast to t0's shape with stride 0. */
 static dc_status k_add(const dc_kargs *a)
 {
-    const dc_kview *v[3] = {&a->t[0], &a->t[1], &a->t[2]};
+    const dc_kview *v[3] = { &a->t[0], &a->t[1], &a->t[2] };
     if (a->nt < 3) return dc_error(DC_ERR_INTERNAL, "cuda add: %d operands, want 3", a->nt);
     DC_TRY(check_same_shape("add", 3, v));
     if (v[1]->dtype != v[0]->dtype || v[2]->dtype != v[0]->dtype)
@@ -281,7 +282,7 @@ static dc_status k_add(const dc_kargs *a)
 /* DC_K_FILL: t0 = f0 (t0 may be a strided view); all dtypes. */
 static dc_status k_fill(const dc_kargs *a)
 {
-    const dc_kview *v[1] = {&a->t[0]};
+    const dc_kview *v[1] = { &a->t[0] };
     if (a->nt < 1) return dc_error(DC_ERR_INTERNAL, "cuda fill: no output operand");
     int64_t n = view_numel(v[0]);
     if (n == 0) return DC_OK;
@@ -305,7 +306,7 @@ static dc_status k_fill(const dc_kargs *a)
  * between GPUs). Otherwise a kernel; same-dtype strided copies move raw bits. */
 static dc_status k_copy(const dc_kargs *a)
 {
-    const dc_kview *v[2] = {&a->t[0], &a->t[1]};
+    const dc_kview *v[2] = { &a->t[0], &a->t[1] };
     if (a->nt < 2) return dc_error(DC_ERR_INTERNAL, "cuda copy: %d operands, want 2", a->nt);
     DC_TRY(check_same_shape("copy", 2, v));
     int64_t n = view_numel(v[0]);
@@ -363,7 +364,10 @@ static dc_backend table_make(void)
  * lock and no C++ runtime guard symbols. */
 static const dc_backend g_table = table_make();
 
-extern "C" const dc_backend *dc_cuda_backend_get(void) { return &g_table; }
+extern "C" const dc_backend *dc_cuda_backend_get(void)
+{
+    return &g_table;
+}
 
 /* --- diagnostics -------------------------------------------------------------------------------- */
 

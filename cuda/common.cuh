@@ -27,14 +27,14 @@ using std::memory_order;
  * goes into the thread's error buffer and the function returns DC_ERR_CUDA. The failed call also
  * set CUDA's "last error"; clear it so the next launch check does not report it a second time
  * (sticky errors, e.g. an illegal address, stay and fail every later call, as they must). */
-#define DC_CUDA_TRY(call)                                                                        \
-    do {                                                                                         \
-        cudaError_t dc_cuda_e_ = (call);                                                         \
-        if (dc_cuda_e_ != cudaSuccess) {                                                         \
-            (void)cudaGetLastError();                                                            \
-            return dc_error(DC_ERR_CUDA, "%s:%d: %s (%s)", __FILE__, __LINE__,                   \
-                            cudaGetErrorString(dc_cuda_e_), cudaGetErrorName(dc_cuda_e_));       \
-        }                                                                                        \
+#define DC_CUDA_TRY(call)                                                                                      \
+    do {                                                                                                       \
+        cudaError_t dc_cuda_e_ = (call);                                                                       \
+        if (dc_cuda_e_ != cudaSuccess) {                                                                       \
+            (void)cudaGetLastError();                                                                          \
+            return dc_error(DC_ERR_CUDA, "%s:%d: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(dc_cuda_e_), \
+                            cudaGetErrorName(dc_cuda_e_));                                                     \
+        }                                                                                                      \
     } while (0)
 
 /* After every kernel launch (llm.c's cudaCheck(cudaGetLastError())): catches bad launch
@@ -88,18 +88,35 @@ __device__ __forceinline__ void dc_geom_offsets(const dc_geom<N> &g, int64_t i, 
 /* Storage types: float, double, __nv_bfloat16, __half, int32_t, int64_t, and uint8_t for bool
  * (one byte, 0 or 1; read as "nonzero"). 16-bit floats compute in float (as the CPU does), with
  * round-to-nearest-even stores, so CPU and CUDA results agree bit for bit on add and copy. */
-template <class T> struct dc_acc { typedef T type; };
-template <> struct dc_acc<__half> { typedef float type; };
-template <> struct dc_acc<__nv_bfloat16> { typedef float type; };
-template <> struct dc_acc<uint8_t> { typedef int type; };
+template <class T> struct dc_acc {
+    typedef T type;
+};
+template <> struct dc_acc<__half> {
+    typedef float type;
+};
+template <> struct dc_acc<__nv_bfloat16> {
+    typedef float type;
+};
+template <> struct dc_acc<uint8_t> {
+    typedef int type;
+};
 
-template <class T> __device__ __forceinline__ typename dc_acc<T>::type dc_load(T x) { return x; }
-template <> __device__ __forceinline__ float dc_load<__half>(__half x) { return __half2float(x); }
+template <class T> __device__ __forceinline__ typename dc_acc<T>::type dc_load(T x)
+{
+    return x;
+}
+template <> __device__ __forceinline__ float dc_load<__half>(__half x)
+{
+    return __half2float(x);
+}
 template <> __device__ __forceinline__ float dc_load<__nv_bfloat16>(__nv_bfloat16 x)
 {
     return __bfloat162float(x);
 }
-template <> __device__ __forceinline__ int dc_load<uint8_t>(uint8_t x) { return x != 0; }
+template <> __device__ __forceinline__ int dc_load<uint8_t>(uint8_t x)
+{
+    return x != 0;
+}
 
 /* Compute value -> storage type T. */
 template <class T> struct dc_store_impl {
@@ -120,25 +137,42 @@ template <> struct dc_store_impl<__nv_bfloat16> {
 template <> struct dc_store_impl<uint8_t> {
     template <class A> __device__ __forceinline__ static uint8_t go(A a) { return a != A(0) ? 1 : 0; }
 };
-template <class T, class A> __device__ __forceinline__ T dc_store(A a) { return dc_store_impl<T>::go(a); }
+template <class T, class A> __device__ __forceinline__ T dc_store(A a)
+{
+    return dc_store_impl<T>::go(a);
+}
 
 /* Calls f(T()) with T the storage type of dt. Only dtypes whose bit is set in Allowed
  * (1 << dc_dtype) are instantiated and accepted; any other gives DC_ERR_UNSUPPORTED naming op and
  * dtype. */
 #define DC_DT_BIT(d) (1u << (d))
-#define DC_DT_ALL 0x7fu
-#define DC_DT_ARITH (DC_DT_ALL & ~DC_DT_BIT(DC_BOOL))
+#define DC_DT_ALL    0x7fu
+#define DC_DT_ARITH  (DC_DT_ALL & ~DC_DT_BIT(DC_BOOL))
 
 template <unsigned Allowed, class F> static dc_status dc_dispatch(dc_dtype dt, const char *op, F &&f)
 {
     switch (dt) {
-    case DC_FLOAT32: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT32)) return f(float()); break;
-    case DC_FLOAT64: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT64)) return f(double()); break;
-    case DC_BFLOAT16: if constexpr (Allowed & DC_DT_BIT(DC_BFLOAT16)) return f(__nv_bfloat16()); break;
-    case DC_FLOAT16: if constexpr (Allowed & DC_DT_BIT(DC_FLOAT16)) return f(__half()); break;
-    case DC_INT32: if constexpr (Allowed & DC_DT_BIT(DC_INT32)) return f(int32_t()); break;
-    case DC_INT64: if constexpr (Allowed & DC_DT_BIT(DC_INT64)) return f(int64_t()); break;
-    case DC_BOOL: if constexpr (Allowed & DC_DT_BIT(DC_BOOL)) return f(uint8_t()); break;
+    case DC_FLOAT32:
+        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT32)) return f(float());
+        break;
+    case DC_FLOAT64:
+        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT64)) return f(double());
+        break;
+    case DC_BFLOAT16:
+        if constexpr (Allowed & DC_DT_BIT(DC_BFLOAT16)) return f(__nv_bfloat16());
+        break;
+    case DC_FLOAT16:
+        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT16)) return f(__half());
+        break;
+    case DC_INT32:
+        if constexpr (Allowed & DC_DT_BIT(DC_INT32)) return f(int32_t());
+        break;
+    case DC_INT64:
+        if constexpr (Allowed & DC_DT_BIT(DC_INT64)) return f(int64_t());
+        break;
+    case DC_BOOL:
+        if constexpr (Allowed & DC_DT_BIT(DC_BOOL)) return f(uint8_t());
+        break;
     default: break;
     }
     return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));

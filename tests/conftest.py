@@ -6,9 +6,10 @@ transposed view, or a slice with a step) so every op is also run on non-contiguo
 import os
 import zlib
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 
 # `make sanitize` runs these tests against an ASan build copied elsewhere: make sure that is the
 # dutycycle being imported, not the editable install.

@@ -6,9 +6,10 @@ engine runs a backward pass. Per-op gradients are checked in test_ops.py."""
 import threading
 import time
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 from dutycycle.autograd import GradcheckError, gradcheck
 
 

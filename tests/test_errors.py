@@ -4,9 +4,10 @@ builtin (ShapeError is a ValueError, DTypeError a TypeError, IndexError_ an Inde
 
 import re
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 
 
 def raises(exc, *fragments):
@@ -139,7 +140,8 @@ def test_backward_bad_gradient_and_no_graph():
 
 def test_inplace_on_leaf_that_requires_grad():
     w = dc.ones(3, requires_grad=True)
-    for op in (lambda: w.add_(1), lambda: w.mul_(2), lambda: w.fill_(0), lambda: w.zero_(), lambda: w.copy_(dc.ones(3))):
+    ops = (lambda: w.add_(1), lambda: w.mul_(2), lambda: w.fill_(0), lambda: w.zero_(), lambda: w.copy_(dc.ones(3)))
+    for op in ops:
         with raises(dc.AutogradError, "in place", "(3,)", "no_grad"):
             op()
     assert w.tolist() == [1.0, 1.0, 1.0]

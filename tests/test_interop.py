@@ -4,9 +4,10 @@ can be imported."""
 
 import gc
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 
 NP_DTYPES = {
     np.float32: dc.float32, np.float64: dc.float64, np.float16: dc.float16,

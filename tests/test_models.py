@@ -3,9 +3,10 @@ and generate / sample with the right shapes."""
 
 import math
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 from dutycycle.models import GPT, DiT, DiTConfig, GPTConfig
 from dutycycle.optim import AdamW
 

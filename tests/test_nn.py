@@ -3,9 +3,10 @@ and autograd through them via finite differences (dc.autograd.gradcheck)."""
 
 import math
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 from dutycycle import nn
 from dutycycle.nn import functional as F
 

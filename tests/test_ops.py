@@ -8,10 +8,11 @@ must come back reduced to the input's shape) and non-contiguous inputs."""
 
 import math
 
-import dutycycle as dc
 import numpy as np
 import pytest
 from conftest import LAYOUTS, assert_close, make, rounded, to_np
+
+import dutycycle as dc
 from dutycycle.autograd import gradcheck
 
 DTYPES = ["float32", "float64"]
@@ -619,7 +620,7 @@ def test_split_chunk_grad(rng):
     gc(lambda t: t.split([1, 4])[1], x)
 
 
-# ============================================================================================ where / clamp / masked_fill
+# ==================================================================================== where / clamp / masked_fill
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES + ["int64"])
@@ -700,7 +701,7 @@ def test_masked_fill_grad(rng):
     np.testing.assert_array_equal(x.grad.numpy(), np.broadcast_to(~m.numpy(), (3, 4)).astype(float))
 
 
-# ============================================================================================ gather / index_select / embedding
+# ============================================================================ gather / index_select / embedding
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dim", [0, 1, -1])

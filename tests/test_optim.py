@@ -4,9 +4,10 @@ against torch's numbers (written out in closed form here), gradient clipping, st
 import copy
 import math
 
-import dutycycle as dc
 import numpy as np
 import pytest
+
+import dutycycle as dc
 from dutycycle import nn, optim
 from dutycycle.nn.utils import clip_grad_norm_
 from dutycycle.optim import lr_scheduler as S

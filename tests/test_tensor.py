@@ -2,10 +2,11 @@
 expand, narrow, flatten, ...), in-place ops, dtype conversion for all seven dtypes (bf16 and fp16
 rounding checked bit-exactly against a NumPy reference), constructors and the random generators."""
 
-import dutycycle as dc
 import numpy as np
 import pytest
 from conftest import LAYOUTS, make, to_np
+
+import dutycycle as dc
 from dutycycle.autograd import gradcheck
 
 ALL_DTYPES = ["float32", "float64", "bfloat16", "float16", "int32", "int64", "bool"]
@@ -83,7 +84,7 @@ def test_reshape_view_flatten(rng, layout):
     assert dc.tensor(3.0).flatten().shape == (1,)
     if layout == "contig":
         v = x.view(3, 8)
-        assert v.data_ptr() == x.data_ptr() and not v.is_leaf is False
+        assert v.data_ptr() == x.data_ptr() and v.is_leaf is not False
         v[0, 0] = 100.0  # writes through
         assert x[0, 0].item() == 100.0
         assert x.reshape(24).data_ptr() == x.data_ptr()  # reshape of a contiguous tensor is a view

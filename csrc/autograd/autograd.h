@@ -14,7 +14,7 @@
 extern "C" {
 #endif
 
-#define DC_NODE_MAX_IN 4
+#define DC_NODE_MAX_IN    4
 #define DC_NODE_MAX_SAVED 4
 
 typedef struct dc_node dc_node;
@@ -26,7 +26,7 @@ struct dc_node {
     atomic_long refcount;
     const char *name; /* "MulBackward" */
     dc_backward_fn backward;
-    uint64_t seq;     /* creation order */
+    uint64_t seq; /* creation order */
     int n_in;
     dc_node *next[DC_NODE_MAX_IN]; /* owned; NULL where that input needs no grad */
     /* input geometry, for reducing broadcast grads and rebuilding shapes */
@@ -38,8 +38,8 @@ struct dc_node {
     long saved_version[DC_NODE_MAX_SAVED];
     double f[4];
     int64_t i[2 * DC_MAX_DIMS];
-    int released;     /* saved tensors were freed by a backward without retain_graph */
-    dc_tensor *leaf;  /* AccumulateGrad: the leaf (owned) */
+    int released;    /* saved tensors were freed by a backward without retain_graph */
+    dc_tensor *leaf; /* AccumulateGrad: the leaf (owned) */
     /* engine scratch, valid during one backward */
     dc_tensor *gbuf;
     int deps;
@@ -51,8 +51,7 @@ void dc_node_decref(dc_node *n); /* NULL is a no-op */
 /* For op implementations: does this op need to record a node for these inputs? */
 int dc_needs_grad(const dc_tensor *t);
 /* New node with n_in edges taken from inputs (NULL entries allowed: no grad). */
-dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in,
-                      dc_tensor *const *inputs);
+dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *inputs);
 /* Save a tensor for backward (takes a reference, records its version). */
 void dc_node_save(dc_node *n, dc_tensor *t);
 /* Check a saved tensor was not modified in place since; DC_ERR_AUTOGRAD if it was. */

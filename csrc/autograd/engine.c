@@ -50,7 +50,10 @@ void dc_node_decref(dc_node *n)
     free(n);
 }
 
-int dc_needs_grad(const dc_tensor *t) { return t && t->requires_grad && dc_grad_enabled(); }
+int dc_needs_grad(const dc_tensor *t)
+{
+    return t && t->requires_grad && dc_grad_enabled();
+}
 
 static dc_node *node_alloc(const char *name)
 {
@@ -86,8 +89,7 @@ static dc_node *accumulate_node(dc_tensor *leaf)
     return n;
 }
 
-dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in,
-                      dc_tensor *const *inputs)
+dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *inputs)
 {
     DC_ASSERT(n_in <= DC_NODE_MAX_IN);
     dc_node *n = node_alloc(name);
@@ -209,8 +211,8 @@ static dc_status accumulate(dc_tensor *leaf, dc_tensor *g)
     }
     if (!leaf->grad) {
         /* steal the buffer when nobody else can see it, else copy */
-        if (atomic_load(&g->refcount) == 1 && atomic_load(&g->storage->refcount) == 1 &&
-            dc_is_contiguous(g) && g->ndim == leaf->ndim && !g->grad_fn) {
+        if (atomic_load(&g->refcount) == 1 && atomic_load(&g->storage->refcount) == 1 && dc_is_contiguous(g) &&
+            g->ndim == leaf->ndim && !g->grad_fn) {
             for (int d = 0; d < g->ndim; d++) DC_ASSERT(g->shape[d] == leaf->shape[d]);
             leaf->grad = g;
             return DC_OK;
@@ -253,12 +255,11 @@ dc_status dc_backward(dc_tensor *root, dc_tensor *grad, int retain_graph)
 static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_graph)
 {
     if (!root->requires_grad)
-        return dc_error(DC_ERR_AUTOGRAD,
-                        "element 0 of tensors does not require grad and does not have a grad_fn");
+        return dc_error(DC_ERR_AUTOGRAD, "element 0 of tensors does not require grad and does not have a grad_fn");
     dc_status st = DC_OK;
     dc_tensor *g = NULL;
     dc_node *start = NULL;
-    node_vec all = {0}, heap = {0};
+    node_vec all = { 0 }, heap = { 0 };
     int prev_mode = dc_grad_enabled();
     dc_set_grad_enabled(0);
 
@@ -266,7 +267,8 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
         if (dc_numel(root) != 1) {
             st = dc_error(DC_ERR_AUTOGRAD,
                           "grad can be implicitly created only for scalar outputs, but the output "
-                          "has shape %s: pass a gradient to backward()", DC_SHAPE(root));
+                          "has shape %s: pass a gradient to backward()",
+                          DC_SHAPE(root));
             goto done;
         }
         if ((st = dc_full(&g, root->ndim, root->shape, 1.0, root->dtype, root->device))) goto done;
@@ -274,8 +276,8 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
         int same = grad->ndim == root->ndim;
         for (int d = 0; same && d < grad->ndim; d++) same = grad->shape[d] == root->shape[d];
         if (!same) {
-            st = dc_error(DC_ERR_SHAPE, "backward(): gradient has shape %s but the output has shape %s",
-                          DC_SHAPE(grad), DC_SHAPE(root));
+            st = dc_error(DC_ERR_SHAPE, "backward(): gradient has shape %s but the output has shape %s", DC_SHAPE(grad),
+                          DC_SHAPE(root));
             goto done;
         }
         if (grad->dtype != root->dtype || !dc_device_eq(grad->device, root->device)) {
@@ -326,7 +328,7 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
             }
             continue;
         }
-        dc_tensor *gin[DC_NODE_MAX_IN] = {0};
+        dc_tensor *gin[DC_NODE_MAX_IN] = { 0 };
         if (gout) {
             if (n->released && n->n_saved) {
                 dc_tensor_decref(gout);

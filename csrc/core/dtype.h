@@ -33,7 +33,10 @@ typedef struct {
     int index; /* 0 for the CPU */
 } dc_device;
 
-static inline int dc_device_eq(dc_device a, dc_device b) { return a.type == b.type && a.index == b.index; }
+static inline int dc_device_eq(dc_device a, dc_device b)
+{
+    return a.type == b.type && a.index == b.index;
+}
 /* "cpu", "cuda:1" into a static per-thread buffer. */
 const char *dc_device_str(dc_device d);
 
@@ -59,12 +62,12 @@ static inline uint16_t dc_f32_to_f16(float f)
     memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t absx = x & 0x7fffffffu;
-    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* NaN */
-    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* overflow -> inf */
-    if (absx < 0x38800000u) {                                             /* subnormal or zero */
+    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
+    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* overflow -> inf */
+    if (absx < 0x38800000u) {                                   /* subnormal or zero */
         if (absx < 0x33000000u) return (uint16_t)sign;
         uint32_t e = absx >> 23, m = (absx & 0x7fffffu) | 0x800000u;
-        uint32_t shift = 126 - e;                                          /* 14..24 */
+        uint32_t shift = 126 - e; /* 14..24 */
         uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
         if (rem > half || (rem == half && (r & 1u))) r++;
         return (uint16_t)(sign | r);
@@ -83,7 +86,10 @@ static inline float dc_f16_to_f32(uint16_t h)
             u = sign;
         } else { /* subnormal: normalise */
             e = 113;
-            while (!(m & 0x400u)) { m <<= 1; e--; }
+            while (!(m & 0x400u)) {
+                m <<= 1;
+                e--;
+            }
             u = sign | (e << 23) | ((m & 0x3ffu) << 13);
         }
     } else if (e == 31) {

@@ -13,7 +13,10 @@ static inline dc_kargs kargs_of(dc_kop op)
     return a;
 }
 
-static inline void kargs_add(dc_kargs *a, const dc_tensor *t) { dc_kview_of(&a->t[a->nt++], t); }
+static inline void kargs_add(dc_kargs *a, const dc_tensor *t)
+{
+    dc_kview_of(&a->t[a->nt++], t);
+}
 
 /* Normalise a possibly negative dim against ndim (rank 0 accepts -1 and 0). */
 static inline dc_status wrap_dim(int *dim, int ndim, const char *op)
@@ -30,8 +33,8 @@ static inline dc_status same_device(const dc_tensor *a, const dc_tensor *b, cons
     if (!dc_device_eq(a->device, b->device)) {
         char da[32];
         snprintf(da, sizeof da, "%s", dc_device_str(a->device));
-        return dc_error(DC_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op,
-                        da, dc_device_str(b->device));
+        return dc_error(DC_ERR_DEVICE, "%s: expected all tensors on the same device, got %s and %s", op, da,
+                        dc_device_str(b->device));
     }
     return DC_OK;
 }
@@ -57,7 +60,8 @@ static inline dc_status begin_inplace(dc_tensor *t, const char *op)
     if (dc_grad_enabled() && t->requires_grad)
         return dc_error(DC_ERR_AUTOGRAD,
                         "%s: a tensor that requires grad (shape %s) can't be modified in place while "
-                        "grad mode is on; use `with dutycycle.no_grad():` or .detach()", op, DC_SHAPE(t));
+                        "grad mode is on; use `with dutycycle.no_grad():` or .detach()",
+                        op, DC_SHAPE(t));
     atomic_fetch_add(&t->storage->version, 1);
     return DC_OK;
 }
@@ -69,14 +73,16 @@ static inline dc_status begin_inplace(dc_tensor *t, const char *op)
 static inline int inplace_overlap(const dc_tensor *dst, const dc_tensor *src)
 {
     if (!dc_device_eq(dst->device, src->device) || !dc_numel(dst) || !dc_numel(src)) return 0;
-    const dc_tensor *v[2] = {dst, src};
+    const dc_tensor *v[2] = { dst, src };
     char *lo[2], *hi[2];
     for (int k = 0; k < 2; k++) {
         int64_t a = 0, b = 0, es = (int64_t)dc_dtype_size(v[k]->dtype);
         for (int d = 0; d < v[k]->ndim; d++) {
             int64_t span = (v[k]->shape[d] - 1) * v[k]->strides[d] * es;
-            if (span < 0) a += span;
-            else b += span;
+            if (span < 0)
+                a += span;
+            else
+                b += span;
         }
         lo[k] = dc_data(v[k]) + a;
         hi[k] = dc_data(v[k]) + b + es;

@@ -17,8 +17,8 @@ extern "C" {
 dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev);
 dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_dtype dt, dc_device dev);
 /* kind: DC_K_RAND, DC_K_RANDN, DC_K_RANDINT (low/high used only for RANDINT) */
-dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape, int64_t low,
-                    int64_t high, dc_dtype dt, dc_device dev);
+dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape, int64_t low, int64_t high,
+                    dc_dtype dt, dc_device dev);
 dc_status dc_to(dc_tensor **out, dc_tensor *x, dc_dtype dt, dc_device dev); /* copies; differentiable */
 dc_status dc_contiguous(dc_tensor **out, dc_tensor *x); /* x itself (new ref) if already contiguous */
 dc_status dc_clone(dc_tensor **out, dc_tensor *x);
@@ -67,12 +67,11 @@ dc_status dc_index_select(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *ind
 dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper);
 
 /* --- fused multi-tensor optimizer steps (in place, no autograd) -------------------------------- */
-dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs,
-                      double lr, double momentum, double dampening, double wd, int nesterov,
-                      int maximize, int first);
-dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads,
-                        dc_tensor *const *m, dc_tensor *const *v, int64_t step, double lr,
-                        double beta1, double beta2, double eps, double wd, int maximize);
+dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs, double lr,
+                      double momentum, double dampening, double wd, int nesterov, int maximize, int first);
+dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *m,
+                        dc_tensor *const *v, int64_t step, double lr, double beta1, double beta2, double eps, double wd,
+                        int maximize);
 dc_status dc_total_norm(int n, dc_tensor *const *ts, double p, double *out);
 dc_status dc_scale_(int n, dc_tensor *const *ts, double factor);
 

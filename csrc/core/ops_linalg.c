@@ -6,8 +6,9 @@
 
 #include "ops-impl.h"
 
-#define SAVED(n, k, var) dc_tensor *var; DC_TRY(dc_node_saved((n), (k), &var))
-
+#define SAVED(n, k, var) \
+    dc_tensor *var;      \
+    DC_TRY(dc_node_saved((n), (k), &var))
 
 /* --- matmul ------------------------------------------------------------------------------------ */
 
@@ -50,8 +51,7 @@ static dc_status matmul_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 /* Both operands have >= 2 dims. */
 static dc_status matmul_nd(dc_tensor **out, dc_tensor *a, dc_tensor *b)
 {
-    int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], K2 = b->shape[b->ndim - 2],
-            N = b->shape[b->ndim - 1];
+    int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], K2 = b->shape[b->ndim - 2], N = b->shape[b->ndim - 1];
     if (K != K2)
         return dc_error(DC_ERR_SHAPE, "matmul: shapes %s and %s can't be multiplied (%lld != %lld)", DC_SHAPE(a),
                         DC_SHAPE(b), (long long)K, (long long)K2);
@@ -84,7 +84,7 @@ static dc_status matmul_nd(dc_tensor **out, dc_tensor *a, dc_tensor *b)
         return st;
     }
     if (dc_needs_grad(a) || dc_needs_grad(b)) {
-        dc_tensor *in[2] = {a, b};
+        dc_tensor *in[2] = { a, b };
         dc_node *n;
         if ((st = dc_node_new(&n, "MmBackward", matmul_backward, 2, in))) {
             dc_tensor_decref(y);
@@ -120,16 +120,20 @@ dc_status dc_matmul(dc_tensor **out, dc_tensor *a, dc_tensor *b)
     dc_tensor *a2 = NULL, *b2 = NULL, *y = NULL;
     dc_status st = DC_OK;
     /* vectors become matrices (recorded as views, so autograd needs nothing special) */
-    if (a->ndim == 1) st = dc_unsqueeze(&a2, a, 0);
-    else dc_tensor_incref(a), a2 = a;
+    if (a->ndim == 1)
+        st = dc_unsqueeze(&a2, a, 0);
+    else
+        dc_tensor_incref(a), a2 = a;
     if (!st) {
-        if (b->ndim == 1) st = dc_unsqueeze(&b2, b, -1);
-        else dc_tensor_incref(b), b2 = b;
+        if (b->ndim == 1)
+            st = dc_unsqueeze(&b2, b, -1);
+        else
+            dc_tensor_incref(b), b2 = b;
     }
     if (!st) {
         if (b2->ndim == 2 && a2->ndim > 2 && a2->shape[a2->ndim - 1] == b2->shape[0]) {
             /* (..., M, K) @ (K, N): fold the batch into M for one large GEMM */
-            int64_t flat[2] = {-1, a2->shape[a2->ndim - 1]}, oshape[DC_MAX_DIMS];
+            int64_t flat[2] = { -1, a2->shape[a2->ndim - 1] }, oshape[DC_MAX_DIMS];
             dc_tensor *af, *yf;
             if (!(st = dc_reshape(&af, a2, 2, flat))) {
                 if (!(st = matmul_nd(&yf, af, b2))) {
@@ -193,11 +197,14 @@ static dc_status cat_group(dc_tensor **out, int n, dc_tensor *const *xs, int dim
         DC_TRY(same_device(x0, x, "cat"));
         DC_TRY(same_dtype(x0, x, "cat"));
         if (x->ndim != x0->ndim)
-            return dc_error(DC_ERR_SHAPE, "cat: tensors must have the same number of dims: tensor 0 has shape %s, tensor %d has shape %s",
-                            DC_SHAPE(x0), k, DC_SHAPE(x));
+            return dc_error(
+                DC_ERR_SHAPE,
+                "cat: tensors must have the same number of dims: tensor 0 has shape %s, tensor %d has shape %s",
+                DC_SHAPE(x0), k, DC_SHAPE(x));
         for (int d = 0; d < x->ndim; d++)
             if (d != dim && x->shape[d] != x0->shape[d])
-                return dc_error(DC_ERR_SHAPE, "cat: sizes must match except in dim %d: tensor 0 has shape %s, tensor %d has shape %s",
+                return dc_error(DC_ERR_SHAPE,
+                                "cat: sizes must match except in dim %d: tensor 0 has shape %s, tensor %d has shape %s",
                                 dim, DC_SHAPE(x0), k, DC_SHAPE(x));
         shape[dim] += x->shape[dim];
     }
@@ -322,14 +329,15 @@ static dc_status index_op(dc_tensor **out, dc_kop op, dc_tensor *x, int dim, dc_
             k.t[0].shape[0] = k.t[1].shape[0] = k.t[2].shape[0] = 1;
             k.t[0].strides[0] = k.t[1].strides[0] = k.t[2].strides[0] = 1;
         }
-        if (dc_numel(y)) st = dc_launch(x->device, &k);
+        if (dc_numel(y))
+            st = dc_launch(x->device, &k);
         else if (op == DC_K_INDEX_SELECT && dc_numel(ic) && x->shape[dim] == 0)
             st = dc_error(DC_ERR_INDEX, "index_select: index out of range for dimension %d with size 0", dim);
     }
     dc_node *n = NULL;
     if (!st && dc_needs_grad(x) && dc_dtype_is_float(x->dtype)) {
-        if (!(st = dc_node_new(&n, op == DC_K_GATHER ? "GatherBackward" : "IndexSelectBackward",
-                               scatter_like_backward, 1, &x))) {
+        if (!(st = dc_node_new(&n, op == DC_K_GATHER ? "GatherBackward" : "IndexSelectBackward", scatter_like_backward,
+                               1, &x))) {
             dc_node_save(n, ic);
             n->i[0] = dim;
             n->i[1] = op == DC_K_INDEX_SELECT;
@@ -404,15 +412,15 @@ static dc_status check_pair(dc_tensor *p, dc_tensor *g, int k, const char *op, c
     if (!dc_device_eq(g->device, p->device))
         return dc_error(DC_ERR_DEVICE, "%s: %s %d is on a different device than its parameter", op, what, k);
     if (g->ndim != p->ndim || memcmp(g->shape, p->shape, sizeof(int64_t) * p->ndim))
-        return dc_error(DC_ERR_SHAPE, "%s: %s %d has shape %s but its parameter has shape %s", op, what, k,
-                        DC_SHAPE(g), DC_SHAPE(p));
+        return dc_error(DC_ERR_SHAPE, "%s: %s %d has shape %s but its parameter has shape %s", op, what, k, DC_SHAPE(g),
+                        DC_SHAPE(p));
     if (!dc_is_contiguous(g) || !dc_is_contiguous(p))
         return dc_error(DC_ERR_VALUE, "%s: parameter %d and its %s must be contiguous", op, k, what);
     return DC_OK;
 }
 
-dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs,
-                      double lr, double momentum, double dampening, double wd, int nesterov, int maximize, int first)
+dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs, double lr,
+                      double momentum, double dampening, double wd, int nesterov, int maximize, int first)
 {
     for (int k = 0; k < n; k++) {
         DC_TRY(check_pair(params[k], grads[k], k, "sgd_step", "grad"));
@@ -438,8 +446,8 @@ dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, 
 }
 
 dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *m,
-                        dc_tensor *const *v, int64_t step, double lr, double beta1, double beta2, double eps,
-                        double wd, int maximize)
+                        dc_tensor *const *v, int64_t step, double lr, double beta1, double beta2, double eps, double wd,
+                        int maximize)
 {
     if (step < 1) return dc_error(DC_ERR_VALUE, "adamw_step: step must be >= 1, got %lld", (long long)step);
     for (int k = 0; k < n; k++) {

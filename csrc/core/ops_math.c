@@ -16,8 +16,8 @@ dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *s
         int da = d - (n - na), db = d - (n - nb);
         int64_t x = da >= 0 ? sa[da] : 1, y = db >= 0 ? sb[db] : 1;
         if (x != y && x != 1 && y != 1)
-            return dc_error(DC_ERR_SHAPE, "%s: shapes %s and %s can't be broadcast together (dim %d: %lld vs %lld)",
-                            op, dc_shape_str(na, sa), dc_shape_str(nb, sb), d, (long long)x, (long long)y);
+            return dc_error(DC_ERR_SHAPE, "%s: shapes %s and %s can't be broadcast together (dim %d: %lld vs %lld)", op,
+                            dc_shape_str(na, sa), dc_shape_str(nb, sb), d, (long long)x, (long long)y);
         out[d] = x == 1 ? y : x;
     }
     *nd = n;
@@ -51,8 +51,7 @@ static dc_status mul_scalar(dc_tensor **out, dc_tensor *t, double v)
 }
 
 /* Record a node for y if any input needs grad; *np gets it (or NULL). On failure y is freed. */
-static dc_status record(dc_tensor *y, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *in,
-                        dc_node **np)
+static dc_status record(dc_tensor *y, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *in, dc_node **np)
 {
     *np = NULL;
     int need = 0;
@@ -80,7 +79,9 @@ static void save_output(dc_node *n, dc_tensor *y)
 }
 
 /* Backward helpers return DC_OK with gin set; these shorten the common shapes. */
-#define SAVED(n, k, var) dc_tensor *var; DC_TRY(dc_node_saved((n), (k), &var))
+#define SAVED(n, k, var) \
+    dc_tensor *var;      \
+    DC_TRY(dc_node_saved((n), (k), &var))
 
 static dc_status launch_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b, dc_dtype out_dt)
 {
@@ -177,15 +178,18 @@ dc_status dc_unary(dc_tensor **out, dc_kop op, dc_tensor *x)
     dc_node *n;
     DC_TRY(record(y, "UnaryBackward", unary_backward, 1, &x, &n));
     if (n) {
-        static const char *names[] = {"NegBackward", "ExpBackward", "LogBackward", "SqrtBackward", "RsqrtBackward",
-                                      "SinBackward", "CosBackward", "TanhBackward", "SigmoidBackward",
-                                      "ReluBackward", "GeluBackward", "GeluBackward", "SiluBackward", "AbsBackward"};
+        static const char *names[] = { "NegBackward",     "ExpBackward",  "LogBackward",  "SqrtBackward",
+                                       "RsqrtBackward",   "SinBackward",  "CosBackward",  "TanhBackward",
+                                       "SigmoidBackward", "ReluBackward", "GeluBackward", "GeluBackward",
+                                       "SiluBackward",    "AbsBackward" };
         n->name = names[op - DC_K_NEG];
         n->i[0] = op;
         int saves_output = op == DC_K_EXP || op == DC_K_SQRT || op == DC_K_RSQRT || op == DC_K_TANH ||
                            op == DC_K_SIGMOID || op == DC_K_RELU;
-        if (saves_output) save_output(n, y);
-        else dc_node_save(n, x);
+        if (saves_output)
+            save_output(n, y);
+        else
+            dc_node_save(n, x);
     }
     *out = y;
     return DC_OK;
@@ -283,15 +287,23 @@ static dc_status pow_scalar_impl(dc_tensor **out, dc_tensor *x, double v, int rp
     if (n) {
         n->f[0] = v;
         n->i[0] = rpow;
-        if (rpow) save_output(n, y);
-        else dc_node_save(n, x);
+        if (rpow)
+            save_output(n, y);
+        else
+            dc_node_save(n, x);
     }
     *out = y;
     return DC_OK;
 }
 
-dc_status dc_pow_scalar(dc_tensor **out, dc_tensor *x, double p) { return pow_scalar_impl(out, x, p, 0); }
-dc_status dc_rpow_scalar(dc_tensor **out, double base, dc_tensor *x) { return pow_scalar_impl(out, x, base, 1); }
+dc_status dc_pow_scalar(dc_tensor **out, dc_tensor *x, double p)
+{
+    return pow_scalar_impl(out, x, p, 0);
+}
+dc_status dc_rpow_scalar(dc_tensor **out, double base, dc_tensor *x)
+{
+    return pow_scalar_impl(out, x, base, 1);
+}
 
 /* --- binary ----------------------------------------------------------------------------------- */
 
@@ -321,8 +333,10 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
             DC_TRY(reduce_into(n, 0, g, gin));
         }
         if (gb) {
-            if (op == DC_K_ADD) dc_tensor_incref(g), t = g;
-            else DC_TRY(dc_unary(&t, DC_K_NEG, g));
+            if (op == DC_K_ADD)
+                dc_tensor_incref(g), t = g;
+            else
+                DC_TRY(dc_unary(&t, DC_K_NEG, g));
             DC_TRY(reduce_into(n, 1, t, gin));
         }
         return DC_OK;
@@ -427,8 +441,10 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         for (int side = 0; side < 2 && !st; side++) {
             if (!(side ? gb : ga)) continue;
             dc_tensor *base;
-            if (side == 0) st = dc_where(&base, win, g, z);
-            else st = dc_where(&base, win, z, g);
+            if (side == 0)
+                st = dc_where(&base, win, g, z);
+            else
+                st = dc_where(&base, win, z, g);
             if (st) break;
             if (!(st = dc_where(&half, tie, gh, base))) st = reduce_into(n, side, half, gin);
             dc_tensor_decref(base);
@@ -454,9 +470,9 @@ dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b)
     dc_tensor *y;
     DC_TRY(launch_binary(&y, op, a, b, cmp ? DC_BOOL : a->dtype));
     if (!cmp && dc_dtype_is_float(a->dtype)) {
-        dc_tensor *in[2] = {a, b};
-        static const char *names[] = {"AddBackward", "SubBackward", "MulBackward", "DivBackward",
-                                      "PowBackward", "MaximumBackward", "MinimumBackward"};
+        dc_tensor *in[2] = { a, b };
+        static const char *names[] = { "AddBackward", "SubBackward",     "MulBackward",    "DivBackward",
+                                       "PowBackward", "MaximumBackward", "MinimumBackward" };
         dc_node *n;
         DC_TRY(record(y, names[op - DC_K_ADD], binary_backward, 2, in, &n));
         if (n) {
@@ -479,8 +495,8 @@ dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other)
     DC_TRY(same_dtype(t, other, dc_kop_names[op]));
     DC_TRY(dc_broadcast_shape(t->ndim, t->shape, other->ndim, other->shape, &nd, shape, dc_kop_names[op]));
     if (nd != t->ndim || memcmp(shape, t->shape, sizeof(int64_t) * nd))
-        return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s",
-                        dc_kop_names[op], DC_SHAPE(other), DC_SHAPE(t));
+        return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s", dc_kop_names[op],
+                        DC_SHAPE(other), DC_SHAPE(t));
     DC_TRY(begin_inplace(t, dc_kop_names[op]));
     if (inplace_overlap(t, other)) { /* e.g. x.add_(x.T): read a copy of other */
         dc_tensor *c;
@@ -551,7 +567,7 @@ dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b)
         dc_tensor_decref(y);
         return st;
     }
-    dc_tensor *in[3] = {cond, a, b};
+    dc_tensor *in[3] = { cond, a, b };
     dc_node *n;
     DC_TRY(record(y, "WhereBackward", where_backward, 3, in, &n));
     if (n) dc_node_save(n, cond);
@@ -670,8 +686,10 @@ static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims,
     DC_TRY(dims_mask(n, dims, x->ndim, mask, name));
     if (mean) DC_TRY(need_float(x, "mean"));
     dc_tensor *src = x, *y;
-    if (x->dtype == DC_BOOL || x->dtype == DC_INT32) DC_TRY(dc_to(&src, x, DC_INT64, x->device));
-    else dc_tensor_incref(src);
+    if (x->dtype == DC_BOOL || x->dtype == DC_INT32)
+        DC_TRY(dc_to(&src, x, DC_INT64, x->device));
+    else
+        dc_tensor_incref(src);
     dc_status st = reduce_raw(&y, DC_K_SUM, src, mask, keepdim, src->dtype);
     dc_tensor_decref(src);
     if (st) return st;
@@ -716,15 +734,18 @@ dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shap
         *out = g;
         return DC_OK;
     }
-    int mask[DC_MAX_DIMS] = {0}, lead = g->ndim - ndim, any = 0;
-    if (lead < 0) return dc_error(DC_ERR_INTERNAL, "sum_to: %s is smaller than %s", DC_SHAPE(g), dc_shape_str(ndim, shape));
+    int mask[DC_MAX_DIMS] = { 0 }, lead = g->ndim - ndim, any = 0;
+    if (lead < 0)
+        return dc_error(DC_ERR_INTERNAL, "sum_to: %s is smaller than %s", DC_SHAPE(g), dc_shape_str(ndim, shape));
     for (int d = 0; d < g->ndim; d++) {
         mask[d] = d < lead || (shape[d - lead] == 1 && g->shape[d] != 1);
         any |= mask[d];
     }
     dc_tensor *s;
-    if (any) DC_TRY(reduce_raw(&s, DC_K_SUM, g, mask, 1, g->dtype));
-    else dc_tensor_incref(g), s = g;
+    if (any)
+        DC_TRY(reduce_raw(&s, DC_K_SUM, g, mask, 1, g->dtype));
+    else
+        dc_tensor_incref(g), s = g;
     dc_status st = dc_reshape(out, s, ndim, shape);
     dc_tensor_decref(s);
     return st;
@@ -822,7 +843,7 @@ dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_
         dc_tensor_decref(src);
         return dc_error(DC_ERR_VALUE, "%s(): expected a non-empty dim to reduce over", name);
     }
-    int mask[DC_MAX_DIMS] = {0};
+    int mask[DC_MAX_DIMS] = { 0 };
     if (src->ndim) mask[dim] = 1;
     dc_tensor *y;
     int64_t kshape[DC_MAX_DIMS];
@@ -833,8 +854,10 @@ dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_
         kargs_add(&k, y);
         kargs_add(&k, src);
         k.i[0] = dim;
-        if (src->ndim == 0) st = dc_fill_(y, 0.0);
-        else if (dc_numel(y)) st = dc_launch(src->device, &k);
+        if (src->ndim == 0)
+            st = dc_fill_(y, 0.0);
+        else if (dc_numel(y))
+            st = dc_launch(src->device, &k);
     }
     dc_tensor_decref(src);
     if (st) {
@@ -932,7 +955,8 @@ static dc_status layer_norm_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         if (w) dc_kview_of(&k.t[7], w);
         k.i[0] = has_w;
         k.i[1] = has_b;
-        if (N && D) st = dc_launch(x->device, &k);
+        if (N && D)
+            st = dc_launch(x->device, &k);
         else {
             if (dw) st = dc_fill_(dw, 0);
             if (!st && db) st = dc_fill_(db, 0);
@@ -960,7 +984,7 @@ dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
     DC_TRY(need_float(x, "layer_norm"));
     if (x->ndim == 0) return dc_error(DC_ERR_SHAPE, "layer_norm: input must have at least 1 dim");
     int64_t D = x->shape[x->ndim - 1], N = D ? dc_numel(x) / D : 0;
-    dc_tensor *p[2] = {w, b};
+    dc_tensor *p[2] = { w, b };
     for (int k = 0; k < 2; k++) {
         if (!p[k]) continue;
         const char *nm = k ? "bias" : "weight";
@@ -971,7 +995,7 @@ dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
                             DC_SHAPE(p[k]), (long long)D);
     }
     dc_tensor *xc = NULL, *x2 = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *wc = NULL, *bc = NULL;
-    int64_t shape2[2] = {N, D};
+    int64_t shape2[2] = { N, D };
     int prev = dc_grad_enabled();
     dc_set_grad_enabled(0); /* internal reshapes are not part of the graph */
     dc_status st = dc_contiguous(&xc, x);
@@ -1003,7 +1027,7 @@ dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
     }
     dc_node *n = NULL;
     if (!st) {
-        dc_tensor *in[3] = {x, w, b};
+        dc_tensor *in[3] = { x, w, b };
         st = record(y, "LayerNormBackward", layer_norm_backward, 3, in, &n);
         if (st) y = NULL;
     }

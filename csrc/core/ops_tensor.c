@@ -36,7 +36,7 @@ dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_d
     dc_tensor *t;
     if (dev.type != DC_CPU) {
         dc_tensor *c;
-        DC_TRY(dc_arange(&c, start, end, step, dt, (dc_device){DC_CPU, 0}));
+        DC_TRY(dc_arange(&c, start, end, step, dt, (dc_device){ DC_CPU, 0 }));
         dc_status st = dc_to(out, c, dt, dev);
         dc_tensor_decref(c);
         return st;
@@ -66,10 +66,11 @@ dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape
                         dc_dtype_name(dt));
     /* Generated on the host in float64/int64 so every device and dtype sees the same stream. Uniform
      * bf16/fp16 are drawn in their own dtype: rounding a float64 draw up to 1.0 would break [0, 1). */
-    dc_device cpu = {DC_CPU, 0};
+    dc_device cpu = { DC_CPU, 0 };
     int half = dt == DC_BFLOAT16 || dt == DC_FLOAT16;
-    dc_dtype gen = kind == DC_K_RANDINT ? DC_INT64
-                   : (dt == DC_FLOAT32 || (kind == DC_K_RAND && half)) ? dt : DC_FLOAT64;
+    dc_dtype gen = kind == DC_K_RANDINT                                ? DC_INT64
+                   : (dt == DC_FLOAT32 || (kind == DC_K_RAND && half)) ? dt
+                                                                       : DC_FLOAT64;
     dc_tensor *t;
     DC_TRY(dc_empty(&t, ndim, shape, gen, cpu));
     int64_t n = dc_numel(t);
@@ -120,8 +121,7 @@ static dc_status move_device(dc_tensor **out, dc_tensor *x, dc_device dev)
 {
     dc_tensor *src = NULL, *host = NULL, *t = NULL;
     dc_status st;
-    if ((st = dc_is_contiguous(x) ? (dc_tensor_incref(x), src = x, DC_OK) : copy_convert(&src, x, x->dtype)))
-        return st;
+    if ((st = dc_is_contiguous(x) ? (dc_tensor_incref(x), src = x, DC_OK) : copy_convert(&src, x, x->dtype))) return st;
     size_t nbytes = (size_t)dc_numel(x) * dc_dtype_size(x->dtype);
     if ((st = dc_empty(&t, x->ndim, x->shape, x->dtype, dev))) goto done;
     if (nbytes == 0) goto done;
@@ -130,7 +130,7 @@ static dc_status move_device(dc_tensor **out, dc_tensor *x, dc_device dev)
     } else if (dev.type == DC_CPU) {
         st = dc_backend_get(x->device.type)->to_host(x->device, dc_data(t), dc_data(src), nbytes);
     } else { /* device to device through the host */
-        if ((st = dc_empty(&host, x->ndim, x->shape, x->dtype, (dc_device){DC_CPU, 0}))) goto done;
+        if ((st = dc_empty(&host, x->ndim, x->shape, x->dtype, (dc_device){ DC_CPU, 0 }))) goto done;
         if ((st = dc_backend_get(x->device.type)->to_host(x->device, dc_data(host), dc_data(src), nbytes))) goto done;
         st = dc_backend_get(dev.type)->from_host(dev, dc_data(t), dc_data(host), nbytes);
     }
@@ -147,7 +147,7 @@ done:
 
 static dc_status to_backward(dc_node *n, dc_tensor *gout, dc_tensor **gin)
 {
-    return dc_to(&gin[0], gout, n->in_dtype[0], (dc_device){(int)n->i[0], (int)n->i[1]});
+    return dc_to(&gin[0], gout, n->in_dtype[0], (dc_device){ (int)n->i[0], (int)n->i[1] });
 }
 
 dc_status dc_to(dc_tensor **out, dc_tensor *x, dc_dtype dt, dc_device dev)
@@ -166,14 +166,15 @@ dc_status dc_to(dc_tensor **out, dc_tensor *x, dc_dtype dt, dc_device dev)
         if (dt != x->dtype && (st = copy_convert(&tmp, x, dt))) return st;
         st = move_device(&t, tmp ? tmp : x, dev);
     } else { /* download, then convert on the host */
-        if ((st = move_device(&tmp, x, dev.type == DC_CPU ? dev : (dc_device){DC_CPU, 0}))) return st;
+        if ((st = move_device(&tmp, x, dev.type == DC_CPU ? dev : (dc_device){ DC_CPU, 0 }))) return st;
         if (dt != x->dtype) {
             dc_tensor *c;
             st = copy_convert(&c, tmp, dt);
             dc_tensor_decref(tmp);
             tmp = st ? NULL : c;
         }
-        if (!st && dev.type != DC_CPU) st = move_device(&t, tmp, dev);
+        if (!st && dev.type != DC_CPU)
+            st = move_device(&t, tmp, dev);
         else if (!st) {
             t = tmp;
             tmp = NULL;
@@ -247,9 +248,12 @@ dc_status dc_copy_(dc_tensor *dst, dc_tensor *src)
                         DC_SHAPE(src), DC_SHAPE(dst));
     DC_TRY(begin_inplace(dst, "copy_"));
     dc_tensor *s = src;
-    if (!dc_device_eq(src->device, dst->device)) DC_TRY(dc_to(&s, src, src->dtype, dst->device));
-    else if (inplace_overlap(dst, src)) DC_TRY(copy_convert(&s, src, src->dtype)); /* e.g. x.copy_(x.T) */
-    else dc_tensor_incref(s);
+    if (!dc_device_eq(src->device, dst->device))
+        DC_TRY(dc_to(&s, src, src->dtype, dst->device));
+    else if (inplace_overlap(dst, src))
+        DC_TRY(copy_convert(&s, src, src->dtype)); /* e.g. x.copy_(x.T) */
+    else
+        dc_tensor_incref(s);
     dc_kargs a = kargs_of(DC_K_COPY);
     kargs_add(&a, dst);
     dc_kview_broadcast(&a.t[a.nt++], s, dst->ndim, dst->shape);
@@ -275,9 +279,8 @@ static dc_status reshape_backward(dc_node *n, dc_tensor *gout, dc_tensor **gin)
 }
 
 /* Alias x with new geometry and, if needed, a node with backward fn (geometry in node->i). */
-static dc_status make_view(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape,
-                           const int64_t *strides, int64_t offset, const char *name, dc_backward_fn fn,
-                           const int64_t *iargs, int ni)
+static dc_status make_view(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape, const int64_t *strides,
+                           int64_t offset, const char *name, dc_backward_fn fn, const int64_t *iargs, int ni)
 {
     dc_tensor *v;
     DC_TRY(dc_alias(&v, x, ndim, shape, strides, offset));
@@ -388,7 +391,7 @@ static dc_status permute_backward(dc_node *n, dc_tensor *gout, dc_tensor **gin)
 dc_status dc_permute(dc_tensor **out, dc_tensor *x, const int *dims)
 {
     int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS], iargs[DC_MAX_DIMS];
-    int seen[DC_MAX_DIMS] = {0};
+    int seen[DC_MAX_DIMS] = { 0 };
     for (int d = 0; d < x->ndim; d++) {
         int s = dims[d];
         DC_TRY(wrap_dim(&s, x->ndim, "permute"));
@@ -398,8 +401,7 @@ dc_status dc_permute(dc_tensor **out, dc_tensor *x, const int *dims)
         strides[d] = x->strides[s];
         iargs[d] = s;
     }
-    return make_view(out, x, x->ndim, shape, strides, x->offset, "PermuteBackward", permute_backward, iargs,
-                     x->ndim);
+    return make_view(out, x, x->ndim, shape, strides, x->offset, "PermuteBackward", permute_backward, iargs, x->ndim);
 }
 
 dc_status dc_transpose(dc_tensor **out, dc_tensor *x, int d0, int d1)
@@ -447,7 +449,8 @@ dc_status dc_expand(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *in)
             shape[d] = want;
             strides[d] = 0;
         } else {
-            return dc_error(DC_ERR_SHAPE, "expand: size %lld must match the existing size %lld at dim %d (shape %s to %s)",
+            return dc_error(DC_ERR_SHAPE,
+                            "expand: size %lld must match the existing size %lld at dim %d (shape %s to %s)",
                             (long long)want, (long long)have, d, DC_SHAPE(x), dc_shape_str(ndim, in));
         }
     }
@@ -458,8 +461,8 @@ static dc_status slice_backward(dc_node *n, dc_tensor *gout, dc_tensor **gin)
 {
     dc_tensor *z, *v;
     DC_TRY(dc_zeros_of(&z, n->in_ndim[0], n->in_shape[0], gout->dtype, gout->device));
-    dc_status st = n->i[4] ? dc_select(&v, z, (int)n->i[0], n->i[1])
-                           : dc_slice(&v, z, (int)n->i[0], n->i[1], n->i[2], n->i[3]);
+    dc_status st =
+        n->i[4] ? dc_select(&v, z, (int)n->i[0], n->i[1]) : dc_slice(&v, z, (int)n->i[0], n->i[1], n->i[2], n->i[3]);
     if (st == DC_OK) {
         st = dc_copy_(v, gout);
         dc_tensor_decref(v);
@@ -487,7 +490,7 @@ dc_status dc_slice(dc_tensor **out, dc_tensor *x, int dim, int64_t start, int64_
     memcpy(strides, x->strides, sizeof strides);
     shape[dim] = (end - start + step - 1) / step;
     strides[dim] = x->strides[dim] * step;
-    int64_t iargs[5] = {dim, start, end, step, 0};
+    int64_t iargs[5] = { dim, start, end, step, 0 };
     return make_view(out, x, x->ndim, shape, strides, x->offset + start * x->strides[dim], "SliceBackward",
                      slice_backward, iargs, 5);
 }
@@ -498,8 +501,8 @@ dc_status dc_select(dc_tensor **out, dc_tensor *x, int dim, int64_t index)
     if (x->ndim == 0) return dc_error(DC_ERR_INDEX, "select: can't index a 0-d tensor");
     int64_t size = x->shape[dim];
     if (index < -size || index >= size)
-        return dc_error(DC_ERR_INDEX, "index %lld is out of bounds for dimension %d with size %lld",
-                        (long long)index, dim, (long long)size);
+        return dc_error(DC_ERR_INDEX, "index %lld is out of bounds for dimension %d with size %lld", (long long)index,
+                        dim, (long long)size);
     if (index < 0) index += size;
     int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
     for (int d = 0, k = 0; d < x->ndim; d++) {
@@ -507,7 +510,7 @@ dc_status dc_select(dc_tensor **out, dc_tensor *x, int dim, int64_t index)
         shape[k] = x->shape[d];
         strides[k++] = x->strides[d];
     }
-    int64_t iargs[5] = {dim, index, 0, 0, 1};
+    int64_t iargs[5] = { dim, index, 0, 0, 1 };
     return make_view(out, x, x->ndim - 1, shape, strides, x->offset + index * x->strides[dim], "SelectBackward",
                      slice_backward, iargs, 5);
 }

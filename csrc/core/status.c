@@ -7,9 +7,8 @@
 static _Thread_local char err_buf[1024];
 
 static const char *const status_names[] = {
-    "DC_OK",          "DC_ERR_NOMEM",    "DC_ERR_SHAPE",       "DC_ERR_DTYPE",
-    "DC_ERR_DEVICE",  "DC_ERR_VALUE",    "DC_ERR_INDEX",       "DC_ERR_AUTOGRAD",
-    "DC_ERR_UNSUPPORTED", "DC_ERR_CUDA", "DC_ERR_INTERNAL",    "DC_ERR_CALLBACK",
+    "DC_OK",        "DC_ERR_NOMEM",    "DC_ERR_SHAPE",       "DC_ERR_DTYPE", "DC_ERR_DEVICE",   "DC_ERR_VALUE",
+    "DC_ERR_INDEX", "DC_ERR_AUTOGRAD", "DC_ERR_UNSUPPORTED", "DC_ERR_CUDA",  "DC_ERR_INTERNAL", "DC_ERR_CALLBACK",
 };
 _Static_assert(sizeof(status_names) / sizeof(status_names[0]) == DC_STATUS_COUNT,
                "status_names must name every dc_status");
@@ -29,8 +28,14 @@ dc_status dc_error(dc_status s, const char *fmt, ...)
     return s;
 }
 
-const char *dc_last_error(void) { return err_buf; }
-void dc_clear_error(void) { err_buf[0] = '\0'; }
+const char *dc_last_error(void)
+{
+    return err_buf;
+}
+void dc_clear_error(void)
+{
+    err_buf[0] = '\0';
+}
 
 void dc_assert_fail(const char *what, const char *file, int line)
 {

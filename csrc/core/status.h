@@ -39,15 +39,17 @@ dc_status dc_error(dc_status s, const char *fmt, ...) __attribute__((format(prin
 const char *dc_last_error(void);
 void dc_clear_error(void);
 
-#define DC_TRY(expr)                       \
-    do {                                   \
-        dc_status dc_try_s_ = (expr);      \
+#define DC_TRY(expr)                              \
+    do {                                          \
+        dc_status dc_try_s_ = (expr);             \
         if (dc_try_s_ != DC_OK) return dc_try_s_; \
     } while (0)
 
 /* Abort on a broken internal invariant (never for user errors). */
-#define DC_ASSERT(cond) \
-    do { if (!(cond)) dc_assert_fail(#cond, __FILE__, __LINE__); } while (0)
+#define DC_ASSERT(cond)                                         \
+    do {                                                        \
+        if (!(cond)) dc_assert_fail(#cond, __FILE__, __LINE__); \
+    } while (0)
 void dc_assert_fail(const char *what, const char *file, int line) __attribute__((noreturn));
 
 #ifdef __cplusplus

@@ -12,7 +12,10 @@
 
 /* --- lifetime ---------------------------------------------------------------------------- */
 
-void dc_storage_incref(dc_storage *s) { atomic_fetch_add_explicit(&s->refcount, 1, memory_order_relaxed); }
+void dc_storage_incref(dc_storage *s)
+{
+    atomic_fetch_add_explicit(&s->refcount, 1, memory_order_relaxed);
+}
 
 void dc_storage_decref(dc_storage *s)
 {
@@ -27,7 +30,10 @@ void dc_storage_decref(dc_storage *s)
     free(s);
 }
 
-void dc_tensor_incref(dc_tensor *t) { atomic_fetch_add_explicit(&t->refcount, 1, memory_order_relaxed); }
+void dc_tensor_incref(dc_tensor *t)
+{
+    atomic_fetch_add_explicit(&t->refcount, 1, memory_order_relaxed);
+}
 
 void dc_tensor_decref(dc_tensor *t)
 {
@@ -77,8 +83,8 @@ dc_status dc_empty(dc_tensor **out, int ndim, const int64_t *shape, dc_dtype dty
         return dc_error(DC_ERR_DEVICE, "device %s is not available: dutycycle was built without CUDA",
                         dc_device_str(dev));
     if (dev.type != DC_CPU && (dev.index < 0 || dev.index >= be->device_count()))
-        return dc_error(DC_ERR_DEVICE, "device %s is not available (%d CUDA device(s) visible)",
-                        dc_device_str(dev), be->device_count());
+        return dc_error(DC_ERR_DEVICE, "device %s is not available (%d CUDA device(s) visible)", dc_device_str(dev),
+                        be->device_count());
     int64_t n = 1;
     for (int d = 0; d < ndim; d++) {
         if (shape[d] && n > INT64_MAX / 16 / shape[d])
@@ -113,8 +119,7 @@ dc_status dc_empty_like(dc_tensor **out, const dc_tensor *t)
 }
 
 dc_status dc_from_blob(dc_tensor **out, void *data, size_t nbytes, int ndim, const int64_t *shape,
-                       const int64_t *strides, dc_dtype dtype, dc_device dev, void (*deleter)(void *),
-                       void *ctx)
+                       const int64_t *strides, dc_dtype dtype, dc_device dev, void (*deleter)(void *), void *ctx)
 {
     dc_status st = check_geometry(ndim, shape, dtype);
     dc_storage *s = NULL;
@@ -145,8 +150,8 @@ error:
     return st;
 }
 
-dc_status dc_alias(dc_tensor **out, const dc_tensor *t, int ndim, const int64_t *shape,
-                   const int64_t *strides, int64_t offset)
+dc_status dc_alias(dc_tensor **out, const dc_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
+                   int64_t offset)
 {
     DC_TRY(check_geometry(ndim, shape, t->dtype));
     dc_tensor *v = tensor_shell(ndim, shape, t->dtype, t->device);
@@ -195,8 +200,7 @@ const char *dc_shape_str(int ndim, const int64_t *shape)
     static _Thread_local int which;
     char *b = bufs[which++ & 3];
     int n = snprintf(b, 160, "(");
-    for (int d = 0; d < ndim && n < 150; d++)
-        n += snprintf(b + n, 160 - n, d ? ", %lld" : "%lld", (long long)shape[d]);
+    for (int d = 0; d < ndim && n < 150; d++) n += snprintf(b + n, 160 - n, d ? ", %lld" : "%lld", (long long)shape[d]);
     snprintf(b + n, 160 - n, ndim == 1 ? ",)" : ")");
     return b;
 }
@@ -301,8 +305,14 @@ dc_status dc_tensor_run_hooks(dc_tensor *t)
 /* --- grad mode ------------------------------------------------------------------------------ */
 
 static _Thread_local int grad_disabled;
-int dc_grad_enabled(void) { return !grad_disabled; }
-void dc_set_grad_enabled(int on) { grad_disabled = !on; }
+int dc_grad_enabled(void)
+{
+    return !grad_disabled;
+}
+void dc_set_grad_enabled(int on)
+{
+    grad_disabled = !on;
+}
 
 /* --- RNG state ------------------------------------------------------------------------------ */
 
@@ -314,13 +324,19 @@ void dc_manual_seed(uint64_t seed)
     rng_seed = seed;
     atomic_store(&rng_offset, 0);
 }
-uint64_t dc_initial_seed(void) { return rng_seed; }
+uint64_t dc_initial_seed(void)
+{
+    return rng_seed;
+}
 void dc_rng_reserve(uint64_t n, uint64_t *seed, uint64_t *offset)
 {
     *seed = rng_seed;
     *offset = atomic_fetch_add(&rng_offset, n);
 }
-uint64_t dc_rng_get_offset(void) { return atomic_load(&rng_offset); }
+uint64_t dc_rng_get_offset(void)
+{
+    return atomic_load(&rng_offset);
+}
 void dc_rng_set_state(uint64_t seed, uint64_t offset)
 {
     rng_seed = seed;

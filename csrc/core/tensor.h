@@ -78,11 +78,10 @@ dc_status dc_empty(dc_tensor **out, int ndim, const int64_t *shape, dc_dtype dty
 dc_status dc_empty_like(dc_tensor **out, const dc_tensor *t);
 /* Wrap memory owned elsewhere; deleter(ctx) is called when the last view dies (also on failure). */
 dc_status dc_from_blob(dc_tensor **out, void *data, size_t nbytes, int ndim, const int64_t *shape,
-                       const int64_t *strides, dc_dtype dtype, dc_device dev,
-                       void (*deleter)(void *), void *ctx);
+                       const int64_t *strides, dc_dtype dtype, dc_device dev, void (*deleter)(void *), void *ctx);
 /* A new tensor object aliasing `t`'s storage with the given geometry (no autograd history). */
-dc_status dc_alias(dc_tensor **out, const dc_tensor *t, int ndim, const int64_t *shape,
-                   const int64_t *strides, int64_t offset);
+dc_status dc_alias(dc_tensor **out, const dc_tensor *t, int ndim, const int64_t *shape, const int64_t *strides,
+                   int64_t offset);
 
 /* --- geometry ---------------------------------------------------------------------------- */
 int64_t dc_numel(const dc_tensor *t);

@@ -14,9 +14,9 @@
 
 #include "cpu.h"
 
-#define HDR 64
+#define HDR       64
 #define CACHE_MIN ((size_t)64 << 10)
-#define NCLASS (64 * 4)
+#define NCLASS    (64 * 4)
 
 typedef struct block {
     size_t size; /* class size (bytes after the header) */

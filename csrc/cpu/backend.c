@@ -2,7 +2,10 @@
  * live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
 #include "cpu.h"
 
-static int cpu_device_count(void) { return 1; }
+static int cpu_device_count(void)
+{
+    return 1;
+}
 
 static dc_status cpu_memcpy(dc_device dev, void *dst, const void *src, size_t n)
 {
@@ -96,4 +99,7 @@ static const dc_backend cpu_backend = {
 /* A new dc_kop must get a slot above: DC_K_SCALE is the last id today. */
 _Static_assert(DC_K_SCALE + 1 == DC_KOP_COUNT, "cpu backend: fill the slot of every new dc_kop");
 
-const dc_backend *dc_cpu_backend_get(void) { return &cpu_backend; }
+const dc_backend *dc_cpu_backend_get(void)
+{
+    return &cpu_backend;
+}

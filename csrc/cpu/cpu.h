@@ -74,7 +74,10 @@ static inline int cpu_is_contig(const dc_kview *v)
     }
     return 1;
 }
-static inline size_t cpu_esize(const dc_kview *v) { return dc_dtype_size(v->dtype); }
+static inline size_t cpu_esize(const dc_kview *v)
+{
+    return dc_dtype_size(v->dtype);
+}
 
 /* The uniform "op does not support dtype" error every kernel returns. */
 static inline dc_status cpu_bad_dtype(dc_kop op, dc_dtype d)
@@ -120,7 +123,10 @@ void cpu_iter_run(const cpu_iter *it, cpu_inner_fn fn, const void *ctx, int64_t 
 void cpu_iter_range(const cpu_iter *it, int64_t start, int64_t end, cpu_inner_fn fn, const void *ctx);
 
 /* --- scalar conversions ------------------------------------------------------------------------ */
-static inline int cpu_is_intlike(dc_dtype d) { return d == DC_INT32 || d == DC_INT64 || d == DC_BOOL; }
+static inline int cpu_is_intlike(dc_dtype d)
+{
+    return d == DC_INT32 || d == DC_INT64 || d == DC_BOOL;
+}
 static inline double cpu_load_f(const char *p, dc_dtype d)
 {
     switch (d) {
@@ -194,7 +200,10 @@ static inline float cpu_expf(float x)
     float xc = x > hi ? hi : x;
     xc = xc < lo ? lo : xc;
     /* n = round(x / ln2) by the 1.5*2^23 trick: the integer lands in the low mantissa bits */
-    union { float f; int32_t i; } t, sc;
+    union {
+        float f;
+        int32_t i;
+    } t, sc;
     t.f = xc * 1.44269504088896341f + 12582912.0f;
     const float n = t.f - 12582912.0f;
     const int32_t ni = t.i - 0x4b400000;
@@ -260,12 +269,21 @@ static inline float cpu_erff(float x)
     return x != x ? x : p / q;
 }
 /* Type-generic picks: the fast float versions for float, libm for double. */
-#define cpu_exp(x) _Generic((x), float: cpu_expf, default: cpu_exp_d)(x)
-#define cpu_tanh(x) _Generic((x), float: cpu_tanhf, default: cpu_tanh_d)(x)
-#define cpu_erf(x) _Generic((x), float: cpu_erff, default: cpu_erf_d)(x)
-static inline double cpu_erf_d(double x) { return (erf)(x); }
-static inline double cpu_exp_d(double x) { return (exp)(x); }
-static inline double cpu_tanh_d(double x) { return (tanh)(x); }
+#define cpu_exp(x)  _Generic((x), float : cpu_expf, default : cpu_exp_d)(x)
+#define cpu_tanh(x) _Generic((x), float : cpu_tanhf, default : cpu_tanh_d)(x)
+#define cpu_erf(x)  _Generic((x), float : cpu_erff, default : cpu_erf_d)(x)
+static inline double cpu_erf_d(double x)
+{
+    return (erf)(x);
+}
+static inline double cpu_exp_d(double x)
+{
+    return (exp)(x);
+}
+static inline double cpu_tanh_d(double x)
+{
+    return (tanh)(x);
+}
 
 /* --- counter-based RNG ------------------------------------------------------------------------- */
 /* splitmix64's output mix over (scrambled seed + counter * golden gamma): each number depends only

@@ -17,18 +17,22 @@ typedef struct {
     dc_dtype src, dst;
 } conv_ctx;
 
-#define CONV_LOOP(TS, TD, EXPR)                                                             \
-    do {                                                                                      \
-        if (s[0] == (int64_t)sizeof(TD) && s[1] == (int64_t)sizeof(TS)) {                     \
-            TD *o_ = (TD *)p[0];                                                              \
-            const TS *i_ = (const TS *)p[1];                                                  \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { TS x = i_[i]; o_[i] = (EXPR); } \
-        } else {                                                                              \
-            for (int64_t i = 0; i < n; i++) {                                                 \
-                TS x = *(const TS *)(p[1] + i * s[1]);                                        \
-                *(TD *)(p[0] + i * s[0]) = (EXPR);                                            \
-            }                                                                                 \
-        }                                                                                     \
+#define CONV_LOOP(TS, TD, EXPR)                                           \
+    do {                                                                  \
+        if (s[0] == (int64_t)sizeof(TD) && s[1] == (int64_t)sizeof(TS)) { \
+            TD *o_ = (TD *)p[0];                                          \
+            const TS *i_ = (const TS *)p[1];                              \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)           \
+            {                                                             \
+                TS x = i_[i];                                             \
+                o_[i] = (EXPR);                                           \
+            }                                                             \
+        } else {                                                          \
+            for (int64_t i = 0; i < n; i++) {                             \
+                TS x = *(const TS *)(p[1] + i * s[1]);                    \
+                *(TD *)(p[0] + i * s[0]) = (EXPR);                        \
+            }                                                             \
+        }                                                                 \
     } while (0)
 
 static void conv_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
@@ -37,16 +41,46 @@ static void conv_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
     dc_dtype sd = c->src, dd = c->dst;
     /* The pairs mixed-precision training hits every step get typed loops; the rest go through
      * the scalar load/store helpers. */
-    if (sd == DC_FLOAT32 && dd == DC_FLOAT64) { CONV_LOOP(float, double, (double)x); return; }
-    if (sd == DC_FLOAT64 && dd == DC_FLOAT32) { CONV_LOOP(double, float, (float)x); return; }
-    if (sd == DC_FLOAT32 && dd == DC_BFLOAT16) { CONV_LOOP(float, uint16_t, dc_f32_to_bf16(x)); return; }
-    if (sd == DC_BFLOAT16 && dd == DC_FLOAT32) { CONV_LOOP(uint16_t, float, dc_bf16_to_f32(x)); return; }
-    if (sd == DC_FLOAT32 && dd == DC_FLOAT16) { CONV_LOOP(float, uint16_t, dc_f32_to_f16(x)); return; }
-    if (sd == DC_FLOAT16 && dd == DC_FLOAT32) { CONV_LOOP(uint16_t, float, dc_f16_to_f32(x)); return; }
-    if (sd == DC_INT64 && dd == DC_FLOAT32) { CONV_LOOP(int64_t, float, (float)x); return; }
-    if (sd == DC_INT32 && dd == DC_FLOAT32) { CONV_LOOP(int32_t, float, (float)x); return; }
-    if (sd == DC_INT32 && dd == DC_INT64) { CONV_LOOP(int32_t, int64_t, (int64_t)x); return; }
-    if (sd == DC_BOOL && dd == DC_FLOAT32) { CONV_LOOP(uint8_t, float, x ? 1.0f : 0.0f); return; }
+    if (sd == DC_FLOAT32 && dd == DC_FLOAT64) {
+        CONV_LOOP(float, double, (double)x);
+        return;
+    }
+    if (sd == DC_FLOAT64 && dd == DC_FLOAT32) {
+        CONV_LOOP(double, float, (float)x);
+        return;
+    }
+    if (sd == DC_FLOAT32 && dd == DC_BFLOAT16) {
+        CONV_LOOP(float, uint16_t, dc_f32_to_bf16(x));
+        return;
+    }
+    if (sd == DC_BFLOAT16 && dd == DC_FLOAT32) {
+        CONV_LOOP(uint16_t, float, dc_bf16_to_f32(x));
+        return;
+    }
+    if (sd == DC_FLOAT32 && dd == DC_FLOAT16) {
+        CONV_LOOP(float, uint16_t, dc_f32_to_f16(x));
+        return;
+    }
+    if (sd == DC_FLOAT16 && dd == DC_FLOAT32) {
+        CONV_LOOP(uint16_t, float, dc_f16_to_f32(x));
+        return;
+    }
+    if (sd == DC_INT64 && dd == DC_FLOAT32) {
+        CONV_LOOP(int64_t, float, (float)x);
+        return;
+    }
+    if (sd == DC_INT32 && dd == DC_FLOAT32) {
+        CONV_LOOP(int32_t, float, (float)x);
+        return;
+    }
+    if (sd == DC_INT32 && dd == DC_INT64) {
+        CONV_LOOP(int32_t, int64_t, (int64_t)x);
+        return;
+    }
+    if (sd == DC_BOOL && dd == DC_FLOAT32) {
+        CONV_LOOP(uint8_t, float, x ? 1.0f : 0.0f);
+        return;
+    }
     if (cpu_is_intlike(sd)) {
         for (int64_t i = 0; i < n; i++) cpu_store_i(p[0] + i * s[0], dd, cpu_load_i(p[1] + i * s[1], sd));
     } else {
@@ -54,8 +88,8 @@ static void conv_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
     }
 }
 
-#define SAME_LOOP(T)                                                                 \
-    do {                                                                               \
+#define SAME_LOOP(T)                                                                             \
+    do {                                                                                         \
         for (int64_t i = 0; i < n; i++) *(T *)(p[0] + i * s[0]) = *(const T *)(p[1] + i * s[1]); \
     } while (0)
 
@@ -77,10 +111,10 @@ static void same_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
 /* dst(r, c) = src(r, c) where dst is unit-stride along c and src along r: walk 32x32 tiles so both
  * sides stay in cache instead of one of them striding through memory a whole row apart. */
 #define TILE 32
-#define TRANSPOSE_TILE(T)                                                                       \
-    for (int64_t c = c0; c < c1; c++)                                                             \
-        for (int64_t r = r0; r < r1; r++)                                                         \
-            *(T *)(d + r * drs + c * (int64_t)sizeof(T)) = *(const T *)(sp + r * (int64_t)sizeof(T) + c * scs)
+#define TRANSPOSE_TILE(T)                 \
+    for (int64_t c = c0; c < c1; c++)     \
+        for (int64_t r = r0; r < r1; r++) \
+    *(T *)(d + r * drs + c * (int64_t)sizeof(T)) = *(const T *)(sp + r * (int64_t)sizeof(T) + c * scs)
 
 static void copy_transposed(const cpu_iter *it, size_t es)
 {
@@ -114,7 +148,7 @@ static void copy_transposed(const cpu_iter *it, size_t es)
 
 dc_status dc_cpu_copy(const dc_kargs *a)
 {
-    const dc_kview *v[2] = {&a->t[0], &a->t[1]};
+    const dc_kview *v[2] = { &a->t[0], &a->t[1] };
     if ((unsigned)v[0]->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, v[0]->dtype);
     if ((unsigned)v[1]->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, v[1]->dtype);
     cpu_iter it;
@@ -131,39 +165,51 @@ dc_status dc_cpu_copy(const dc_kargs *a)
         cpu_iter_run(&it, same_inner, &es, DC_CPU_PAR_MIN * 4);
         return DC_OK;
     }
-    conv_ctx c = {v[1]->dtype, v[0]->dtype};
+    conv_ctx c = { v[1]->dtype, v[0]->dtype };
     cpu_iter_run(&it, conv_inner, &c, DC_CPU_PAR_MIN);
     return DC_OK;
 }
 
 /* ================================ fill / arange ============================================== */
 
-#define FILL_LOOP(T)                                                                       \
-    do {                                                                                     \
-        T val;                                                                               \
-        memcpy(&val, vctx, sizeof(T));                                                       \
-        if (s[0] == (int64_t)sizeof(T)) {                                                    \
-            T *o_ = (T *)p[0];                                                               \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o_[i] = val;                 \
-        } else {                                                                             \
-            for (int64_t i = 0; i < n; i++) *(T *)(p[0] + i * s[0]) = val;                   \
-        }                                                                                    \
+#define FILL_LOOP(T)                                                         \
+    do {                                                                     \
+        T val;                                                               \
+        memcpy(&val, vctx, sizeof(T));                                       \
+        if (s[0] == (int64_t)sizeof(T)) {                                    \
+            T *o_ = (T *)p[0];                                               \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o_[i] = val; \
+        } else {                                                             \
+            for (int64_t i = 0; i < n; i++) *(T *)(p[0] + i * s[0]) = val;   \
+        }                                                                    \
     } while (0)
 
-static void fill1(char **p, const int64_t *s, int64_t n, const void *vctx) { FILL_LOOP(uint8_t); }
-static void fill2(char **p, const int64_t *s, int64_t n, const void *vctx) { FILL_LOOP(uint16_t); }
-static void fill4(char **p, const int64_t *s, int64_t n, const void *vctx) { FILL_LOOP(uint32_t); }
-static void fill8(char **p, const int64_t *s, int64_t n, const void *vctx) { FILL_LOOP(uint64_t); }
+static void fill1(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    FILL_LOOP(uint8_t);
+}
+static void fill2(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    FILL_LOOP(uint16_t);
+}
+static void fill4(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    FILL_LOOP(uint32_t);
+}
+static void fill8(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    FILL_LOOP(uint64_t);
+}
 
 dc_status dc_cpu_fill(const dc_kargs *a)
 {
-    const dc_kview *v[1] = {&a->t[0]};
+    const dc_kview *v[1] = { &a->t[0] };
     if ((unsigned)v[0]->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, v[0]->dtype);
     uint64_t val = 0; /* the value's bytes, converted once */
     cpu_store_f((char *)&val, v[0]->dtype, a->f[0]);
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 1);
-    static const cpu_inner_fn fns[9] = {[1] = fill1, [2] = fill2, [4] = fill4, [8] = fill8};
+    static const cpu_inner_fn fns[9] = { [1] = fill1, [2] = fill2, [4] = fill4, [8] = fill8 };
     cpu_iter_run(&it, fns[cpu_esize(v[0])], &val, DC_CPU_PAR_MIN * 4);
     return DC_OK;
 }
@@ -174,11 +220,11 @@ dc_status dc_cpu_arange(const dc_kargs *a)
     const int64_t n = cpu_numel(o), st = o->ndim ? o->strides[o->ndim - 1] : 1;
     const double start = a->f[0], step = a->f[1];
     /* start + i*step, never accumulated, so the last element has no drift. */
-#define ARANGE_LOOP(T, CONV)                                                          \
-    do {                                                                                \
-        T *d = (T *)o->data;                                                            \
-        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN)") for (int64_t i = 0; i < n; i++) \
-            d[i * st] = CONV(start + (double)i * step);                                 \
+#define ARANGE_LOOP(T, CONV)                                                                                  \
+    do {                                                                                                      \
+        T *d = (T *)o->data;                                                                                  \
+        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN)") for (int64_t i = 0; i < n; i++) d[i * st] = \
+            CONV(start + (double)i * step);                                                                   \
     } while (0)
     switch (o->dtype) {
     case DC_FLOAT32: ARANGE_LOOP(float, (float)); break;
@@ -199,84 +245,91 @@ typedef struct {
     int has_lo, has_hi;
 } ew_ctx;
 
-#define UN_LOOP(T, EXPR)                                                                    \
-    do {                                                                                      \
-        if (s[0] == (int64_t)sizeof(T) && s[1] == (int64_t)sizeof(T)) {                       \
-            T *o_ = (T *)p[0];                                                                \
-            const T *i_ = (const T *)p[1];                                                    \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T x = i_[i]; o_[i] = (EXPR); } \
-        } else {                                                                              \
-            for (int64_t i = 0; i < n; i++) {                                                 \
-                T x = *(const T *)(p[1] + i * s[1]);                                          \
-                *(T *)(p[0] + i * s[0]) = (EXPR);                                             \
-            }                                                                                 \
-        }                                                                                     \
+#define UN_LOOP(T, EXPR)                                                \
+    do {                                                                \
+        if (s[0] == (int64_t)sizeof(T) && s[1] == (int64_t)sizeof(T)) { \
+            T *o_ = (T *)p[0];                                          \
+            const T *i_ = (const T *)p[1];                              \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)         \
+            {                                                           \
+                T x = i_[i];                                            \
+                o_[i] = (EXPR);                                         \
+            }                                                           \
+        } else {                                                        \
+            for (int64_t i = 0; i < n; i++) {                           \
+                T x = *(const T *)(p[1] + i * s[1]);                    \
+                *(T *)(p[0] + i * s[0]) = (EXPR);                       \
+            }                                                           \
+        }                                                               \
     } while (0)
 
 /* Float unary ops. 1/(1+exp(-x)) is already safe at both ends in IEEE arithmetic (exp(-x) -> inf
  * gives 0, -> 0 gives 1), so sigmoid needs no branch and stays vectorisable. */
-#define DEF_UNARY_FLOAT(NAME, T)                                                              \
-    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                 \
-    {                                                                                         \
-        const ew_ctx *c = vctx;                                                               \
-        const T e = (T)c->e, one = 1, half = (T)0.5;                                          \
-        const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY; \
-        switch (c->op) {                                                                      \
-        case DC_K_NEG: UN_LOOP(T, -x); break;                                                 \
-        case DC_K_EXP: UN_LOOP(T, cpu_exp(x)); break;                                             \
-        case DC_K_LOG: UN_LOOP(T, log(x)); break;                                             \
-        case DC_K_SQRT: UN_LOOP(T, sqrt(x)); break;                                           \
-        case DC_K_RSQRT: UN_LOOP(T, one / sqrt(x)); break;                                    \
-        case DC_K_SIN: UN_LOOP(T, sin(x)); break;                                             \
-        case DC_K_COS: UN_LOOP(T, cos(x)); break;                                             \
-        case DC_K_TANH: UN_LOOP(T, cpu_tanh(x)); break;                                           \
-        case DC_K_SIGMOID: UN_LOOP(T, one / (one + cpu_exp(-x))); break;                          \
-        case DC_K_RELU: UN_LOOP(T, x < 0 ? (T)0 : x); break;                                  \
-        case DC_K_GELU_TANH:                                                                  \
-            /* 0.5x(1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh */                       \
+#define DEF_UNARY_FLOAT(NAME, T)                                                                     \
+    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)               \
+    {                                                                                                \
+        const ew_ctx *c = vctx;                                                                      \
+        const T e = (T)c->e, one = 1, half = (T)0.5;                                                 \
+        const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY;   \
+        switch (c->op) {                                                                             \
+        case DC_K_NEG: UN_LOOP(T, -x); break;                                                        \
+        case DC_K_EXP: UN_LOOP(T, cpu_exp(x)); break;                                                \
+        case DC_K_LOG: UN_LOOP(T, log(x)); break;                                                    \
+        case DC_K_SQRT: UN_LOOP(T, sqrt(x)); break;                                                  \
+        case DC_K_RSQRT: UN_LOOP(T, one / sqrt(x)); break;                                           \
+        case DC_K_SIN: UN_LOOP(T, sin(x)); break;                                                    \
+        case DC_K_COS: UN_LOOP(T, cos(x)); break;                                                    \
+        case DC_K_TANH: UN_LOOP(T, cpu_tanh(x)); break;                                              \
+        case DC_K_SIGMOID: UN_LOOP(T, one / (one + cpu_exp(-x))); break;                             \
+        case DC_K_RELU: UN_LOOP(T, x < 0 ? (T)0 : x); break;                                         \
+        case DC_K_GELU_TANH:                                                                         \
+            /* 0.5x(1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh */                             \
             UN_LOOP(T, x / (one + cpu_exp((T)-1.5957691216057308 * (x + (T)0.044715 * x * x * x)))); \
-            break;                                                                            \
-        case DC_K_GELU_ERF: UN_LOOP(T, half * x * (one + cpu_erf(x * (T)0.7071067811865476))); break; \
-        case DC_K_SILU: UN_LOOP(T, x / (one + cpu_exp(-x))); break;                               \
-        case DC_K_ABS: UN_LOOP(T, fabs(x)); break;                                            \
-        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                  \
-        case DC_K_POW_SCALAR:                                                                 \
-            if (c->e == 2.0) UN_LOOP(T, x * x);                                               \
-            else if (c->e == 1.0) UN_LOOP(T, x);                                              \
-            else UN_LOOP(T, pow(x, e));                                                       \
-            break;                                                                            \
-        case DC_K_RPOW_SCALAR: UN_LOOP(T, pow(e, x)); break;                                  \
-        default: break;                                                                       \
-        }                                                                                     \
+            break;                                                                                   \
+        case DC_K_GELU_ERF: UN_LOOP(T, half *x *(one + cpu_erf(x * (T)0.7071067811865476))); break;  \
+        case DC_K_SILU: UN_LOOP(T, x / (one + cpu_exp(-x))); break;                                  \
+        case DC_K_ABS: UN_LOOP(T, fabs(x)); break;                                                   \
+        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                         \
+        case DC_K_POW_SCALAR:                                                                        \
+            if (c->e == 2.0)                                                                         \
+                UN_LOOP(T, x *x);                                                                    \
+            else if (c->e == 1.0)                                                                    \
+                UN_LOOP(T, x);                                                                       \
+            else                                                                                     \
+                UN_LOOP(T, pow(x, e));                                                               \
+            break;                                                                                   \
+        case DC_K_RPOW_SCALAR: UN_LOOP(T, pow(e, x)); break;                                         \
+        default: break;                                                                              \
+        }                                                                                            \
     }
 DEF_UNARY_FLOAT(unary_f32, float)
 DEF_UNARY_FLOAT(unary_f64, double)
 
 /* Integer unary ops go through the unsigned type so -INT_MIN wraps instead of being UB. */
-#define DEF_UNARY_INT(NAME, T, UT, TMIN, TMAX)                                                \
-    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                 \
-    {                                                                                         \
-        const ew_ctx *c = vctx;                                                               \
-        const T lo = c->has_lo ? (T)c->lo : TMIN, hi = c->has_hi ? (T)c->hi : TMAX;           \
-        switch (c->op) {                                                                      \
-        case DC_K_NEG: UN_LOOP(T, (T)(0u - (UT)x)); break;                                    \
-        case DC_K_ABS: UN_LOOP(T, x < 0 ? (T)(0u - (UT)x) : x); break;                        \
-        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                  \
-        default: break;                                                                       \
-        }                                                                                     \
+#define DEF_UNARY_INT(NAME, T, UT, TMIN, TMAX)                                      \
+    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)       \
+    {                                                                               \
+        const ew_ctx *c = vctx;                                                     \
+        const T lo = c->has_lo ? (T)c->lo : TMIN, hi = c->has_hi ? (T)c->hi : TMAX; \
+        switch (c->op) {                                                            \
+        case DC_K_NEG: UN_LOOP(T, (T)(0u - (UT)x)); break;                          \
+        case DC_K_ABS: UN_LOOP(T, x < 0 ? (T)(0u - (UT)x) : x); break;              \
+        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;        \
+        default: break;                                                             \
+        }                                                                           \
     }
 DEF_UNARY_INT(unary_i32, int32_t, uint32_t, INT32_MIN, INT32_MAX)
 DEF_UNARY_INT(unary_i64, int64_t, uint64_t, INT64_MIN, INT64_MAX)
 
 static ew_ctx ew_ctx_of(const dc_kargs *a)
 {
-    ew_ctx c = {a->op, a->f[0], a->f[1], a->f[0], (int)a->i[0], (int)a->i[1]};
+    ew_ctx c = { a->op, a->f[0], a->f[1], a->f[0], (int)a->i[0], (int)a->i[1] };
     return c;
 }
 
 dc_status dc_cpu_unary(const dc_kargs *a)
 {
-    const dc_kview *v[2] = {&a->t[0], &a->t[1]};
+    const dc_kview *v[2] = { &a->t[0], &a->t[1] };
     dc_dtype dt = v[1]->dtype;
     if (v[0]->dtype != dt) return cpu_bad_dtype(a->op, v[0]->dtype);
     cpu_inner_fn fn;
@@ -300,69 +353,80 @@ dc_status dc_cpu_unary(const dc_kargs *a)
 
 /* ================================ binary ===================================================== */
 
-#define BIN_LOOP(T, EXPR)                                                                         \
-    do {                                                                                            \
-        const int64_t sz_ = (int64_t)sizeof(T);                                                     \
-        const char *pa_ = p[1], *pb_ = p[2];                                                        \
-        if (s[0] == sz_ && s[1] == sz_ && s[2] == sz_) {                                            \
-            T *o_ = (T *)p[0];                                                                      \
-            const T *A_ = (const T *)pa_, *B_ = (const T *)pb_;                                     \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T a = A_[i], b = B_[i]; o_[i] = (EXPR); } \
-        } else if (s[0] == sz_ && s[1] == sz_ && s[2] == 0) {                                       \
-            T *o_ = (T *)p[0];                                                                      \
-            const T *A_ = (const T *)pa_, b = *(const T *)pb_;                                      \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T a = A_[i]; o_[i] = (EXPR); }   \
-        } else if (s[0] == sz_ && s[1] == 0 && s[2] == sz_) {                                       \
-            T *o_ = (T *)p[0];                                                                      \
-            const T *B_ = (const T *)pb_, a = *(const T *)pa_;                                      \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T b = B_[i]; o_[i] = (EXPR); }   \
-        } else {                                                                                    \
-            for (int64_t i = 0; i < n; i++) {                                                       \
-                T a = *(const T *)(pa_ + i * s[1]), b = *(const T *)(pb_ + i * s[2]);               \
-                *(T *)(p[0] + i * s[0]) = (EXPR);                                                   \
-            }                                                                                       \
-        }                                                                                           \
+#define BIN_LOOP(T, EXPR)                                                             \
+    do {                                                                              \
+        const int64_t sz_ = (int64_t)sizeof(T);                                       \
+        const char *pa_ = p[1], *pb_ = p[2];                                          \
+        if (s[0] == sz_ && s[1] == sz_ && s[2] == sz_) {                              \
+            T *o_ = (T *)p[0];                                                        \
+            const T *A_ = (const T *)pa_, *B_ = (const T *)pb_;                       \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)                       \
+            {                                                                         \
+                T a = A_[i], b = B_[i];                                               \
+                o_[i] = (EXPR);                                                       \
+            }                                                                         \
+        } else if (s[0] == sz_ && s[1] == sz_ && s[2] == 0) {                         \
+            T *o_ = (T *)p[0];                                                        \
+            const T *A_ = (const T *)pa_, b = *(const T *)pb_;                        \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)                       \
+            {                                                                         \
+                T a = A_[i];                                                          \
+                o_[i] = (EXPR);                                                       \
+            }                                                                         \
+        } else if (s[0] == sz_ && s[1] == 0 && s[2] == sz_) {                         \
+            T *o_ = (T *)p[0];                                                        \
+            const T *B_ = (const T *)pb_, a = *(const T *)pa_;                        \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)                       \
+            {                                                                         \
+                T b = B_[i];                                                          \
+                o_[i] = (EXPR);                                                       \
+            }                                                                         \
+        } else {                                                                      \
+            for (int64_t i = 0; i < n; i++) {                                         \
+                T a = *(const T *)(pa_ + i * s[1]), b = *(const T *)(pb_ + i * s[2]); \
+                *(T *)(p[0] + i * s[0]) = (EXPR);                                     \
+            }                                                                         \
+        }                                                                             \
     } while (0)
 
 /* Derivatives used by the backward helpers, shared by float and double through tgmath. */
-#define GELU_TANH_GRAD(T, x)                                                                     \
-    ({                                                                                             \
-        T x_ = (x), t_ = cpu_tanh((T)0.7978845608028654 * (x_ + (T)0.044715 * x_ * x_ * x_));         \
-        (T)0.5 * ((T)1 + t_) +                                                                     \
-            (T)0.5 * x_ * ((T)1 - t_ * t_) * (T)0.7978845608028654 * ((T)1 + (T)0.134145 * x_ * x_); \
+#define GELU_TANH_GRAD(T, x)                                                                                           \
+    ({                                                                                                                 \
+        T x_ = (x), t_ = cpu_tanh((T)0.7978845608028654 * (x_ + (T)0.044715 * x_ * x_ * x_));                          \
+        (T)0.5 * ((T)1 + t_) + (T)0.5 * x_ *((T)1 - t_ * t_) * (T)0.7978845608028654 * ((T)1 + (T)0.134145 * x_ * x_); \
     })
-#define GELU_ERF_GRAD(T, x)                                                                        \
-    ({                                                                                             \
-        T x_ = (x);                                                                                \
-        (T)0.5 * ((T)1 + cpu_erf(x_ * (T)0.7071067811865476)) +                                        \
-            x_ * cpu_exp((T)-0.5 * x_ * x_) * (T)0.3989422804014327;                                   \
+#define GELU_ERF_GRAD(T, x)                                         \
+    ({                                                              \
+        T x_ = (x);                                                 \
+        (T)0.5 * ((T)1 + cpu_erf(x_ * (T)0.7071067811865476)) +     \
+            x_ *cpu_exp((T)-0.5 * x_ * x_) * (T)0.3989422804014327; \
     })
-#define SILU_GRAD(T, x)                                                                            \
-    ({                                                                                             \
-        T x_ = (x), s_ = (T)1 / ((T)1 + cpu_exp(-x_));                                                 \
-        s_ * ((T)1 + x_ * ((T)1 - s_));                                                            \
+#define SILU_GRAD(T, x)                                \
+    ({                                                 \
+        T x_ = (x), s_ = (T)1 / ((T)1 + cpu_exp(-x_)); \
+        s_ *((T)1 + x_ * ((T)1 - s_));                 \
     })
 
 /* maximum/minimum propagate NaN from either side, as torch.maximum does. */
 #define DEF_BINARY_FLOAT(NAME, T)                                                                  \
-    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                      \
+    CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)             \
     {                                                                                              \
         const ew_ctx *c = vctx;                                                                    \
         const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY; \
         switch (c->op) {                                                                           \
         case DC_K_ADD: BIN_LOOP(T, a + b); break;                                                  \
         case DC_K_SUB: BIN_LOOP(T, a - b); break;                                                  \
-        case DC_K_MUL: BIN_LOOP(T, a * b); break;                                                  \
+        case DC_K_MUL: BIN_LOOP(T, a *b); break;                                                   \
         case DC_K_DIV: BIN_LOOP(T, a / b); break;                                                  \
         case DC_K_POW: BIN_LOOP(T, pow(a, b)); break;                                              \
-        case DC_K_MAXIMUM: BIN_LOOP(T, (a != a || a > b) ? a : b); break;                         \
-        case DC_K_MINIMUM: BIN_LOOP(T, (a != a || a < b) ? a : b); break;                         \
+        case DC_K_MAXIMUM: BIN_LOOP(T, (a != a || a > b) ? a : b); break;                          \
+        case DC_K_MINIMUM: BIN_LOOP(T, (a != a || a < b) ? a : b); break;                          \
         case DC_K_RELU_BWD: BIN_LOOP(T, b > 0 ? a : (T)0); break;                                  \
-        case DC_K_GELU_TANH_BWD: BIN_LOOP(T, a * GELU_TANH_GRAD(T, b)); break;                     \
-        case DC_K_GELU_ERF_BWD: BIN_LOOP(T, a * GELU_ERF_GRAD(T, b)); break;                       \
-        case DC_K_SILU_BWD: BIN_LOOP(T, a * SILU_GRAD(T, b)); break;                               \
-        case DC_K_SIGMOID_BWD: BIN_LOOP(T, a * b * ((T)1 - b)); break;                             \
-        case DC_K_TANH_BWD: BIN_LOOP(T, a * ((T)1 - b * b)); break;                                \
+        case DC_K_GELU_TANH_BWD: BIN_LOOP(T, a *GELU_TANH_GRAD(T, b)); break;                      \
+        case DC_K_GELU_ERF_BWD: BIN_LOOP(T, a *GELU_ERF_GRAD(T, b)); break;                        \
+        case DC_K_SILU_BWD: BIN_LOOP(T, a *SILU_GRAD(T, b)); break;                                \
+        case DC_K_SIGMOID_BWD: BIN_LOOP(T, a *b *((T)1 - b)); break;                               \
+        case DC_K_TANH_BWD: BIN_LOOP(T, a *((T)1 - b * b)); break;                                 \
         case DC_K_CLAMP_BWD: BIN_LOOP(T, (b >= lo && b <= hi) ? a : (T)0); break;                  \
         default: break;                                                                            \
         }                                                                                          \
@@ -371,30 +435,30 @@ DEF_BINARY_FLOAT(binary_f32, float)
 DEF_BINARY_FLOAT(binary_f64, double)
 
 /* Integer arithmetic wraps (through the unsigned type) instead of being UB on overflow. */
-#define DEF_BINARY_INT(NAME, T, UT)                                                     \
-    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)           \
-    {                                                                                   \
-        const ew_ctx *c = vctx;                                                         \
-        switch (c->op) {                                                                \
-        case DC_K_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;                          \
-        case DC_K_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;                          \
-        case DC_K_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;                          \
-        case DC_K_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                           \
-        case DC_K_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                           \
-        default: break;                                                                 \
-        }                                                                               \
+#define DEF_BINARY_INT(NAME, T, UT)                                           \
+    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx) \
+    {                                                                         \
+        const ew_ctx *c = vctx;                                               \
+        switch (c->op) {                                                      \
+        case DC_K_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;                \
+        case DC_K_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;                \
+        case DC_K_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;                \
+        case DC_K_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                 \
+        case DC_K_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                 \
+        default: break;                                                       \
+        }                                                                     \
     }
 DEF_BINARY_INT(binary_i32, int32_t, uint32_t)
 DEF_BINARY_INT(binary_i64, int64_t, uint64_t)
 
 dc_status dc_cpu_binary(const dc_kargs *a)
 {
-    const dc_kview *v[3] = {&a->t[0], &a->t[1], &a->t[2]};
+    const dc_kview *v[3] = { &a->t[0], &a->t[1], &a->t[2] };
     dc_dtype dt = v[0]->dtype;
     if (v[1]->dtype != dt) return cpu_bad_dtype(a->op, v[1]->dtype);
     if (v[2]->dtype != dt) return cpu_bad_dtype(a->op, v[2]->dtype);
-    int int_ok = a->op == DC_K_ADD || a->op == DC_K_SUB || a->op == DC_K_MUL || a->op == DC_K_MAXIMUM ||
-                 a->op == DC_K_MINIMUM;
+    int int_ok =
+        a->op == DC_K_ADD || a->op == DC_K_SUB || a->op == DC_K_MUL || a->op == DC_K_MAXIMUM || a->op == DC_K_MINIMUM;
     cpu_inner_fn fn;
     switch (dt) {
     case DC_FLOAT32: fn = binary_f32; break;
@@ -407,30 +471,38 @@ dc_status dc_cpu_binary(const dc_kargs *a)
     ew_ctx c = ew_ctx_of(a);
     cpu_iter it;
     cpu_iter_init(&it, 3, v, 1);
-    int cheap = a->op != DC_K_POW && a->op != DC_K_GELU_TANH_BWD && a->op != DC_K_GELU_ERF_BWD &&
-                a->op != DC_K_SILU_BWD;
+    int cheap =
+        a->op != DC_K_POW && a->op != DC_K_GELU_TANH_BWD && a->op != DC_K_GELU_ERF_BWD && a->op != DC_K_SILU_BWD;
     cpu_iter_run(&it, fn, &c, cheap ? DC_CPU_PAR_MIN : DC_CPU_PAR_MIN / 4);
     return DC_OK;
 }
 
 /* ================================ comparisons ================================================ */
 
-#define CMP_LOOP(T, EXPR)                                                                         \
-    do {                                                                                            \
-        const int64_t sz_ = (int64_t)sizeof(T);                                                     \
-        uint8_t *o_ = (uint8_t *)p[0];                                                              \
-        if (s[0] == 1 && s[1] == sz_ && s[2] == sz_) {                                              \
-            const T *A_ = (const T *)p[1], *B_ = (const T *)p[2];                                   \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T a = A_[i], b = B_[i]; o_[i] = (EXPR); } \
-        } else if (s[0] == 1 && s[1] == sz_ && s[2] == 0) {                                         \
-            const T *A_ = (const T *)p[1], b = *(const T *)p[2];                                    \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { T a = A_[i]; o_[i] = (EXPR); }   \
-        } else {                                                                                    \
-            for (int64_t i = 0; i < n; i++) {                                                       \
-                T a = *(const T *)(p[1] + i * s[1]), b = *(const T *)(p[2] + i * s[2]);             \
-                o_[i * s[0]] = (EXPR);                                                              \
-            }                                                                                       \
-        }                                                                                           \
+#define CMP_LOOP(T, EXPR)                                                               \
+    do {                                                                                \
+        const int64_t sz_ = (int64_t)sizeof(T);                                         \
+        uint8_t *o_ = (uint8_t *)p[0];                                                  \
+        if (s[0] == 1 && s[1] == sz_ && s[2] == sz_) {                                  \
+            const T *A_ = (const T *)p[1], *B_ = (const T *)p[2];                       \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)                         \
+            {                                                                           \
+                T a = A_[i], b = B_[i];                                                 \
+                o_[i] = (EXPR);                                                         \
+            }                                                                           \
+        } else if (s[0] == 1 && s[1] == sz_ && s[2] == 0) {                             \
+            const T *A_ = (const T *)p[1], b = *(const T *)p[2];                        \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++)                         \
+            {                                                                           \
+                T a = A_[i];                                                            \
+                o_[i] = (EXPR);                                                         \
+            }                                                                           \
+        } else {                                                                        \
+            for (int64_t i = 0; i < n; i++) {                                           \
+                T a = *(const T *)(p[1] + i * s[1]), b = *(const T *)(p[2] + i * s[2]); \
+                o_[i * s[0]] = (EXPR);                                                  \
+            }                                                                           \
+        }                                                                               \
     } while (0)
 
 #define DEF_COMPARE(NAME, T)                                                  \
@@ -454,7 +526,7 @@ DEF_COMPARE(cmp_u8, uint8_t)
 
 dc_status dc_cpu_compare(const dc_kargs *a)
 {
-    const dc_kview *v[3] = {&a->t[0], &a->t[1], &a->t[2]};
+    const dc_kview *v[3] = { &a->t[0], &a->t[1], &a->t[2] };
     dc_dtype dt = v[1]->dtype;
     if (v[0]->dtype != DC_BOOL) return cpu_bad_dtype(a->op, v[0]->dtype);
     if (v[2]->dtype != dt) return cpu_bad_dtype(a->op, v[2]->dtype);
@@ -476,7 +548,7 @@ dc_status dc_cpu_compare(const dc_kargs *a)
 
 /* ================================ where ====================================================== */
 
-#define WHERE_LOOP(T)                                                                             \
+#define WHERE_LOOP(T)                                                                               \
     do {                                                                                            \
         const int64_t sz_ = (int64_t)sizeof(T);                                                     \
         if (s[0] == sz_ && s[1] == 1 && s[2] == sz_ && s[3] == sz_) {                               \
@@ -486,26 +558,42 @@ dc_status dc_cpu_compare(const dc_kargs *a)
             _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o_[i] = c_[i] ? A_[i] : B_[i];      \
         } else {                                                                                    \
             for (int64_t i = 0; i < n; i++)                                                         \
-                *(T *)(p[0] + i * s[0]) = p[1][i * s[1]] ? *(const T *)(p[2] + i * s[2])            \
-                                                         : *(const T *)(p[3] + i * s[3]);           \
+                *(T *)(p[0] + i * s[0]) =                                                           \
+                    p[1][i * s[1]] ? *(const T *)(p[2] + i * s[2]) : *(const T *)(p[3] + i * s[3]); \
         }                                                                                           \
     } while (0)
 
-static void where1(char **p, const int64_t *s, int64_t n, const void *vctx) { (void)vctx; WHERE_LOOP(uint8_t); }
-static void where2(char **p, const int64_t *s, int64_t n, const void *vctx) { (void)vctx; WHERE_LOOP(uint16_t); }
-static void where4(char **p, const int64_t *s, int64_t n, const void *vctx) { (void)vctx; WHERE_LOOP(uint32_t); }
-static void where8(char **p, const int64_t *s, int64_t n, const void *vctx) { (void)vctx; WHERE_LOOP(uint64_t); }
+static void where1(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    (void)vctx;
+    WHERE_LOOP(uint8_t);
+}
+static void where2(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    (void)vctx;
+    WHERE_LOOP(uint16_t);
+}
+static void where4(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    (void)vctx;
+    WHERE_LOOP(uint32_t);
+}
+static void where8(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    (void)vctx;
+    WHERE_LOOP(uint64_t);
+}
 
 dc_status dc_cpu_where(const dc_kargs *a)
 {
-    const dc_kview *v[4] = {&a->t[0], &a->t[1], &a->t[2], &a->t[3]};
-    if (v[1]->dtype != DC_BOOL) return dc_error(DC_ERR_DTYPE, "where: condition must be bool, got %s",
-                                                 dc_dtype_name(v[1]->dtype));
+    const dc_kview *v[4] = { &a->t[0], &a->t[1], &a->t[2], &a->t[3] };
+    if (v[1]->dtype != DC_BOOL)
+        return dc_error(DC_ERR_DTYPE, "where: condition must be bool, got %s", dc_dtype_name(v[1]->dtype));
     dc_dtype dt = v[0]->dtype;
     if ((unsigned)dt >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, dt);
     if (v[2]->dtype != dt) return cpu_bad_dtype(a->op, v[2]->dtype);
     if (v[3]->dtype != dt) return cpu_bad_dtype(a->op, v[3]->dtype);
-    static const cpu_inner_fn fns[9] = {[1] = where1, [2] = where2, [4] = where4, [8] = where8};
+    static const cpu_inner_fn fns[9] = { [1] = where1, [2] = where2, [4] = where4, [8] = where8 };
     cpu_iter it;
     cpu_iter_init(&it, 4, v, 1);
     cpu_iter_run(&it, fns[dc_dtype_size(dt)], NULL, DC_CPU_PAR_MIN);

@@ -38,9 +38,9 @@ static dc_status contiguous_operand(const dc_kview *v, void **buf, dc_kview *out
     dc_kview dst = *v;
     int64_t n = cpu_numel(v), cs = 1;
     for (int d = v->ndim - 1; d >= 0; cs *= v->shape[d], d--) dst.strides[d] = cs;
-    DC_TRY(dc_cpu_alloc((dc_device){DC_CPU, 0}, (size_t)n * cpu_esize(v), buf));
+    DC_TRY(dc_cpu_alloc((dc_device){ DC_CPU, 0 }, (size_t)n * cpu_esize(v), buf));
     dst.data = *buf;
-    dc_kargs c = {.op = DC_K_COPY, .nt = 2};
+    dc_kargs c = { .op = DC_K_COPY, .nt = 2 };
     c.t[0] = dst;
     c.t[1] = *v;
     DC_TRY(dc_cpu_copy(&c));
@@ -60,9 +60,8 @@ static inline int64_t batch_offset(const dc_kview *v, int nb, int64_t b)
     return off;
 }
 
-
-static void gemm1c(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K,
-                   const char *A, int64_t lda, const char *B, int64_t ldb, char *C, int64_t ldc)
+static void gemm1c(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, const char *A,
+                   int64_t lda, const char *B, int64_t ldb, char *C, int64_t ldc)
 {
     if (dt == DC_FLOAT32)
         cblas_sgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, 1.0f, (const float *)A, (blasint)lda,
@@ -91,8 +90,10 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
     if (Bm.dtype != dt) return cpu_bad_dtype(a->op, Bm.dtype);
     const int nd = o->ndim, nb = nd - 2;
     if (nd < 2 || A.ndim != nd || Bm.ndim != nd)
-        return dc_error(DC_ERR_SHAPE, "matmul kernel wants operands with the same number (>= 2) of dims, got %d, %d "
-                        "and %d", o->ndim, A.ndim, Bm.ndim);
+        return dc_error(DC_ERR_SHAPE,
+                        "matmul kernel wants operands with the same number (>= 2) of dims, got %d, %d "
+                        "and %d",
+                        o->ndim, A.ndim, Bm.ndim);
     const int64_t M = o->shape[nd - 2], N = o->shape[nd - 1], K = A.shape[nd - 1];
     int64_t Bn = 1;
     for (int d = 0; d < nb; d++) {
@@ -107,7 +108,7 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
                         (long long)Bm.shape[nd - 1], (long long)M, (long long)N);
     if (Bn == 0 || M == 0 || N == 0) return DC_OK;
     if (K == 0) {
-        dc_kargs f = {.op = DC_K_FILL, .nt = 1};
+        dc_kargs f = { .op = DC_K_FILL, .nt = 1 };
         f.t[0] = *o;
         return dc_cpu_fill(&f);
     }
@@ -124,7 +125,8 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
     if (small && Bn > 1) {
         if (mat_layout(M, K, A.strides[nd - 2], A.strides[nd - 1], &ta, &lda) && lda > 2 * (ta == CblasNoTrans ? K : M))
             if ((st = contiguous_operand(&A, &bufa, &A)) != DC_OK) goto done;
-        if (mat_layout(K, N, Bm.strides[nd - 2], Bm.strides[nd - 1], &tb, &ldb) && ldb > 2 * (tb == CblasNoTrans ? N : K))
+        if (mat_layout(K, N, Bm.strides[nd - 2], Bm.strides[nd - 1], &tb, &ldb) &&
+            ldb > 2 * (tb == CblasNoTrans ? N : K))
             if ((st = contiguous_operand(&Bm, &bufb, &Bm)) != DC_OK) goto done;
     }
     if (!mat_layout(M, K, A.strides[nd - 2], A.strides[nd - 1], &ta, &lda)) {
@@ -168,8 +170,8 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
         }
     }
 done:
-    dc_cpu_free((dc_device){DC_CPU, 0}, bufa);
-    dc_cpu_free((dc_device){DC_CPU, 0}, bufb);
+    dc_cpu_free((dc_device){ DC_CPU, 0 }, bufa);
+    dc_cpu_free((dc_device){ DC_CPU, 0 }, bufb);
     return st;
 }
 
@@ -200,8 +202,8 @@ static dc_status check_indices(dc_kop op, const dc_kview *idx, int64_t size, int
 {
     if (idx->dtype != DC_INT64)
         return dc_error(DC_ERR_DTYPE, "%s: indices must be int64, got %s", dc_kop_names[op], dc_dtype_name(idx->dtype));
-    idx_check c = {size, 0, 0};
-    const dc_kview *v[1] = {idx};
+    idx_check c = { size, 0, 0 };
+    const dc_kview *v[1] = { idx };
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 0);
     cpu_iter_range(&it, 0, it.numel, check_inner, &c);
@@ -211,7 +213,10 @@ static dc_status check_indices(dc_kop op, const dc_kview *idx, int64_t size, int
     return DC_OK;
 }
 
-static int check_dim(int64_t d, int ndim) { return d >= 0 && d < (ndim > 0 ? ndim : 1); }
+static int check_dim(int64_t d, int ndim)
+{
+    return d >= 0 && d < (ndim > 0 ? ndim : 1);
+}
 
 /* ================================ gather / index_select ====================================== */
 
@@ -220,10 +225,10 @@ typedef struct {
     size_t es;
 } gather_ctx;
 
-#define GATHER_LOOP(T)                                                                        \
-    for (int64_t i = 0; i < n; i++) {                                                           \
-        int64_t ix = *(const int64_t *)(p[2] + i * s[2]);                                       \
-        *(T *)(p[0] + i * s[0]) = *(const T *)(p[1] + i * s[1] + ix * c->sd);                   \
+#define GATHER_LOOP(T)                                                        \
+    for (int64_t i = 0; i < n; i++) {                                         \
+        int64_t ix = *(const int64_t *)(p[2] + i * s[2]);                     \
+        *(T *)(p[0] + i * s[0]) = *(const T *)(p[1] + i * s[1] + ix * c->sd); \
     }
 
 static void gather_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
@@ -247,8 +252,8 @@ static dc_status gather_impl(const dc_kargs *a, const dc_kview *out, const dc_kv
     dc_kview s2 = *src; /* src seen with out's shape, fixed at index 0 along dim */
     for (int d = 0; d < out->ndim; d++) s2.shape[d] = out->shape[d];
     if (src->ndim) s2.strides[dim] = 0;
-    gather_ctx c = {src->ndim ? src->strides[dim] * (int64_t)cpu_esize(src) : 0, cpu_esize(src)};
-    const dc_kview *v[3] = {out, &s2, idx};
+    gather_ctx c = { src->ndim ? src->strides[dim] * (int64_t)cpu_esize(src) : 0, cpu_esize(src) };
+    const dc_kview *v[3] = { out, &s2, idx };
     cpu_iter it;
     cpu_iter_init(&it, 3, v, 1);
     cpu_iter_run(&it, gather_inner, &c, DC_CPU_PAR_MIN);
@@ -286,12 +291,12 @@ dc_status dc_cpu_index_select(const dc_kargs *a)
 
 /* ================================ scatter_add / index_add ==================================== */
 
-#define SCATTER_ROW(T)                                                                          \
-    do {                                                                                          \
-        T *dst = (T *)(o->data) + off[2];                                                         \
-        const T *src = (const T *)(x->data) + off[1];                                             \
-        const int64_t *ix = (const int64_t *)(idx->data) + off[0];                                \
-        for (int64_t j = 0; j < L; j++) dst[ix[j * is] * od] += src[j * xs];                      \
+#define SCATTER_ROW(T)                                                       \
+    do {                                                                     \
+        T *dst = (T *)(o->data) + off[2];                                    \
+        const T *src = (const T *)(x->data) + off[1];                        \
+        const int64_t *ix = (const int64_t *)(idx->data) + off[0];           \
+        for (int64_t j = 0; j < L; j++) dst[ix[j * is] * od] += src[j * xs]; \
     } while (0)
 
 /* out[..., idx[..., j, ...], ...] += src[..., j, ...]. Rows (every coordinate but `dim`) are
@@ -310,14 +315,16 @@ static dc_status scatter_impl(const dc_kargs *a, const dc_kview *o, const dc_kvi
                   od = o->ndim ? o->strides[dim] : 0;
     dc_kview ov = *o; /* out seen with idx's shape: only the non-dim coordinates are used */
     for (int d = 0; d < o->ndim; d++) ov.shape[d] = idx->shape[d];
-    const dc_kview *vv[3] = {idx, x, &ov};
+    const dc_kview *vv[3] = { idx, x, &ov };
     const int skip = idx->ndim ? dim : -1;
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[3];
         cpu_row_offsets(3, vv, skip, r, off);
-        if (dt == DC_FLOAT32) SCATTER_ROW(float);
-        else SCATTER_ROW(double);
+        if (dt == DC_FLOAT32)
+            SCATTER_ROW(float);
+        else
+            SCATTER_ROW(double);
     }
     return DC_OK;
 }
@@ -334,15 +341,15 @@ dc_status dc_cpu_scatter_add(const dc_kargs *a)
 /* index_add on contiguous out/src: view both as (outer, size, inner) and add whole inner blocks per
  * index, so an embedding backward streams rows instead of striding down columns. Parallel over
  * (outer, inner block): a block's output cells belong to that task alone. */
-#define INDEX_ADD_BLOCK(T)                                                                         \
-    do {                                                                                             \
-        T *dst = (T *)o->data + ob * V * inner + c0;                                                 \
-        const T *src = (const T *)x->data + ob * n * inner + c0;                                     \
-        for (int64_t j = 0; j < n; j++) {                                                            \
-            T *d_ = dst + ix[j * is] * inner;                                                        \
-            const T *s_ = src + j * inner;                                                           \
-            _Pragma("omp simd") for (int64_t c = 0; c < w; c++) d_[c] += s_[c];                      \
-        }                                                                                            \
+#define INDEX_ADD_BLOCK(T)                                                      \
+    do {                                                                        \
+        T *dst = (T *)o->data + ob * V * inner + c0;                            \
+        const T *src = (const T *)x->data + ob * n * inner + c0;                \
+        for (int64_t j = 0; j < n; j++) {                                       \
+            T *d_ = dst + ix[j * is] * inner;                                   \
+            const T *s_ = src + j * inner;                                      \
+            _Pragma("omp simd") for (int64_t c = 0; c < w; c++) d_[c] += s_[c]; \
+        }                                                                       \
     } while (0)
 
 dc_status dc_cpu_index_add(const dc_kargs *a)
@@ -356,8 +363,7 @@ dc_status dc_cpu_index_add(const dc_kargs *a)
         return dc_error(DC_ERR_SHAPE, "index_add: %lld indices for a source of size %lld at dim %d", (long long)n,
                         (long long)x->shape[dim], dim);
     const dc_dtype dt = o->dtype;
-    if (o->ndim && cpu_is_contig(o) && cpu_is_contig(x) && (dt == DC_FLOAT32 || dt == DC_FLOAT64) &&
-        x->dtype == dt) {
+    if (o->ndim && cpu_is_contig(o) && cpu_is_contig(x) && (dt == DC_FLOAT32 || dt == DC_FLOAT64) && x->dtype == dt) {
         DC_TRY(check_indices(a->op, idx, o->shape[dim], dim));
         int64_t outer = 1, inner = 1;
         for (int d = 0; d < dim; d++) outer *= o->shape[d];
@@ -369,8 +375,10 @@ dc_status dc_cpu_index_add(const dc_kargs *a)
 #pragma omp parallel for schedule(static) if (n * inner * outer >= DC_CPU_PAR_MIN && ntask > 1)
         for (int64_t t = 0; t < ntask; t++) {
             int64_t ob = t / nblk, c0 = (t % nblk) * BLK, w = inner - c0 < BLK ? inner - c0 : BLK;
-            if (dt == DC_FLOAT32) INDEX_ADD_BLOCK(float);
-            else INDEX_ADD_BLOCK(double);
+            if (dt == DC_FLOAT32)
+                INDEX_ADD_BLOCK(float);
+            else
+                INDEX_ADD_BLOCK(double);
         }
         return DC_OK;
     }
@@ -386,11 +394,11 @@ dc_status dc_cpu_index_add(const dc_kargs *a)
 
 /* ================================ tril / triu ================================================ */
 
-#define TRIL_ROW(T)                                                                                 \
-    do {                                                                                              \
-        T *d_ = (T *)o->data + off[0];                                                                \
-        const T *s_ = (const T *)x->data + off[1];                                                    \
-        for (int64_t c = 0; c < C; c++) d_[c * ocs] = (c >= lo && c < hi) ? s_[c * xcs] : (T)0;      \
+#define TRIL_ROW(T)                                                                             \
+    do {                                                                                        \
+        T *d_ = (T *)o->data + off[0];                                                          \
+        const T *s_ = (const T *)x->data + off[1];                                              \
+        for (int64_t c = 0; c < C; c++) d_[c * ocs] = (c >= lo && c < hi) ? s_[c * xcs] : (T)0; \
     } while (0)
 
 dc_status dc_cpu_tril(const dc_kargs *a)
@@ -405,7 +413,7 @@ dc_status dc_cpu_tril(const dc_kargs *a)
     const int64_t ocs = o->strides[nd - 1], xcs = x->strides[nd - 1];
     const int upper = a->i[1] != 0;
     const size_t es = cpu_esize(o);
-    const dc_kview *vv[2] = {o, x};
+    const dc_kview *vv[2] = { o, x };
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)
     for (int64_t rr = 0; rr < rows; rr++) {
         int64_t off[2], r = rr % R;

@@ -15,78 +15,82 @@
 
 /* One row: y = softmax(x) or log_softmax(x); xs/ys strides in elements. exp(x - max) keeps every
  * exponent <= 0, so nothing overflows. */
-#define DEF_SOFTMAX_ROW(NAME, T)                                                              \
-    CPU_SIMD static void NAME(T *y, int64_t ys, const T *x, int64_t xs, int64_t L, int log_out)       \
-    {                                                                                         \
-        T m = -INFINITY;                                                                      \
-        double s = 0;                                                                         \
-        if (xs == 1 && ys == 1) {                                                             \
-            _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < L; i++) m = x[i] > m ? x[i] : m; \
-            if (log_out) {                                                                    \
+#define DEF_SOFTMAX_ROW(NAME, T)                                                                                     \
+    CPU_SIMD static void NAME(T *y, int64_t ys, const T *x, int64_t xs, int64_t L, int log_out)                      \
+    {                                                                                                                \
+        T m = -INFINITY;                                                                                             \
+        double s = 0;                                                                                                \
+        if (xs == 1 && ys == 1) {                                                                                    \
+            _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < L; i++) m = x[i] > m ? x[i] : m;          \
+            if (log_out) {                                                                                           \
                 _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++) s += (double)cpu_exp(x[i] - m); \
-                const T lse = m + (T)log(s);                                                  \
-                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) y[i] = x[i] - lse;        \
-            } else {                                                                          \
-                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++) {        \
-                    T e = cpu_exp(x[i] - m);                                                      \
-                    y[i] = e;                                                                 \
-                    s += (double)e;                                                           \
-                }                                                                             \
-                const T inv = (T)(1.0 / s);                                                   \
-                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) y[i] *= inv;              \
-            }                                                                                 \
-            return;                                                                           \
-        }                                                                                     \
-        for (int64_t i = 0; i < L; i++) m = x[i * xs] > m ? x[i * xs] : m;                    \
-        if (log_out) {                                                                        \
-            for (int64_t i = 0; i < L; i++) s += (double)cpu_exp(x[i * xs] - m);                  \
-            const T lse = m + (T)log(s);                                                      \
-            for (int64_t i = 0; i < L; i++) y[i * ys] = x[i * xs] - lse;                      \
-        } else {                                                                              \
-            for (int64_t i = 0; i < L; i++) {                                                 \
-                T e = cpu_exp(x[i * xs] - m);                                                     \
-                y[i * ys] = e;                                                                \
-                s += (double)e;                                                               \
-            }                                                                                 \
-            const T inv = (T)(1.0 / s);                                                       \
-            for (int64_t i = 0; i < L; i++) y[i * ys] *= inv;                                 \
-        }                                                                                     \
+                const T lse = m + (T)log(s);                                                                         \
+                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) y[i] = x[i] - lse;                               \
+            } else {                                                                                                 \
+                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++)                                 \
+                {                                                                                                    \
+                    T e = cpu_exp(x[i] - m);                                                                         \
+                    y[i] = e;                                                                                        \
+                    s += (double)e;                                                                                  \
+                }                                                                                                    \
+                const T inv = (T)(1.0 / s);                                                                          \
+                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) y[i] *= inv;                                     \
+            }                                                                                                        \
+            return;                                                                                                  \
+        }                                                                                                            \
+        for (int64_t i = 0; i < L; i++) m = x[i * xs] > m ? x[i * xs] : m;                                           \
+        if (log_out) {                                                                                               \
+            for (int64_t i = 0; i < L; i++) s += (double)cpu_exp(x[i * xs] - m);                                     \
+            const T lse = m + (T)log(s);                                                                             \
+            for (int64_t i = 0; i < L; i++) y[i * ys] = x[i * xs] - lse;                                             \
+        } else {                                                                                                     \
+            for (int64_t i = 0; i < L; i++) {                                                                        \
+                T e = cpu_exp(x[i * xs] - m);                                                                        \
+                y[i * ys] = e;                                                                                       \
+                s += (double)e;                                                                                      \
+            }                                                                                                        \
+            const T inv = (T)(1.0 / s);                                                                              \
+            for (int64_t i = 0; i < L; i++) y[i * ys] *= inv;                                                        \
+        }                                                                                                            \
     }
 DEF_SOFTMAX_ROW(softmax_row_f32, float)
 DEF_SOFTMAX_ROW(softmax_row_f64, double)
 
 /* dx = y * (dy - sum(dy*y))   or, for log-softmax,   dx = dy - exp(y) * sum(dy). */
-#define DEF_SOFTMAX_BWD_ROW(NAME, T)                                                                 \
-    CPU_SIMD static void NAME(T *dx, int64_t dxs, const T *dy, int64_t dys, const T *y, int64_t yss, int64_t L, \
-                     int log_out)                                                                    \
-    {                                                                                                \
-        double s = 0;                                                                                \
-        if (dxs == 1 && dys == 1 && yss == 1) {                                                      \
-            if (log_out) {                                                                           \
-                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++) s += (double)dy[i]; \
-                const T ts = (T)s;                                                                   \
-                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) dx[i] = dy[i] - cpu_exp(y[i]) * ts;  \
-            } else {                                                                                 \
+#define DEF_SOFTMAX_BWD_ROW(NAME, T)                                                                              \
+    CPU_SIMD static void NAME(T *dx, int64_t dxs, const T *dy, int64_t dys, const T *y, int64_t yss, int64_t L,   \
+                              int log_out)                                                                        \
+    {                                                                                                             \
+        double s = 0;                                                                                             \
+        if (dxs == 1 && dys == 1 && yss == 1) {                                                                   \
+            if (log_out) {                                                                                        \
+                _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++) s += (double)dy[i];          \
+                const T ts = (T)s;                                                                                \
+                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) dx[i] = dy[i] - cpu_exp(y[i]) * ts;           \
+            } else {                                                                                              \
                 _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < L; i++) s += (double)(dy[i] * y[i]); \
-                const T ts = (T)s;                                                                   \
-                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) dx[i] = y[i] * (dy[i] - ts);     \
-            }                                                                                        \
-            return;                                                                                  \
-        }                                                                                            \
-        if (log_out) {                                                                               \
-            for (int64_t i = 0; i < L; i++) s += (double)dy[i * dys];                                \
-            const T ts = (T)s;                                                                       \
-            for (int64_t i = 0; i < L; i++) dx[i * dxs] = dy[i * dys] - cpu_exp(y[i * yss]) * ts;        \
-        } else {                                                                                     \
-            for (int64_t i = 0; i < L; i++) s += (double)(dy[i * dys] * y[i * yss]);                 \
-            const T ts = (T)s;                                                                       \
-            for (int64_t i = 0; i < L; i++) dx[i * dxs] = y[i * yss] * (dy[i * dys] - ts);           \
-        }                                                                                            \
+                const T ts = (T)s;                                                                                \
+                _Pragma("omp simd") for (int64_t i = 0; i < L; i++) dx[i] = y[i] * (dy[i] - ts);                  \
+            }                                                                                                     \
+            return;                                                                                               \
+        }                                                                                                         \
+        if (log_out) {                                                                                            \
+            for (int64_t i = 0; i < L; i++) s += (double)dy[i * dys];                                             \
+            const T ts = (T)s;                                                                                    \
+            for (int64_t i = 0; i < L; i++) dx[i * dxs] = dy[i * dys] - cpu_exp(y[i * yss]) * ts;                 \
+        } else {                                                                                                  \
+            for (int64_t i = 0; i < L; i++) s += (double)(dy[i * dys] * y[i * yss]);                              \
+            const T ts = (T)s;                                                                                    \
+            for (int64_t i = 0; i < L; i++) dx[i * dxs] = y[i * yss] * (dy[i * dys] - ts);                        \
+        }                                                                                                         \
     }
 DEF_SOFTMAX_BWD_ROW(softmax_bwd_row_f32, float)
 DEF_SOFTMAX_BWD_ROW(softmax_bwd_row_f64, double)
 
-static int norm_dim(int64_t d, int ndim) { return (int)(d < 0 ? d + ndim : d); }
+static int norm_dim(int64_t d, int ndim)
+{
+    return (int)(d < 0 ? d + ndim : d);
+}
 
 dc_status dc_cpu_softmax(const dc_kargs *a)
 {
@@ -110,7 +114,7 @@ dc_status dc_cpu_softmax(const dc_kargs *a)
         dim = -1;
     }
     const int64_t rows = numel / L;
-    const dc_kview *vv[2] = {x, o};
+    const dc_kview *vv[2] = { x, o };
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[2];
@@ -147,7 +151,7 @@ dc_status dc_cpu_softmax_bwd(const dc_kargs *a)
         dim = -1;
     }
     const int64_t rows = numel / L;
-    const dc_kview *vv[3] = {dx, dy, y};
+    const dc_kview *vv[3] = { dx, dy, y };
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[3];
@@ -172,38 +176,40 @@ static void ln_dims(const dc_kview *x, int64_t *N, int64_t *D)
 
 /* Two-pass mean/variance in double (the second pass reads the row from cache): no cancellation
  * when |mean| >> std, unlike sum/sum-of-squares. */
-#define DEF_LN_FWD(NAME, T)                                                                        \
-    CPU_SIMD static void NAME(const dc_kargs *a, int64_t N, int64_t D)                                      \
-    {                                                                                              \
-        T *Y = (T *)a->t[0].data, *MEAN = (T *)a->t[1].data, *RSTD = (T *)a->t[2].data;            \
-        const T *X = (const T *)a->t[3].data;                                                      \
-        const T *W = a->i[0] ? (const T *)a->t[4].data : NULL, *B = a->i[1] ? (const T *)a->t[5].data : NULL; \
-        const double eps = a->f[0];                                                                \
-        _Pragma("omp parallel for schedule(static) if (N * D >= DC_CPU_PAR_MIN / 2 && N > 1)")     \
-        for (int64_t n = 0; n < N; n++) {                                                          \
-            const T *x = X + n * D;                                                                \
-            T *y = Y + n * D;                                                                      \
-            double s = 0, v = 0;                                                                   \
-            _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += (double)x[i]; \
-            const double mean = s / (double)D;                                                     \
-            _Pragma("omp simd reduction(+ : v)") for (int64_t i = 0; i < D; i++) {                 \
-                double d = (double)x[i] - mean;                                                    \
-                v += d * d;                                                                        \
-            }                                                                                      \
-            const double rstd = 1.0 / sqrt(v / (double)D + eps);                                  \
-            MEAN[n] = (T)mean;                                                                     \
-            RSTD[n] = (T)rstd;                                                                     \
-            const T m = (T)mean, r = (T)rstd;                                                      \
-            if (W && B) {                                                                          \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r * W[i] + B[i]; \
-            } else if (W) {                                                                        \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r * W[i];  \
-            } else if (B) {                                                                        \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r + B[i];  \
-            } else {                                                                               \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r;         \
-            }                                                                                      \
-        }                                                                                          \
+#define DEF_LN_FWD(NAME, T)                                                                                        \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t N, int64_t D)                                             \
+    {                                                                                                              \
+        T *Y = (T *)a->t[0].data, *MEAN = (T *)a->t[1].data, *RSTD = (T *)a->t[2].data;                            \
+        const T *X = (const T *)a->t[3].data;                                                                      \
+        const T *W = a->i[0] ? (const T *)a->t[4].data : NULL, *B = a->i[1] ? (const T *)a->t[5].data : NULL;      \
+        const double eps = a->f[0];                                                                                \
+        _Pragma("omp parallel for schedule(static) if (N * D >= DC_CPU_PAR_MIN / 2 && N > 1)") for (int64_t n = 0; \
+                                                                                                    n < N; n++)    \
+        {                                                                                                          \
+            const T *x = X + n * D;                                                                                \
+            T *y = Y + n * D;                                                                                      \
+            double s = 0, v = 0;                                                                                   \
+            _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < D; i++) s += (double)x[i];                \
+            const double mean = s / (double)D;                                                                     \
+            _Pragma("omp simd reduction(+ : v)") for (int64_t i = 0; i < D; i++)                                   \
+            {                                                                                                      \
+                double d = (double)x[i] - mean;                                                                    \
+                v += d * d;                                                                                        \
+            }                                                                                                      \
+            const double rstd = 1.0 / sqrt(v / (double)D + eps);                                                   \
+            MEAN[n] = (T)mean;                                                                                     \
+            RSTD[n] = (T)rstd;                                                                                     \
+            const T m = (T)mean, r = (T)rstd;                                                                      \
+            if (W && B) {                                                                                          \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r * W[i] + B[i];           \
+            } else if (W) {                                                                                        \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r * W[i];                  \
+            } else if (B) {                                                                                        \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r + B[i];                  \
+            } else {                                                                                               \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * r;                         \
+            }                                                                                                      \
+        }                                                                                                          \
     }
 DEF_LN_FWD(ln_fwd_f32, float)
 DEF_LN_FWD(ln_fwd_f64, double)
@@ -230,57 +236,63 @@ dc_status dc_cpu_layernorm(const dc_kargs *a)
     int64_t N, D;
     ln_dims(&a->t[3], &N, &D);
     if (N == 0 || D == 0) return DC_OK;
-    if (dt == DC_FLOAT32) ln_fwd_f32(a, N, D);
-    else ln_fwd_f64(a, N, D);
+    if (dt == DC_FLOAT32)
+        ln_fwd_f32(a, N, D);
+    else
+        ln_fwd_f64(a, N, D);
     return DC_OK;
 }
 
 /* Backward of one row range [n0, n1) for one thread; dw/db partials go to pw/pb (double, D). */
-#define DEF_LN_BWD(NAME, T)                                                                         \
-    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n0, int64_t n1, int64_t D, double *pw, double *pb)  \
-    {                                                                                               \
-        T *DX = (T *)a->t[0].data;                                                                  \
-        const T *DY = (const T *)a->t[3].data, *X = (const T *)a->t[4].data;                        \
-        const T *MEAN = (const T *)a->t[5].data, *RSTD = (const T *)a->t[6].data;                   \
-        const T *W = a->i[0] ? (const T *)a->t[7].data : NULL;                                      \
-        const double invD = 1.0 / (double)D;                                                        \
-        for (int64_t n = n0; n < n1; n++) {                                                         \
-            const T *x = X + n * D, *dy = DY + n * D;                                               \
-            T *dx = DX + n * D;                                                                     \
-            const T m = MEAN[n], r = RSTD[n];                                                       \
-            double sg = 0, sgx = 0;                                                                 \
-            if (W) {                                                                                \
-                _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < D; i++) {        \
-                    T g = dy[i] * W[i], xh = (x[i] - m) * r;                                        \
-                    sg += (double)g;                                                                \
-                    sgx += (double)(g * xh);                                                        \
-                }                                                                                   \
-            } else {                                                                                \
-                _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < D; i++) {        \
-                    T g = dy[i], xh = (x[i] - m) * r;                                               \
-                    sg += (double)g;                                                                \
-                    sgx += (double)(g * xh);                                                        \
-                }                                                                                   \
-            }                                                                                       \
-            const T mg = (T)(sg * invD), mgx = (T)(sgx * invD);                                     \
-            if (W) {                                                                                \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) {                               \
-                    T xh = (x[i] - m) * r;                                                          \
-                    dx[i] = r * (dy[i] * W[i] - mg - xh * mgx);                                     \
-                }                                                                                   \
-            } else {                                                                                \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) {                               \
-                    T xh = (x[i] - m) * r;                                                          \
-                    dx[i] = r * (dy[i] - mg - xh * mgx);                                            \
-                }                                                                                   \
-            }                                                                                       \
-            if (pw) {                                                                               \
+#define DEF_LN_BWD(NAME, T)                                                                                      \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n0, int64_t n1, int64_t D, double *pw, double *pb)      \
+    {                                                                                                            \
+        T *DX = (T *)a->t[0].data;                                                                               \
+        const T *DY = (const T *)a->t[3].data, *X = (const T *)a->t[4].data;                                     \
+        const T *MEAN = (const T *)a->t[5].data, *RSTD = (const T *)a->t[6].data;                                \
+        const T *W = a->i[0] ? (const T *)a->t[7].data : NULL;                                                   \
+        const double invD = 1.0 / (double)D;                                                                     \
+        for (int64_t n = n0; n < n1; n++) {                                                                      \
+            const T *x = X + n * D, *dy = DY + n * D;                                                            \
+            T *dx = DX + n * D;                                                                                  \
+            const T m = MEAN[n], r = RSTD[n];                                                                    \
+            double sg = 0, sgx = 0;                                                                              \
+            if (W) {                                                                                             \
+                _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < D; i++)                       \
+                {                                                                                                \
+                    T g = dy[i] * W[i], xh = (x[i] - m) * r;                                                     \
+                    sg += (double)g;                                                                             \
+                    sgx += (double)(g * xh);                                                                     \
+                }                                                                                                \
+            } else {                                                                                             \
+                _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < D; i++)                       \
+                {                                                                                                \
+                    T g = dy[i], xh = (x[i] - m) * r;                                                            \
+                    sg += (double)g;                                                                             \
+                    sgx += (double)(g * xh);                                                                     \
+                }                                                                                                \
+            }                                                                                                    \
+            const T mg = (T)(sg * invD), mgx = (T)(sgx * invD);                                                  \
+            if (W) {                                                                                             \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++)                                              \
+                {                                                                                                \
+                    T xh = (x[i] - m) * r;                                                                       \
+                    dx[i] = r * (dy[i] * W[i] - mg - xh * mgx);                                                  \
+                }                                                                                                \
+            } else {                                                                                             \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++)                                              \
+                {                                                                                                \
+                    T xh = (x[i] - m) * r;                                                                       \
+                    dx[i] = r * (dy[i] - mg - xh * mgx);                                                         \
+                }                                                                                                \
+            }                                                                                                    \
+            if (pw) {                                                                                            \
                 _Pragma("omp simd") for (int64_t i = 0; i < D; i++) pw[i] += (double)(dy[i] * ((x[i] - m) * r)); \
-            }                                                                                       \
-            if (pb) {                                                                               \
-                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) pb[i] += (double)dy[i];         \
-            }                                                                                       \
-        }                                                                                           \
+            }                                                                                                    \
+            if (pb) {                                                                                            \
+                _Pragma("omp simd") for (int64_t i = 0; i < D; i++) pb[i] += (double)dy[i];                      \
+            }                                                                                                    \
+        }                                                                                                        \
     }
 DEF_LN_BWD(ln_bwd_f32, float)
 DEF_LN_BWD(ln_bwd_f64, double)
@@ -313,8 +325,10 @@ dc_status dc_cpu_layernorm_bwd(const dc_kargs *a)
         double *mine = part ? part + (size_t)t * nparts * D : NULL;
         double *pw = has_w ? mine : NULL, *pb = has_b ? mine + (has_w ? D : 0) : NULL;
         if (n0 < n1) {
-            if (dt == DC_FLOAT32) ln_bwd_f32(a, n0, n1, D, pw, pb);
-            else ln_bwd_f64(a, n0, n1, D, pw, pb);
+            if (dt == DC_FLOAT32)
+                ln_bwd_f32(a, n0, n1, D, pw, pb);
+            else
+                ln_bwd_f64(a, n0, n1, D, pw, pb);
         }
     }
     /* Sum the partials in thread order: deterministic for a given thread count. */
@@ -324,8 +338,10 @@ dc_status dc_cpu_layernorm_bwd(const dc_kargs *a)
         for (int64_t i = 0; i < D; i++) {
             double s = 0;
             for (int t = 0; t < nthr; t++) s += part[((size_t)t * nparts + k) * D + i];
-            if (dt == DC_FLOAT32) ((float *)dst)[i] = (float)s;
-            else ((double *)dst)[i] = s;
+            if (dt == DC_FLOAT32)
+                ((float *)dst)[i] = (float)s;
+            else
+                ((double *)dst)[i] = s;
         }
     }
     free(part);

@@ -28,24 +28,25 @@ static dc_status check_contig(const dc_kargs *a, int n)
 
 /* ================================ SGD ======================================================== */
 
-#define DEF_SGD(NAME, T)                                                                           \
-    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                                 \
-    {                                                                                              \
-        T *p = (T *)a->t[0].data;                                                                  \
-        const T *gr = (const T *)a->t[1].data;                                                     \
-        T *buf = a->f[1] != 0 ? (T *)a->t[2].data : NULL;                                          \
-        const T lr = (T)a->f[0], mom = (T)a->f[1], damp1 = (T)(1.0 - a->f[2]), wd = (T)a->f[3];    \
-        const T sign = a->i[1] ? (T)-1 : (T)1;                                                     \
-        const int nesterov = a->i[0] != 0, first = a->i[2] != 0;                                   \
-        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
-            T g = sign * gr[i] + wd * p[i];                                                        \
-            if (buf) {                                                                             \
-                T b = first ? g : mom * buf[i] + damp1 * g;                                        \
-                buf[i] = b;                                                                        \
-                g = nesterov ? g + mom * b : b;                                                    \
-            }                                                                                      \
-            p[i] -= lr * g;                                                                        \
-        }                                                                                          \
+#define DEF_SGD(NAME, T)                                                                          \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                       \
+    {                                                                                             \
+        T *p = (T *)a->t[0].data;                                                                 \
+        const T *gr = (const T *)a->t[1].data;                                                    \
+        T *buf = a->f[1] != 0 ? (T *)a->t[2].data : NULL;                                         \
+        const T lr = (T)a->f[0], mom = (T)a->f[1], damp1 = (T)(1.0 - a->f[2]), wd = (T)a->f[3];   \
+        const T sign = a->i[1] ? (T)-1 : (T)1;                                                    \
+        const int nesterov = a->i[0] != 0, first = a->i[2] != 0;                                  \
+        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN)") for (int64_t i = 0; i < n; i++) \
+        {                                                                                         \
+            T g = sign * gr[i] + wd * p[i];                                                       \
+            if (buf) {                                                                            \
+                T b = first ? g : mom * buf[i] + damp1 * g;                                       \
+                buf[i] = b;                                                                       \
+                g = nesterov ? g + mom * b : b;                                                   \
+            }                                                                                     \
+            p[i] -= lr * g;                                                                       \
+        }                                                                                         \
     }
 DEF_SGD(sgd_f32, float)
 DEF_SGD(sgd_f64, double)
@@ -54,30 +55,33 @@ dc_status dc_cpu_sgd(const dc_kargs *a)
 {
     DC_TRY(check_contig(a, a->f[1] != 0 ? 3 : 2));
     const int64_t n = cpu_numel(&a->t[0]);
-    if (a->t[0].dtype == DC_FLOAT32) sgd_f32(a, n);
-    else sgd_f64(a, n);
+    if (a->t[0].dtype == DC_FLOAT32)
+        sgd_f32(a, n);
+    else
+        sgd_f64(a, n);
     return DC_OK;
 }
 
 /* ================================ AdamW ====================================================== */
 
-#define DEF_ADAMW(NAME, T)                                                                         \
-    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                                 \
-    {                                                                                              \
-        T *p = (T *)a->t[0].data, *m = (T *)a->t[2].data, *v = (T *)a->t[3].data;                  \
-        const T *gr = (const T *)a->t[1].data;                                                     \
-        const T b1 = (T)a->f[1], b2 = (T)a->f[2], eps = (T)a->f[3];                                \
-        const T decay = (T)(1.0 - a->f[0] * a->f[4]);                                              \
-        const T step = (T)(a->f[0] / a->f[5]), inv_sqrt_bc2 = (T)(1.0 / sqrt(a->f[6]));            \
-        const T sign = a->i[0] ? (T)-1 : (T)1;                                                     \
-        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN / 2)") for (int64_t i = 0; i < n; i++) { \
-            T g = sign * gr[i];                                                                    \
-            T mi = b1 * m[i] + ((T)1 - b1) * g;                                                    \
-            T vi = b2 * v[i] + ((T)1 - b2) * g * g;                                                \
-            m[i] = mi;                                                                             \
-            v[i] = vi;                                                                             \
-            p[i] = p[i] * decay - step * mi / (sqrt(vi) * inv_sqrt_bc2 + eps);                     \
-        }                                                                                          \
+#define DEF_ADAMW(NAME, T)                                                                            \
+    CPU_SIMD static void NAME(const dc_kargs *a, int64_t n)                                           \
+    {                                                                                                 \
+        T *p = (T *)a->t[0].data, *m = (T *)a->t[2].data, *v = (T *)a->t[3].data;                     \
+        const T *gr = (const T *)a->t[1].data;                                                        \
+        const T b1 = (T)a->f[1], b2 = (T)a->f[2], eps = (T)a->f[3];                                   \
+        const T decay = (T)(1.0 - a->f[0] * a->f[4]);                                                 \
+        const T step = (T)(a->f[0] / a->f[5]), inv_sqrt_bc2 = (T)(1.0 / sqrt(a->f[6]));               \
+        const T sign = a->i[0] ? (T)-1 : (T)1;                                                        \
+        _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN / 2)") for (int64_t i = 0; i < n; i++) \
+        {                                                                                             \
+            T g = sign * gr[i];                                                                       \
+            T mi = b1 * m[i] + ((T)1 - b1) * g;                                                       \
+            T vi = b2 * v[i] + ((T)1 - b2) * g * g;                                                   \
+            m[i] = mi;                                                                                \
+            v[i] = vi;                                                                                \
+            p[i] = p[i] * decay - step * mi / (sqrt(vi) * inv_sqrt_bc2 + eps);                        \
+        }                                                                                             \
     }
 DEF_ADAMW(adamw_f32, float)
 DEF_ADAMW(adamw_f64, double)
@@ -88,8 +92,10 @@ dc_status dc_cpu_adamw(const dc_kargs *a)
     if (!(a->f[5] > 0) || !(a->f[6] > 0))
         return dc_error(DC_ERR_VALUE, "adamw: bias corrections must be > 0, got %g and %g", a->f[5], a->f[6]);
     const int64_t n = cpu_numel(&a->t[0]);
-    if (a->t[0].dtype == DC_FLOAT32) adamw_f32(a, n);
-    else adamw_f64(a, n);
+    if (a->t[0].dtype == DC_FLOAT32)
+        adamw_f32(a, n);
+    else
+        adamw_f64(a, n);
     return DC_OK;
 }
 
@@ -97,38 +103,54 @@ dc_status dc_cpu_adamw(const dc_kargs *a)
 
 typedef struct {
     double p;
-    int kind;      /* 0: general pow, 1: p=1, 2: p=2, 3: max (p=inf), 4: count nonzero (p=0) */
-    double *part;  /* one slot per thread, 8 doubles apart (no false sharing) */
+    int kind;     /* 0: general pow, 1: p=1, 2: p=2, 3: max (p=inf), 4: count nonzero (p=0) */
+    double *part; /* one slot per thread, 8 doubles apart (no false sharing) */
     dc_dtype dt;
 } norm_ctx;
 
-#define NORM_RUN(T)                                                                              \
-    do {                                                                                           \
-        const T *x = (const T *)p[0];                                                              \
-        const int64_t st = s[0] / (int64_t)sizeof(T);                                              \
-        double acc = 0;                                                                            \
-        switch (c->kind) {                                                                         \
-        case 1: _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; i++) acc += (double)fabs(x[i * st]); break; \
-        case 2: _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; i++) { double v = (double)x[i * st]; acc += v * v; } break; \
-        case 3:                                                                                    \
-            for (int64_t i = 0; i < n; i++) {                                                      \
-                double v = fabs((double)x[i * st]);                                                \
-                if (v > acc || v != v) acc = v != v ? v : (acc != acc ? acc : v);                  \
-            }                                                                                      \
-            break;                                                                                 \
-        case 4: for (int64_t i = 0; i < n; i++) acc += x[i * st] != 0; break;                      \
-        default: for (int64_t i = 0; i < n; i++) acc += pow(fabs((double)x[i * st]), c->p); break; \
-        }                                                                                          \
-        double *slot = &c->part[8 * cpu_thread_num()];                                             \
-        if (c->kind == 3) *slot = (acc > *slot || acc != acc) ? acc : *slot;                       \
-        else *slot += acc;                                                                         \
+#define NORM_RUN(T)                                                                                                \
+    do {                                                                                                           \
+        const T *x = (const T *)p[0];                                                                              \
+        const int64_t st = s[0] / (int64_t)sizeof(T);                                                              \
+        double acc = 0;                                                                                            \
+        switch (c->kind) {                                                                                         \
+        case 1:                                                                                                    \
+            _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; i++) acc += (double)fabs(x[i * st]); \
+            break;                                                                                                 \
+        case 2:                                                                                                    \
+            _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; i++)                                 \
+            {                                                                                                      \
+                double v = (double)x[i * st];                                                                      \
+                acc += v * v;                                                                                      \
+            }                                                                                                      \
+            break;                                                                                                 \
+        case 3:                                                                                                    \
+            for (int64_t i = 0; i < n; i++) {                                                                      \
+                double v = fabs((double)x[i * st]);                                                                \
+                if (v > acc || v != v) acc = v != v ? v : (acc != acc ? acc : v);                                  \
+            }                                                                                                      \
+            break;                                                                                                 \
+        case 4:                                                                                                    \
+            for (int64_t i = 0; i < n; i++) acc += x[i * st] != 0;                                                 \
+            break;                                                                                                 \
+        default:                                                                                                   \
+            for (int64_t i = 0; i < n; i++) acc += pow(fabs((double)x[i * st]), c->p);                             \
+            break;                                                                                                 \
+        }                                                                                                          \
+        double *slot = &c->part[8 * cpu_thread_num()];                                                             \
+        if (c->kind == 3)                                                                                          \
+            *slot = (acc > *slot || acc != acc) ? acc : *slot;                                                     \
+        else                                                                                                       \
+            *slot += acc;                                                                                          \
     } while (0)
 
 static void norm_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
 {
     const norm_ctx *c = vctx;
-    if (c->dt == DC_FLOAT32) NORM_RUN(float);
-    else NORM_RUN(double);
+    if (c->dt == DC_FLOAT32)
+        NORM_RUN(float);
+    else
+        NORM_RUN(double);
 }
 
 dc_status dc_cpu_norm_pow(const dc_kargs *a)
@@ -137,24 +159,31 @@ dc_status dc_cpu_norm_pow(const dc_kargs *a)
     if (o->dtype != DC_FLOAT64) return cpu_bad_dtype(a->op, o->dtype);
     if (x->dtype != DC_FLOAT32 && x->dtype != DC_FLOAT64) return cpu_bad_dtype(a->op, x->dtype);
     const double pv = a->f[0];
-    norm_ctx c = {pv, 0, NULL, x->dtype};
-    if (pv == INFINITY) c.kind = 3;
-    else if (pv == 1.0) c.kind = 1;
-    else if (pv == 2.0) c.kind = 2;
-    else if (pv == 0.0) c.kind = 4;
-    else if (!(pv > 0)) return dc_error(DC_ERR_VALUE, "norm: order %g is not supported (use p > 0, 0 or inf)", pv);
+    norm_ctx c = { pv, 0, NULL, x->dtype };
+    if (pv == INFINITY)
+        c.kind = 3;
+    else if (pv == 1.0)
+        c.kind = 1;
+    else if (pv == 2.0)
+        c.kind = 2;
+    else if (pv == 0.0)
+        c.kind = 4;
+    else if (!(pv > 0))
+        return dc_error(DC_ERR_VALUE, "norm: order %g is not supported (use p > 0, 0 or inf)", pv);
     const int nthr = cpu_max_threads();
     c.part = calloc((size_t)nthr * 8, sizeof(double));
     if (!c.part) return dc_error(DC_ERR_NOMEM, "norm: out of memory for %d partial sums", nthr);
-    const dc_kview *v[1] = {x};
+    const dc_kview *v[1] = { x };
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 1);
     cpu_iter_run(&it, norm_inner, &c, DC_CPU_PAR_MIN);
     double *out = (double *)o->data, r = *out;
     for (int t = 0; t < nthr; t++) {
         double v = c.part[8 * t];
-        if (c.kind == 3) r = (v > r || v != v) ? v : r;
-        else r += v;
+        if (c.kind == 3)
+            r = (v > r || v != v) ? v : r;
+        else
+            r += v;
     }
     *out = r;
     free(c.part);
@@ -163,22 +192,28 @@ dc_status dc_cpu_norm_pow(const dc_kargs *a)
 
 /* ================================ scale ====================================================== */
 
-#define SCALE_RUN(T)                                                                              \
-    do {                                                                                            \
-        const T f = (T) * (const double *)vctx;                                                     \
-        if (s[0] == (int64_t)sizeof(T)) {                                                           \
-            T *x = (T *)p[0];                                                                       \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) x[i] *= f;                          \
-        } else {                                                                                    \
-            for (int64_t i = 0; i < n; i++) *(T *)(p[0] + i * s[0]) *= f;                           \
-        }                                                                                           \
+#define SCALE_RUN(T)                                                       \
+    do {                                                                   \
+        const T f = (T) * (const double *)vctx;                            \
+        if (s[0] == (int64_t)sizeof(T)) {                                  \
+            T *x = (T *)p[0];                                              \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) x[i] *= f; \
+        } else {                                                           \
+            for (int64_t i = 0; i < n; i++) *(T *)(p[0] + i * s[0]) *= f;  \
+        }                                                                  \
     } while (0)
-static void scale_f32(char **p, const int64_t *s, int64_t n, const void *vctx) { SCALE_RUN(float); }
-static void scale_f64(char **p, const int64_t *s, int64_t n, const void *vctx) { SCALE_RUN(double); }
+static void scale_f32(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    SCALE_RUN(float);
+}
+static void scale_f64(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    SCALE_RUN(double);
+}
 
 dc_status dc_cpu_scale(const dc_kargs *a)
 {
-    const dc_kview *v[1] = {&a->t[0]};
+    const dc_kview *v[1] = { &a->t[0] };
     const dc_dtype dt = v[0]->dtype;
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     cpu_iter it;

@@ -7,8 +7,14 @@
 
 #define TWO_PI 6.283185307179586
 
-static inline double u53(uint64_t u) { return (double)(u >> 11) * 0x1.0p-53; }  /* [0, 1) */
-static inline float u24(uint64_t u) { return (float)(u >> 40) * 0x1.0p-24f; }   /* [0, 1) */
+static inline double u53(uint64_t u)
+{
+    return (double)(u >> 11) * 0x1.0p-53;
+} /* [0, 1) */
+static inline float u24(uint64_t u)
+{
+    return (float)(u >> 40) * 0x1.0p-24f;
+} /* [0, 1) */
 
 dc_status dc_cpu_rand(const dc_kargs *a)
 {
@@ -63,15 +69,17 @@ dc_status dc_cpu_randn(const dc_kargs *a)
     const int64_t n = cpu_numel(o);
     const uint64_t seed = (uint64_t)a->i[0], off = (uint64_t)a->i[1];
     const dc_dtype dt = o->dtype;
-    if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16)
-        return cpu_bad_dtype(a->op, dt);
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16) return cpu_bad_dtype(a->op, dt);
     const size_t es = cpu_esize(o);
 #pragma omp parallel for if (n >= DC_CPU_PAR_MIN / 8)
     for (int64_t j = 0; j < n; j++) {
         double z = normal_at(seed, off + 2 * (uint64_t)j);
-        if (dt == DC_FLOAT32) ((float *)o->data)[j] = (float)z;
-        else if (dt == DC_FLOAT64) ((double *)o->data)[j] = z;
-        else cpu_store_f(o->data + j * es, dt, z);
+        if (dt == DC_FLOAT32)
+            ((float *)o->data)[j] = (float)z;
+        else if (dt == DC_FLOAT64)
+            ((double *)o->data)[j] = z;
+        else
+            cpu_store_f(o->data + j * es, dt, z);
     }
     return DC_OK;
 }
@@ -82,8 +90,7 @@ dc_status dc_cpu_randint(const dc_kargs *a)
     const int64_t n = cpu_numel(o), lo = a->i[2], hi = a->i[3];
     const uint64_t seed = (uint64_t)a->i[0], off = (uint64_t)a->i[1];
     const dc_dtype dt = o->dtype;
-    if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_INT32 && dt != DC_INT64)
-        return cpu_bad_dtype(a->op, dt);
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_INT32 && dt != DC_INT64) return cpu_bad_dtype(a->op, dt);
     if (hi <= lo && n > 0)
         return dc_error(DC_ERR_VALUE, "randint: empty range [%lld, %lld)", (long long)lo, (long long)hi);
     /* Multiply-shift maps 64 random bits onto the range with bias below 2^-32 for any sane range. */

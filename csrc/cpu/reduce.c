@@ -53,85 +53,131 @@ typedef struct {
 
 /* --- one unit of work: fold a strided run into an accumulator --------------------------------- */
 
-#define SUM_RUN(T, ACC, UT)                                                              \
-    do {                                                                                   \
-        const T *x = (const T *)p;                                                         \
-        ACC s_ = 0;                                                                        \
-        if (st == 1) {                                                                     \
+#define SUM_RUN(T, ACC, UT)                                                                                           \
+    do {                                                                                                              \
+        const T *x = (const T *)p;                                                                                    \
+        ACC s_ = 0;                                                                                                   \
+        if (st == 1) {                                                                                                \
             _Pragma("omp simd reduction(+ : s_)") for (int64_t i = 0; i < n; i++) s_ = (ACC)((UT)s_ + (UT)(ACC)x[i]); \
-        } else {                                                                           \
-            for (int64_t i = 0; i < n; i++) s_ = (ACC)((UT)s_ + (UT)(ACC)x[i * st]);      \
-        }                                                                                  \
-        return s_;                                                                         \
+        } else {                                                                                                      \
+            for (int64_t i = 0; i < n; i++) s_ = (ACC)((UT)s_ + (UT)(ACC)x[i * st]);                                  \
+        }                                                                                                             \
+        return s_;                                                                                                    \
     } while (0)
 
-static double sum_f32(const char *p, int64_t st, int64_t n) { SUM_RUN(float, double, double); }
-static double sum_f64(const char *p, int64_t st, int64_t n) { SUM_RUN(double, double, double); }
-static int64_t sum_i32(const char *p, int64_t st, int64_t n) { SUM_RUN(int32_t, int64_t, uint64_t); }
-static int64_t sum_i64(const char *p, int64_t st, int64_t n) { SUM_RUN(int64_t, int64_t, uint64_t); }
+static double sum_f32(const char *p, int64_t st, int64_t n)
+{
+    SUM_RUN(float, double, double);
+}
+static double sum_f64(const char *p, int64_t st, int64_t n)
+{
+    SUM_RUN(double, double, double);
+}
+static int64_t sum_i32(const char *p, int64_t st, int64_t n)
+{
+    SUM_RUN(int32_t, int64_t, uint64_t);
+}
+static int64_t sum_i64(const char *p, int64_t st, int64_t n)
+{
+    SUM_RUN(int64_t, int64_t, uint64_t);
+}
 
 /* max with a separate NaN flag: `x > m ? x : m` maps onto maxps, and the flag restores NaN
  * propagation afterwards. */
-#define MINMAX_RUN_F(T, CMP, INIT, RED)                                                    \
-    do {                                                                                     \
-        const T *x = (const T *)p;                                                           \
-        T m = INIT;                                                                          \
-        int nan = 0;                                                                         \
-        if (st == 1) {                                                                       \
-            CPU_PRAGMA(omp simd reduction(RED : m) reduction(| : nan)) for (int64_t i = 0; i < n; i++) { \
-                T v = x[i];                                                                  \
-                m = v CMP m ? v : m;                                                         \
-                nan |= v != v;                                                               \
-            }                                                                                \
-        } else {                                                                             \
-            for (int64_t i = 0; i < n; i++) {                                                \
-                T v = x[i * st];                                                             \
-                m = v CMP m ? v : m;                                                         \
-                nan |= v != v;                                                               \
-            }                                                                                \
-        }                                                                                    \
-        return nan ? (double)NAN : (double)m;                                                \
+#define MINMAX_RUN_F(T, CMP, INIT, RED)                                                                \
+    do {                                                                                               \
+        const T *x = (const T *)p;                                                                     \
+        T m = INIT;                                                                                    \
+        int nan = 0;                                                                                   \
+        if (st == 1) {                                                                                 \
+            CPU_PRAGMA(omp simd reduction(RED : m) reduction(| : nan)) for (int64_t i = 0; i < n; i++) \
+            {                                                                                          \
+                T v = x[i];                                                                            \
+                m = v CMP m ? v : m;                                                                   \
+                nan |= v != v;                                                                         \
+            }                                                                                          \
+        } else {                                                                                       \
+            for (int64_t i = 0; i < n; i++) {                                                          \
+                T v = x[i * st];                                                                       \
+                m = v CMP m ? v : m;                                                                   \
+                nan |= v != v;                                                                         \
+            }                                                                                          \
+        }                                                                                              \
+        return nan ? (double)NAN : (double)m;                                                          \
     } while (0)
-static double max_f32(const char *p, int64_t st, int64_t n) { MINMAX_RUN_F(float, >, -INFINITY, max); }
-static double min_f32(const char *p, int64_t st, int64_t n) { MINMAX_RUN_F(float, <, INFINITY, min); }
-static double max_f64(const char *p, int64_t st, int64_t n) { MINMAX_RUN_F(double, >, -INFINITY, max); }
-static double min_f64(const char *p, int64_t st, int64_t n) { MINMAX_RUN_F(double, <, INFINITY, min); }
+static double max_f32(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_F(float, >, -INFINITY, max);
+}
+static double min_f32(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_F(float, <, INFINITY, min);
+}
+static double max_f64(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_F(double, >, -INFINITY, max);
+}
+static double min_f64(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_F(double, <, INFINITY, min);
+}
 
-#define MINMAX_RUN_I(T, CMP, INIT, RED)                                                    \
-    do {                                                                                     \
-        const T *x = (const T *)p;                                                           \
-        T m = INIT;                                                                          \
-        if (st == 1) {                                                                       \
+#define MINMAX_RUN_I(T, CMP, INIT, RED)                                                                        \
+    do {                                                                                                       \
+        const T *x = (const T *)p;                                                                             \
+        T m = INIT;                                                                                            \
+        if (st == 1) {                                                                                         \
             CPU_PRAGMA(omp simd reduction(RED : m)) for (int64_t i = 0; i < n; i++) m = x[i] CMP m ? x[i] : m; \
-        } else {                                                                             \
-            for (int64_t i = 0; i < n; i++) m = x[i * st] CMP m ? x[i * st] : m;             \
-        }                                                                                    \
-        return m;                                                                            \
+        } else {                                                                                               \
+            for (int64_t i = 0; i < n; i++) m = x[i * st] CMP m ? x[i * st] : m;                               \
+        }                                                                                                      \
+        return m;                                                                                              \
     } while (0)
-static int64_t max_i32(const char *p, int64_t st, int64_t n) { MINMAX_RUN_I(int32_t, >, INT32_MIN, max); }
-static int64_t min_i32(const char *p, int64_t st, int64_t n) { MINMAX_RUN_I(int32_t, <, INT32_MAX, min); }
-static int64_t max_i64(const char *p, int64_t st, int64_t n) { MINMAX_RUN_I(int64_t, >, INT64_MIN, max); }
-static int64_t min_i64(const char *p, int64_t st, int64_t n) { MINMAX_RUN_I(int64_t, <, INT64_MAX, min); }
+static int64_t max_i32(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_I(int32_t, >, INT32_MIN, max);
+}
+static int64_t min_i32(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_I(int32_t, <, INT32_MAX, min);
+}
+static int64_t max_i64(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_I(int64_t, >, INT64_MIN, max);
+}
+static int64_t min_i64(const char *p, int64_t st, int64_t n)
+{
+    MINMAX_RUN_I(int64_t, <, INT64_MAX, min);
+}
 
 static acc_t acc_init(const red_ctx *c)
 {
     acc_t a;
-    if (c->is_int) a.i = c->op == DC_K_SUM ? 0 : (c->op == DC_K_MAX ? INT64_MIN : INT64_MAX);
-    else a.d = c->op == DC_K_SUM ? 0.0 : (c->op == DC_K_MAX ? -INFINITY : INFINITY);
+    if (c->is_int)
+        a.i = c->op == DC_K_SUM ? 0 : (c->op == DC_K_MAX ? INT64_MIN : INT64_MAX);
+    else
+        a.d = c->op == DC_K_SUM ? 0.0 : (c->op == DC_K_MAX ? -INFINITY : INFINITY);
     return a;
 }
 
 static acc_t acc_combine(const red_ctx *c, acc_t a, acc_t b)
 {
     if (c->is_int) {
-        if (c->op == DC_K_SUM) a.i = (int64_t)((uint64_t)a.i + (uint64_t)b.i);
-        else if (c->op == DC_K_MAX) a.i = b.i > a.i ? b.i : a.i;
-        else a.i = b.i < a.i ? b.i : a.i;
+        if (c->op == DC_K_SUM)
+            a.i = (int64_t)((uint64_t)a.i + (uint64_t)b.i);
+        else if (c->op == DC_K_MAX)
+            a.i = b.i > a.i ? b.i : a.i;
+        else
+            a.i = b.i < a.i ? b.i : a.i;
     } else {
-        if (c->op == DC_K_SUM) a.d += b.d;
-        else if (a.d != a.d || b.d != b.d) a.d = NAN;
-        else if (c->op == DC_K_MAX) a.d = b.d > a.d ? b.d : a.d;
-        else a.d = b.d < a.d ? b.d : a.d;
+        if (c->op == DC_K_SUM)
+            a.d += b.d;
+        else if (a.d != a.d || b.d != b.d)
+            a.d = NAN;
+        else if (c->op == DC_K_MAX)
+            a.d = b.d > a.d ? b.d : a.d;
+        else
+            a.d = b.d < a.d ? b.d : a.d;
     }
     return a;
 }
@@ -140,10 +186,18 @@ static acc_t run_fold(const red_ctx *c, const char *p, int64_t st, int64_t n)
 {
     acc_t r;
     switch (c->in) {
-    case DC_FLOAT32: r.d = c->op == DC_K_SUM ? sum_f32(p, st, n) : c->op == DC_K_MAX ? max_f32(p, st, n) : min_f32(p, st, n); break;
-    case DC_FLOAT64: r.d = c->op == DC_K_SUM ? sum_f64(p, st, n) : c->op == DC_K_MAX ? max_f64(p, st, n) : min_f64(p, st, n); break;
-    case DC_INT32: r.i = c->op == DC_K_SUM ? sum_i32(p, st, n) : c->op == DC_K_MAX ? max_i32(p, st, n) : min_i32(p, st, n); break;
-    default: r.i = c->op == DC_K_SUM ? sum_i64(p, st, n) : c->op == DC_K_MAX ? max_i64(p, st, n) : min_i64(p, st, n); break;
+    case DC_FLOAT32:
+        r.d = c->op == DC_K_SUM ? sum_f32(p, st, n) : c->op == DC_K_MAX ? max_f32(p, st, n) : min_f32(p, st, n);
+        break;
+    case DC_FLOAT64:
+        r.d = c->op == DC_K_SUM ? sum_f64(p, st, n) : c->op == DC_K_MAX ? max_f64(p, st, n) : min_f64(p, st, n);
+        break;
+    case DC_INT32:
+        r.i = c->op == DC_K_SUM ? sum_i32(p, st, n) : c->op == DC_K_MAX ? max_i32(p, st, n) : min_i32(p, st, n);
+        break;
+    default:
+        r.i = c->op == DC_K_SUM ? sum_i64(p, st, n) : c->op == DC_K_MAX ? max_i64(p, st, n) : min_i64(p, st, n);
+        break;
     }
     return r;
 }
@@ -179,8 +233,10 @@ static acc_t fold_range(const red_ctx *c, const dimset *r, const char *base, int
 
 static void acc_store(const red_ctx *c, char *p, acc_t a)
 {
-    if (c->is_int) cpu_store_i(p, c->out, a.i);
-    else cpu_store_f(p, c->out, a.d);
+    if (c->is_int)
+        cpu_store_i(p, c->out, a.i);
+    else
+        cpu_store_f(p, c->out, a.d);
 }
 
 /* Offsets of kept linear index k in the input and the output (elements). */
@@ -200,44 +256,56 @@ static void kept_offsets(const dimset *k, int64_t lin, int64_t *in_off, int64_t 
 /* --- the columns strategy ------------------------------------------------------------------- */
 #define COLS 512
 
-#define COL_FOLD(T, ACCF, EXPR)                                                       \
-    do {                                                                                \
-        const T *x = (const T *)row;                                                    \
-        _Pragma("omp simd") for (int64_t j = 0; j < w; j++) {                           \
-            T v = x[j];                                                                 \
-            (void)v;                                                                    \
-            acc[j].ACCF = (EXPR);                                                       \
-        }                                                                               \
+#define COL_FOLD(T, ACCF, EXPR)                             \
+    do {                                                    \
+        const T *x = (const T *)row;                        \
+        _Pragma("omp simd") for (int64_t j = 0; j < w; j++) \
+        {                                                   \
+            T v = x[j];                                     \
+            (void)v;                                        \
+            acc[j].ACCF = (EXPR);                           \
+        }                                                   \
     } while (0)
 
 static void fold_row(const red_ctx *c, acc_t *acc, const char *row, int64_t w)
 {
     switch (c->in) {
     case DC_FLOAT32:
-        if (c->op == DC_K_SUM) COL_FOLD(float, d, acc[j].d + (double)v);
-        else if (c->op == DC_K_MAX) COL_FOLD(float, d, (v > acc[j].d || v != v) ? (double)v : acc[j].d);
-        else COL_FOLD(float, d, (v < acc[j].d || v != v) ? (double)v : acc[j].d);
+        if (c->op == DC_K_SUM)
+            COL_FOLD(float, d, acc[j].d + (double)v);
+        else if (c->op == DC_K_MAX)
+            COL_FOLD(float, d, (v > acc[j].d || v != v) ? (double)v : acc[j].d);
+        else
+            COL_FOLD(float, d, (v < acc[j].d || v != v) ? (double)v : acc[j].d);
         break;
     case DC_FLOAT64:
-        if (c->op == DC_K_SUM) COL_FOLD(double, d, acc[j].d + v);
-        else if (c->op == DC_K_MAX) COL_FOLD(double, d, (v > acc[j].d || v != v) ? v : acc[j].d);
-        else COL_FOLD(double, d, (v < acc[j].d || v != v) ? v : acc[j].d);
+        if (c->op == DC_K_SUM)
+            COL_FOLD(double, d, acc[j].d + v);
+        else if (c->op == DC_K_MAX)
+            COL_FOLD(double, d, (v > acc[j].d || v != v) ? v : acc[j].d);
+        else
+            COL_FOLD(double, d, (v < acc[j].d || v != v) ? v : acc[j].d);
         break;
     case DC_INT32:
-        if (c->op == DC_K_SUM) COL_FOLD(int32_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)(int64_t)v));
-        else if (c->op == DC_K_MAX) COL_FOLD(int32_t, i, v > acc[j].i ? v : acc[j].i);
-        else COL_FOLD(int32_t, i, v < acc[j].i ? v : acc[j].i);
+        if (c->op == DC_K_SUM)
+            COL_FOLD(int32_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)(int64_t)v));
+        else if (c->op == DC_K_MAX)
+            COL_FOLD(int32_t, i, v > acc[j].i ? v : acc[j].i);
+        else
+            COL_FOLD(int32_t, i, v < acc[j].i ? v : acc[j].i);
         break;
     default:
-        if (c->op == DC_K_SUM) COL_FOLD(int64_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)v));
-        else if (c->op == DC_K_MAX) COL_FOLD(int64_t, i, v > acc[j].i ? v : acc[j].i);
-        else COL_FOLD(int64_t, i, v < acc[j].i ? v : acc[j].i);
+        if (c->op == DC_K_SUM)
+            COL_FOLD(int64_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)v));
+        else if (c->op == DC_K_MAX)
+            COL_FOLD(int64_t, i, v > acc[j].i ? v : acc[j].i);
+        else
+            COL_FOLD(int64_t, i, v < acc[j].i ? v : acc[j].i);
         break;
     }
 }
 
-static void reduce_columns(const red_ctx *c, const dimset *k, const dimset *r, const char *in, char *out,
-                           int64_t R)
+static void reduce_columns(const red_ctx *c, const dimset *k, const dimset *r, const char *in, char *out, int64_t R)
 {
     const size_t ies = dc_dtype_size(c->in), oes = dc_dtype_size(c->out);
     const int kn = k->nd;
@@ -257,7 +325,7 @@ static void reduce_columns(const red_ctx *c, const dimset *k, const dimset *r, c
         const char *base = in + (ioff + c0) * (int64_t)ies;
         acc_t init = acc_init(c);
         for (int64_t j = 0; j < w; j++) acc[j] = init;
-        int64_t idx[DC_MAX_DIMS] = {0};
+        int64_t idx[DC_MAX_DIMS] = { 0 };
         for (int64_t ri = 0; ri < R; ri++) {
             int64_t roff = 0;
             for (int d = 0; d < r->nd; d++) roff += idx[d] * r->in_st[d];
@@ -275,7 +343,7 @@ static void reduce_columns(const red_ctx *c, const dimset *k, const dimset *r, c
 dc_status dc_cpu_reduce(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1];
-    red_ctx c = {a->op, x->dtype, o->dtype, 0};
+    red_ctx c = { a->op, x->dtype, o->dtype, 0 };
     switch (x->dtype) {
     case DC_FLOAT32:
     case DC_FLOAT64:
@@ -290,7 +358,7 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
     }
     if (o->ndim != x->ndim)
         return dc_error(DC_ERR_SHAPE, "%s: output has %d dims, input %d", dc_kop_names[a->op], o->ndim, x->ndim);
-    dimset k = {0}, r = {0};
+    dimset k = { 0 }, r = { 0 };
     int64_t R = 1, O = 1;
     for (int d = 0; d < x->ndim; d++) {
         int64_t n = x->shape[d];
@@ -314,7 +382,7 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
     if (R == 0) {
         if (a->op != DC_K_SUM)
             return dc_error(DC_ERR_VALUE, "%s of an empty dimension has no identity", dc_kop_names[a->op]);
-        dc_kargs f = {.op = DC_K_FILL, .nt = 1};
+        dc_kargs f = { .op = DC_K_FILL, .nt = 1 };
         f.t[0] = *o;
         return dc_cpu_fill(&f);
     }
@@ -371,26 +439,49 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
 /* --- argmax / argmin ------------------------------------------------------------------------ */
 
 /* First occurrence wins ties; the first NaN wins outright (NaN counts as the extreme). */
-#define ARG_SCAN(T, CMP)                                                          \
-    do {                                                                            \
-        const T *x = (const T *)p;                                                  \
-        T b = x[0];                                                                 \
-        if (b != b) return 0;                                                       \
-        for (int64_t j = 1; j < n; j++) {                                           \
-            T v = x[j * st];                                                        \
-            if (v != v) return j;                                                   \
-            if (v CMP b) { b = v; best = j; }                                        \
-        }                                                                           \
+#define ARG_SCAN(T, CMP)                  \
+    do {                                  \
+        const T *x = (const T *)p;        \
+        T b = x[0];                       \
+        if (b != b) return 0;             \
+        for (int64_t j = 1; j < n; j++) { \
+            T v = x[j * st];              \
+            if (v != v) return j;         \
+            if (v CMP b) {                \
+                b = v;                    \
+                best = j;                 \
+            }                             \
+        }                                 \
     } while (0)
 
 static int64_t arg_scan(dc_dtype dt, int is_max, const char *p, int64_t st, int64_t n)
 {
     int64_t best = 0;
     switch (dt) {
-    case DC_FLOAT32: if (is_max) ARG_SCAN(float, >); else ARG_SCAN(float, <); break;
-    case DC_FLOAT64: if (is_max) ARG_SCAN(double, >); else ARG_SCAN(double, <); break;
-    case DC_INT32: if (is_max) ARG_SCAN(int32_t, >); else ARG_SCAN(int32_t, <); break;
-    default: if (is_max) ARG_SCAN(int64_t, >); else ARG_SCAN(int64_t, <); break;
+    case DC_FLOAT32:
+        if (is_max)
+            ARG_SCAN(float, >);
+        else
+            ARG_SCAN(float, <);
+        break;
+    case DC_FLOAT64:
+        if (is_max)
+            ARG_SCAN(double, >);
+        else
+            ARG_SCAN(double, <);
+        break;
+    case DC_INT32:
+        if (is_max)
+            ARG_SCAN(int32_t, >);
+        else
+            ARG_SCAN(int32_t, <);
+        break;
+    default:
+        if (is_max)
+            ARG_SCAN(int64_t, >);
+        else
+            ARG_SCAN(int64_t, <);
+        break;
     }
     return best;
 }
@@ -408,7 +499,8 @@ dc_status dc_cpu_argreduce(const dc_kargs *a)
     }
     if (dim < 0) dim += x->ndim;
     if (dim < 0 || dim >= x->ndim || o->ndim != x->ndim)
-        return dc_error(DC_ERR_SHAPE, "%s: bad dim %lld for %d-d input", dc_kop_names[a->op], (long long)a->i[0], x->ndim);
+        return dc_error(DC_ERR_SHAPE, "%s: bad dim %lld for %d-d input", dc_kop_names[a->op], (long long)a->i[0],
+                        x->ndim);
     const int64_t n = x->shape[dim], st = x->strides[dim], rows = n ? cpu_numel(x) / n : 0;
     if (n == 0) {
         int64_t others = 1;
@@ -420,7 +512,7 @@ dc_status dc_cpu_argreduce(const dc_kargs *a)
     const size_t es = dc_dtype_size(dt);
     /* Output dims match the input's except `dim` (size 1), so one unravel serves both views. */
     dc_kview xv = *x;
-    const dc_kview *vv[2] = {&xv, o};
+    const dc_kview *vv[2] = { &xv, o };
 #pragma omp parallel for schedule(static) if (rows * n >= DC_CPU_PAR_MIN && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[2];

@@ -45,8 +45,8 @@ static int conv_shape(PyObject *o, void *out)
         PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
         if (!PyIndex_Check(x)) {
             Py_DECREF(seq);
-            PyErr_Format(PyExc_TypeError, "shape entries must be ints, got %.100s at position %zd",
-                         Py_TYPE(x)->tp_name, k);
+            PyErr_Format(PyExc_TypeError, "shape entries must be ints, got %.100s at position %zd", Py_TYPE(x)->tp_name,
+                         k);
             return 0;
         }
         s->v[k] = PyLong_AsLongLong(x);
@@ -137,12 +137,10 @@ static int check_dtype_dev(int dtype, int devtype)
 }
 
 /* Run a core call without the GIL; then wrap `out` or raise. */
-#define RUN(call)                   \
-    dc_status st_;                  \
-    Py_BEGIN_ALLOW_THREADS          \
-    st_ = (call);                   \
-    Py_END_ALLOW_THREADS            \
-    if (st_) return dc_py_raise(st_)
+#define RUN(call)                        \
+    dc_status st_;                       \
+    Py_BEGIN_ALLOW_THREADS st_ = (call); \
+    Py_END_ALLOW_THREADS if (st_) return dc_py_raise(st_)
 
 #define RUN_WRAP(call, out) \
     RUN(call);              \
@@ -158,7 +156,7 @@ static PyObject *f_empty(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&iii:empty", conv_shape, &s, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
     dc_tensor *out;
-    RUN_WRAP(dc_empty(&out, s.n, s.v, (dc_dtype)dt, (dc_device){devt, devi}), out);
+    RUN_WRAP(dc_empty(&out, s.n, s.v, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
 static PyObject *f_full(PyObject *m, PyObject *args)
@@ -170,7 +168,7 @@ static PyObject *f_full(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&diii:full", conv_shape, &s, &v, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
     dc_tensor *out;
-    RUN_WRAP(dc_full(&out, s.n, s.v, v, (dc_dtype)dt, (dc_device){devt, devi}), out);
+    RUN_WRAP(dc_full(&out, s.n, s.v, v, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
 static PyObject *f_arange(PyObject *m, PyObject *args)
@@ -181,7 +179,7 @@ static PyObject *f_arange(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "dddiii:arange", &a, &b, &step, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
     dc_tensor *out;
-    RUN_WRAP(dc_arange(&out, a, b, step, (dc_dtype)dt, (dc_device){devt, devi}), out);
+    RUN_WRAP(dc_arange(&out, a, b, step, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
 static PyObject *f_random(PyObject *m, PyObject *args)
@@ -197,7 +195,7 @@ static PyObject *f_random(PyObject *m, PyObject *args)
         return NULL;
     }
     dc_tensor *out;
-    RUN_WRAP(dc_random(&out, (dc_kop)kind, s.n, s.v, lo, hi, (dc_dtype)dt, (dc_device){devt, devi}), out);
+    RUN_WRAP(dc_random(&out, (dc_kop)kind, s.n, s.v, lo, hi, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
 static PyObject *f_to(PyObject *m, PyObject *args)
@@ -207,16 +205,16 @@ static PyObject *f_to(PyObject *m, PyObject *args)
     int dt, devt, devi;
     if (!PyArg_ParseTuple(args, "O&iii:to", conv_tensor, &x, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
-    RUN_WRAP(dc_to(&out, x, (dc_dtype)dt, (dc_device){devt, devi}), out);
+    RUN_WRAP(dc_to(&out, x, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
-#define UNARY_T(name, fn)                                              \
-    static PyObject *f_##name(PyObject *m, PyObject *arg)              \
-    {                                                                  \
-        (void)m;                                                       \
-        dc_tensor *x = dc_py_tensor(arg, #name "() argument"), *out;   \
-        if (!x) return NULL;                                           \
-        RUN_WRAP(fn(&out, x), out);                                    \
+#define UNARY_T(name, fn)                                            \
+    static PyObject *f_##name(PyObject *m, PyObject *arg)            \
+    {                                                                \
+        (void)m;                                                     \
+        dc_tensor *x = dc_py_tensor(arg, #name "() argument"), *out; \
+        if (!x) return NULL;                                         \
+        RUN_WRAP(fn(&out, x), out);                                  \
     }
 UNARY_T(contiguous, dc_contiguous)
 UNARY_T(clone, dc_clone)
@@ -254,12 +252,18 @@ static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
     if (*f == '<' || *f == '=' || *f == '@') f++;
     dc_dtype dt;
     Py_ssize_t isz = view->itemsize;
-    if (!strcmp(f, "f") && isz == 4) dt = DC_FLOAT32;
-    else if (!strcmp(f, "d") && isz == 8) dt = DC_FLOAT64;
-    else if (!strcmp(f, "e") && isz == 2) dt = DC_FLOAT16;
-    else if ((!strcmp(f, "i") || !strcmp(f, "l")) && isz == 4) dt = DC_INT32;
-    else if ((!strcmp(f, "l") || !strcmp(f, "q")) && isz == 8) dt = DC_INT64;
-    else if (!strcmp(f, "?") && isz == 1) dt = DC_BOOL;
+    if (!strcmp(f, "f") && isz == 4)
+        dt = DC_FLOAT32;
+    else if (!strcmp(f, "d") && isz == 8)
+        dt = DC_FLOAT64;
+    else if (!strcmp(f, "e") && isz == 2)
+        dt = DC_FLOAT16;
+    else if ((!strcmp(f, "i") || !strcmp(f, "l")) && isz == 4)
+        dt = DC_INT32;
+    else if ((!strcmp(f, "l") || !strcmp(f, "q")) && isz == 8)
+        dt = DC_INT64;
+    else if (!strcmp(f, "?") && isz == 1)
+        dt = DC_BOOL;
     else {
         PyErr_Format(PyExc_TypeError,
                      "from_numpy: unsupported array dtype (buffer format '%s', itemsize %zd); supported: float32, "
@@ -292,7 +296,7 @@ static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
     if (!view->strides) dc_contiguous_strides(view->ndim, shape, strides);
     dc_tensor *t;
     dc_status st = dc_from_blob(&t, view->buf, (size_t)view->len, view->ndim, shape, strides, dt,
-                                (dc_device){DC_CPU, 0}, release_buffer, view);
+                                (dc_device){ DC_CPU, 0 }, release_buffer, view);
     if (st) return dc_py_raise(st); /* the deleter already released the buffer */
     return dc_py_wrap(t);
 }
@@ -577,15 +581,13 @@ static PyObject *f_matmul(PyObject *m, PyObject *args)
 static PyObject *f_cat(PyObject *m, PyObject *args)
 {
     (void)m;
-    tensor_list l = {0};
+    tensor_list l = { 0 };
     int dim = 0;
     dc_tensor *out;
     if (!PyArg_ParseTuple(args, "O&|i:cat", conv_tensor_list, &l, &dim)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dc_cat(&out, l.n, l.v, dim);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(l.v);
+    Py_BEGIN_ALLOW_THREADS st = dc_cat(&out, l.n, l.v, dim);
+    Py_END_ALLOW_THREADS PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     return dc_py_wrap(out);
 }
@@ -621,19 +623,18 @@ static int same_len(const tensor_list *a, const tensor_list *b, const char *op, 
 static PyObject *f_sgd_step(PyObject *m, PyObject *args)
 {
     (void)m;
-    tensor_list p = {0}, g = {0}, b = {0};
+    tensor_list p = { 0 }, g = { 0 }, b = { 0 };
     double lr, mom, damp, wd;
     int nesterov, maximize, first = 0;
     PyObject *r = NULL;
-    if (!PyArg_ParseTuple(args, "O&O&O&ddddpp|p:sgd_step", conv_tensor_list, &p, conv_tensor_list, &g,
-                          conv_tensor_list, &b, &lr, &mom, &damp, &wd, &nesterov, &maximize, &first))
+    if (!PyArg_ParseTuple(args, "O&O&O&ddddpp|p:sgd_step", conv_tensor_list, &p, conv_tensor_list, &g, conv_tensor_list,
+                          &b, &lr, &mom, &damp, &wd, &nesterov, &maximize, &first))
         return NULL;
     if (same_len(&p, &g, "sgd_step", "grads") && (mom == 0 || same_len(&p, &b, "sgd_step", "momentum buffers"))) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
-        Py_END_ALLOW_THREADS
-        r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        Py_BEGIN_ALLOW_THREADS st =
+            dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
+        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -644,7 +645,7 @@ static PyObject *f_sgd_step(PyObject *m, PyObject *args)
 static PyObject *f_adamw_step(PyObject *m, PyObject *args)
 {
     (void)m;
-    tensor_list p = {0}, g = {0}, ea = {0}, eas = {0};
+    tensor_list p = { 0 }, g = { 0 }, ea = { 0 }, eas = { 0 };
     long long step;
     double lr, b1, b2, eps, wd;
     int maximize = 0;
@@ -655,10 +656,8 @@ static PyObject *f_adamw_step(PyObject *m, PyObject *args)
     if (same_len(&p, &g, "adamw_step", "grads") && same_len(&p, &ea, "adamw_step", "exp_avgs") &&
         same_len(&p, &eas, "adamw_step", "exp_avg_sqs")) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
-        Py_END_ALLOW_THREADS
-        r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        Py_BEGIN_ALLOW_THREADS st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
+        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -670,14 +669,12 @@ static PyObject *f_adamw_step(PyObject *m, PyObject *args)
 static PyObject *f_grad_norm(PyObject *m, PyObject *args)
 {
     (void)m;
-    tensor_list l = {0};
+    tensor_list l = { 0 };
     double p, out = 0;
     if (!PyArg_ParseTuple(args, "O&d:grad_norm", conv_tensor_list, &l, &p)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dc_total_norm(l.n, l.v, p, &out);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(l.v);
+    Py_BEGIN_ALLOW_THREADS st = dc_total_norm(l.n, l.v, p, &out);
+    Py_END_ALLOW_THREADS PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     return PyFloat_FromDouble(out);
 }
@@ -685,14 +682,12 @@ static PyObject *f_grad_norm(PyObject *m, PyObject *args)
 static PyObject *f_scale_(PyObject *m, PyObject *args)
 {
     (void)m;
-    tensor_list l = {0};
+    tensor_list l = { 0 };
     double f;
     if (!PyArg_ParseTuple(args, "O&d:scale_", conv_tensor_list, &l, &f)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dc_scale_(l.n, l.v, f);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(l.v);
+    Py_BEGIN_ALLOW_THREADS st = dc_scale_(l.n, l.v, f);
+    Py_END_ALLOW_THREADS PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     Py_RETURN_NONE;
 }
@@ -771,8 +766,7 @@ static PyObject *f_cuda_info(PyObject *m, PyObject *noargs)
     const dc_backend *be = dc_backend_get(DC_CUDA);
     int n = 0;
     if (be) {
-        Py_BEGIN_ALLOW_THREADS
-        n = be->device_count();
+        Py_BEGIN_ALLOW_THREADS n = be->device_count();
         Py_END_ALLOW_THREADS
     }
     return Py_BuildValue("(Oi)", be ? Py_True : Py_False, n);
@@ -788,7 +782,7 @@ static PyObject *f_synchronize(PyObject *m, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "synchronize: that device type is not built in");
         return NULL;
     }
-    RUN(be->synchronize((dc_device){devt, devi}));
+    RUN(be->synchronize((dc_device){ devt, devi }));
     Py_RETURN_NONE;
 }
 
@@ -805,10 +799,8 @@ static PyObject *f_cpu_empty_cache(PyObject *m, PyObject *noargs)
 {
     (void)m;
     (void)noargs;
-    Py_BEGIN_ALLOW_THREADS
-    dc_cpu_empty_cache();
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS dc_cpu_empty_cache();
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
 static PyObject *f_kernel_names(PyObject *m, PyObject *noargs)
@@ -828,25 +820,66 @@ static PyObject *f_kernel_names(PyObject *m, PyObject *noargs)
     return d;
 }
 
-#define F(name, flags) {#name, (PyCFunction)(void (*)(void))f_##name, flags, NULL}
+#define F(name, flags)                                            \
+    {                                                             \
+#name, (PyCFunction)(void (*)(void))f_##name, flags, NULL \
+    }
 static PyMethodDef module_methods[] = {
-    F(empty, METH_VARARGS), F(full, METH_VARARGS), F(arange, METH_VARARGS), F(random, METH_VARARGS),
-    F(to, METH_VARARGS), F(contiguous, METH_O), F(clone, METH_O), F(detach, METH_O),
-    F(from_dlpack_capsule, METH_O), F(from_buffer, METH_O),
-    F(copy_, METH_VARARGS), F(fill_, METH_VARARGS), F(binary_, METH_VARARGS),
-    F(view, METH_VARARGS), F(expand, METH_VARARGS), F(permute, METH_VARARGS), F(transpose, METH_VARARGS),
-    F(slice, METH_VARARGS), F(select, METH_VARARGS), F(unsqueeze, METH_VARARGS), F(squeeze, METH_VARARGS),
-    F(unary, METH_VARARGS), F(binary, METH_VARARGS), F(clamp, METH_VARARGS), F(pow_scalar, METH_VARARGS),
-    F(where, METH_VARARGS), F(dropout, METH_VARARGS), F(gelu, METH_VARARGS), F(silu, METH_O),
-    F(sum, METH_VARARGS), F(amax, METH_VARARGS), F(argmax, METH_VARARGS), F(softmax, METH_VARARGS),
-    F(layer_norm, METH_VARARGS), F(matmul, METH_VARARGS), F(cat, METH_VARARGS), F(gather, METH_VARARGS),
-    F(tril, METH_VARARGS), F(sgd_step, METH_VARARGS), F(adamw_step, METH_VARARGS), F(grad_norm, METH_VARARGS),
-    F(scale_, METH_VARARGS), F(backward, METH_VARARGS), F(set_grad_enabled, METH_O),
-    F(is_grad_enabled, METH_NOARGS), F(manual_seed, METH_O), F(rng_state, METH_NOARGS),
-    F(set_rng_state, METH_VARARGS), F(set_tensor_class, METH_O), F(cuda_info, METH_NOARGS),
-    F(synchronize, METH_VARARGS), F(kernel_names, METH_NOARGS), F(cpu_cache_info, METH_NOARGS),
+    F(empty, METH_VARARGS),
+    F(full, METH_VARARGS),
+    F(arange, METH_VARARGS),
+    F(random, METH_VARARGS),
+    F(to, METH_VARARGS),
+    F(contiguous, METH_O),
+    F(clone, METH_O),
+    F(detach, METH_O),
+    F(from_dlpack_capsule, METH_O),
+    F(from_buffer, METH_O),
+    F(copy_, METH_VARARGS),
+    F(fill_, METH_VARARGS),
+    F(binary_, METH_VARARGS),
+    F(view, METH_VARARGS),
+    F(expand, METH_VARARGS),
+    F(permute, METH_VARARGS),
+    F(transpose, METH_VARARGS),
+    F(slice, METH_VARARGS),
+    F(select, METH_VARARGS),
+    F(unsqueeze, METH_VARARGS),
+    F(squeeze, METH_VARARGS),
+    F(unary, METH_VARARGS),
+    F(binary, METH_VARARGS),
+    F(clamp, METH_VARARGS),
+    F(pow_scalar, METH_VARARGS),
+    F(where, METH_VARARGS),
+    F(dropout, METH_VARARGS),
+    F(gelu, METH_VARARGS),
+    F(silu, METH_O),
+    F(sum, METH_VARARGS),
+    F(amax, METH_VARARGS),
+    F(argmax, METH_VARARGS),
+    F(softmax, METH_VARARGS),
+    F(layer_norm, METH_VARARGS),
+    F(matmul, METH_VARARGS),
+    F(cat, METH_VARARGS),
+    F(gather, METH_VARARGS),
+    F(tril, METH_VARARGS),
+    F(sgd_step, METH_VARARGS),
+    F(adamw_step, METH_VARARGS),
+    F(grad_norm, METH_VARARGS),
+    F(scale_, METH_VARARGS),
+    F(backward, METH_VARARGS),
+    F(set_grad_enabled, METH_O),
+    F(is_grad_enabled, METH_NOARGS),
+    F(manual_seed, METH_O),
+    F(rng_state, METH_NOARGS),
+    F(set_rng_state, METH_VARARGS),
+    F(set_tensor_class, METH_O),
+    F(cuda_info, METH_NOARGS),
+    F(synchronize, METH_VARARGS),
+    F(kernel_names, METH_NOARGS),
+    F(cpu_cache_info, METH_NOARGS),
     F(cpu_empty_cache, METH_NOARGS),
-    {NULL, NULL, 0, NULL},
+    { NULL, NULL, 0, NULL },
 };
 
 static int module_exec(PyObject *m)
@@ -857,17 +890,16 @@ static int module_exec(PyObject *m)
 }
 
 static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, module_exec},
-    {0, NULL},
+    { Py_mod_exec, module_exec },
+    { 0, NULL },
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "dutycycle._C",
-    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
-    .m_size = 0,
-    .m_methods = module_methods,
-    .m_slots = module_slots,
+    PyModuleDef_HEAD_INIT, .m_name = "dutycycle._C",    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
+    .m_size = 0,           .m_methods = module_methods, .m_slots = module_slots,
 };
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModuleDef_Init(&module_def); }
+PyMODINIT_FUNC PyInit__C(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

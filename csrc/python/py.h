@@ -10,8 +10,7 @@
 #include "../core/ops.h"
 
 typedef struct {
-    PyObject_HEAD
-    dc_tensor *t; /* owned reference */
+    PyObject_HEAD dc_tensor *t; /* owned reference */
     PyObject *weakrefs;
 } TensorObject;
 

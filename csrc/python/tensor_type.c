@@ -15,19 +15,23 @@ static PyObject *exc_by_status[DC_STATUS_COUNT];
 
 int dc_py_init_errors(PyObject *m)
 {
-    PyObject *base = PyErr_NewExceptionWithDoc("dutycycle.DutycycleError",
-                                               "Base class of dutycycle's errors.", PyExc_RuntimeError, NULL);
+    PyObject *base = PyErr_NewExceptionWithDoc("dutycycle.DutycycleError", "Base class of dutycycle's errors.",
+                                               PyExc_RuntimeError, NULL);
     if (!base || PyModule_AddObjectRef(m, "DutycycleError", base) < 0) return -1;
-    struct { dc_status st; const char *name; PyObject *also; } table[] = {
-        {DC_ERR_SHAPE, "ShapeError", PyExc_ValueError},
-        {DC_ERR_DTYPE, "DTypeError", PyExc_TypeError},
-        {DC_ERR_DEVICE, "DeviceError", NULL},
-        {DC_ERR_VALUE, "ValueError_", PyExc_ValueError},
-        {DC_ERR_INDEX, "IndexError_", PyExc_IndexError},
-        {DC_ERR_AUTOGRAD, "AutogradError", NULL},
-        {DC_ERR_UNSUPPORTED, "UnsupportedError", NULL},
-        {DC_ERR_CUDA, "CudaError", NULL},
-        {DC_ERR_INTERNAL, "InternalError", NULL},
+    struct {
+        dc_status st;
+        const char *name;
+        PyObject *also;
+    } table[] = {
+        { DC_ERR_SHAPE, "ShapeError", PyExc_ValueError },
+        { DC_ERR_DTYPE, "DTypeError", PyExc_TypeError },
+        { DC_ERR_DEVICE, "DeviceError", NULL },
+        { DC_ERR_VALUE, "ValueError_", PyExc_ValueError },
+        { DC_ERR_INDEX, "IndexError_", PyExc_IndexError },
+        { DC_ERR_AUTOGRAD, "AutogradError", NULL },
+        { DC_ERR_UNSUPPORTED, "UnsupportedError", NULL },
+        { DC_ERR_CUDA, "CudaError", NULL },
+        { DC_ERR_INTERNAL, "InternalError", NULL },
     };
     for (size_t k = 0; k < sizeof table / sizeof table[0]; k++) {
         PyObject *bases = table[k].also ? PyTuple_Pack(2, base, table[k].also) : PyTuple_Pack(1, base);
@@ -156,15 +160,31 @@ static PyObject *shape_tuple(int ndim, const int64_t *v)
     return tup;
 }
 
-static PyObject *get_shape(PyObject *self, void *c) { (void)c; return shape_tuple(SELF_T(self)->ndim, SELF_T(self)->shape); }
-static PyObject *get_dtype_id(PyObject *self, void *c) { (void)c; return PyLong_FromLong(SELF_T(self)->dtype); }
+static PyObject *get_shape(PyObject *self, void *c)
+{
+    (void)c;
+    return shape_tuple(SELF_T(self)->ndim, SELF_T(self)->shape);
+}
+static PyObject *get_dtype_id(PyObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(SELF_T(self)->dtype);
+}
 static PyObject *get_device_t(PyObject *self, void *c)
 {
     (void)c;
     return Py_BuildValue("(ii)", SELF_T(self)->device.type, SELF_T(self)->device.index);
 }
-static PyObject *get_ndim(PyObject *self, void *c) { (void)c; return PyLong_FromLong(SELF_T(self)->ndim); }
-static PyObject *get_is_leaf(PyObject *self, void *c) { (void)c; return PyBool_FromLong(SELF_T(self)->grad_fn == NULL); }
+static PyObject *get_ndim(PyObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(SELF_T(self)->ndim);
+}
+static PyObject *get_is_leaf(PyObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(SELF_T(self)->grad_fn == NULL);
+}
 static PyObject *get_version(PyObject *self, void *c)
 {
     (void)c;
@@ -177,7 +197,11 @@ static PyObject *get_grad_fn_name(PyObject *self, void *c)
     if (!n) Py_RETURN_NONE;
     return PyUnicode_FromString(n->name);
 }
-static PyObject *get_requires_grad(PyObject *self, void *c) { (void)c; return PyBool_FromLong(SELF_T(self)->requires_grad); }
+static PyObject *get_requires_grad(PyObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(SELF_T(self)->requires_grad);
+}
 static int set_requires_grad(PyObject *self, PyObject *v, void *c)
 {
     (void)c;
@@ -239,10 +263,11 @@ static PyObject *get_array_interface(PyObject *self, void *c)
     (void)c;
     dc_tensor *t = SELF_T(self);
     if (t->device.type != DC_CPU) {
-        PyErr_Format(PyExc_TypeError, "can't convert a %s tensor to NumPy; call .cpu() first", dc_device_str(t->device));
+        PyErr_Format(PyExc_TypeError, "can't convert a %s tensor to NumPy; call .cpu() first",
+                     dc_device_str(t->device));
         return NULL;
     }
-    static const char *typestr[] = {"<f4", "<f8", NULL, "<f2", "<i4", "<i8", "|b1"};
+    static const char *typestr[] = { "<f4", "<f8", NULL, "<f2", "<i4", "<i8", "|b1" };
     if (!typestr[t->dtype]) {
         PyErr_SetString(PyExc_TypeError, "NumPy has no bfloat16 dtype; convert with .float() first");
         return NULL;
@@ -261,17 +286,17 @@ static PyObject *get_array_interface(PyObject *self, void *c)
 }
 
 static PyGetSetDef tensor_getset[] = {
-    {"shape", get_shape, NULL, "the size of each dim, as a tuple", NULL},
-    {"_dtype_id", get_dtype_id, NULL, NULL, NULL},
-    {"_device_tuple", get_device_t, NULL, NULL, NULL},
-    {"ndim", get_ndim, NULL, "number of dims", NULL},
-    {"is_leaf", get_is_leaf, NULL, "True for tensors not produced by a differentiable op", NULL},
-    {"_version", get_version, NULL, "in-place modification counter of the storage", NULL},
-    {"_grad_fn_name", get_grad_fn_name, NULL, NULL, NULL},
-    {"requires_grad", get_requires_grad, set_requires_grad, "whether autograd records ops on this tensor", NULL},
-    {"grad", get_grad, set_grad, "the accumulated gradient (None until backward)", NULL},
-    {"__array_interface__", get_array_interface, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+    { "shape", get_shape, NULL, "the size of each dim, as a tuple", NULL },
+    { "_dtype_id", get_dtype_id, NULL, NULL, NULL },
+    { "_device_tuple", get_device_t, NULL, NULL, NULL },
+    { "ndim", get_ndim, NULL, "number of dims", NULL },
+    { "is_leaf", get_is_leaf, NULL, "True for tensors not produced by a differentiable op", NULL },
+    { "_version", get_version, NULL, "in-place modification counter of the storage", NULL },
+    { "_grad_fn_name", get_grad_fn_name, NULL, NULL, NULL },
+    { "requires_grad", get_requires_grad, set_requires_grad, "whether autograd records ops on this tensor", NULL },
+    { "grad", get_grad, set_grad, "the accumulated gradient (None until backward)", NULL },
+    { "__array_interface__", get_array_interface, NULL, NULL, NULL },
+    { NULL, NULL, NULL, NULL, NULL },
 };
 
 /* --- methods ------------------------------------------------------------------------------- */
@@ -281,35 +306,48 @@ static PyObject *m_stride(PyObject *self, PyObject *noargs)
     (void)noargs;
     return shape_tuple(SELF_T(self)->ndim, SELF_T(self)->strides);
 }
-static PyObject *m_numel(PyObject *self, PyObject *noargs) { (void)noargs; return PyLong_FromLongLong(dc_numel(SELF_T(self))); }
-static PyObject *m_is_contiguous(PyObject *self, PyObject *noargs) { (void)noargs; return PyBool_FromLong(dc_is_contiguous(SELF_T(self))); }
+static PyObject *m_numel(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyLong_FromLongLong(dc_numel(SELF_T(self)));
+}
+static PyObject *m_is_contiguous(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyBool_FromLong(dc_is_contiguous(SELF_T(self)));
+}
 static PyObject *m_data_ptr(PyObject *self, PyObject *noargs)
 {
     (void)noargs;
     return PyLong_FromVoidPtr(dc_data(SELF_T(self)));
 }
-static PyObject *m_storage_offset(PyObject *self, PyObject *noargs) { (void)noargs; return PyLong_FromLongLong(SELF_T(self)->offset); }
+static PyObject *m_storage_offset(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyLong_FromLongLong(SELF_T(self)->offset);
+}
 
 static PyObject *m_item(PyObject *self, PyObject *noargs)
 {
     (void)noargs;
     dc_tensor *t = SELF_T(self), *c;
     if (dc_numel(t) != 1) {
-        PyErr_Format(PyExc_ValueError, "item(): only one-element tensors can be converted to a Python scalar, got shape %s",
-                     DC_SHAPE(t));
+        PyErr_Format(PyExc_ValueError,
+                     "item(): only one-element tensors can be converted to a Python scalar, got shape %s", DC_SHAPE(t));
         return NULL;
     }
     dc_status st;
     /* note: for device tensors this is a sync point (copy to host) */
     dc_dtype want = t->dtype == DC_BOOL ? DC_BOOL : dc_dtype_is_float(t->dtype) ? DC_FLOAT64 : DC_INT64;
-    Py_BEGIN_ALLOW_THREADS
-    st = dc_to(&c, t, want, (dc_device){DC_CPU, 0});
-    Py_END_ALLOW_THREADS
-    if (st) return dc_py_raise(st);
+    Py_BEGIN_ALLOW_THREADS st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
+    Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
     PyObject *r;
-    if (want == DC_FLOAT64) r = PyFloat_FromDouble(*(double *)dc_data(c));
-    else if (want == DC_INT64) r = PyLong_FromLongLong(*(int64_t *)dc_data(c));
-    else r = PyBool_FromLong(*(uint8_t *)dc_data(c));
+    if (want == DC_FLOAT64)
+        r = PyFloat_FromDouble(*(double *)dc_data(c));
+    else if (want == DC_INT64)
+        r = PyLong_FromLongLong(*(int64_t *)dc_data(c));
+    else
+        r = PyBool_FromLong(*(uint8_t *)dc_data(c));
     dc_tensor_decref(c);
     return r;
 }
@@ -413,8 +451,7 @@ static PyObject *m_set_data(PyObject *self, PyObject *arg)
     dc_tensor *t = SELF_T(self), *s = dc_py_tensor(arg, "data");
     if (!s) return NULL;
     if (t->requires_grad && !dc_dtype_is_float(s->dtype)) {
-        PyErr_Format(PyExc_TypeError, "can't assign %s data to a tensor that requires grad",
-                     dc_dtype_name(s->dtype));
+        PyErr_Format(PyExc_TypeError, "can't assign %s data to a tensor that requires grad", dc_dtype_name(s->dtype));
         return NULL;
     }
     dc_storage_incref(s->storage);
@@ -470,8 +507,13 @@ static PyObject *m_make_subclass(PyObject *unused, PyObject *args)
 /* --- DLPack (ABI of dlpack.h v1.0: the unversioned capsule "dltensor" and, for consumers that
  * pass max_version >= (1, 0), "dltensor_versioned"; NumPy imports only the latter as writable) --- */
 
-typedef struct { int32_t device_type, device_id; } DLDevice;
-typedef struct { uint8_t code, bits; uint16_t lanes; } DLDataType;
+typedef struct {
+    int32_t device_type, device_id;
+} DLDevice;
+typedef struct {
+    uint8_t code, bits;
+    uint16_t lanes;
+} DLDataType;
 typedef struct {
     void *data;
     DLDevice device;
@@ -485,7 +527,9 @@ typedef struct DLManagedTensor {
     void *manager_ctx;
     void (*deleter)(struct DLManagedTensor *self);
 } DLManagedTensor;
-typedef struct { uint32_t major, minor; } DLPackVersion;
+typedef struct {
+    uint32_t major, minor;
+} DLPackVersion;
 typedef struct DLManagedTensorVersioned {
     DLPackVersion version;
     void *manager_ctx;
@@ -510,32 +554,41 @@ static void dl_export_free(dl_export *e)
     dc_tensor_decref(e->t);
     free(e);
 }
-static void dl_export_deleter(DLManagedTensor *m) { dl_export_free(m->manager_ctx); }
-static void dl_export_deleter_v(DLManagedTensorVersioned *m) { dl_export_free(m->manager_ctx); }
+static void dl_export_deleter(DLManagedTensor *m)
+{
+    dl_export_free(m->manager_ctx);
+}
+static void dl_export_deleter_v(DLManagedTensorVersioned *m)
+{
+    dl_export_free(m->manager_ctx);
+}
 
 static void dl_capsule_destructor(PyObject *cap)
 {
     if (PyCapsule_IsValid(cap, "used_dltensor")) return;
     DLManagedTensor *m = PyCapsule_GetPointer(cap, "dltensor");
-    if (m && m->deleter) m->deleter(m);
-    else PyErr_Clear();
+    if (m && m->deleter)
+        m->deleter(m);
+    else
+        PyErr_Clear();
 }
 
 static void dl_capsule_destructor_v(PyObject *cap)
 {
     if (PyCapsule_IsValid(cap, "used_dltensor_versioned")) return;
     DLManagedTensorVersioned *m = PyCapsule_GetPointer(cap, "dltensor_versioned");
-    if (m && m->deleter) m->deleter(m);
-    else PyErr_Clear();
+    if (m && m->deleter)
+        m->deleter(m);
+    else
+        PyErr_Clear();
 }
 
 /* __dlpack__(*, stream, max_version, dl_device, copy): the array API's export. */
 static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
+    static char *kwlist[] = { "stream", "max_version", "dl_device", "copy", NULL };
     PyObject *stream = Py_None, *maxv = Py_None, *dldev = Py_None, *copy = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO:__dlpack__", kwlist, &stream, &maxv, &dldev, &copy))
-        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OOOO:__dlpack__", kwlist, &stream, &maxv, &dldev, &copy)) return NULL;
     dc_tensor *t = SELF_T(self);
     if (t->requires_grad) {
         PyErr_SetString(PyExc_RuntimeError, "can't export a tensor that requires grad via DLPack; use .detach()");
@@ -557,15 +610,14 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
         if (!PyArg_ParseTuple(maxv, "II:__dlpack__ max_version", &major, &minor)) return NULL;
         versioned = major >= 1;
     }
-    static const DLDataType dts[] = {{kDLFloat, 32, 1}, {kDLFloat, 64, 1}, {kDLBfloat, 16, 1}, {kDLFloat, 16, 1},
-                                     {kDLInt, 32, 1},   {kDLInt, 64, 1},   {kDLBool, 8, 1}};
+    static const DLDataType dts[] = { { kDLFloat, 32, 1 }, { kDLFloat, 64, 1 }, { kDLBfloat, 16, 1 },
+                                      { kDLFloat, 16, 1 }, { kDLInt, 32, 1 },   { kDLInt, 64, 1 },
+                                      { kDLBool, 8, 1 } };
     if (copied) { /* the consumer asked for its own copy */
         dc_tensor *c;
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = dc_clone(&c, t);
-        Py_END_ALLOW_THREADS
-        if (st) return dc_py_raise(st);
+        Py_BEGIN_ALLOW_THREADS st = dc_clone(&c, t);
+        Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
         t = c;
     } else {
         dc_tensor_incref(t);
@@ -591,7 +643,7 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
     dl->strides = e->strides;
     PyObject *cap;
     if (versioned) {
-        e->mv.version = (DLPackVersion){1, 0};
+        e->mv.version = (DLPackVersion){ 1, 0 };
         e->mv.manager_ctx = e;
         e->mv.deleter = dl_export_deleter_v;
         e->mv.flags = copied ? DLPACK_FLAG_BITMASK_IS_COPIED : 0; /* writable */
@@ -630,17 +682,27 @@ PyObject *dc_py_from_dlpack_capsule(PyObject *cap)
     dc_dtype dt;
     DLDataType ty = dl->dtype;
     if (ty.lanes != 1) goto bad_dtype;
-    if (ty.code == kDLFloat && ty.bits == 32) dt = DC_FLOAT32;
-    else if (ty.code == kDLFloat && ty.bits == 64) dt = DC_FLOAT64;
-    else if (ty.code == kDLFloat && ty.bits == 16) dt = DC_FLOAT16;
-    else if (ty.code == kDLBfloat && ty.bits == 16) dt = DC_BFLOAT16;
-    else if (ty.code == kDLInt && ty.bits == 32) dt = DC_INT32;
-    else if (ty.code == kDLInt && ty.bits == 64) dt = DC_INT64;
-    else if ((ty.code == kDLBool || ty.code == kDLUInt) && ty.bits == 8 && ty.code == kDLBool) dt = DC_BOOL;
-    else goto bad_dtype;
+    if (ty.code == kDLFloat && ty.bits == 32)
+        dt = DC_FLOAT32;
+    else if (ty.code == kDLFloat && ty.bits == 64)
+        dt = DC_FLOAT64;
+    else if (ty.code == kDLFloat && ty.bits == 16)
+        dt = DC_FLOAT16;
+    else if (ty.code == kDLBfloat && ty.bits == 16)
+        dt = DC_BFLOAT16;
+    else if (ty.code == kDLInt && ty.bits == 32)
+        dt = DC_INT32;
+    else if (ty.code == kDLInt && ty.bits == 64)
+        dt = DC_INT64;
+    else if ((ty.code == kDLBool || ty.code == kDLUInt) && ty.bits == 8 && ty.code == kDLBool)
+        dt = DC_BOOL;
+    else
+        goto bad_dtype;
     dc_device dev;
-    if (dl->device.device_type == kDLCPU) dev = (dc_device){DC_CPU, 0};
-    else if (dl->device.device_type == kDLCUDA) dev = (dc_device){DC_CUDA, dl->device.device_id};
+    if (dl->device.device_type == kDLCPU)
+        dev = (dc_device){ DC_CPU, 0 };
+    else if (dl->device.device_type == kDLCUDA)
+        dev = (dc_device){ DC_CUDA, dl->device.device_id };
     else {
         PyErr_Format(PyExc_ValueError, "from_dlpack: unsupported device type %d (cpu=1 and cuda=2 are supported)",
                      dl->device.device_type);
@@ -651,8 +713,10 @@ PyObject *dc_py_from_dlpack_capsule(PyObject *cap)
         return NULL;
     }
     int64_t strides[DC_MAX_DIMS], extent = 1;
-    if (dl->strides) memcpy(strides, dl->strides, sizeof(int64_t) * dl->ndim);
-    else dc_contiguous_strides(dl->ndim, dl->shape, strides);
+    if (dl->strides)
+        memcpy(strides, dl->strides, sizeof(int64_t) * dl->ndim);
+    else
+        dc_contiguous_strides(dl->ndim, dl->shape, strides);
     for (int d = 0; d < dl->ndim; d++) {
         if (strides[d] < 0) {
             PyErr_SetString(PyExc_ValueError, "from_dlpack: negative strides are not supported");
@@ -674,36 +738,36 @@ bad_dtype:
 }
 
 static PyMethodDef tensor_methods[] = {
-    {"stride", m_stride, METH_NOARGS, "strides in elements"},
-    {"numel", m_numel, METH_NOARGS, "number of elements"},
-    {"is_contiguous", m_is_contiguous, METH_NOARGS, "row-major contiguous?"},
-    {"data_ptr", m_data_ptr, METH_NOARGS, "address of the first element"},
-    {"storage_offset", m_storage_offset, METH_NOARGS, "offset in elements into the storage"},
-    {"item", m_item, METH_NOARGS, "the value of a one-element tensor as a Python scalar"},
-    {"_add_post_accumulate_grad_hook", m_add_hook, METH_O, NULL},
-    {"_remove_post_accumulate_grad_hook", m_remove_hook, METH_O, NULL},
-    {"_set_data", m_set_data, METH_O, NULL},
-    {"_make_subclass", m_make_subclass, METH_VARARGS | METH_STATIC, NULL},
-    {"__dlpack__", (PyCFunction)(void (*)(void))m_dlpack, METH_VARARGS | METH_KEYWORDS, "export via DLPack"},
-    {"__dlpack_device__", m_dlpack_device, METH_NOARGS, "(device_type, device_id) for DLPack"},
-    {NULL, NULL, 0, NULL},
+    { "stride", m_stride, METH_NOARGS, "strides in elements" },
+    { "numel", m_numel, METH_NOARGS, "number of elements" },
+    { "is_contiguous", m_is_contiguous, METH_NOARGS, "row-major contiguous?" },
+    { "data_ptr", m_data_ptr, METH_NOARGS, "address of the first element" },
+    { "storage_offset", m_storage_offset, METH_NOARGS, "offset in elements into the storage" },
+    { "item", m_item, METH_NOARGS, "the value of a one-element tensor as a Python scalar" },
+    { "_add_post_accumulate_grad_hook", m_add_hook, METH_O, NULL },
+    { "_remove_post_accumulate_grad_hook", m_remove_hook, METH_O, NULL },
+    { "_set_data", m_set_data, METH_O, NULL },
+    { "_make_subclass", m_make_subclass, METH_VARARGS | METH_STATIC, NULL },
+    { "__dlpack__", (PyCFunction)(void (*)(void))m_dlpack, METH_VARARGS | METH_KEYWORDS, "export via DLPack" },
+    { "__dlpack_device__", m_dlpack_device, METH_NOARGS, "(device_type, device_id) for DLPack" },
+    { NULL, NULL, 0, NULL },
 };
 
 static PyMemberDef tensor_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(TensorObject, weakrefs), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
+    { "__weaklistoffset__", T_PYSSIZET, offsetof(TensorObject, weakrefs), READONLY, NULL },
+    { NULL, 0, 0, 0, NULL },
 };
 
 static PyType_Slot tensor_slots[] = {
-    {Py_tp_dealloc, tensor_dealloc},
-    {Py_tp_traverse, tensor_traverse},
-    {Py_tp_clear, tensor_clear},
-    {Py_tp_new, tensor_new},
-    {Py_tp_getset, tensor_getset},
-    {Py_tp_methods, tensor_methods},
-    {Py_tp_members, tensor_members},
-    {Py_tp_doc, "C base of dutycycle.Tensor"},
-    {0, NULL},
+    { Py_tp_dealloc, tensor_dealloc },
+    { Py_tp_traverse, tensor_traverse },
+    { Py_tp_clear, tensor_clear },
+    { Py_tp_new, tensor_new },
+    { Py_tp_getset, tensor_getset },
+    { Py_tp_methods, tensor_methods },
+    { Py_tp_members, tensor_members },
+    { Py_tp_doc, "C base of dutycycle.Tensor" },
+    { 0, NULL },
 };
 
 static PyType_Spec tensor_spec = {

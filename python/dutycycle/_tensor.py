@@ -9,8 +9,21 @@ import math
 import operator
 
 from . import _C
-from ._dtype import (as_device, as_dtype, bool_, device, device_from_tuple, dtype, dtype_from_id, float32,
-                     float64, float16, bfloat16, int32, int64)
+from ._dtype import (
+    as_device,
+    as_dtype,
+    bfloat16,
+    bool_,
+    device,
+    device_from_tuple,
+    dtype,
+    dtype_from_id,
+    float16,
+    float32,
+    float64,
+    int32,
+    int64,
+)
 
 K = _C.kernel_names()  # kernel ids by name, e.g. K["add"]
 

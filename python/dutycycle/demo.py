@@ -11,7 +11,6 @@ installs. Any text file with one word per line works.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

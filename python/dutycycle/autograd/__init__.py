@@ -116,7 +116,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     for _ in range(n_projections):
         vs = [rng.standard_normal(o.shape) for o in outs]
 
-        def proj(outputs):
+        def proj(outputs, vs=vs):
             return float(sum(np.sum(o.detach().double().numpy() * v) for o, v in zip(outputs, vs)))
 
         for x in diff:
