@@ -41,7 +41,7 @@ WITH_CUDA = want_cuda()
 
 sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
-    + glob.glob("csrc/python/*.c")
+    + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c")
 )
 cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]

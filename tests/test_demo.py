@@ -1,5 +1,6 @@
 """The main job (python -m dutycycle.demo) runs end to end at a tiny size, and bad input is reported."""
 
+import csv
 import subprocess
 import sys
 
@@ -14,11 +15,19 @@ WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "iota", 
 def test_demo_trains_and_prints_new_words(tmp_path, capsys):
     data = tmp_path / "words.txt"
     data.write_text("\n".join(WORDS) + "\n")
-    assert demo.main(["--steps", "40", "--size", "tiny", "--data", str(data), "--eval-every", "20",
-                      "--samples", "5", "--batch-size", "16"]) == 0
+    root = tmp_path / "runs"
+    assert demo.main(["--steps", "40", "--size", "tiny", "--data", str(data), "--val-every", "20", "--samples", "5",
+                      "--batch-size", "16", "--root", str(root), "--no-progress", "--workers", "1",
+                      "--log-every", "10"]) == 0
     out = capsys.readouterr().out
-    losses = [float(line.split("train loss")[1].split()[0]) for line in out.splitlines() if "train loss" in line]
-    assert losses[-1] < losses[0], out
+    assert "duty cycle (fit)" in out and "compute" in out  # the duty-cycle table
+    with open(root / "words" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+    assert len(train) >= 2 and train[-1] < train[0]
+    assert len(val) == 2  # validated at steps 20 and 40
+    assert list((root / "words" / "version_0" / "checkpoints").glob("last.ckpt"))
     printed = out.split("new words (not in the training list):")[1].split()
     assert printed and not set(printed) & set(WORDS)
     assert all(w.isalpha() and w.islower() for w in printed)

@@ -882,10 +882,13 @@ static PyMethodDef module_methods[] = {
     { NULL, NULL, 0, NULL },
 };
 
+int dc_py_init_loader(PyObject *m); /* loader_py.c */
+
 static int module_exec(PyObject *m)
 {
     if (dc_py_init_errors(m) < 0) return -1;
     if (dc_py_init_tensor_type(m) < 0) return -1;
+    if (dc_py_init_loader(m) < 0) return -1;
     return 0;
 }
 

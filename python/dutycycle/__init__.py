@@ -52,6 +52,8 @@ half = float16
 int = int32
 long = int64
 
-from . import models, nn, optim  # last: they build on everything above
+from . import models, nn, optim  # they build on everything above
+from . import callbacks, data, loggers, utils  # the trainer's parts
+from .trainer import LightningDataModule, LightningModule, Trainer, seed_everything
 
 __version__ = "0.1.0"

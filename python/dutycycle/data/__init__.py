@@ -1,0 +1,29 @@
+"""dutycycle.data (also reachable as dutycycle.utils.data): datasets, samplers, collation and the
+DataLoader, with torch.utils.data's names and meaning. num_workers > 0 means C threads
+(csrc/loader/) that assemble batches ahead of the training step with the GIL released; see
+dataloader.py for exactly what runs where."""
+
+from .collate import default_collate, default_convert
+from .dataloader import DataLoader, WorkerInfo, get_worker_info
+from .dataset import ChainDataset, ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, random_split
+from .sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler, SubsetRandomSampler
+
+__all__ = [
+    "BatchSampler",
+    "ChainDataset",
+    "ConcatDataset",
+    "DataLoader",
+    "Dataset",
+    "IterableDataset",
+    "RandomSampler",
+    "Sampler",
+    "SequentialSampler",
+    "Subset",
+    "SubsetRandomSampler",
+    "TensorDataset",
+    "WorkerInfo",
+    "default_collate",
+    "default_convert",
+    "get_worker_info",
+    "random_split",
+]

@@ -1,0 +1,218 @@
+"""Samplers: which dataset indices an epoch visits, in which order (torch.utils.data semantics).
+
+Randomness: a RandomSampler draws ONE 62-bit seed per epoch and expands it into the epoch's order
+with NumPy's PCG64 (`numpy.random.default_rng(seed).permutation(n)`). The seed comes from
+  - dutycycle's global generator (the default), so ``dc.manual_seed`` / ``seed_everything`` make
+    the order reproducible; the draw happens when the epoch's iterator is created (``iter()``),
+    in the calling thread, never lazily on a loader thread;
+  - or `generator`: a ``numpy.random.Generator`` (or an int, which seeds one);
+  - or `seed`: a fixed base seed; epoch e then uses a seed derived from (seed, e), like a
+    DistributedSampler, and ``set_epoch`` picks e (without set_epoch calls, each new iteration
+    advances e by one).
+Because the epoch's order is a pure function of that seed, ``state_dict()`` is just a few ints and a
+resumed epoch replays the same order (DataLoader.load_state_dict)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SEED_HIGH = 1 << 62
+
+
+def _draw_seed(generator):
+    """One seed from `generator`, or from dutycycle's global generator when it is None."""
+    if generator is None:
+        from .._functions import randint
+
+        return int(randint(0, _SEED_HIGH, (1,)).item())
+    if isinstance(generator, np.random.Generator):
+        return int(generator.integers(0, _SEED_HIGH))
+    raise TypeError(f"generator must be None, an int or a numpy.random.Generator, got {type(generator).__name__}")
+
+
+def _as_generator(generator):
+    if generator is None or isinstance(generator, np.random.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return np.random.default_rng(generator)
+    raise TypeError(f"generator must be None, an int or a numpy.random.Generator, got {type(generator).__name__}")
+
+
+def _epoch_seed(seed, epoch):
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch]).generate_state(1, np.uint64)[0]) >> 2
+
+
+def _permutation(n, generator=None):
+    """A permutation of range(n) (int64 array) from one seed drawn from `generator`."""
+    return np.random.default_rng(_draw_seed(_as_generator(generator))).permutation(n)
+
+
+class Sampler:
+    """Base class: ``__iter__`` yields indices (or lists of indices for a batch sampler)."""
+
+    def __init__(self, data_source=None):
+        pass
+
+    def __iter__(self):
+        raise NotImplementedError
+
+
+class SequentialSampler(Sampler):
+    """0, 1, ..., len(data_source) - 1."""
+
+    def __init__(self, data_source):
+        self.data_source = data_source
+
+    def __iter__(self):
+        return iter(range(len(self.data_source)))
+
+    def __len__(self):
+        return len(self.data_source)
+
+
+class RandomSampler(Sampler):
+    """Random order without replacement (a permutation per epoch; with num_samples > len, whole
+    permutations then part of one), or `num_samples` draws with replacement. See the module
+    docstring for where the randomness comes from."""
+
+    def __init__(self, data_source, replacement=False, num_samples=None, generator=None, seed=None):
+        if not isinstance(replacement, bool):
+            raise TypeError(f"replacement should be a boolean value, but got replacement={replacement}")
+        if num_samples is not None and (not isinstance(num_samples, int) or isinstance(num_samples, bool)
+                                        or num_samples <= 0):
+            raise ValueError(f"num_samples should be a positive integer value, but got num_samples={num_samples}")
+        if generator is not None and seed is not None:
+            raise ValueError("RandomSampler: give either generator or seed, not both")
+        self.data_source = data_source
+        self.replacement = replacement
+        self._num_samples = num_samples
+        self.generator = _as_generator(generator)
+        self.seed = seed
+        self.epoch = 0
+        self._epoch_set = False
+        self._iters = 0
+        self._seed_used = None  # the seed of the iteration started last
+        self._replay = None  # a seed load_state_dict asked the next iteration to reuse
+
+    @property
+    def num_samples(self):
+        return len(self.data_source) if self._num_samples is None else self._num_samples
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        self._epoch_set = True
+
+    def _next_seed(self):
+        if self._replay is not None:
+            s, self._replay = self._replay, None
+            return s
+        if self.seed is not None:
+            if self._iters > 0 and not self._epoch_set:
+                self.epoch += 1
+            return _epoch_seed(self.seed, self.epoch)
+        return _draw_seed(self.generator)
+
+    def _order(self, seed):
+        n = len(self.data_source)
+        rng = np.random.default_rng(seed)
+        if self.replacement:
+            return rng.integers(0, n, size=self.num_samples, dtype=np.int64)
+        full, rest = divmod(self.num_samples, n)
+        perms = [rng.permutation(n) for _ in range(full)]
+        if rest:
+            perms.append(rng.permutation(n)[:rest])
+        return np.concatenate(perms) if perms else np.zeros(0, np.int64)
+
+    def __iter__(self):
+        # eager: the seed is drawn here, in the thread that calls iter(), not at the first next()
+        s = self._next_seed()
+        self._seed_used = s
+        self._iters += 1
+        self._epoch_set = False
+        return iter(self._order(s).tolist())
+
+    def __len__(self):
+        return self.num_samples
+
+    def state_dict(self):
+        """Plain ints: the epoch, how many iterations were started, the last iteration's seed."""
+        return {"epoch": self.epoch, "iters": self._iters, "seed": self._seed_used}
+
+    def load_state_dict(self, state, replay=True):
+        """Restore; with replay=True the next ``iter()`` reuses the saved seed (same order)."""
+        self.epoch = int(state.get("epoch", 0))
+        self._iters = int(state.get("iters", 0))
+        self._seed_used = state.get("seed")
+        self._epoch_set = False
+        self._replay = self._seed_used if replay else None
+
+
+class SubsetRandomSampler(Sampler):
+    """The given indices in a random order (a RandomSampler over them)."""
+
+    def __init__(self, indices, generator=None, seed=None):
+        self.indices = indices
+        self._inner = RandomSampler(range(len(indices)), generator=generator, seed=seed)
+
+    def set_epoch(self, epoch):
+        self._inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter([self.indices[i] for i in iter(self._inner)])
+
+    def __len__(self):
+        return len(self.indices)
+
+    def state_dict(self):
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state, replay=True):
+        self._inner.load_state_dict(state, replay)
+
+
+class BatchSampler(Sampler):
+    """Groups another sampler's indices into lists of `batch_size` (the last one shorter unless
+    drop_last)."""
+
+    def __init__(self, sampler, batch_size, drop_last):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size should be a positive integer value, but got batch_size={batch_size}")
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last should be a boolean value, but got drop_last={drop_last}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __iter__(self):
+        it = iter(self.sampler)  # eager, so a RandomSampler draws its seed now (see module docstring)
+        return self._batches(it)
+
+    def _batches(self, it):
+        bs = self.batch_size
+        while True:
+            batch = []
+            for idx in it:
+                batch.append(idx)
+                if len(batch) == bs:
+                    break
+            if not batch or (self.drop_last and len(batch) < bs):
+                return
+            yield batch
+            if len(batch) < bs:
+                return
+
+    def __len__(self):
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
+        return (len(self.sampler) + self.batch_size - 1) // self.batch_size
+
+    def set_epoch(self, epoch):
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def state_dict(self):
+        return self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None
+
+    def load_state_dict(self, state, replay=True):
+        if state is not None and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state, replay)

@@ -1,0 +1,294 @@
+"""Checkpoint files: one safetensors file holding a nested dict, never a pickle.
+
+Layout (huggingface safetensors, see shared/REFERENCE.md): 8-byte little-endian header length N,
+N bytes of JSON header ({key: {"dtype", "shape", "data_offsets"}, "__metadata__": {str: str}}),
+padded with spaces to a multiple of 8, then the tensor bytes, contiguous from offset 0.
+
+Every tensor (dc.Tensor or numpy array) found in the dict becomes one safetensors entry, named by
+its dotted key path ("state_dict.layer.weight", "optimizer_states.0.state.0.exp_avg"); a path
+that would collide gets a "#n" suffix. Everything else (ints, floats, strings, the dict/list/tuple
+structure) is ONE JSON document in __metadata__["dutycycle"], where each tensor is a placeholder
+{"__tensor__": key} (or {"__ndarray__": key} for numpy arrays, which come back as numpy arrays).
+Other tools (safetensors.numpy.load_file, ...) can read the tensors of our files.
+
+Writes are durable: write path + ".tmp", fsync it, rename over path, fsync the directory.
+Tensors are laid out largest itemsize first, so every tensor starts aligned to its itemsize and
+loads without a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+
+import numpy as np
+
+import dutycycle as dc
+
+FORMAT_KEY = "dutycycle"
+FORMAT_VERSION = 1
+MAX_HEADER = 100_000_000  # safetensors readers refuse larger headers
+
+# dc dtype name -> (safetensors name, numpy dtype used on disk)
+_DC_TO_ST = {
+    "float64": ("F64", np.float64),
+    "float32": ("F32", np.float32),
+    "float16": ("F16", np.float16),
+    "bfloat16": ("BF16", np.uint16),
+    "int64": ("I64", np.int64),
+    "int32": ("I32", np.int32),
+    "bool": ("BOOL", np.bool_),
+}
+_ST_TO_NP = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_NP_TO_ST = {np.dtype(v).str: k for k, v in _ST_TO_NP.items() if k != "BF16"}
+_TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__")
+
+
+# ---- encode ------------------------------------------------------------------------------------
+class _Writer:
+    def __init__(self):
+        self.entries = {}  # key -> (st dtype, shape, little-endian bytes)
+
+    def add(self, path, st_dtype, shape, data):
+        key, n = path or "tensor", 1
+        while key in self.entries:
+            key, n = f"{path}#{n}", n + 1
+        self.entries[key] = (st_dtype, list(shape), data)
+        return key
+
+
+def _tensor_bytes(t):
+    """(safetensors dtype, shape, bytes) of a dc.Tensor; a device tensor is copied to the host."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()  # note: device -> host copy (a sync point)
+    name = t.dtype.name
+    st, npd = _DC_TO_ST[name]
+    if name == "bfloat16":
+        # bf16 -> f32 is exact, and a bf16 is the upper half of that f32's bits.
+        arr = (t.float().contiguous().numpy().view(np.uint32) >> 16).astype(np.uint16)
+    else:
+        arr = t.contiguous().numpy()
+    return st, t.shape, np.ascontiguousarray(arr, dtype=np.dtype(npd).newbyteorder("<")).tobytes()
+
+
+def _encode(obj, path, w):
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, dc.Tensor):
+        st, shape, data = _tensor_bytes(obj)
+        return {"__tensor__": w.add(path, st, shape, data)}
+    if isinstance(obj, np.ndarray):
+        st = _NP_TO_ST.get(obj.dtype.newbyteorder("<").str if obj.dtype.byteorder == ">" else obj.dtype.str)
+        if st is None:
+            raise TypeError(f"checkpoint: numpy dtype {obj.dtype} at '{path}' is not supported")
+        data = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<")).tobytes()
+        return {"__ndarray__": w.add(path, st, obj.shape, data)}
+    if isinstance(obj, np.generic):
+        return _encode(obj.item(), path, w)
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{path}.{i}", w) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}.{i}", w) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+
+        def sub(k):
+            return f"{path}.{k}" if path else str(k)
+
+        if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
+            return {k: _encode(v, sub(k), w) for k, v in obj.items()}
+        for k in obj:
+            if not (k is None or isinstance(k, (str, int, float, bool, tuple))):
+                raise TypeError(f"checkpoint: dict key {k!r} at '{path}' is not a str/int/float/bool/tuple")
+        return {"__dict__": [[_encode(k, "", w), _encode(v, sub(k), w)] for k, v in obj.items()]}
+    if isinstance(obj, (dc.dtype, dc.device)):
+        return str(obj)
+    raise TypeError(
+        f"checkpoint: cannot store a {type(obj).__name__} at '{path or '<root>'}' (only tensors, numpy arrays, "
+        "numbers, strings, None and dicts/lists/tuples of them; dutycycle never pickles)"
+    )
+
+
+def save_checkpoint(path, checkpoint: dict) -> None:
+    """Write checkpoint (a nested dict) to path as one safetensors file, durably."""
+    path = os.fspath(path)
+    w = _Writer()
+    doc = _encode(checkpoint, "", w)
+    meta = {
+        FORMAT_KEY: json.dumps(doc, separators=(",", ":"), allow_nan=False),
+        "format": "dutycycle",
+        "dutycycle_format_version": str(FORMAT_VERSION),
+    }
+    # Largest itemsize first: every tensor starts aligned to its own itemsize.
+    order = sorted(w.entries, key=lambda k: -np.dtype(_ST_TO_NP[w.entries[k][0]]).itemsize)
+    header, offset = {}, 0
+    for k in order:
+        st, shape, data = w.entries[k]
+        header[k] = {"dtype": st, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    header["__metadata__"] = meta
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * (-len(hbytes) % 8)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hbytes)))
+            f.write(hbytes)
+            for k in order:
+                f.write(w.entries[k][2])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # platforms without directory fds
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- decode ------------------------------------------------------------------------------------
+def _corrupt(path, why):
+    return ValueError(f"checkpoint '{path}' is corrupt or not a dutycycle checkpoint: {why}")
+
+
+def read_safetensors(path):
+    """(header dict, {key: numpy array (on-disk dtype)}) of a safetensors file; raises
+    FileNotFoundError / ValueError naming the path."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: '{path}'")
+    with open(path, "rb") as f:
+        blob = bytearray(f.read())  # writable: the tensors share this buffer
+    if len(blob) < 8:
+        raise _corrupt(path, f"file is {len(blob)} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack_from("<Q", blob, 0)
+    if n > MAX_HEADER or 8 + n > len(blob):
+        raise _corrupt(path, f"header length {n} does not fit the file ({len(blob)} bytes)")
+    try:
+        header = json.loads(bytes(blob[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "header is not a JSON object")
+    data = memoryview(blob)[8 + n :]
+    arrays, spans = {}, []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            st, shape, (b, e) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+            npd = np.dtype(_ST_TO_NP[st])
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"bad header entry for tensor '{key}'") from None
+        count = int(np.prod(shape)) if shape else 1
+        if not (0 <= b <= e <= len(data)) or e - b != count * npd.itemsize:
+            raise _corrupt(
+                path,
+                f"tensor '{key}' has data_offsets {[b, e]} that do not match its shape/dtype "
+                f"or the file size (truncated?)",
+            )
+        spans.append((b, e))
+        arr = np.frombuffer(data[b:e], dtype=npd.newbyteorder("<"), count=count).reshape(shape)
+        if arr.ctypes.data % npd.itemsize:
+            arr = arr.copy()
+        arrays[key] = arr
+    spans.sort()
+    pos = 0
+    for b, e in spans:
+        if b != pos:
+            raise _corrupt(path, "tensor data is not contiguous (overlap or gap)")
+        pos = e
+    if pos != len(data):
+        raise _corrupt(path, f"{len(data) - pos} trailing bytes after the tensor data")
+    return header, arrays
+
+
+def _to_tensor(arr, st):
+    if st == "BF16":
+        f32 = (arr.astype(np.uint32) << 16).view(np.float32)
+        return dc.from_numpy(np.ascontiguousarray(f32)).bfloat16()
+    if st in ("F64", "F32", "F16", "I64", "I32", "BOOL"):
+        return dc.from_numpy(arr)
+    return dc.from_numpy(arr.astype(np.int64))  # small ints from other tools: widen
+
+
+def _decode(obj, header, arrays, path):
+    if isinstance(obj, list):
+        return [_decode(v, header, arrays, path) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        ((tag, val),) = obj.items()
+        if tag in ("__tensor__", "__ndarray__"):
+            if val not in arrays:
+                raise _corrupt(path, f"metadata points at a tensor '{val}' the file does not hold")
+            return _to_tensor(arrays[val], header[val]["dtype"]) if tag == "__tensor__" else arrays[val]
+        if tag == "__tuple__":
+            return tuple(_decode(v, header, arrays, path) for v in val)
+        if tag == "__float__":
+            return float(val)
+        if tag == "__dict__":
+            return {_hashable(_decode(k, header, arrays, path)): _decode(v, header, arrays, path) for k, v in val}
+    return {k: _decode(v, header, arrays, path) for k, v in obj.items()}
+
+
+def _hashable(k):
+    return tuple(_hashable(x) for x in k) if isinstance(k, (list, tuple)) else k
+
+
+def load_checkpoint(path) -> dict:
+    """Read a file written by save_checkpoint back into the nested dict (tensors on the CPU).
+
+    A plain safetensors file without our metadata loads as a flat {key: tensor} dict.
+    Missing file -> FileNotFoundError; corrupt or truncated file -> ValueError, both naming path.
+    """
+    path = os.fspath(path)
+    header, arrays = read_safetensors(path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise _corrupt(path, "__metadata__ is not an object")
+    if FORMAT_KEY not in meta:
+        return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
+    try:
+        doc = json.loads(meta[FORMAT_KEY])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, f"metadata document is not valid JSON ({e})") from None
+    try:
+        return _decode(doc, header, arrays, path)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise _corrupt(path, f"metadata document is malformed ({type(e).__name__}: {e})") from None
