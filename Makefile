@@ -65,7 +65,8 @@ sanitize: install
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py $(CURDIR)/tests/test_autograd.py \
-	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py
+	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py \
+	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py
 
 bench: install
 	$(PYTHON) benchmarks/engine.py
