@@ -361,3 +361,97 @@ def test_scheduler_state_dict_round_trip():
         a.step()
         b.step()
         assert a.get_last_lr() == approx(b.get_last_lr())
+
+
+# ---- ReduceLROnPlateau: torch's rules, numbers traced by hand ---------------------------------------
+def plateau_lrs(sched, metrics):
+    out = []
+    for m in metrics:
+        sched.step(m)
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        assert sched.get_last_lr() == [g["lr"] for g in sched.optimizer.param_groups]
+    return out
+
+
+def test_reduce_on_plateau_min_rel_patience_cooldown_min_lr():
+    opt = new_opt(1.0)
+    sched = S.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=2, threshold=0.1, cooldown=1, min_lr=0.03)
+    assert opt.param_groups[0]["lr"] == 1.0 and sched.get_last_lr() == [1.0]  # no initial step
+    # best=10 after step 1; 9.5/9.2/9.1 are not < 10*(1-0.1)=9 -> 3 bad > patience 2 -> 0.5, cooldown 1;
+    # 9.0 (not < 9: strict) is swallowed by the cooldown; 8.0 is the new best; then every 3 bad steps
+    # after a cooldown step halve the lr (steps 9, 13, 17, 21), then min_lr clamps (step 25:
+    # max(0.015625, 0.03)), then a reduction to max(0.015, 0.03) changes nothing (step 29).
+    metrics = [10, 9.5, 9.2, 9.1, 9.0, 8.0] + [8.0] * 23
+    expect = [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    expect += [0.0625] * 4 + [0.03125] * 4 + [0.03] * 5
+    assert plateau_lrs(sched, metrics) == expect
+    assert (sched.best, sched.last_epoch, sched.num_bad_epochs, sched.cooldown_counter) == (8.0, 29, 0, 1)
+
+
+def test_reduce_on_plateau_max_abs_and_strict_threshold():
+    sched = S.ReduceLROnPlateau(new_opt(1.0), mode="max", factor=0.1, patience=0, threshold=0.5, threshold_mode="abs")
+    # 1 is the best; 1.4 is not > 1 + 0.5 -> reduce; 2.0 > 1.5 is the new best; 2.4 is not > 2.5 -> reduce
+    assert plateau_lrs(sched, [1.0, 1.4, 2.0, 2.4]) == [1.0, 1.0 * 0.1, 1.0 * 0.1, 1.0 * 0.1 * 0.1]
+    # min/abs: 0.9 is not < 1.0 - 0.1 (strict), 0.89 is
+    sched = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=0, threshold=0.1, threshold_mode="abs")
+    assert plateau_lrs(sched, [1.0, 0.9, 0.89]) == [1.0, 0.5, 0.5]
+    # max/rel: better means > best * (1 + threshold)
+    sched = S.ReduceLROnPlateau(new_opt(1.0), mode="max", factor=0.5, patience=0, threshold=0.1)
+    assert plateau_lrs(sched, [1.0, 1.1, 1.11]) == [1.0, 0.5, 0.5]
+    # a 0-d tensor is a metric too (float(metrics), as torch)
+    sched = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=0)
+    assert plateau_lrs(sched, [dc.tensor(1.0), dc.tensor(2.0)]) == [1.0, 0.5]
+
+
+def test_reduce_on_plateau_eps_min_lr_list_and_bad_arguments():
+    # a reduction smaller than eps is not applied: 2e-8 -> 1e-8 differs by 1e-8, not > eps=1e-8
+    assert plateau_lrs(S.ReduceLROnPlateau(new_opt(2e-8), factor=0.5, patience=0), [1, 1, 1]) == [2e-8] * 3
+    assert plateau_lrs(S.ReduceLROnPlateau(new_opt(2e-8), factor=0.5, patience=0, eps=1e-9), [1, 1]) == [2e-8, 1e-8]
+    p1, p2 = nn.Parameter(dc.zeros(1)), nn.Parameter(dc.zeros(1))
+    opt = optim.SGD([{"params": [p1], "lr": 1.0}, {"params": [p2], "lr": 0.5}], lr=1.0)
+    sched = S.ReduceLROnPlateau(opt, factor=0.5, patience=0, min_lr=[0.4, 0.1])
+    seen = []
+    for _ in range(4):
+        sched.step(1.0)
+        seen.append(sched.get_last_lr())
+    assert seen == [[1.0, 0.5], [0.5, 0.25], [0.4, 0.125], [0.4, 0.1]]
+    with pytest.raises(ValueError, match="expected 2 min_lrs, got 1"):
+        S.ReduceLROnPlateau(opt, min_lr=[0.1])
+    with pytest.raises(ValueError, match="Factor should be < 1.0"):
+        S.ReduceLROnPlateau(opt, factor=1.0)
+    with pytest.raises(ValueError, match="mode avg is unknown"):
+        S.ReduceLROnPlateau(opt, mode="avg")
+    with pytest.raises(ValueError, match="threshold mode pct is unknown"):
+        S.ReduceLROnPlateau(opt, threshold_mode="pct")
+    # a param group added later: a scalar min_lr follows it, a per-group list is an error (torch's rules)
+    sched_scalar = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=0, min_lr=0.2)
+    sched_list = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=0, min_lr=[0.2])
+    for s in (sched_scalar, sched_list):
+        s.optimizer.add_param_group({"params": [nn.Parameter(dc.zeros(1))], "lr": 0.3})
+        s.step(1.0)
+    sched_scalar.step(1.0)
+    assert sched_scalar.get_last_lr() == [0.5, 0.2] and sched_scalar.min_lrs == [0.2, 0.2]
+    with pytest.raises(RuntimeError, match="number of param groups"):
+        sched_list.step(1.0)
+
+
+def test_reduce_on_plateau_state_dict_round_trip_through_a_checkpoint(tmp_path):
+    from dutycycle.trainer import load_checkpoint, save_checkpoint
+
+    fresh = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=1, cooldown=2)
+    sd = fresh.state_dict()
+    assert "optimizer" not in sd and sd["best"] == math.inf and sd["mode_worse"] == math.inf
+    for key in ("factor", "min_lrs", "default_min_lr", "patience", "cooldown", "cooldown_counter", "mode"):
+        assert key in sd
+    for key in ("threshold", "threshold_mode", "num_bad_epochs", "eps", "last_epoch", "_last_lr"):
+        assert key in sd
+    a = S.ReduceLROnPlateau(new_opt(1.0), factor=0.5, patience=1, cooldown=2)
+    plateau_lrs(a, [3.0, 2.0, 2.0, 2.0])  # reduced at the 4th step: in cooldown now
+    save_checkpoint(tmp_path / "s.ckpt", {"sched": a.state_dict(), "fresh": sd})
+    back = load_checkpoint(tmp_path / "s.ckpt")
+    assert back["fresh"]["best"] == math.inf  # a non-finite float survives the JSON metadata
+    b = S.ReduceLROnPlateau(new_opt(0.5), mode="max", factor=0.9)  # overwritten by load_state_dict
+    b.load_state_dict(back["sched"])
+    assert (b.mode, b.mode_worse, b.cooldown_counter, b.last_epoch) == ("min", math.inf, 2, 4)
+    tail = [2.0, 2.0, 2.0, 2.0, 1.0]
+    assert plateau_lrs(b, tail) == plateau_lrs(a, tail)

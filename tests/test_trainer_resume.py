@@ -139,3 +139,85 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(data[: len(data) - 10])
     with pytest.raises(ValueError, match="t.ckpt"):
         _run(ckpt_path=path)
+
+
+# ---- epoch-level self.log values survive a mid-epoch resume -------------------------------------------
+class EpochLogs(Noisy):
+    """Logs on_epoch values of every kind: weighted mean, sum, max, min, a Python float, step+epoch,
+    and a value logged in on_train_epoch_start."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("ep_mean", loss, on_step=False, on_epoch=True, batch_size=batch_idx + 1)
+        self.log("ep_both", loss * 2, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("ep_sum", loss, on_epoch=True, reduce_fx="sum")
+        self.log("ep_max", loss, on_step=False, on_epoch=True, reduce_fx="max")
+        self.log("ep_min", loss, on_step=False, on_epoch=True, reduce_fx="min")
+        self.log("ep_float", float(batch_idx) / 3, on_step=False, on_epoch=True)
+        if batch_idx == 1:
+            self.log("only_batch_1", loss)  # on_step only: lives in callback_metrics
+        return loss
+
+    def on_train_epoch_start(self):
+        self.log("ep_start", 1.0, reduce_fx="sum")
+
+
+def _epoch_end_records(logger):
+    """(step, metrics) the logger got at each training epoch end (the records with epoch keys)."""
+    return [(s, m) for s, m in logger.metrics if "ep_mean" in m]
+
+
+@pytest.mark.parametrize("k", [4, 10])  # in the first epoch, in the second
+@pytest.mark.parametrize("saver", ["after_fit", "callback"])  # after the cut epoch ended / at the batch end
+def test_resume_mid_epoch_keeps_epoch_metrics_exact(tmp_path, k, saver):
+    from trainer_helpers import RecordingLogger
+
+    from dutycycle.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None, max_steps=-1, callbacks=()):
+        seed_everything(123)
+        x, y = regression_data(56)  # 7 batches an epoch
+        lg = RecordingLogger()
+        kw = dict(max_epochs=3, max_steps=max_steps, logger=lg, log_every_n_steps=1, callbacks=list(callbacks))
+        t = Trainer(**quiet(enable_checkpointing=bool(callbacks), **kw))
+        t.fit(EpochLogs(), loader(x, y, shuffle=True), ckpt_path=ckpt_path)
+        return t, lg
+
+    full, full_lg = run()
+    if saver == "after_fit":
+        part, _ = run(max_steps=k)
+        part.save_checkpoint(tmp_path / "k.ckpt")
+    else:
+        run(max_steps=k, callbacks=[ModelCheckpoint(dirpath=tmp_path / "mc", every_n_train_steps=k, save_top_k=-1)])
+        (path,) = (tmp_path / "mc").glob(f"*step={k}*.ckpt")
+        path.rename(tmp_path / "k.ckpt")
+    resumed, res_lg = run(ckpt_path=tmp_path / "k.ckpt")
+    # every epoch that ends after the resume ends with the uninterrupted run's values, bit for bit
+    want = [r for r in _epoch_end_records(full_lg) if r[0] >= k]
+    assert len(want) == (3 if k < 7 else 2)
+    assert _epoch_end_records(res_lg) == want
+    assert want[0][1]["ep_start"] == 1.0  # counted once, not again by the resumed epoch's start
+    cm = {n: float(v) for n, v in resumed.callback_metrics.items()}
+    assert cm == {n: float(v) for n, v in full.callback_metrics.items()}
+
+    def logged(t):  # the duty split is wall time, the rest must match
+        return {n: v for n, v in t.logged_metrics.items() if not n.startswith("duty/")}
+
+    assert logged(resumed) == logged(full) and "ep_mean" in logged(full)
+    assert resumed.progress_bar_metrics.keys() == full.progress_bar_metrics.keys()
+    # the accumulators are in the checkpoint's loop state (tensors and numbers, no pickle)
+    saved = load_checkpoint(tmp_path / "k.ckpt")["loops"]["fit_loop"]
+    names = [d["name"] for d in saved["results"]]
+    assert names[:2] == ["ep_start", "train_loss"] and "ep_float" in names
+    ep_mean = next(d for d in saved["results"] if d["name"] == "ep_mean")
+    done = k % 7
+    assert len(ep_mean["values"]) == done and ep_mean["weights"] == list(range(1, done + 1))
+    assert isinstance(ep_mean["values"][0], dc.Tensor)
+
+
+def test_resume_at_epoch_boundary_saves_no_accumulators(tmp_path):
+    part, pt = _run(max_steps=7)
+    pt.save_checkpoint(tmp_path / "b.ckpt")
+    loop = load_checkpoint(tmp_path / "b.ckpt")["loops"]["fit_loop"]
+    assert (loop["next_epoch"], loop["next_batch"]) == (1, 0) and loop["results"] is None
+    assert "train_loss" in loop["callback_metrics"]

@@ -1,9 +1,10 @@
 """Progress bars: ProgressBar (base), TQDMProgressBar and RichProgressBar — our own renderers, no tqdm
 or rich needed.
 
-What the bar shows: ``Epoch 3:  45%|█████     | 45/100 [00:03<00:04, 12.3it/s, v_num=0, loss=0.123,
-duty=97.1%]`` — epoch, batch i/N, elapsed<remaining, it/s, the ``prog_bar`` metrics and the live duty
-cycle (``trainer.progress_bar_metrics["duty"]``, a percentage).
+What the bar shows: ``Epoch 3:  45%|█████     | 45/100 [00:03<00:04, 12.3it/s, duty=97.1%, v_num=0,
+train_loss=0.123]`` — epoch, batch i/N, elapsed<remaining, it/s, the live duty cycle
+(``trainer.progress_bar_metrics["duty"]``, a percentage), ``v_num`` and, as in Lightning 2, only the
+metrics logged with ``prog_bar=True`` (no automatic ``loss`` entry).
 
 Where: ``sys.stderr`` (looked up at each write, so redirections work). On a terminal, one line
 redrawn with ``\\r`` at most every ``mininterval`` seconds (validation takes the line over while it

@@ -240,6 +240,45 @@ class Results:
         for k in [k for k in self.metrics if k[0] == stage]:
             del self.metrics[k]
 
+    # ---- checkpoint (the loops state): tensors, numbers, strings and bools only, no pickle ----------
+    def state_dict(self, stage):
+        """The running epoch's accumulators of `stage`, in logging order, for a checkpoint."""
+        out = []
+        for (st, name), m in self.metrics.items():
+            if st != stage:
+                continue
+            out.append(
+                {
+                    "name": name,
+                    "on_step": m.on_step,
+                    "on_epoch": m.on_epoch,
+                    "prog_bar": m.prog_bar,
+                    "logger": m.logger,
+                    "reduce_fx": m.reduce_fx,
+                    "values": list(m.values),
+                    "weights": list(m.weights),
+                    "last": m.last,
+                }
+            )
+        return out
+
+    def load_state_dict(self, stage, state, device=None):
+        """Replace `stage`'s accumulators by those of state_dict(stage); tensors go to `device`.
+        # note: host -> device copies of the saved values (once, at resume)"""
+
+        def to_dev(v):
+            if isinstance(v, dc.Tensor) and device is not None and v.device != device:
+                return v.to(device)
+            return v
+
+        self.reset_stage(stage)
+        for d in state:
+            m = Metric(d["name"], d["on_step"], d["on_epoch"], d["prog_bar"], d["logger"], d["reduce_fx"])
+            m.values = [to_dev(v) for v in d["values"]]
+            m.weights = list(d["weights"])
+            m.last = to_dev(d["last"])
+            self.metrics[(stage, d["name"])] = m
+
     def progress_bar(self):
         out = {}
         for m in self.metrics.values():

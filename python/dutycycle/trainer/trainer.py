@@ -19,15 +19,17 @@ One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` bel
                     closure: training_step, [on_before_zero_grad, zero_grad], on_before_backward,
                              backward(loss / accumulate_grad_batches), on_after_backward,
                              on_before_optimizer_step, configure_gradient_clipping
-                  global_step += 1; lr schedulers with interval="step"
+                  global_step += 1; lr schedulers with interval="step" (not ReduceLROnPlateau)
+                  last batch of the epoch: lr schedulers with interval="epoch" (not ReduceLROnPlateau)
               else:
                   closure without the optimizer step       # duty: compute
               on_train_batch_end                           # checkpoints here: duty checkpoint_stall
               every log_every_n_steps: write step metrics + duty split to the loggers  # note: sync point
               validation when this batch is a val-check batch (val_check_interval, check_val_every_n_epoch)
+              ReduceLROnPlateau with interval="step", stepped with its monitored metric
               stop if max_steps / max_time / should_stop (and min_epochs / min_steps are met)
           on_train_epoch_end (callbacks, module, then monitoring callbacks); epoch metrics to loggers
-          lr schedulers with interval="epoch"
+          ReduceLROnPlateau with interval="epoch" (after validation), when the epoch ran to its end
       on_train_end, on_fit_end, teardown("fit"); the duty-cycle table is printed
 
 Hooks are called from one place (`_call_hook`: callbacks first, then the LightningModule, as
@@ -35,9 +37,11 @@ Lightning does), and every exception raised inside fit/validate/test/predict fun
 `_run` (on_exception for callbacks and module, loggers finalised as "failed", then re-raised).
 
 Resume is exact: the checkpoint holds model, optimizers, schedulers, callback states, the loop
-position (epoch, batch inside the epoch, global step), the RNG states (dutycycle, numpy, random)
-and the train DataLoader's state_dict; the RNG states are put back after the resumed epoch's
-iterator exists, so the run continues bit for bit as if it had not stopped.
+position (epoch, batch inside the epoch, global step), the RNG states (dutycycle, numpy, random),
+the train DataLoader's state_dict, the running epoch's self.log accumulators and the callback /
+logged metrics; the RNG states are put back after the resumed epoch's iterator exists, so the run
+continues bit for bit as if it had not stopped (epoch-end metrics included). As in Lightning, a
+resumed fit skips the sanity check.
 """
 
 from __future__ import annotations
@@ -345,11 +349,11 @@ class Trainer:
         self._results = Results(self)
         self.callback_metrics = self._results.callback_metrics
         self.logged_metrics = {}
-        self._last_loss = None
         self._resume = None  # loop state read from a checkpoint, consumed by the fit loop
         self._batches_done = 0  # batches finished in the current epoch
         self._next_pos = (0, 0)  # (epoch, batch) of the next training batch: what resume continues from
         self._epoch_rng = None  # RNG states at the start of the epoch (resume without loader state)
+        self._cut_metrics = None  # metric state of an epoch cut short, as it was before its epoch end
         self._time_offset = 0.0  # seconds trained before a resume (max_time)
         self._fit_t0 = None
         self._in_exception = False
@@ -538,11 +542,10 @@ class Trainer:
 
     @property
     def progress_bar_metrics(self):
-        """What the progress bar shows: prog_bar metrics, the latest loss and the live duty cycle (%).
+        """What the progress bar shows: the metrics logged with prog_bar=True (as Lightning 2, no
+        automatic "loss" entry) and the live duty cycle (%, "duty").
         # note: sync point: reads the values back; the bar calls this at its refresh rate only."""
         out = {k: to_float(v) for k, v in self._results.progress_bar().items()}
-        if self._last_loss is not None and "loss" not in out:
-            out["loss"] = to_float(self._last_loss)
         out["duty"] = 100.0 * self.duty_cycle.recent_fraction()
         return out
 
@@ -741,6 +744,7 @@ class Trainer:
         self.should_stop = False
         self.current_epoch = self.global_step = 0
         self._batches_done, self._next_pos, self._resume, self._time_offset = 0, (0, 0), None, 0.0
+        self._cut_metrics = None
         m = self.lightning_module
 
         self._setup_stage("fit")
@@ -753,7 +757,8 @@ class Trainer:
         self._log_hyperparams()
         self._call_hook("on_fit_start")
 
-        if self.num_sanity_val_steps != 0 and self.enable_validation:
+        # Lightning skips the sanity check on resume: it would disturb the restored state
+        if self.num_sanity_val_steps != 0 and self.enable_validation and ckpt is None:
             self._run_sanity_check()
 
         if self.train_dataloader is None:
@@ -844,8 +849,13 @@ class Trainer:
         sampler = getattr(loader, "sampler", None)
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        self._cut_metrics = None
+        self._results.reset_stage("train")  # before the hook: what on_train_epoch_start logs counts
         self._call_hook("on_train_epoch_start")
-        self._results.reset_stage("train")
+        if resume is not None and resume.get("results") is not None:
+            # mid-epoch resume: the epoch's self.log accumulators as they were at the checkpoint
+            # (they include what on_train_epoch_start logged then, so its second call is replaced)
+            self._results.load_state_dict("train", resume["results"], self.root_device)
 
         # ---- the epoch's batch iterator (a resumed epoch continues at its saved position) -------------
         if resume is not None and resume.get("train_dataloader") is not None and hasattr(loader, "load_state_dict"):
@@ -891,23 +901,32 @@ class Trainer:
                 self._run_validation()
                 self._set_flags("train")
                 m.train()
+            if self._stepped:  # ReduceLROnPlateau on "step": after validation, so it sees val metrics
+                self._update_lr_schedulers("step", plateau=True)
             if self._epoch_should_stop():
                 break
             batch_idx += 1
         if exhausted:
             # the loader ran out before `limit`: that was the end of the epoch
             self._next_pos = (epoch + 1, 0)
+            self._update_lr_schedulers("epoch")  # the last batch did not know it was the last
             if limit == float("inf") and self._should_check_val_epoch():
                 self._run_validation()
                 self._set_flags("train")
                 m.train()
+        epoch_complete = exhausted or self._batches_done >= limit
+        if not epoch_complete:
+            # stopped mid-epoch (max_steps, max_time, should_stop): a checkpoint taken from here on
+            # resumes inside this epoch, so it keeps the metrics as they were before the epoch end
+            self._cut_metrics = self._metric_state()
 
         # ---- epoch end: callbacks, module, then monitoring callbacks (Lightning's order) --------------
         self._call_hook("on_train_epoch_end", monitoring=False, module=False)
         self._call_hook("on_train_epoch_end", callbacks=False)
         self._call_hook("on_train_epoch_end", monitoring=True, module=False)
         self._log_metrics(self._results.epoch_end("train"), step=max(self.global_step - 1, 0))
-        self._update_lr_schedulers("epoch", plateau=True)
+        if epoch_complete:  # Lightning: only an epoch that ran all its batches steps them
+            self._update_lr_schedulers("epoch", plateau=True)
         self.current_epoch += 1
 
     def _train_step(self, m, batch, batch_idx):
@@ -991,28 +1010,25 @@ class Trainer:
         out, loss = result.get("out"), result.get("loss")
         if loss is None:
             return {}  # Lightning hands on_train_batch_end an empty dict for a skipped step
-        self._last_loss = loss.detach()
+        loss = loss.detach()
         if isinstance(out, dict):
-            return {**out, "loss": self._last_loss}
-        return {"loss": self._last_loss}
+            return {**out, "loss": loss}
+        return {"loss": loss}
 
     def _manual_step(self, m, batch, batch_idx):
         steps = self.global_step
         out = self._call_hook("training_step", batch, batch_idx, callbacks=False)
         self._stepped = self.global_step > steps
         if isinstance(out, dc.Tensor):
-            self._last_loss = out.detach()
-            return {"loss": self._last_loss}
-        if isinstance(out, dict) and isinstance(out.get("loss"), dc.Tensor):
-            self._last_loss = out["loss"].detach()
+            return {"loss": out.detach()}
         return out
 
     def _manual_optimizer_step(self, optimizer, closure=None, **kwargs):
-        """LightningOptimizer.step() in manual optimization: hook, step, count it."""
+        """LightningOptimizer.step() in manual optimization: hook, step, count it. The lr schedulers
+        are the user's to step (Lightning steps none in manual optimization)."""
         self._call_hook("on_before_optimizer_step", optimizer)
         out = optimizer.step(closure=closure, **kwargs)
         self.global_step += 1
-        self._update_lr_schedulers("step")
         return out
 
     def _training_loss(self, out):
@@ -1074,22 +1090,37 @@ class Trainer:
         return batch
 
     def _update_lr_schedulers(self, interval, plateau=False):
+        """Lightning's _update_learning_rates: the schedulers of `interval` whose frequency divides the
+        batch index + 1 ("step") or the epoch + 1 ("epoch"); the plateau ones (`plateau`) get their
+        monitored metric from callback_metrics. Automatic optimization only."""
+        m = self.lightning_module
+        if not self.lr_scheduler_configs or m is None or not m.automatic_optimization:
+            return
         for cfg in self.lr_scheduler_configs:
             if cfg.interval != interval or cfg.reduce_on_plateau != plateau:
                 continue
-            idx = self.global_step if interval == "step" else self.current_epoch + 1
+            idx = (self.fit_loop.epoch_loop.batch_idx if interval == "step" else self.current_epoch) + 1
             if idx % cfg.frequency:
                 continue
             metric = None
             if cfg.reduce_on_plateau:
-                if cfg.monitor not in self.callback_metrics:
+                metric = self.callback_metrics.get(cfg.monitor)
+                if metric is None:
                     if cfg.strict:
-                        raise ValueError(
-                            f"ReduceLROnPlateau conditioned on metric {cfg.monitor!r} which is not available. "
-                            f"Available metrics are: {sorted(self.callback_metrics)}"
+                        from dutycycle.callbacks import MisconfigurationException
+
+                        raise MisconfigurationException(
+                            f"ReduceLROnPlateau conditioned on metric {cfg.monitor} which is not available. "
+                            f"Available metrics are: {list(self.callback_metrics)}. Condition can be set using "
+                            "`monitor` key in lr scheduler dict"
                         )
+                    warnings.warn(
+                        f"ReduceLROnPlateau conditioned on metric {cfg.monitor} which is not available but strict "
+                        "is set to `False`. Skipping learning rate update.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     continue
-                metric = to_float(self.callback_metrics[cfg.monitor])
             self._call_hook("lr_scheduler_step", cfg.scheduler, metric, callbacks=False)
 
     def _should_check_val_epoch(self):
@@ -1516,12 +1547,20 @@ class Trainer:
             py = states["python"]
             random.setstate((py[0], tuple(py[1]), py[2]))
 
+    def _metric_state(self):
+        return {
+            "results": self._results.state_dict("train"),
+            "callback_metrics": dict(self.callback_metrics),
+            "logged_metrics": dict(self.logged_metrics),
+        }
+
     def _loop_state(self):
         loader = self.train_dataloader
         loader_state = None
         if loader is not None and hasattr(loader, "state_dict") and self._next_pos[1] > 0:
             loader_state = loader.state_dict()
         elapsed = self._time_offset + (perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0)
+        metrics = self._cut_metrics if self._cut_metrics is not None else self._metric_state()
         return {
             "fit_loop": {
                 "current_epoch": self.current_epoch,
@@ -1532,6 +1571,10 @@ class Trainer:
                 "time_elapsed": elapsed,
                 "train_dataloader": loader_state,
                 "epoch_rng": self._epoch_rng,
+                # the running epoch's self.log accumulators (only mid-epoch: a new epoch starts empty)
+                "results": metrics["results"] if self._next_pos[1] > 0 else None,
+                "callback_metrics": metrics["callback_metrics"],
+                "logged_metrics": metrics["logged_metrics"],
             }
         }
 
@@ -1674,7 +1717,14 @@ class Trainer:
             "train_dataloader": loop.get("train_dataloader"),
             "epoch_rng": loop.get("epoch_rng"),
             "rng_states": ckpt.get("rng_states"),
+            "results": loop.get("results"),
         }
+        if loop.get("callback_metrics") is not None:
+            self.callback_metrics.clear()  # the dict the Results share: update it in place
+            for k, v in loop["callback_metrics"].items():
+                self.callback_metrics[k] = v.to(self.root_device) if isinstance(v, dc.Tensor) else v
+        if loop.get("logged_metrics") is not None:
+            self.logged_metrics = dict(loop["logged_metrics"])
 
 
 def _jsonable(obj):
