@@ -211,6 +211,17 @@ def test_default_collate_types():
     assert default_convert({"a": np.arange(3)})["a"].dtype == dc.int64
 
 
+@pytest.mark.parametrize("nw", [0, 2])
+def test_numpy_scalars_collate_to_a_1d_batch(nw):
+    # a Dataset returning (x[i], y[i]) from NumPy arrays gives 0-d np.float32 scalars for y; the
+    # batch is (B,) as in torch, not (B, 1) (np.ascontiguousarray made 0-d arrays 1-d)
+    ds = [(np.arange(3, dtype=np.float32), np.float32(i), np.array(i, np.int64)) for i in range(6)]
+    x, y, k = next(iter(DataLoader(ds, batch_size=4, num_workers=nw)))
+    assert x.shape == (4, 3) and y.shape == (4,) and k.shape == (4,)
+    assert y.tolist() == [0.0, 1.0, 2.0, 3.0] and k.dtype == dc.int64
+    assert default_convert(np.float32(2.5)).shape == () and default_convert(np.array(7)).shape == ()
+
+
 def test_default_collate_errors():
     with pytest.raises(RuntimeError, match=r"batch item 0 has shape \(2,\) and batch item 2 has shape \(3,\)"):
         default_collate([dc.zeros(2), dc.zeros(2), dc.zeros(3)])

@@ -403,3 +403,51 @@ def test_init_functions():
     p = nn.Linear(3, 3).weight  # requires grad: the initialisers must work on it too
     nn.init.normal_(p)
     assert p.requires_grad and p.is_leaf
+
+
+# --- layers and losses that ported tutorials use -----------------------------------------------------
+
+def test_common_tutorial_layers_and_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 3))
+    x = T(a)
+    assert nn.Flatten()(T(rng.normal(size=(2, 1, 3, 4)))).shape == (2, 12)
+    assert nn.Unflatten(1, (3, 4))(T(np.zeros((2, 12)))).shape == (2, 3, 4)
+    np.testing.assert_allclose(N(nn.Sigmoid()(x)), 1 / (1 + np.exp(-a)), rtol=1e-12)
+    np.testing.assert_allclose(N(nn.LeakyReLU(0.2)(x)), np.where(a > 0, a, 0.2 * a))
+    np.testing.assert_allclose(N(nn.Softplus()(x)), np.log1p(np.exp(a)), rtol=1e-12)
+    np.testing.assert_allclose(N(nn.Softmax(dim=1)(x)), np.exp(a) / np.exp(a).sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(N(nn.LogSoftmax(dim=1)(x)), a - np.log(np.exp(a).sum(1, keepdims=True)), rtol=1e-12)
+    np.testing.assert_allclose(N(F.normalize(x, dim=1)), a / np.linalg.norm(a, axis=1, keepdims=True), rtol=1e-12)
+    assert F.one_hot(dc.tensor([0, 2]), num_classes=4).tolist() == np.eye(4, dtype=int)[[0, 2]].tolist()
+    assert F.one_hot(dc.tensor([1, 2])).shape == (2, 3)
+
+    b = rng.normal(size=(4, 3))
+    y01 = (rng.random((4, 3)) > 0.5).astype(np.float64)
+    p = 1 / (1 + np.exp(-a))
+    np.testing.assert_allclose(float(nn.MSELoss()(x, T(b))), ((a - b) ** 2).mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(nn.L1Loss(reduction="sum")(x, T(b))), np.abs(a - b).sum(), rtol=1e-12)
+    d = np.abs(a - b)
+    np.testing.assert_allclose(float(nn.SmoothL1Loss()(x, T(b))), np.where(d < 1, 0.5 * d * d, d - 0.5).mean(),
+                               rtol=1e-12)
+    bce = -(y01 * np.log(p) + (1 - y01) * np.log(1 - p))
+    np.testing.assert_allclose(float(nn.BCEWithLogitsLoss()(x, T(y01))), bce.mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(nn.BCELoss()(T(p), T(y01))), bce.mean(), rtol=1e-12)
+    pw = np.array([1.0, 2.0, 3.0])
+    ref = -(pw * y01 * np.log(p) + (1 - y01) * np.log(1 - p))
+    np.testing.assert_allclose(N(F.binary_cross_entropy_with_logits(x, T(y01), pos_weight=T(pw), reduction="none")),
+                               ref, rtol=1e-12)
+    # extreme logits stay finite (the stable form), probabilities of exactly 0/1 clamp at log = -100
+    assert math.isfinite(float(F.binary_cross_entropy_with_logits(T([1000.0, -1000.0]), T([0.0, 1.0]))))
+    assert float(F.binary_cross_entropy(T([0.0]), T([1.0]))) == 100.0
+    tgt = np.array([0, 2, 1, 2])
+    logp = a - np.log(np.exp(a).sum(1, keepdims=True))
+    np.testing.assert_allclose(float(nn.NLLLoss()(T(logp), dc.tensor(tgt))), -logp[np.arange(4), tgt].mean(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(float(nn.CrossEntropyLoss()(x, dc.tensor(tgt))), -logp[np.arange(4), tgt].mean(),
+                               rtol=1e-12)
+    assert float(nn.NLLLoss(ignore_index=2)(T(logp), dc.tensor(tgt))) == pytest.approx(
+        -logp[[0, 2], [0, 1]].mean(), rel=1e-12)
+    for f in (lambda t: F.binary_cross_entropy_with_logits(t, T(y01)), lambda t: F.leaky_relu(t, 0.1),
+              lambda t: F.softplus(t), lambda t: F.normalize(t, dim=0), lambda t: F.smooth_l1_loss(t, T(b))):
+        assert dc.autograd.gradcheck(f, (T(a, requires_grad=True),))

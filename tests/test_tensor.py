@@ -566,3 +566,117 @@ def test_repr_and_tolist():
     assert "dtype=dutycycle.float64" in repr(dc.ones(2, dtype=dc.float64))
     assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert dc.tensor(3).tolist() == 3
+
+
+# --- PyTorch idioms that ported scripts use ---------------------------------------------------------
+
+def test_negative_index_tensors_count_from_the_end():
+    a = np.arange(12.0).reshape(3, 4)
+    x = dc.tensor(a)
+    assert x[:, [-1]].tolist() == a[:, [-1]].tolist()  # nanoGPT's top-k cut: v[:, [-1]]
+    assert x[dc.tensor([-1, 0])].tolist() == a[[-1, 0]].tolist()
+    with pytest.raises(IndexError, match="index -4 is out of bounds for dimension 0 with size 3"):
+        x[[-4]]
+    with pytest.raises(IndexError, match="index -5 is out of bounds for dimension 1 with size 4"):
+        x[:, dc.tensor([-5])]
+
+
+def test_setitem_with_masks_and_index_tensors():
+    a = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    x = dc.tensor(a)
+    x[x < 0] = 0.0
+    b = a.copy()
+    b[b < 0] = 0.0
+    np.testing.assert_array_equal(to_np(x), b)
+    x[dc.tensor([0, 2])] = 7.0
+    x[:, [1, -1]] = dc.tensor([1.0, 2.0])
+    b[[0, 2]] = 7.0
+    b[:, [1, -1]] = [1.0, 2.0]
+    np.testing.assert_array_equal(to_np(x), b)
+    y = dc.tensor(a).masked_fill_(dc.tensor(a > 0), -1.0)
+    np.testing.assert_array_equal(to_np(y), np.where(a > 0, -1.0, a))
+    with pytest.raises(NotImplementedError, match="require grad"):
+        dc.zeros(3, requires_grad=True)[[0]] = 1.0
+
+
+def test_sort_topk_and_friends_match_numpy():
+    a = np.random.default_rng(1).normal(size=(4, 6))
+    x = dc.tensor(a)
+    v, i = dc.topk(x, 3, dim=-1)
+    np.testing.assert_allclose(to_np(v), -np.sort(-a, -1)[:, :3])
+    np.testing.assert_array_equal(np.take_along_axis(a, to_np(i), -1), to_np(v))
+    np.testing.assert_allclose(to_np(x.topk(2, dim=0, largest=False).values), np.sort(a, 0)[:2])
+    np.testing.assert_allclose(to_np(dc.sort(x, dim=0, descending=True).values), -np.sort(-a, 0))
+    np.testing.assert_array_equal(to_np(x.argsort(-1)), np.argsort(a, -1, kind="stable"))
+    np.testing.assert_allclose(to_np(x.flip(0, 1)), a[::-1, ::-1])
+    np.testing.assert_allclose(to_np(x.cumsum(1)), a.cumsum(1), rtol=1e-12)
+    assert dc.arange(5).cumsum(0).tolist() == [0, 1, 3, 6, 10]
+    np.testing.assert_allclose(to_np(dc.logsumexp(x, dim=1)), np.log(np.exp(a).sum(1)), rtol=1e-12)
+    np.testing.assert_allclose(to_np(x.norm(dim=-1)), np.linalg.norm(a, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(float(x.norm()), np.linalg.norm(a), rtol=1e-12)
+    np.testing.assert_allclose(to_np(x.norm(1, dim=0)), np.abs(a).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(to_np(x.repeat(2, 1, 3)), np.tile(a, (2, 1, 3)))
+    assert dc.eye(2, 3).tolist() == np.eye(2, 3).tolist()
+    assert (dc.arange(7) // 2).tolist() == (np.arange(7) // 2).tolist()
+    assert (dc.arange(7) % 3).tolist() == (np.arange(7) % 3).tolist()
+    assert dc.arange(5).type_as(x).dtype == dc.float64
+    assert dc.nonzero(dc.tensor([0, 3, 0, 1])).tolist() == [[1], [3]]
+    small = np.array([1e-10, -1e-7, 0.5, 3.0])
+    np.testing.assert_allclose(to_np(dc.tensor(small).log1p()), np.log1p(small), rtol=1e-14)
+    np.testing.assert_allclose(to_np(dc.tensor(small).expm1()), np.expm1(small), rtol=1e-14)
+    # gradients flow through the values of sort / topk / flip / cumsum / logsumexp / norm / repeat
+    for f in (lambda t: t.topk(2).values, lambda t: t.sort(0).values, lambda t: t.flip(1),
+              lambda t: t.cumsum(1), lambda t: t.logsumexp(0), lambda t: t.norm(dim=1), lambda t: t.repeat(1, 2)):
+        assert gradcheck(f, (dc.tensor(a, requires_grad=True),))
+
+
+def test_all_any_return_tensors_like_torch():
+    x = dc.tensor([[1.0, 0.0], [2.0, 3.0]])
+    assert isinstance(x.all(), dc.Tensor) and x.all().item() is False and x.any().item() is True
+    assert x.all(dim=1).tolist() == [False, True] and dc.any(x == 0, dim=0).tolist() == [False, True]
+    assert dc.isnan(dc.tensor([1.0, float("nan")])).tolist() == [False, True]
+    assert dc.isinf(dc.tensor([1.0, float("-inf")])).tolist() == [False, True]
+    assert dc.equal(x, x.clone()) and not dc.equal(x, x + 1)
+
+
+def test_multinomial_and_generator():
+    dc.manual_seed(0)
+    assert dc.multinomial(dc.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]), 1).tolist() == [[1], [2]]
+    draws = dc.multinomial(dc.tensor([0.2, 0.8]), 20000, replacement=True)
+    assert abs(draws.float().mean().item() - 0.8) < 0.02
+    assert sorted(dc.multinomial(dc.ones(5), 5).tolist()) == [0, 1, 2, 3, 4]
+    # a Generator is a stream of its own: drawing from it leaves the global stream alone
+    dc.manual_seed(3)
+    a = dc.randn(4)
+    g = dc.Generator().manual_seed(7)
+    ga = dc.randn(4, generator=g)
+    b = dc.randn(4)
+    dc.manual_seed(3)
+    assert dc.equal(dc.randn(4), a) and dc.equal(dc.randn(4), b)
+    assert dc.equal(dc.randn(4, generator=dc.Generator().manual_seed(7)), ga)
+    assert not dc.equal(dc.randn(4, generator=g), ga)
+    from dutycycle.data import random_split
+
+    s1 = [list(s) for s in random_split(range(10), [0.7, 0.3], generator=dc.Generator().manual_seed(42))]
+    s2 = [list(s) for s in random_split(range(10), [0.7, 0.3], generator=dc.Generator().manual_seed(42))]
+    assert s1 == s2 and sorted(s1[0] + s1[1]) == list(range(10))
+
+
+def test_save_and_load_state_dicts(tmp_path):
+    model = dc.nn.Sequential(dc.nn.Linear(3, 4), dc.nn.ReLU(), dc.nn.Linear(4, 2))
+    opt = dc.optim.AdamW(model.parameters())
+    model(dc.randn(2, 3)).sum().backward()
+    opt.step()
+    dc.save(model.state_dict(), tmp_path / "m.pt")
+    dc.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": 3}, str(tmp_path / "all.pt"))
+    m2 = dc.nn.Sequential(dc.nn.Linear(3, 4), dc.nn.ReLU(), dc.nn.Linear(4, 2))
+    m2.load_state_dict(dc.load(tmp_path / "m.pt", map_location="cpu"))
+    x = dc.randn(5, 3)
+    assert dc.equal(m2(x), model(x))
+    ck = dc.load(tmp_path / "all.pt")
+    assert ck["epoch"] == 3
+    dc.optim.AdamW(m2.parameters()).load_state_dict(ck["opt"])
+    dc.save(dc.arange(4), tmp_path / "t.pt")
+    assert dc.load(tmp_path / "t.pt").tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="cannot store"):
+        dc.save({"m": model}, tmp_path / "bad.pt")

@@ -3,7 +3,7 @@ of tensor methods (dutycycle.cat, dutycycle.softmax, ...)."""
 
 from __future__ import annotations
 
-import math
+import builtins
 
 from . import _C
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float32, float64, int64
@@ -44,7 +44,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         t = data.detach().to(dtype=_dd(dtype, data.dtype), device=as_device(device) if device else data.device,
                              copy=True)
         return _finish(t, requires_grad)
-    if isinstance(data, (list, tuple)) and any(isinstance(x, Tensor) for x in data):
+    if isinstance(data, (list, tuple)) and builtins.any(isinstance(x, Tensor) for x in data):
         data = [x.detach().cpu().numpy() if isinstance(x, Tensor) else x for x in data]
     try:
         arr = np.asarray(data)
@@ -126,7 +126,7 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
         start, end = 0, start
     vals = (start, end, step)
     if dtype is None:
-        dtype = int64 if all(isinstance(v, int) for v in vals) else _default_dtype
+        dtype = int64 if builtins.all(isinstance(v, int) for v in vals) else _default_dtype
     return _finish(_C.arange(float(start), float(end), float(step), as_dtype(dtype).id, *as_device(device)._tuple),
                    requires_grad)
 
@@ -140,17 +140,25 @@ def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
     return _finish(t, requires_grad)
 
 
-def _random(kind, size, dtype, device, requires_grad, low=0, high=0):
-    t = _C.random(K[kind], _norm_size(size), low, high, dtype.id, *as_device(device)._tuple)
+def _random(kind, size, dtype, device, requires_grad, low=0, high=0, generator=None):
+    def draw():
+        return _C.random(K[kind], _norm_size(size), low, high, dtype.id, *as_device(device)._tuple)
+
+    if generator is None:
+        t = draw()
+    elif isinstance(generator, Generator):
+        t = generator._draw(draw)
+    else:
+        raise TypeError(f"generator must be a dutycycle.Generator, got {type(generator).__name__}")
     return _finish(t, requires_grad)
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _random("rand", size, _dd(dtype), device, requires_grad)
+    return _random("rand", size, _dd(dtype), device, requires_grad, generator=generator)
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _random("randn", size, _dd(dtype), device, requires_grad)
+    return _random("randn", size, _dd(dtype), device, requires_grad, generator=generator)
 
 
 def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=False, generator=None):
@@ -161,14 +169,14 @@ def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=Fa
     if size is None:
         raise TypeError("randint() missing the size argument")
     return _random("randint", (size,) if not isinstance(size, int) else ((size,),), _dd(dtype, int64), device,
-                   requires_grad, int(low), int(high))
+                   requires_grad, int(low), int(high), generator=generator)
 
 
-def randperm(n, dtype=None, device=None):
-    """A random permutation of 0..n-1 drawn from dutycycle's generator."""
+def randperm(n, dtype=None, device=None, generator=None):
+    """A random permutation of 0..n-1 drawn from dutycycle's generator (or `generator`)."""
     import numpy as np
 
-    keys = rand(n, dtype=float64).numpy()
+    keys = rand(n, dtype=float64, generator=generator).numpy()
     return tensor(np.argsort(keys, kind="stable"), dtype=_dd(dtype, int64), device=device)
 
 
@@ -287,7 +295,10 @@ for _n in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu
            "var", "std", "max", "min", "amax", "amin", "argmax", "argmin", "softmax", "log_softmax", "clamp",
            "gather", "index_select", "masked_fill", "tril", "triu", "split", "chunk", "reshape", "flatten",
            "squeeze", "unsqueeze", "transpose", "permute", "maximum", "minimum", "square", "unbind", "narrow",
-           "clone", "allclose", "numel"):
+           "clone", "allclose", "numel", "topk", "sort", "argsort", "flip", "cumsum", "logsumexp", "norm", "isnan",
+           "isinf", "isfinite", "all", "any", "logical_not", "logical_and", "logical_or", "repeat", "type_as",
+           "select", "clamp_min", "clamp_max", "equal", "isclose", "broadcast_to", "reciprocal", "log1p", "expm1",
+           "floor_divide", "remainder", "nonzero", "argwhere"):
     globals()[_n] = _method(_n)
 clip = clamp  # noqa: F821
 
@@ -320,5 +331,123 @@ def numel(x):
     return x.numel()
 
 
-def isfinite(x):
-    return (x == x) & (x.abs() < math.inf)
+def eye(n, m=None, dtype=None, device=None, requires_grad=False):
+    m = n if m is None else m
+    t = _C.tril(_C.tril(_C.full((n, m), 1.0, _dd(dtype).id, *as_device(device)._tuple), 0), 0, True)
+    return _finish(t, requires_grad)
+
+
+def multinomial(input, num_samples, replacement=False, generator=None):
+    """Draw num_samples category indices per row of input (probabilities or weights, (C,) or (N, C)),
+    from dutycycle's generator (so manual_seed makes it reproducible)."""
+    import numpy as np
+
+    _check_tensor(input, "multinomial")
+    if input.ndim not in (1, 2):
+        raise ValueError(f"multinomial: input must be 1-D or 2-D, got shape {input.shape}")
+    w = input.detach().cpu().to(float64).numpy().reshape(-1, input.shape[-1])
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise RuntimeError("multinomial: probability tensor contains either inf, nan or element < 0")
+    if (w.sum(1) <= 0).any():
+        raise RuntimeError("multinomial: invalid multinomial distribution (sum of probabilities <= 0)")
+    n_cat = w.shape[1]
+    if not replacement and num_samples > n_cat:
+        raise RuntimeError(f"multinomial: cannot sample n_sample={num_samples} > prob_dist.size(-1)={n_cat} samples "
+                           "without replacement")
+    u = rand(w.shape[0], num_samples if replacement else n_cat, dtype=float64, generator=generator).numpy()
+    if replacement:
+        cdf = np.cumsum(w, 1)
+        cdf /= cdf[:, -1:]
+        out = np.stack([np.minimum(np.searchsorted(c, r, side="right"), n_cat - 1) for c, r in zip(cdf, u)])
+    else:  # Gumbel top-k: without replacement, in order of drawing
+        with np.errstate(divide="ignore"):
+            keys = np.log(w) - np.log(-np.log(np.clip(u, 1e-300, 1.0)))
+        out = np.argsort(-keys, axis=1, kind="stable")[:, :num_samples]
+    out = out.astype(np.int64).reshape(*input.shape[:-1], num_samples)
+    return tensor(out, dtype=int64, device=input.device)
+
+
+class Generator:
+    """A random generator of its own (torch.Generator): pass it as generator= to rand/randn/randint,
+    multinomial, random_split, samplers and DataLoader. Its stream is dutycycle's counter-based
+    generator at (seed, offset), kept apart from the global one."""
+
+    def __init__(self, device="cpu"):
+        self.device = as_device(device)
+        self._state = (67280421310721, 0)
+
+    def manual_seed(self, seed):
+        if not isinstance(seed, int):
+            raise TypeError(f"manual_seed expects an int, got {type(seed).__name__}")
+        self._state = (seed & 0xFFFFFFFFFFFFFFFF, 0)
+        return self
+
+    def seed(self):
+        import secrets
+
+        s = secrets.randbits(63)
+        self._state = (s, 0)
+        return s
+
+    def initial_seed(self):
+        return self._state[0]
+
+    def get_state(self):
+        return self._state
+
+    def set_state(self, state):
+        self._state = (int(state[0]), int(state[1]))
+        return self
+
+    def _draw(self, fn):
+        """Run fn() with this generator as the global one, then give the global one back."""
+        saved = _C.rng_state()
+        _C.set_rng_state(*self._state)
+        try:
+            return fn()
+        finally:
+            self._state = tuple(_C.rng_state())
+            _C.set_rng_state(*saved)
+
+
+# --- save / load ----------------------------------------------------------------------------------
+
+_ROOT = "__dutycycle_root__"
+
+
+def save(obj, f):
+    """torch.save for what people save: a state_dict (or any nested dict/list/tuple of tensors, numbers,
+    strings). Written as one safetensors file with the structure in its metadata; never a pickle, so
+    arbitrary Python objects (modules, lambdas) raise a TypeError naming where they sit."""
+    import os
+
+    from .trainer.checkpoint_io import save_checkpoint
+
+    if not isinstance(f, (str, bytes, os.PathLike)):
+        raise TypeError(f"save: f must be a file path, got {type(f).__name__} (file objects are not supported)")
+    save_checkpoint(f, obj if isinstance(obj, dict) and _ROOT not in obj else {_ROOT: obj})
+
+
+def load(f, map_location=None, weights_only=None, **kwargs):
+    """Read a file written by dutycycle.save (or by Trainer.save_checkpoint, or any safetensors file).
+    map_location: None/'cpu' or a device to move the tensors to."""
+    from .trainer.checkpoint_io import load_checkpoint
+
+    obj = load_checkpoint(f)
+    if isinstance(obj, dict) and len(obj) == 1 and _ROOT in obj:
+        obj = obj[_ROOT]
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        dev = as_device(map_location)
+        if dev.type != "cpu":
+            obj = _map_tensors(obj, lambda t: t.to(dev))
+    return obj
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj

@@ -28,6 +28,7 @@ from ._dtype import (
 K = _C.kernel_names()  # kernel ids by name, e.g. K["add"]
 
 _MaxMin = collections.namedtuple("max_min", ["values", "indices"])
+_Sort = collections.namedtuple("sort", ["values", "indices"])
 
 
 def _norm_size(size, what="size"):
@@ -450,8 +451,27 @@ class Tensor(_C.TensorBase):
                     continue
                 if index.dtype != int64:
                     index = index.long()
+                if isinstance(item, list) and index.numel():  # host data: name the index as written
+                    import numpy as np
+
+                    a, size = np.asarray(item), out.shape[dim]
+                    bad = (a < -size) | (a >= size)
+                    if bad.any():
+                        raise IndexError(f"index {a[bad].flat[0]} is out of bounds for dimension {src_dim - 1} with "
+                                         f"size {size}")
+                given, size = index, out.shape[dim]
+                if index.numel():  # negative entries count from the end, as in torch
+                    index = _C.where(index < 0, index + size, index)
                 flat = index.reshape(-1)
-                out = _C.gather(out, dim, flat, True)
+                try:
+                    out = _C.gather(out, dim, flat, True)
+                except IndexError:  # name the index as the caller wrote it, not the wrapped one
+                    g = given.detach().cpu().numpy().reshape(-1)
+                    bad = g[(g < -size) | (g >= size)]
+                    if not bad.size:
+                        raise
+                    raise _C.IndexError_(f"index {bad[0]} is out of bounds for dimension {src_dim - 1} with size "
+                                         f"{size}") from None
                 if index.ndim != 1:
                     out = out.reshape(out.shape[:dim] + index.shape + out.shape[dim + 1:])
                 dim += index.ndim
@@ -463,12 +483,36 @@ class Tensor(_C.TensorBase):
     def __setitem__(self, idx, value):
         items = idx if isinstance(idx, tuple) else (idx,)
         if builtins.any(isinstance(i, (Tensor, list)) for i in items):
-            raise NotImplementedError("assignment through an index tensor is not supported; use index_add or "
-                                      "masked_fill")
+            self._setitem_advanced(items, value)
+            return
         target = self[idx]  # a view sharing storage with self
         target.copy_(value if isinstance(value, Tensor) else _scalar(value, target))
 
+    def _setitem_advanced(self, items, value):
+        """x[mask] = v, x[idx] = v, x[:, [0, 2]] = v: the common cases of PyTorch's index_put_."""
+        if len(items) == 1 and isinstance(items[0], Tensor) and items[0].dtype == bool_ and \
+                items[0].shape == self.shape:  # the usual x[x < 0] = 0: a where(), keeps the device
+            mask = items[0]
+            v = value if isinstance(value, Tensor) else _scalar(value, self)
+            if v.numel() == 1:
+                self.copy_(_C.where(mask, v.reshape(()).to(self.dtype), self))
+                return
+        import numpy as np
+
+        if self.requires_grad or self.device.type != "cpu" or self.dtype == bfloat16:
+            raise NotImplementedError(
+                "assignment through an index tensor is only supported on CPU tensors (not bfloat16) that don't "
+                "require grad; use masked_fill / where / index_add instead")
+        np_items = tuple(i.cpu().numpy() if isinstance(i, Tensor) else i for i in items)
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().to(self.dtype).numpy()
+        view = np.asarray(self)  # shares memory with self
+        view[np_items] = value
+
     # --- in place -----------------------------------------------------------------------------------
+    def masked_fill_(self, mask, value):
+        return self.copy_(self.masked_fill(mask, value))
+
     def copy_(self, src, non_blocking=False):
         if not isinstance(src, Tensor):
             src = _tensor_from(src, dtype=self.dtype, device=self.device)
@@ -699,6 +743,195 @@ class Tensor(_C.TensorBase):
     def triu(self, diagonal=0):
         return _C.tril(self, diagonal, True)
 
+    def equal(self, other):
+        """True when other has the same shape and the same values (a Python bool, as torch.equal)."""
+        return isinstance(other, Tensor) and self.shape == other.shape and bool((self == other).all())
+
+    def isclose(self, other, rtol=1e-5, atol=1e-8):
+        other = _scalar_or_tensor(other, self)
+        return (self - other).abs() <= (other.abs() * rtol + atol)
+
+    def broadcast_to(self, *size):
+        return self.expand(*size)
+
+    def pin_memory(self):
+        return self  # CPU memory needs no pinning here; kept so ported loaders run
+
+    def reciprocal(self):
+        return 1.0 / self
+
+    def log1p(self):
+        # log(1 + x) accurate for tiny x (Goldberg): log(u) * x / (u - 1) with u = 1 + x rounded
+        u = self + 1.0
+        one = u == 1.0
+        d = _C.where(one, _scalar(1.0, u), u - 1.0)  # no 0/0 in the branch where() drops (its grad too)
+        return _C.where(one, self, u.log() * self / d)
+
+    def expm1(self):
+        # exp(x) - 1 accurate for tiny x (Kahan): (u - 1) * x / log(u) with u = exp(x)
+        u = self.exp()
+        one = u == 1.0
+        lg = _C.where(one, _scalar(1.0, u), u.log())
+        return _C.where(one, self, (u - 1.0) * self / lg)
+
+    def _np_binary(self, other, fn, name):
+        import numpy as np
+
+        if self.requires_grad or (isinstance(other, Tensor) and other.requires_grad):
+            raise NotImplementedError(f"{name} has no gradient; use it on detached tensors")
+        a = self.detach().cpu().numpy()
+        b = other.detach().cpu().numpy() if isinstance(other, Tensor) else other
+        out = np.asarray(fn(a, b))
+        if isinstance(other, Tensor) and other.dtype != self.dtype:
+            raise _C.DTypeError(f"{name}: dtype mismatch: {self.dtype.name} and {other.dtype.name}")
+        return _tensor_from(out.astype(self.dtype._np if out.dtype.kind != "b" else out.dtype), device=self.device)
+
+    def __floordiv__(self, other):
+        import numpy as np
+
+        return self._np_binary(other, np.floor_divide, "floor_divide")
+
+    def __mod__(self, other):
+        import numpy as np
+
+        return self._np_binary(other, np.mod, "remainder")
+
+    floor_divide = __floordiv__
+    remainder = __mod__
+
+    def nonzero(self, as_tuple=False):
+        import numpy as np
+
+        nz = np.nonzero(self.detach().cpu().numpy())
+        if as_tuple:
+            return tuple(_tensor_from(i.astype("int64"), dtype=int64, device=self.device) for i in nz)
+        return _tensor_from(np.stack(nz, 1).astype("int64").reshape(-1, self.ndim), dtype=int64, device=self.device)
+
+    argwhere = nonzero
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def ndimension(self):
+        return self.ndim
+
+    def select(self, dim, index):
+        return _C.select(self, dim, index)
+
+    def mm(self, other):
+        from . import _functions as F
+
+        return F.mm(self, other)
+
+    def bmm(self, other):
+        from . import _functions as F
+
+        return F.bmm(self, other)
+
+    def clamp_min(self, min):
+        return _C.clamp(self, min, None)
+
+    def clamp_max(self, max):
+        return _C.clamp(self, None, max)
+
+    def isnan(self):
+        return self != self
+
+    def isinf(self):
+        if not self.dtype.is_floating_point:
+            return _C.full(self.shape, 0.0, bool_.id, *self._device_tuple)
+        return self.abs() == math.inf
+
+    def isfinite(self):
+        if not self.dtype.is_floating_point:
+            return _C.full(self.shape, 1.0, bool_.id, *self._device_tuple)
+        return self.abs() < math.inf
+
+    def logical_not(self):
+        return ~self.bool()
+
+    def logical_and(self, other):
+        return self.bool() & other.bool()
+
+    def logical_or(self, other):
+        return self.bool() | other.bool()
+
+    def repeat(self, *sizes):
+        """Tile the tensor: x.repeat(2, 1) stacks two copies along dim 0 (torch.Tensor.repeat)."""
+        reps = _norm_size(sizes, "repeat() sizes")
+        if len(reps) < self.ndim:
+            raise ValueError(f"repeat: number of repeat dims ({len(reps)}) can not be smaller than the number of "
+                             f"tensor dims ({self.ndim})")
+        shape = (1,) * (len(reps) - self.ndim) + tuple(self.shape)
+        inter = builtins.sum(((1, n) for n in shape), ())  # (1, s0, 1, s1, ...)
+        big = builtins.sum(((r, n) for r, n in zip(reps, shape)), ())  # (r0, s0, r1, s1, ...)
+        return self.reshape(inter).expand(big).reshape(tuple(r * n for r, n in zip(reps, shape)))
+
+    def flip(self, *dims):
+        dims = _norm_size(dims, "flip() dims")
+        out = self
+        for d in dims:
+            n = self.shape[d]
+            out = _C.gather(out, d, _C.arange(float(n - 1), -1.0, -1.0, int64.id, *self._device_tuple), True)
+        return out
+
+    def cumsum(self, dim, dtype=None):
+        x = self if dtype is None else self.to(dtype)
+        if not x.dtype.is_floating_point:  # integer running sums: exact, no autograd needed
+            import numpy as np
+
+            return _tensor_from(np.cumsum(x.detach().cpu().numpy(), axis=dim), dtype=x.dtype, device=x.device)
+        n = x.shape[dim]
+        tri = _C.tril(_C.full((n, n), 1.0, x._dtype_id, *x._device_tuple), 0, True)  # tri[j, i] = j <= i
+        return (x.transpose(dim, -1) @ tri).transpose(dim, -1)
+
+    def logsumexp(self, dim, keepdim=False):
+        m = _C.amax(self.detach(), dim, True, False)
+        m = _C.where(m.abs() == math.inf, _C.full((), 0.0, m._dtype_id, *m._device_tuple), m)
+        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        return out if keepdim else out.squeeze(dim) if isinstance(dim, int) else \
+            out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in {d % self.ndim for d in dim}))
+
+    def norm(self, p="fro", dim=None, keepdim=False):
+        if p in ("fro", 2, 2.0):
+            return (self * self).sum(dim, keepdim=keepdim).sqrt()
+        if p in (1, 1.0):
+            return self.abs().sum(dim, keepdim=keepdim)
+        if p in (math.inf, "inf"):
+            return self.abs().amax(dim, keepdim=keepdim)
+        if isinstance(p, (int, float)) and p > 0:
+            return (self.abs() ** p).sum(dim, keepdim=keepdim) ** (1.0 / p)
+        raise ValueError(f"norm: unsupported p={p!r}")
+
+    def _sort_indices(self, dim, descending):
+        import numpy as np
+
+        a = self.detach().cpu()
+        a = (a.float() if a.dtype == bfloat16 else a).numpy()
+        idx = np.argsort(-a if descending and a.dtype != np.bool_ else a, axis=dim, kind="stable")
+        if descending and a.dtype == np.bool_:
+            idx = np.flip(np.argsort(a, axis=dim, kind="stable"), axis=dim)
+        return idx
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        """(values, indices) along dim; values carry the gradient (a gather)."""
+        idx = _tensor_from(self._sort_indices(dim, descending).astype("int64"), dtype=int64, device=self.device)
+        return _Sort(_C.gather(self, dim, idx), idx)
+
+    def argsort(self, dim=-1, descending=False, stable=False):
+        return _tensor_from(self._sort_indices(dim, descending).astype("int64"), dtype=int64, device=self.device)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """(values, indices) of the k largest (or smallest) entries along dim; values carry the gradient."""
+        import numpy as np
+
+        n = self.shape[dim] if self.ndim else 1
+        if not 0 <= k <= n:
+            raise IndexError(f"topk: k={k} is out of range for dimension {dim} of size {n}")
+        idx = np.take(self._sort_indices(dim, largest), np.arange(k), axis=dim)
+        idx = _tensor_from(np.ascontiguousarray(idx).astype("int64"), dtype=int64, device=self.device)
+        return _Sort(_C.gather(self, dim, idx), idx)
+
     # --- reductions ------------------------------------------------------------------------------
     def sum(self, dim=None, keepdim=False, dtype=None):
         x = self if dtype is None else self.to(dtype)
@@ -751,11 +984,13 @@ class Tensor(_C.TensorBase):
     def log_softmax(self, dim):
         return _C.softmax(self, dim, True)
 
-    def all(self):
-        return bool((self.bool().long().sum() == self.numel()).item())
+    def all(self, dim=None, keepdim=False):
+        """A bool tensor (0-d without dim), as torch: True where every element is nonzero."""
+        n = self.numel() if dim is None else self.shape[dim]
+        return self.bool().long().sum(dim, keepdim) == n
 
-    def any(self):
-        return bool((self.bool().long().sum() > 0).item())
+    def any(self, dim=None, keepdim=False):
+        return self.bool().long().sum(dim, keepdim) > 0
 
     def allclose(self, other, rtol=1e-5, atol=1e-8):
         import numpy as np

@@ -47,6 +47,12 @@ def _np_supported(a):
                     "(supported: float16/32/64, int8..int64, uint8..uint32, bool)")
 
 
+def _c_order(a):
+    """A C-contiguous array with a's shape. (np.ascontiguousarray turns a 0-d array into a 1-d one,
+    which would give numpy scalars a stray dim of 1.)"""
+    return np.require(a, requirements="C")
+
+
 def _is_namedtuple(x):
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
@@ -62,7 +68,7 @@ def _stack_leaves(leaves, kind):
 
         return stack(leaves)
     arr = np.stack([_np_supported(np.asarray(a)) for a in leaves])
-    return _C.from_buffer(np.ascontiguousarray(arr))
+    return _C.from_buffer(_c_order(arr))
 
 
 def _check_same(batch, path, what):
@@ -138,9 +144,9 @@ def default_convert(data):
     if isinstance(data, np.ndarray):
         if data.dtype.kind in "USOV":
             return data
-        return _C.from_buffer(np.ascontiguousarray(_np_supported(data)))
+        return _C.from_buffer(_c_order(_np_supported(data)))
     if isinstance(data, np.generic) and data.dtype.kind not in "USOV":
-        return _C.from_buffer(np.ascontiguousarray(_np_supported(np.asarray(data))))
+        return _C.from_buffer(_c_order(_np_supported(np.asarray(data))))
     if isinstance(data, collections.abc.Mapping):
         out = {k: default_convert(v) for k, v in data.items()}
         try:
@@ -183,7 +189,7 @@ class _CStacker:
                 return _stack_leaves(leaves, kind)
             parts = [t if t.is_contiguous() else t.contiguous() for t in leaves]
         else:
-            parts = [_C.from_buffer(np.ascontiguousarray(_np_supported(np.asarray(a)))) for a in leaves]
+            parts = [_C.from_buffer(_c_order(_np_supported(np.asarray(a)))) for a in leaves]
         self.columns.append((parts, None, True))
         return _Slot(len(self.columns) - 1)
 

@@ -5,7 +5,7 @@ with NumPy's PCG64 (`numpy.random.default_rng(seed).permutation(n)`). The seed c
   - dutycycle's global generator (the default), so ``dc.manual_seed`` / ``seed_everything`` make
     the order reproducible; the draw happens when the epoch's iterator is created (``iter()``),
     in the calling thread, never lazily on a loader thread;
-  - or `generator`: a ``numpy.random.Generator`` (or an int, which seeds one);
+  - or `generator`: a ``dutycycle.Generator``, a ``numpy.random.Generator`` (or an int, which seeds one);
   - or `seed`: a fixed base seed; epoch e then uses a seed derived from (seed, e), like a
     DistributedSampler, and ``set_epoch`` picks e (without set_epoch calls, each new iteration
     advances e by one).
@@ -27,15 +27,23 @@ def _draw_seed(generator):
         return int(randint(0, _SEED_HIGH, (1,)).item())
     if isinstance(generator, np.random.Generator):
         return int(generator.integers(0, _SEED_HIGH))
-    raise TypeError(f"generator must be None, an int or a numpy.random.Generator, got {type(generator).__name__}")
+    from .._functions import Generator, randint
+
+    if isinstance(generator, Generator):
+        return int(randint(0, _SEED_HIGH, (1,), generator=generator).item())
+    raise TypeError(f"generator must be None, an int, a dutycycle.Generator or a numpy.random.Generator, got "
+                    f"{type(generator).__name__}")
 
 
 def _as_generator(generator):
-    if generator is None or isinstance(generator, np.random.Generator):
+    from .._functions import Generator
+
+    if generator is None or isinstance(generator, (np.random.Generator, Generator)):
         return generator
     if isinstance(generator, int) and not isinstance(generator, bool):
         return np.random.default_rng(generator)
-    raise TypeError(f"generator must be None, an int or a numpy.random.Generator, got {type(generator).__name__}")
+    raise TypeError(f"generator must be None, an int, a dutycycle.Generator or a numpy.random.Generator, got "
+                    f"{type(generator).__name__}")
 
 
 def _epoch_seed(seed, epoch):

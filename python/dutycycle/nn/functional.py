@@ -43,6 +43,17 @@ def gelu(x, approximate="none"):
     return dc._C.gelu(x, approximate == "tanh")
 
 
+def leaky_relu(x, negative_slope=0.01, inplace=False):
+    return dc.where(x > 0, x, x * negative_slope)
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta * x)) / beta, linear where beta * x > threshold (torch's rule)."""
+    bx = x * beta
+    soft = (bx.clamp(min=0) + ((-bx.abs()).exp() + 1.0).log()) / beta
+    return dc.where(bx > threshold, x, soft)
+
+
 def tanh(x):
     return x.tanh()
 
@@ -51,12 +62,27 @@ def sigmoid(x):
     return x.sigmoid()
 
 
-def softmax(x, dim=-1):
-    return x.softmax(dim)
+def softmax(x, dim=-1, dtype=None):
+    return (x if dtype is None else x.to(dtype)).softmax(dim)
 
 
-def log_softmax(x, dim=-1):
-    return x.log_softmax(dim)
+def log_softmax(x, dim=-1, dtype=None):
+    return (x if dtype is None else x.to(dtype)).log_softmax(dim)
+
+
+def normalize(x, p=2.0, dim=1, eps=1e-12):
+    """x / max(||x||_p, eps) along dim."""
+    return x / x.norm(p, dim=dim, keepdim=True).clamp(min=eps)
+
+
+def one_hot(tensor, num_classes=-1):
+    """int64 class indices (...) -> int64 one-hot (..., num_classes)."""
+    if tensor.dtype not in (dc.int64, dc.int32):
+        raise TypeError(f"one_hot: expected an int64 tensor of class indices, got {tensor.dtype}")
+    if num_classes < 0:
+        num_classes = int(tensor.max().item()) + 1 if tensor.numel() else 0
+    classes = dc.arange(num_classes, dtype=tensor.dtype, device=tensor.device)
+    return (tensor.unsqueeze(-1) == classes).long()
 
 
 def dropout(x, p=0.5, training=True):
@@ -99,6 +125,88 @@ def mse_loss(input, target, reduction="mean"):
     if reduction == "sum":
         return sq.sum()
     return sq
+
+
+def _reduce(loss, reduction):
+    _check_reduction(reduction)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_same_shape(name, input, target):
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"{name}: input shape {tuple(input.shape)} != target shape {tuple(target.shape)} (torch "
+                         "warns and broadcasts here, which is nearly always a bug)")
+
+
+def l1_loss(input, target, reduction="mean"):
+    _check_reduction(reduction)
+    _check_same_shape("l1_loss", input, target)
+    return _reduce((input - target).abs(), reduction)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    _check_reduction(reduction)
+    _check_same_shape("smooth_l1_loss", input, target)
+    d = (input - target).abs()
+    if beta == 0:
+        return _reduce(d, reduction)
+    return _reduce(dc.where(d < beta, d * d * (0.5 / beta), d - 0.5 * beta), reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    return smooth_l1_loss(input, target, reduction, beta=delta) * delta
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """-[pos_weight * y * log sigmoid(x) + (1 - y) * log(1 - sigmoid(x))], computed stably."""
+    _check_reduction(reduction)
+    _check_same_shape("binary_cross_entropy_with_logits", input, target)
+    if not target.dtype.is_floating_point:
+        raise TypeError(f"binary_cross_entropy_with_logits: target must be floating point (0./1.), got {target.dtype}")
+    log_sig_neg = (-input).clamp(min=0) + ((-input.abs()).exp() + 1.0).log()  # -log sigmoid(x)
+    if pos_weight is None:
+        loss = (1 - target) * input + log_sig_neg
+    else:
+        loss = (1 - target) * input + (1 + (pos_weight - 1) * target) * log_sig_neg
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """-[y log p + (1 - y) log(1 - p)] on probabilities, each log clamped at -100 as in torch."""
+    _check_reduction(reduction)
+    _check_same_shape("binary_cross_entropy", input, target)
+    loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log likelihood from log-probabilities input (N, C) (or (C,)) and int64 targets (N,)."""
+    _check_reduction(reduction)
+    if weight is not None:
+        raise NotImplementedError("nll_loss: class weights are not supported")
+    if target.dtype != dc.int64:
+        raise TypeError(f"nll_loss: target must be int64 class indices, got {target.dtype}")
+    if input.dim() not in (1, 2) or tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(f"nll_loss: expected input (N, C) with target (N,), got {tuple(input.shape)} and "
+                         f"{tuple(target.shape)}")
+    logp = input.reshape(-1, input.shape[-1])
+    tgt = target.reshape(-1)
+    ignored = tgt == ignore_index
+    loss = -logp.gather(1, tgt.masked_fill(ignored, 0).unsqueeze(1)).squeeze(1)
+    loss = loss.masked_fill(ignored, 0.0)
+    if reduction == "none":
+        return loss.view(*target.shape)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (tgt != ignore_index).to(loss.dtype).sum()
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
