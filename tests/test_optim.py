@@ -455,3 +455,40 @@ def test_reduce_on_plateau_state_dict_round_trip_through_a_checkpoint(tmp_path):
     assert (b.mode, b.mode_worse, b.cooldown_counter, b.last_epoch) == ("min", math.inf, 2, 4)
     tail = [2.0, 2.0, 2.0, 2.0, 1.0]
     assert plateau_lrs(b, tail) == plateau_lrs(a, tail)
+
+
+def _adam_reference(p, grads, lr, b1, b2, eps, wd, maximize):
+    """torch.optim.Adam's update, in float64 numpy."""
+    p = p.astype(np.float64).copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        g = -g if maximize else g
+        g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+    return p
+
+
+@pytest.mark.parametrize("wd,maximize", [(0.0, False), (0.1, False), (0.1, True), (0.0, True)])
+def test_adam_matches_torch_semantics(wd, maximize):
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((4, 3))
+    grads = [rng.standard_normal((4, 3)) for _ in range(4)]
+    p = dc.tensor(p0, dtype=dc.float64, requires_grad=True)
+    opt = dc.optim.Adam([p], lr=0.05, betas=(0.8, 0.9), eps=1e-6, weight_decay=wd, maximize=maximize)
+    for g in grads:
+        p.grad = dc.tensor(g, dtype=dc.float64)
+        opt.step()
+    ref = _adam_reference(p0, grads, 0.05, 0.8, 0.9, 1e-6, wd, maximize)
+    np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    assert opt.state[p]["step"] == 4
+    # Adam and AdamW differ only in how weight decay enters
+    if wd == 0 and not maximize:
+        q = dc.tensor(p0, dtype=dc.float64, requires_grad=True)
+        opt2 = dc.optim.AdamW([q], lr=0.05, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.0)
+        for g in grads:
+            q.grad = dc.tensor(g, dtype=dc.float64)
+            opt2.step()
+        np.testing.assert_array_equal(q.detach().numpy(), p.detach().numpy())

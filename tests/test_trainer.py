@@ -1069,3 +1069,51 @@ def test_reduce_on_plateau_resumes_exactly(data, tmp_path, k):
     assert rt.lr_scheduler_configs[0].scheduler.state_dict() == ft.lr_scheduler_configs[0].scheduler.state_dict()
     lrs = [m["lr-SGD"] for _, m in flg.metrics if "lr-SGD" in m]
     assert lrs[0] == 0.1 and lrs[-1] == 0.05  # LearningRateMonitor logs the plateau scheduler's lr each epoch
+
+
+def test_toggle_optimizer_switches_other_params_off_and_back(data):
+    x, y = data
+    seen = []
+
+    class GANish(Regressor):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.head = dc.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            o1, o2 = self.optimizers()
+            self.toggle_optimizer(o2)
+            seen.append((all(not p.requires_grad for p in self.net.parameters()),
+                         all(p.requires_grad for p in self.head.parameters())))
+            loss = ((self.head(self.net(x)) - y) ** 2).mean()
+            o2.zero_grad()
+            self.manual_backward(loss)
+            o2.step()
+            self.untoggle_optimizer(o2)
+            assert all(p.requires_grad for p in self.parameters())
+            assert all(p.grad is None for p in self.net.parameters())  # the toggled-off side got no grads
+
+        def configure_optimizers(self):
+            return [dc.optim.SGD(self.net.parameters(), lr=0.05), dc.optim.SGD(self.head.parameters(), lr=0.05)]
+
+    Trainer(**quiet(max_epochs=1)).fit(GANish(), loader(x, y))
+    assert seen and all(a and b for a, b in seen)
+
+
+def test_load_from_checkpoint_rebuilds_the_module(data, tmp_path):
+    x, y = data
+    m = Regressor(d=4, lr=0.07, hidden=8)
+    t = Trainer(**quiet(max_epochs=2))
+    t.fit(m, loader(x, y))
+    path = str(tmp_path / "m.ckpt")
+    t.save_checkpoint(path)
+    back = Regressor.load_from_checkpoint(path)
+    assert back.hparams.lr == 0.07 and back.hparams.hidden == 8
+    for (k, a), (k2, b) in zip(m.state_dict().items(), back.state_dict().items()):
+        assert k == k2
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert Regressor.load_from_checkpoint(path, lr=0.5).hparams.lr == 0.5  # kwargs override
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        Regressor.load_from_checkpoint(str(tmp_path / "nope.ckpt"))

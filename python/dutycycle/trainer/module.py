@@ -280,6 +280,46 @@ class LightningModule(HyperparametersMixin, nn.Module):
             return None
         return scheds[0] if len(scheds) == 1 else scheds
 
+    def toggle_optimizer(self, optimizer):
+        """Make only `optimizer`'s parameters require grad (the others are switched off until
+        untoggle_optimizer), as Lightning does for alternating GAN updates."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        mine = {id(p) for g in opt.param_groups for p in g["params"]}
+        saved = {}
+        for o in self.trainer.optimizers:
+            for g in o.param_groups:
+                for p in g["params"]:
+                    if id(p) not in mine and id(p) not in saved:
+                        saved[id(p)] = (p, p.requires_grad)
+                        p.requires_grad = False
+        self._toggled = saved
+
+    def untoggle_optimizer(self, optimizer):
+        """Restore the requires_grad flags that toggle_optimizer switched off."""
+        for p, flag in getattr(self, "_toggled", {}).values():
+            p.requires_grad = flag
+        self._toggled = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=True, **kwargs):
+        """A new `cls` built from the checkpoint's saved hyperparameters (overridden by kwargs),
+        with its weights loaded (Lightning's classmethod). map_location: a device to move to."""
+        from .checkpoint_io import load_checkpoint
+
+        if hparams_file is not None:
+            raise NotImplementedError("hparams_file is not supported; hyperparameters come from the checkpoint")
+        ckpt = load_checkpoint(checkpoint_path)
+        if "state_dict" not in ckpt:
+            raise ValueError(f"{checkpoint_path}: not a Trainer checkpoint (no 'state_dict' entry)")
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        hp.update(kwargs)
+        model = cls(**hp)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"], strict=strict)
+        if map_location is not None and not callable(map_location):
+            model.to(map_location)
+        return model
+
     def manual_backward(self, loss, *args, **kwargs):
         self.trainer._backward(loss, *args, **kwargs)
 
