@@ -451,3 +451,69 @@ def test_common_tutorial_layers_and_losses_match_numpy():
     for f in (lambda t: F.binary_cross_entropy_with_logits(t, T(y01)), lambda t: F.leaky_relu(t, 0.1),
               lambda t: F.softplus(t), lambda t: F.normalize(t, dim=0), lambda t: F.smooth_l1_loss(t, T(b))):
         assert dc.autograd.gradcheck(f, (T(a, requires_grad=True),))
+
+
+# --- pad, rms_norm / RMSNorm, ParameterList / ParameterDict ---------------------------------------
+
+def test_pad_constant_matches_numpy_and_crops():
+    a = rng.standard_normal((2, 3, 4))
+    got = F.pad(T(a), (1, 2))
+    np.testing.assert_array_equal(N(got), np.pad(a, ((0, 0), (0, 0), (1, 2))))
+    got = F.pad(T(a), (1, -1, -1, 2), value=3.0)  # negative amounts crop
+    ref = np.pad(a, ((0, 0), (0, 2), (1, 0)), constant_values=3.0)[:, 1:, :-1]
+    np.testing.assert_array_equal(N(got), ref)
+    got = F.pad(T(a), (0, 0, 0, 0, 1, 1), "constant", -1.0)
+    np.testing.assert_array_equal(N(got), np.pad(a, ((1, 1), (0, 0), (0, 0)), constant_values=-1.0))
+    assert F.pad(dc.arange(3), (1, 1)).tolist() == [0, 0, 1, 2, 0]
+    assert dc.autograd.gradcheck(lambda t: F.pad(t, (2, -1, -1, 1), value=0.5), (T(a, requires_grad=True),))
+    with pytest.raises(NotImplementedError):
+        F.pad(T(a), (1, 1), mode="reflect")
+    with pytest.raises(ValueError):
+        F.pad(T(a), (1,))
+
+
+def test_rms_norm_matches_numpy_and_gradchecks():
+    a = rng.standard_normal((2, 3, 4))
+    w = rng.standard_normal(4)
+    ref = a / np.sqrt((a * a).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(N(F.rms_norm(T(a), (4,), T(w), eps=1e-6)), ref, rtol=1e-12)
+    w2 = rng.standard_normal((3, 4))
+    ref2 = a / np.sqrt((a * a).mean((-2, -1), keepdims=True) + np.finfo(np.float64).eps) * w2
+    np.testing.assert_allclose(N(F.rms_norm(T(a), [3, 4], T(w2))), ref2, rtol=1e-12)
+    assert dc.autograd.gradcheck(lambda x, w: F.rms_norm(x, 4, w, 1e-5),
+                                 (T(a, requires_grad=True), T(w, requires_grad=True)))
+    m = nn.RMSNorm(4, dtype=dc.float64)
+    assert [n for n, _ in m.named_parameters()] == ["weight"]
+    np.testing.assert_allclose(N(m(T(a))), a / np.sqrt((a * a).mean(-1, keepdims=True) + np.finfo(np.float64).eps),
+                               rtol=1e-12)
+    assert nn.RMSNorm(4, elementwise_affine=False).weight is None
+    assert nn.RMSNorm(4)(dc.randn(2, 4)).dtype == dc.float32
+    with pytest.raises(ValueError):
+        F.rms_norm(T(a), 5)
+
+
+def test_parameter_list_and_dict_register_parameters():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pl = nn.ParameterList([nn.Parameter(dc.ones(2)), dc.zeros(3)])
+            self.pd = nn.ParameterDict({"a": dc.ones(1)})
+            self.pd["b"] = nn.Parameter(dc.zeros(2, 2))
+
+    m = M()
+    assert [n for n, _ in m.named_parameters()] == ["pl.0", "pl.1", "pd.a", "pd.b"]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in m.parameters())
+    assert list(m.state_dict()) == ["pl.0", "pl.1", "pd.a", "pd.b"]
+    assert len(m.pl) == 2 and m.pl[-1].shape == (3,) and [p.shape for p in m.pl] == [(2,), (3,)]
+    m.pl.append(dc.ones(4))
+    m.pl[0] = nn.Parameter(dc.full((5,), 2.0))
+    assert len(m.pl) == 3 and m.pl[0].tolist() == [2.0] * 5
+    assert "a" in m.pd and len(m.pd) == 2 and list(m.pd.keys()) == ["a", "b"]
+    del m.pd["a"]
+    assert list(m.pd) == ["b"]
+    opt = dc.optim.SGD(m.parameters(), lr=1.0)
+    loss = sum((p * p).sum() for p in m.parameters())
+    loss.backward()
+    opt.step()
+    assert m.pl[0].tolist() == [-2.0] * 5
+    assert isinstance(nn.Identity()(dc.ones(2)), dc.Tensor)

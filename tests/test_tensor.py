@@ -680,3 +680,151 @@ def test_save_and_load_state_dicts(tmp_path):
     assert dc.load(tmp_path / "t.pt").tolist() == [0, 1, 2, 3]
     with pytest.raises(TypeError, match="cannot store"):
         dc.save({"m": model}, tmp_path / "bad.pt")
+
+
+# --- einsum, prod, roll, repeat_interleave, meshgrid, unique, in-place unary ops ------------------
+
+EINSUM_CASES = [
+    ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("ij,jk", [(3, 4), (4, 5)]),
+    ("bi,bi->b", [(3, 4), (3, 4)]),
+    ("i,j->ij", [(3,), (4,)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (4, 5)]),
+    ("...i,...i->...", [(2, 3, 4), (3, 4)]),
+    ("b...,b->...", [(2, 3, 4), (2,)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("ijk,ikl->jl", [(2, 3, 4), (2, 4, 5)]),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),
+    ("bn,anm,bm->ba", [(2, 3), (4, 3, 5), (2, 5)]),
+    ("ab,cd->abcd", [(2, 3), (4, 5)]),
+    ("ij->ji", [(3, 4)]),
+    ("ij->", [(3, 4)]),
+    ("i,i", [(3,), (3,)]),
+    ("ii->i", [(3, 3)]),
+    ("ii", [(3, 3)]),
+    ("iij->j", [(3, 3, 2)]),
+]
+
+
+@pytest.mark.parametrize("eq,shapes", EINSUM_CASES, ids=[c[0] for c in EINSUM_CASES])
+def test_einsum_matches_numpy_and_gradchecks(eq, shapes, rng):
+    arrs = [rng.standard_normal(s) for s in shapes]
+    got = dc.einsum(eq, *[dc.tensor(a) for a in arrs]).numpy()
+    ref = np.einsum(eq, *arrs)
+    assert got.shape == np.shape(ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    ts = [dc.tensor(a, requires_grad=True) for a in arrs]
+    assert gradcheck(lambda *t: dc.einsum(eq, *t), ts)
+
+
+def test_einsum_list_operands_float32_and_errors():
+    a, b = dc.randn(2, 3), dc.randn(3, 4)
+    np.testing.assert_allclose(dc.einsum("ij,jk->ik", [a, b]).numpy(), a.numpy() @ b.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="subscript 'j' has size"):
+        dc.einsum("ij,jk->ik", a, dc.randn(4, 4))
+    with pytest.raises(ValueError, match="names 2 operands"):
+        dc.einsum("ij,jk->ik", a)
+    with pytest.raises(ValueError, match="name 3 dims"):
+        dc.einsum("ijk->i", a)
+    with pytest.raises(ValueError, match="does not appear"):
+        dc.einsum("ij->iz", a)
+
+
+def test_prod_matches_numpy_with_zeros_and_gradchecks(rng):
+    a = rng.standard_normal((3, 7))
+    a[0, 2] = 0.0  # one zero in a row
+    a[1, 1] = a[1, 5] = 0.0  # two zeros in a row
+    x = dc.tensor(a)
+    np.testing.assert_allclose(x.prod().numpy(), np.prod(a))
+    for d in (0, 1, -1):
+        np.testing.assert_allclose(x.prod(d).numpy(), np.prod(a, d), rtol=1e-12)
+        assert x.prod(d, keepdim=True).shape == np.prod(a, d, keepdims=True).shape
+        assert gradcheck(lambda t, d=d: t.prod(d), [dc.tensor(a, requires_grad=True)])
+    assert gradcheck(lambda t: dc.prod(t), [dc.tensor(a[0], requires_grad=True)])
+    # the gradient is exact at zeros: d/dx_i prod = product of the others
+    v = dc.tensor([2.0, 0.0, 3.0, 5.0], dtype=dc.float64, requires_grad=True)
+    v.prod().backward()
+    np.testing.assert_array_equal(v.grad.numpy(), [0.0, 30.0, 0.0, 0.0])
+    assert dc.arange(1, 6).prod().item() == 120
+    assert dc.zeros(2, 0).prod(1).tolist() == [1.0, 1.0]
+
+
+def test_roll_and_repeat_interleave_match_numpy():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    x = dc.tensor(a)
+    np.testing.assert_array_equal(x.roll(5).numpy(), np.roll(a, 5))
+    np.testing.assert_array_equal(x.roll(-1, 2).numpy(), np.roll(a, -1, 2))
+    np.testing.assert_array_equal(dc.roll(x, (1, -2), (0, 2)).numpy(), np.roll(a, (1, -2), (0, 2)))
+    np.testing.assert_array_equal(x.repeat_interleave(3, 1).numpy(), np.repeat(a, 3, 1))
+    np.testing.assert_array_equal(x.repeat_interleave(2).numpy(), np.repeat(a, 2))
+    np.testing.assert_array_equal(dc.repeat_interleave(x, dc.tensor([0, 2, 1]), dim=1).numpy(),
+                                  np.repeat(a, [0, 2, 1], 1))
+    g = dc.tensor(a, requires_grad=True)
+    assert gradcheck(lambda t: t.roll((1, 3), (1, 2)), [g])
+    assert gradcheck(lambda t: t.repeat_interleave(2, dim=-1), [g])
+
+
+@pytest.mark.parametrize("indexing", ["ij", "xy"])
+def test_meshgrid_matches_numpy(indexing):
+    a, b, c = np.arange(3.0), np.arange(4.0) * 10, np.arange(2.0) * 100
+    got = dc.meshgrid(dc.tensor(a), dc.tensor(b), dc.tensor(c), indexing=indexing)
+    for g, r in zip(got, np.meshgrid(a, b, c, indexing=indexing)):
+        np.testing.assert_array_equal(g.numpy(), r)
+    got = dc.meshgrid([dc.tensor(a), dc.tensor(b)], indexing=indexing)
+    for g, r in zip(got, np.meshgrid(a, b, indexing=indexing)):
+        np.testing.assert_array_equal(g.numpy(), r)
+
+
+def test_unique_matches_numpy():
+    a = np.array([[3, 1, 2], [3, 7, 1]])
+    vals, inv, counts = dc.tensor(a).unique(return_inverse=True, return_counts=True)
+    rv, ri, rc = np.unique(a, return_inverse=True, return_counts=True)
+    np.testing.assert_array_equal(vals.numpy(), rv)
+    np.testing.assert_array_equal(inv.numpy(), ri.reshape(a.shape))
+    np.testing.assert_array_equal(counts.numpy(), rc)
+    assert inv.dtype == dc.int64 and vals.dtype == dc.int64
+    np.testing.assert_array_equal(dc.unique(dc.tensor([2.5, 1.0, 2.5])).numpy(), [1.0, 2.5])
+    with pytest.raises(NotImplementedError):
+        dc.tensor(a).unique(dim=0)
+
+
+INPLACE = [("exp_", np.exp), ("log_", np.log), ("sqrt_", np.sqrt), ("relu_", lambda v: np.maximum(v, 0)),
+           ("sigmoid_", lambda v: 1 / (1 + np.exp(-v))), ("tanh_", np.tanh), ("neg_", np.negative),
+           ("abs_", np.abs)]
+
+
+@pytest.mark.parametrize("name,ref", INPLACE, ids=[n for n, _ in INPLACE])
+def test_inplace_unary_ops(name, ref):
+    a = np.array([0.5, 2.0, 3.0]) if name in ("log_", "sqrt_") else np.array([-1.5, 0.0, 2.0])
+    x = dc.tensor(a)
+    ptr = x.data_ptr()
+    assert getattr(x, name)() is x and x.data_ptr() == ptr
+    np.testing.assert_allclose(x.numpy(), ref(a), rtol=1e-6)
+    w = dc.tensor(a, requires_grad=True)
+    with pytest.raises(dc.AutogradError, match=name):
+        getattr(w, name)()
+    with dc.no_grad():
+        getattr(w, name)()
+    np.testing.assert_allclose(w.detach().numpy(), ref(a), rtol=1e-6)
+
+
+def test_inplace_pow_clamp_and_version_check():
+    x = dc.tensor([1.0, -2.0, 3.0])
+    x.pow_(2)
+    np.testing.assert_array_equal(x.numpy(), [1.0, 4.0, 9.0])
+    x.clamp_(max=5.0)
+    np.testing.assert_array_equal(x.numpy(), [1.0, 4.0, 5.0])
+    # an in-place op on a tensor autograd saved is caught at backward time
+    w = dc.ones(3, requires_grad=True)
+    c = dc.ones(3)
+    y = w * c
+    c.exp_()
+    with pytest.raises(dc.AutogradError, match="modified by an in-place"):
+        y.sum().backward()
+
+
+def test_register_hook_points_to_the_alternative():
+    t = dc.randn(3, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="register_post_accumulate_grad_hook"):
+        t.register_hook(lambda g: g)

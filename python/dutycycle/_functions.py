@@ -4,6 +4,8 @@ of tensor methods (dutycycle.cat, dutycycle.softmax, ...)."""
 from __future__ import annotations
 
 import builtins
+import collections
+import math
 
 from . import _C
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float32, float64, int64
@@ -298,9 +300,37 @@ for _n in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu
            "clone", "allclose", "numel", "topk", "sort", "argsort", "flip", "cumsum", "logsumexp", "norm", "isnan",
            "isinf", "isfinite", "all", "any", "logical_not", "logical_and", "logical_or", "repeat", "type_as",
            "select", "clamp_min", "clamp_max", "equal", "isclose", "broadcast_to", "reciprocal", "log1p", "expm1",
-           "floor_divide", "remainder", "nonzero", "argwhere"):
+           "floor_divide", "remainder", "nonzero", "argwhere", "prod", "roll", "repeat_interleave", "unique"):
     globals()[_n] = _method(_n)
 clip = clamp  # noqa: F821
+
+
+def meshgrid(*tensors, indexing="ij"):
+    """Coordinate grids from 1-D tensors (torch.meshgrid): with 'ij' output k varies along dim k; 'xy'
+    swaps the first two dims (Cartesian, as NumPy's default). Outputs are expanded views."""
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    if not tensors:
+        raise ValueError("meshgrid: expects at least one tensor")
+    for t in tensors:
+        _check_tensor(t, "meshgrid")
+        if t.ndim > 1:
+            raise ValueError(f"meshgrid: expects 0-D or 1-D tensors, got shape {t.shape}")
+    sizes = [t.numel() for t in tensors]
+    pos = list(range(len(tensors)))
+    if indexing == "xy" and len(tensors) >= 2:
+        pos[0], pos[1] = 1, 0
+    shape = [0] * len(tensors)
+    for p, n in zip(pos, sizes):
+        shape[p] = n
+    out = []
+    for t, p, n in zip(tensors, pos, sizes):
+        view = [1] * len(tensors)
+        view[p] = n
+        out.append(t.reshape(view).expand(shape))
+    return tuple(out)
 
 
 def add(a, b, alpha=1):
@@ -451,3 +481,147 @@ def _map_tensors(obj, fn):
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
         return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
+
+
+# --- einsum ----------------------------------------------------------------------------------------
+
+def _einsum_parse(equation, operands):
+    """Labels per operand and for the output. A letter is its own label; the dims '...' covers are
+    labelled 0, 1, ... counted so that the LAST ellipsis dim of every operand gets the same label
+    (ellipsis dims broadcast right-aligned, as in torch)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise ValueError(f"einsum(): the equation {equation!r} names {len(terms)} operands but {len(operands)} "
+                         "were given")
+
+    def letters(term, part):
+        if term.count("...") > 1:
+            raise ValueError(f"einsum(): more than one ellipsis in {part} {term!r}")
+        bad = [c for c in term.replace("...", "") if not c.isalpha()]
+        if bad:
+            raise ValueError(f"einsum(): invalid subscript {bad[0]!r} in {part} {term!r} (use letters a-z, A-Z)")
+        return term
+
+    n_ell = 0
+    for term, op in zip(terms, operands):
+        letters(term, "operand")
+        n_letters = len(term.replace("...", ""))
+        if "..." in term:
+            if op.ndim < n_letters:
+                raise ValueError(f"einsum(): operand subscripts {term!r} name {n_letters} dims but the operand has "
+                                 f"{op.ndim} (shape {op.shape})")
+            n_ell = builtins.max(n_ell, op.ndim - n_letters)
+        elif op.ndim != n_letters:
+            raise ValueError(f"einsum(): operand subscripts {term!r} name {n_letters} dims but the operand has "
+                             f"{op.ndim} (shape {op.shape})")
+
+    def expand(term, k):  # k: how many dims the ellipsis covers in this term
+        head, ell, tail = term.partition("...")
+        return list(head) + (list(range(n_ell - k, n_ell)) if ell else []) + list(tail)
+
+    in_labels = [expand(t, op.ndim - len(t.replace("...", ""))) for t, op in zip(terms, operands)]
+    if arrow:
+        letters(rhs, "output")
+        out = expand(rhs, n_ell)
+        seen = {label for ls in in_labels for label in ls}
+        for c in out:
+            if c not in seen:
+                raise ValueError(f"einsum(): output subscript {c!r} does not appear in any operand of {equation!r}")
+        if len(set(out)) != len(out):
+            raise ValueError(f"einsum(): output subscript repeated in {equation!r}")
+    else:  # implicit: the ellipsis dims, then the letters seen exactly once, in alphabetical order
+        counts = collections.Counter(c for ls in in_labels for c in ls if isinstance(c, str))
+        out = list(range(n_ell)) + sorted(c for c, n in counts.items() if n == 1)
+    return in_labels, out
+
+
+def _einsum_diagonal(x, labels):
+    """Take the diagonal over a label repeated within one operand ('ii->i'), as a gather."""
+    while True:
+        dup = next((c for c in labels if labels.count(c) > 1), None)
+        if dup is None:
+            return x, labels
+        i, j = [k for k, c in enumerate(labels) if c == dup][:2]
+        n = x.shape[i]
+        if x.shape[j] != n:
+            raise ValueError(f"einsum(): subscript {dup!r} is repeated in one operand with different sizes "
+                             f"{n} and {x.shape[j]}")
+        rest = [k for k in range(x.ndim) if k not in (i, j)]
+        x = x.permute(*rest, i, j).reshape(*[x.shape[k] for k in rest], n * n)
+        idx = _C.arange(0.0, float(n * n), float(n + 1), int64.id, *x._device_tuple)  # i*n + i
+        x = _C.gather(x, x.ndim - 1, idx, True)
+        labels = [labels[k] for k in rest] + [dup]
+
+
+def _einsum_sum_out(x, labels, keep):
+    drop = [k for k, c in enumerate(labels) if c not in keep]
+    if drop:
+        x = x.sum(tuple(drop))
+        labels = [c for c in labels if c in keep]
+    return x, labels
+
+
+def _einsum_pair(a, la, b, lb, keep, size):
+    """Contract two operands with one (batched) matmul: a -> (batch, left, contracted),
+    b -> (batch, contracted, right)."""
+    batch = [c for c in la if c in lb and c in keep]
+    con = [c for c in la if c in lb and c not in keep]
+    left = [c for c in la if c not in lb]
+    right = [c for c in lb if c not in la]
+
+    def arrange(x, lx, groups):
+        order = [lx.index(c) for g in groups for c in g]
+        x = x.permute(*order)
+        full = tuple(size[c] for g in groups for c in g)
+        if x.shape != full:  # size-1 dims broadcast against the other operand's
+            x = x.expand(*full)
+        return x.reshape(*[math.prod(size[c] for c in g) for g in groups])
+
+    a3 = arrange(a, la, (batch, left, con))
+    b3 = arrange(b, lb, (batch, con, right))
+    if not batch:
+        a3, b3 = a3[0], b3[0]
+    out = _C.matmul(a3, b3)
+    return out.reshape(*[size[c] for c in batch + left + right]), batch + left + right
+
+
+def einsum(equation, *operands):
+    """torch.einsum: sums of products over the labelled dims of operands, e.g. 'bhqd,bhkd->bhqk'.
+    Implicit ('ij,jk') and explicit output, '...' and repeated labels (diagonals) are supported.
+    Operands are contracted left to right, each pair with one batched matmul."""
+    if not isinstance(equation, str):
+        raise TypeError(f"einsum(): the equation must be a string, got {type(equation).__name__}")
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not operands:
+        raise ValueError("einsum(): at least one operand is required")
+    for op in operands:
+        _check_tensor(op, "einsum")
+    in_labels, out = _einsum_parse(equation, operands)
+    size = {}
+    for ls, op in zip(in_labels, operands):
+        for c, n in zip(ls, op.shape):
+            if size.get(c, 1) not in (1, n) and n != 1:
+                name = f"'{c}'" if isinstance(c, str) else "'...'"
+                raise ValueError(f"einsum(): subscript {name} has size {n} for one operand and {size[c]} for another "
+                                 f"in {equation!r}")
+            size[c] = builtins.max(size.get(c, 1), n)
+    xs = []
+    for ls, op in zip(in_labels, operands):
+        xs.append(_einsum_diagonal(op, list(ls)))
+    x, lx = xs[0]
+    for i in range(1, len(xs)):
+        later = {c for _, ls in xs[i + 1:] for c in ls}
+        keep = set(out) | later
+        y, ly = xs[i]
+        x, lx = _einsum_sum_out(x, lx, keep | set(ly))
+        y, ly = _einsum_sum_out(y, ly, keep | set(lx))
+        x, lx = _einsum_pair(x, lx, y, ly, keep, size)
+    x, lx = _einsum_sum_out(x, lx, set(out))
+    if len(lx) != len(out) or set(lx) != set(out):  # can't happen after the checks above
+        raise RuntimeError(f"einsum(): internal error: labels {lx} vs output {out}")
+    x = x.permute(*[lx.index(c) for c in out]) if lx != out else x
+    shape = tuple(size[c] for c in out)
+    return x.expand(*shape) if x.shape != shape else x

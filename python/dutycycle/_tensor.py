@@ -308,6 +308,12 @@ class Tensor(_C.TensorBase):
         """Call ``hook(param)`` the moment this leaf's .grad is final in each backward pass."""
         return RemovableHandle(self, self._add_post_accumulate_grad_hook(hook))
 
+    def register_hook(self, hook):
+        raise NotImplementedError(
+            "Tensor.register_hook (gradient hooks on any tensor) is not supported: the autograd engine runs in C. "
+            "On leaves (parameters) use tensor.register_post_accumulate_grad_hook(fn), which calls fn(tensor) once "
+            "tensor.grad is final; to change a gradient, edit tensor.grad there")
+
     def retain_grad(self):
         raise NotImplementedError("retain_grad() on non-leaf tensors is not supported")
 
@@ -563,6 +569,52 @@ class Tensor(_C.TensorBase):
 
         r = F.rand(self.shape, dtype=self.dtype if self.dtype.is_floating_point else float32, device=self.device)
         return self.copy_(r * (b - a) + a)
+
+    def _unary_(self, name, out):
+        """The in-place unary ops: compute out of place on a detached alias, write back with copy_
+        (which enforces the in-place rules and bumps the version counter)."""
+        try:
+            return self.copy_(out)
+        except _C.AutogradError as e:
+            raise _C.AutogradError(str(e).replace("copy_:", f"{name}:", 1)) from None
+
+    def exp_(self):
+        return self._unary_("exp_", self.detach().exp())
+
+    def log_(self):
+        return self._unary_("log_", self.detach().log())
+
+    def sqrt_(self):
+        return self._unary_("sqrt_", self.detach().sqrt())
+
+    def rsqrt_(self):
+        return self._unary_("rsqrt_", self.detach().rsqrt())
+
+    def relu_(self):
+        return self._unary_("relu_", self.detach().relu())
+
+    def sigmoid_(self):
+        return self._unary_("sigmoid_", self.detach().sigmoid())
+
+    def tanh_(self):
+        return self._unary_("tanh_", self.detach().tanh())
+
+    def neg_(self):
+        return self._unary_("neg_", -self.detach())
+
+    def abs_(self):
+        return self._unary_("abs_", self.detach().abs())
+
+    def pow_(self, exponent):
+        return self._unary_("pow_", self.detach() ** (exponent.detach() if isinstance(exponent, Tensor) else exponent))
+
+    def clamp_min_(self, min):
+        return self.clamp_(min, None)
+
+    def clamp_max_(self, max):
+        return self.clamp_(None, max)
+
+    clip_ = clamp_
 
     __iadd__ = add_
     __isub__ = sub_
@@ -875,6 +927,69 @@ class Tensor(_C.TensorBase):
             out = _C.gather(out, d, _C.arange(float(n - 1), -1.0, -1.0, int64.id, *self._device_tuple), True)
         return out
 
+    def roll(self, shifts, dims=None):
+        """Shift entries along dims, wrapping around (torch.roll); without dims, over the flattened tensor."""
+        if dims is None:
+            if not isinstance(shifts, int):
+                if len(shifts) != 1:
+                    raise ValueError("roll(): without dims, shifts must be a single int")
+                shifts = shifts[0]
+            return self.reshape(-1).roll(shifts, 0).reshape(self.shape)
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        if len(shifts) != len(dims):
+            raise ValueError(f"roll(): shifts {shifts} and dims {dims} must have the same length")
+        out = self
+        for s, d in zip(shifts, dims):
+            n = out.shape[d]
+            s = s % n if n else 0
+            if s:
+                out = _C.cat([_C.slice(out, d, n - s, n, 1), _C.slice(out, d, 0, n - s, 1)], d % out.ndim)
+        return out
+
+    def repeat_interleave(self, repeats, dim=None, output_size=None):
+        """Repeat each entry `repeats` times along dim (torch.repeat_interleave); without dim, over the
+        flattened tensor. repeats: an int, or a 1-D int tensor with one count per entry."""
+        x = self.reshape(-1) if dim is None else self
+        d = 0 if dim is None else dim % x.ndim
+        if isinstance(repeats, Tensor) and repeats.numel() == 1 and repeats.ndim <= 1:
+            repeats = int(repeats.reshape(()).item())
+        if isinstance(repeats, Tensor):
+            import numpy as np
+
+            r = repeats.detach().cpu().numpy()
+            if r.ndim != 1 or r.shape[0] != x.shape[d]:
+                raise ValueError(f"repeat_interleave: repeats must have shape ({x.shape[d]},), got {repeats.shape}")
+            if (r < 0).any():
+                raise ValueError("repeat_interleave: repeats can not be negative")
+            idx = np.repeat(np.arange(x.shape[d]), r).astype("int64")
+            return _C.gather(x, d, _tensor_from(idx, dtype=int64, device=x.device), True)
+        if isinstance(repeats, bool) or not isinstance(repeats, int):
+            raise TypeError(f"repeat_interleave: repeats must be an int or a tensor, got {type(repeats).__name__}")
+        if repeats < 0:
+            raise ValueError("repeat_interleave: repeats can not be negative")
+        shape = x.shape
+        big = shape[:d + 1] + (repeats,) + shape[d + 1:]
+        return x.unsqueeze(d + 1).expand(big).reshape(shape[:d] + (shape[d] * repeats,) + shape[d + 1:])
+
+    def unique(self, sorted=True, return_inverse=False, return_counts=False, dim=None):
+        """The distinct values, sorted (torch.unique); optionally the index of each input entry in them
+        (shaped like the input) and how often each value occurs. No gradient."""
+        import numpy as np
+
+        if dim is not None:
+            raise NotImplementedError("unique(dim=...) is not supported; use unique() on the flattened values")
+        a = self.detach().cpu()
+        a = (a.float() if a.dtype == bfloat16 else a).numpy()
+        vals, inv, counts = np.unique(a.reshape(-1), return_inverse=True, return_counts=True)
+        out = _tensor_from(vals.astype(a.dtype), device=self.device).to(self.dtype)
+        extra = []
+        if return_inverse:
+            extra.append(_tensor_from(inv.reshape(self.shape).astype("int64"), dtype=int64, device=self.device))
+        if return_counts:
+            extra.append(_tensor_from(counts.astype("int64"), dtype=int64, device=self.device))
+        return (out, *extra) if extra else out
+
     def cumsum(self, dim, dtype=None):
         x = self if dtype is None else self.to(dtype)
         if not x.dtype.is_floating_point:  # integer running sums: exact, no autograd needed
@@ -950,6 +1065,37 @@ class Tensor(_C.TensorBase):
 
     def std(self, dim=None, keepdim=False, unbiased=True, correction=None):
         return self.var(dim, keepdim, unbiased, correction).sqrt()
+
+    def prod(self, dim=None, keepdim=False, dtype=None):
+        """Product over dim (all elements when None). A tree of pairwise multiplies (log2(n) steps), so
+        the gradient is exact with zeros in the input (no division by x, no log|x|)."""
+        x = self if dtype is None else self.to(dtype)
+        if x.dtype == bool_ or x.dtype == int32:
+            x = x.long()
+        if dim is None:
+            out = x.reshape(-1).prod(0)
+            return out.reshape((1,) * self.ndim) if keepdim else out
+        if not isinstance(dim, int):
+            raise TypeError(f"prod(): dim must be an int, got {type(dim).__name__}")
+        if x.ndim == 0:
+            return x
+        d = dim % x.ndim if -x.ndim <= dim < x.ndim else None
+        if d is None:
+            raise IndexError(f"prod(): dim {dim} is out of range for a tensor of shape {x.shape}")
+        n = x.shape[d]
+        if n == 0:
+            shape = x.shape[:d] + (1,) + x.shape[d + 1:]
+            out = _C.full(shape, 1.0, x._dtype_id, *x._device_tuple)
+        else:
+            out = x
+            while n > 1:
+                if n % 2:  # pair off all but the last entry, which carries over
+                    out = _C.cat([_C.slice(out, d, 0, n - 1, 2) * _C.slice(out, d, 1, n - 1, 2),
+                                  _C.slice(out, d, n - 1, n, 1)], d)
+                else:
+                    out = _C.slice(out, d, 0, n, 2) * _C.slice(out, d, 1, n, 2)
+                n = out.shape[d]
+        return out if keepdim else _C.squeeze(out, d)
 
     def _maxmin(self, dim, keepdim, is_min, name):
         if isinstance(dim, Tensor):

@@ -106,6 +106,64 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return dc._C.layer_norm(x, weight, bias, eps)
 
 
+_FINFO_EPS = {"float32": 2.0 ** -23, "float64": 2.0 ** -52, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """x / sqrt(mean(x**2 over the trailing normalized_shape dims) + eps) * weight (torch's
+    F.rms_norm; eps=None is the dtype's machine epsilon). float16/bfloat16 input is computed in
+    float32 (the weight too) and cast back at the end."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or input.dim() < k or tuple(input.shape[-k:]) != shape:
+        raise ValueError(f"rms_norm: normalized_shape={shape} must match the last dims of the input "
+                         f"of shape {tuple(input.shape)}")
+    if weight is not None and tuple(weight.shape) != shape:
+        raise ValueError(f"rms_norm: weight has shape {tuple(weight.shape)}, expected {shape}")
+    if eps is None:
+        eps = _FINFO_EPS.get(input.dtype.name, 2.0 ** -23)
+    low = input.dtype in (dc.float16, dc.bfloat16)
+    x = input.float() if low else input
+    dims = tuple(range(-k, 0))
+    out = x * ((x * x).mean(dims, keepdim=True) + eps).rsqrt()
+    if weight is not None:
+        out = out * (weight.float() if low else weight)
+    return out.to(input.dtype) if low else out
+
+
+def pad(input, pad, mode="constant", value=None):
+    """Pad (or, with negative amounts, crop) the trailing dims: pad = (last_left, last_right,
+    second_last_left, ...), as torch's F.pad. Only mode='constant' is supported."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode={mode!r} is not supported (only 'constant')")
+    pad = tuple(pad)
+    if len(pad) % 2 or len(pad) // 2 > input.dim():
+        raise ValueError(f"pad: padding length {len(pad)} must be even and at most 2 * input.dim() "
+                         f"({2 * input.dim()}) for input of shape {tuple(input.shape)}")
+    value = 0 if value is None else value
+    out = input
+    for i in range(len(pad) // 2):
+        d = input.dim() - 1 - i
+        lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+        n = out.shape[d]
+        start, stop = max(0, -lo), n - max(0, -hi)
+        if stop < start:
+            raise ValueError(f"pad: padding {(lo, hi)} crops dim {d} of size {n} to a negative size")
+        if start or stop != n:
+            out = out.narrow(d, start, stop - start)
+        parts = []
+        for amount in (lo, hi):
+            if amount > 0:
+                shape = list(out.shape)
+                shape[d] = amount
+                parts.append(dc.full(shape, value, dtype=out.dtype, device=out.device))
+            else:
+                parts.append(None)
+        if parts[0] is not None or parts[1] is not None:
+            out = dc.cat([t for t in (parts[0], out, parts[1]) if t is not None], d)
+    return out
+
+
 def embedding(idx, weight):
     """idx (...) int64 -> weight rows (..., D). Out-of-range indices raise from the engine."""
     if idx.dtype not in (dc.int64, dc.int32):
