@@ -10,7 +10,14 @@ import csv
 import os
 
 from ._yaml import save_hparams_to_yaml
-from .logger import Logger, _add_prefix, _convert_params, _next_version, _to_python_scalar, _warn, rank_zero_experiment
+from .logger import (
+    _add_prefix,
+    _convert_params,
+    _to_python_scalar,
+    _VersionedFolderLogger,
+    _warn,
+    rank_zero_experiment,
+)
 
 
 class ExperimentWriter:
@@ -75,7 +82,7 @@ class ExperimentWriter:
         os.replace(tmp, self.metrics_file_path)
 
 
-class CSVLogger(Logger):
+class CSVLogger(_VersionedFolderLogger):
     """Log to local CSV files: ``CSVLogger(save_dir, name="lightning_logs", version=None, prefix="",
     flush_logs_every_n_steps=100)``. ``version=None`` takes the next free ``version_<n>``; a string
     version is used as the folder name as is."""
@@ -88,24 +95,6 @@ class CSVLogger(Logger):
         self._prefix = prefix
         self._experiment = None
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
-
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def version(self):
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self):
-        return self._save_dir
-
-    @property
-    def root_dir(self):
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def log_dir(self):

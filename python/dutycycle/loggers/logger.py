@@ -83,6 +83,29 @@ class Logger:
         """Called after a checkpoint callback wrote a checkpoint."""
 
 
+class _VersionedFolderLogger(Logger):
+    """Shared by the file loggers: <save_dir>/<name>/version_<n>, the version picked on first use
+    by scanning the existing version_* folders (subclasses set _save_dir, _name, _version)."""
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def version(self):
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self):
+        return self._save_dir
+
+    @property
+    def root_dir(self):
+        return os.path.join(self.save_dir, self.name)
+
+
 class DummyLogger(Logger):
     """A logger that does nothing (Lightning uses it for ``fast_dev_run``)."""
 

@@ -22,13 +22,12 @@ import time
 
 from ._yaml import save_hparams_to_yaml
 from .logger import (
-    Logger,
     _add_prefix,
     _convert_params,
     _flatten_dict,
-    _next_version,
     _sanitize_params,
     _to_python_scalar,
+    _VersionedFolderLogger,
     rank_zero_experiment,
 )
 
@@ -264,7 +263,7 @@ class SummaryWriter:
         self._children = {}
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_VersionedFolderLogger):
     """Log to TensorBoard event files: ``TensorBoardLogger(save_dir, name="lightning_logs",
     version=None, log_graph=False, default_hp_metric=True, prefix="", sub_dir=None, flush_secs=120)``.
     Files go to ``<save_dir>/<name>/version_<n>[/<sub_dir>]``."""
@@ -296,24 +295,6 @@ class TensorBoardLogger(Logger):
             raise TypeError(f"TensorBoardLogger got unexpected keyword arguments: {sorted(kwargs)}")
         self._experiment = None
         self.hparams = {}
-
-    @property
-    def name(self):
-        return self._name
-
-    @property
-    def version(self):
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self):
-        return self._save_dir
-
-    @property
-    def root_dir(self):
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def sub_dir(self):

@@ -7,6 +7,9 @@ from .optimizer import Optimizer
 
 
 class AdamW(Optimizer):
+    # Decoupled decay (the kernel shrinks the weights); Adam sets this False: L2 added to the grad.
+    _decoupled_weight_decay = True
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, maximize=False):
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -44,12 +47,17 @@ class AdamW(Optimizer):
                 s.update(step=0, exp_avg=dc.zeros_like(p), exp_avg_sq=dc.zeros_like(p))
             buckets.setdefault(int(s["step"]), []).append((p, s))
         beta1, beta2 = g["betas"]
+        wd, maximize = g["weight_decay"], bool(g["maximize"])
+        coupled = wd != 0 and not self._decoupled_weight_decay
         for step, items in buckets.items():
             for _, s in items:
                 s["step"] = step + 1
+            grads = [p.grad for p, _ in items]
+            if coupled:  # torch.optim.Adam: g = (-grad if maximize else grad) + wd * param
+                grads = [(-gr if maximize else gr) + p * wd for gr, (p, _) in zip(grads, items)]
             dc._C.adamw_step(
                 [p for p, _ in items],
-                [p.grad for p, _ in items],
+                grads,
                 [s["exp_avg"] for _, s in items],
                 [s["exp_avg_sq"] for _, s in items],
                 step + 1,
@@ -57,6 +65,6 @@ class AdamW(Optimizer):
                 beta1,
                 beta2,
                 g["eps"],
-                g["weight_decay"],
-                bool(g["maximize"]),
+                0.0 if coupled else wd,
+                maximize and not coupled,
             )
