@@ -168,7 +168,7 @@ def default_convert(data):
 # --- the C stacking path ---------------------------------------------------------------------
 
 class _Slot:
-    """Placeholder for a leaf the C threads stack: column k of the submitted batch."""
+    """Stands for a leaf the C threads stack: column k of the submitted batch."""
 
     __slots__ = ("k",)
 

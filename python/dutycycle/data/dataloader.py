@@ -359,13 +359,7 @@ class _GatherIter(_BaseIter):
         bid, err = self._pending.popleft()
         if err is not None:
             raise _BatchError(err)
-        try:
-            got, tensors = self._cloader.next(self._timeout if self._timeout > 0 else -1.0)
-        except TimeoutError as e:
-            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from e
-        except Exception as e:
-            raise _BatchError(_rewrap(e, f"DataLoader: a loader thread failed on batch {self._progress.yielded}: "
-                                         f"{e}")) from e
+        tensors = _take_c_batch(self._cloader, self._timeout, self._progress.yielded)
         self._fill()  # keep the threads busy while the caller works on this batch
         return tensors
 
@@ -476,13 +470,7 @@ class _ThreadedIter(_BaseIter):
         if kind == "py":
             return msg[1]
         _, sub, skeleton = msg
-        try:
-            got, tensors = self._cloader.next(self._timeout if self._timeout > 0 else -1.0)
-        except TimeoutError as e:
-            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds") from e
-        except Exception as e:
-            raise _BatchError(_rewrap(e, f"DataLoader: a loader thread failed on batch {self._progress.yielded}: "
-                                         f"{e}")) from e
+        tensors = _take_c_batch(self._cloader, self._timeout, self._progress.yielded)
         return _fill(skeleton, tensors)
 
     def close(self):
@@ -497,7 +485,7 @@ class _ThreadedIter(_BaseIter):
 # --- DataLoader ----------------------------------------------------------------------------------
 
 class _InfiniteConstantSampler(Sampler):
-    """Placeholder sampler for an IterableDataset (the dataset decides the order)."""
+    """The sampler of an IterableDataset: yields None forever (the dataset decides the order)."""
 
     def __iter__(self):
         while True:
@@ -691,3 +679,15 @@ class DataLoader:
         else:
             self._resume = None
             self._restore_sampler(state.get("sampler"), replay=False)
+
+
+def _take_c_batch(cloader, timeout, batch_no):
+    """The next batch the C loader threads assembled (its tensors), waiting at most `timeout`
+    seconds (0: forever); a failure on a loader thread is raised here, in the consuming thread."""
+    try:
+        _, tensors = cloader.next(timeout if timeout > 0 else -1.0)
+    except TimeoutError as e:
+        raise RuntimeError(f"DataLoader timed out after {timeout} seconds") from e
+    except Exception as e:
+        raise _BatchError(_rewrap(e, f"DataLoader: a loader thread failed on batch {batch_no}: {e}")) from e
+    return tensors
