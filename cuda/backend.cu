@@ -260,7 +260,7 @@ template <> uint8_t host_cast<uint8_t>(double v)
 
 /* --- table entries ---------------------------------------------------------------------------- */
 
-/* DC_K_ADD: t0 = t1 + t2, all one dtype; t1/t2 broadcast to t0's shape with stride 0. */
+/* DC_OP_ADD: t0 = t1 + t2, all one dtype; t1/t2 broadcast to t0's shape with stride 0. */
 static dc_status k_add(const dc_kargs *a)
 {
     const dc_kview *v[3] = { &a->t[0], &a->t[1], &a->t[2] };
@@ -279,7 +279,7 @@ static dc_status k_add(const dc_kargs *a)
     });
 }
 
-/* DC_K_FILL: t0 = f0 (t0 may be a strided view); all dtypes. */
+/* DC_OP_FILL: t0 = p.fill (t0 may be a strided view); all dtypes. */
 static dc_status k_fill(const dc_kargs *a)
 {
     const dc_kview *v[1] = { &a->t[0] };
@@ -288,7 +288,8 @@ static dc_status k_fill(const dc_kargs *a)
     if (n == 0) return DC_OK;
     DC_TRY(use_device_of(v[0]->data));
     dc_geom<1> g = geom_make<1>(v);
-    double value = a->f[0];
+    const struct dc_fill_params *fp = &a->p.fill;
+    double value = fp->is_int ? (double)fp->ivalue : fp->value;
     size_t esize = dc_dtype_size(v[0]->dtype);
     if (value == 0.0 && !signbit(value) && g.ndim == 1 && g.st[0][0] == 1 && esize) {
         /* +0 is all-zero bits in every dtype */
@@ -297,11 +298,13 @@ static dc_status k_fill(const dc_kargs *a)
     }
     return dc_dispatch<DC_DT_ALL>(v[0]->dtype, "fill", [&](auto tag) {
         typedef decltype(tag) T;
-        return fill_forward<T>((T *)v[0]->data, g, n, host_cast<T>(value), 0);
+        T tv = host_cast<T>(value);
+        if (std::is_integral<T>::value && fp->is_int) tv = (T)fp->ivalue; /* exact: no trip through double */
+        return fill_forward<T>((T *)v[0]->data, g, n, tv, 0);
     });
 }
 
-/* DC_K_COPY: t0 <- t1, same shape, both on this device, any strides and dtypes.
+/* DC_OP_COPY: t0 <- t1, same shape, both on this device, any strides and dtypes.
  * Same dtype and both contiguous: one cudaMemcpyAsync (cudaMemcpyDefault also covers a peer copy
  * between GPUs). Otherwise a kernel; same-dtype strided copies move raw bits. */
 static dc_status k_copy(const dc_kargs *a)
@@ -354,9 +357,9 @@ static dc_backend table_make(void)
     b.to_host = cuda_to_host;
     b.from_host = cuda_from_host;
     b.synchronize = cuda_synchronize;
-    b.kernels[DC_K_COPY] = k_copy;
-    b.kernels[DC_K_FILL] = k_fill;
-    b.kernels[DC_K_ADD] = k_add;
+    b.kernels[DC_OP_COPY] = k_copy;
+    b.kernels[DC_OP_FILL] = k_fill;
+    b.kernels[DC_OP_ADD] = k_add;
     return b;
 }
 

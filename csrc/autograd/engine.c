@@ -226,7 +226,7 @@ static dc_status accumulate(dc_tensor *leaf, dc_tensor *g)
             if (st == DC_OK) leaf->grad = r;
         }
     } else {
-        st = dc_binary_(DC_K_ADD, leaf->grad, g);
+        st = dc_binary_(DC_OP_ADD, leaf->grad, g);
     }
     dc_tensor_decref(g);
     return st;
@@ -358,7 +358,7 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
                     m->gbuf = gin[k];
                 } else {
                     dc_tensor *s;
-                    st = dc_binary(&s, DC_K_ADD, m->gbuf, gin[k]);
+                    st = dc_binary(&s, DC_OP_ADD, m->gbuf, gin[k]);
                     dc_tensor_decref(gin[k]);
                     if (st) {
                         for (int j = k + 1; j < n->n_in; j++) dc_tensor_decref(gin[j]);

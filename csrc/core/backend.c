@@ -1,74 +1,44 @@
 /* backend.c: device dispatch. Looks up the kernel table for a device and launches one kernel. */
+#include <string.h>
+
 #include "backend-impl.h"
 
-const char *const dc_kop_names[DC_KOP_COUNT] = {
-    "copy",
-    "fill",
-    "arange",
-    "rand",
-    "randn",
-    "randint",
-    "neg",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "sin",
-    "cos",
-    "tanh",
-    "sigmoid",
-    "relu",
-    "gelu_tanh",
-    "gelu",
-    "silu",
-    "abs",
-    "clamp",
-    "pow_scalar",
-    "rpow_scalar",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "pow",
-    "maximum",
-    "minimum",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "relu_backward",
-    "gelu_tanh_backward",
-    "gelu_backward",
-    "silu_backward",
-    "sigmoid_backward",
-    "tanh_backward",
-    "clamp_backward",
-    "where",
-    "sum",
-    "max",
-    "min",
-    "argmax",
-    "argmin",
-    "softmax",
-    "log_softmax",
-    "softmax_backward",
-    "log_softmax_backward",
-    "layer_norm",
-    "layer_norm_backward",
-    "matmul",
-    "gather",
-    "scatter_add",
-    "index_select",
-    "index_add",
-    "tril",
-    "sgd_step",
-    "adamw_step",
-    "norm",
-    "scale",
+/* --- tables generated from ops.def --------------------------------------------------------- */
+
+const char *const dc_op_names[DC_OP_COUNT] = {
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) name,
+#include "ops.def"
+#undef DC_OP
 };
-_Static_assert(sizeof(dc_kop_names) / sizeof(dc_kop_names[0]) == DC_KOP_COUNT, "dc_kop_names must name every dc_kop");
+_Static_assert(sizeof(dc_op_names) / sizeof(dc_op_names[0]) == DC_OP_COUNT, "dc_op_names must name every dc_op");
+
+const dc_op_info_t dc_op_info[DC_OP_COUNT] = {
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) \
+    { name, DC_FAM_##fam, DC_OP_##bwd, DC_SAVES_##saves, #params, node },
+#include "ops.def"
+#undef DC_OP
+};
+_Static_assert(sizeof(dc_op_info) / sizeof(dc_op_info[0]) == DC_OP_COUNT, "dc_op_info must describe every dc_op");
+
+const char *const dc_op_family_names[DC_FAM_COUNT] = {
+    "create",    "unary",   "scalar", "binary", "compare", "grad", "where", "reduce",
+    "argreduce", "softmax", "norm",   "linalg", "index",   "scan", "sort",  "optim",
+};
+_Static_assert(sizeof(dc_op_family_names) / sizeof(dc_op_family_names[0]) == DC_FAM_COUNT,
+               "dc_op_family_names must name every family");
+
+/* Every params column names a member of dc_kparams, and every backward column a GRAD op. */
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) \
+    enum { dc_check_params_##id = sizeof(((dc_kparams *)0)->params) };
+#include "ops.def"
+#undef DC_OP
+
+dc_op dc_op_by_name(const char *name)
+{
+    for (int k = 0; name && k < DC_OP_COUNT; k++)
+        if (!strcmp(dc_op_names[k], name)) return (dc_op)k;
+    return DC_OP_NONE;
+}
 
 const dc_backend *dc_backend_get(int device_type)
 {
@@ -96,10 +66,43 @@ dc_status dc_launch(dc_device dev, const dc_kargs *a)
     if (!be)
         return dc_error(DC_ERR_DEVICE, "device %s is not available: dutycycle was built without CUDA",
                         dc_device_str(dev));
-    if ((unsigned)a->op >= DC_KOP_COUNT) return dc_error(DC_ERR_INTERNAL, "bad kernel id %d", (int)a->op);
+    if ((unsigned)a->op >= DC_OP_COUNT) return dc_error(DC_ERR_INTERNAL, "bad kernel id %d", (int)a->op);
     dc_kernel_fn fn = be->kernels[a->op];
     if (!fn)
-        return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no kernel for device %s yet", dc_kop_names[a->op],
+        return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no kernel for device %s yet", dc_op_names[a->op],
                         dc_device_str(dev));
     return fn(a);
+}
+
+/* --- the public device API of ops.h ---------------------------------------------------------- */
+
+int dc_device_built(int device_type)
+{
+    return dc_backend_get(device_type) != NULL;
+}
+
+int dc_device_count(int device_type)
+{
+    const dc_backend *be = dc_backend_get(device_type);
+    return be ? be->device_count() : 0;
+}
+
+const char *dc_device_type_name(int device_type)
+{
+    const dc_backend *be = dc_backend_get(device_type);
+    return be ? be->name : NULL;
+}
+
+int dc_op_has_kernel(int op, int device_type)
+{
+    const dc_backend *be = dc_backend_get(device_type);
+    return be && op >= 0 && op < DC_OP_COUNT && be->kernels[op] != NULL;
+}
+
+dc_status dc_synchronize(dc_device dev)
+{
+    const dc_backend *be = dc_backend_get(dev.type);
+    if (!be)
+        return dc_error(DC_ERR_DEVICE, "synchronize: device %s is not built into this dutycycle", dc_device_str(dev));
+    return be->synchronize(dev);
 }

@@ -2,10 +2,14 @@
 #ifndef DC_OPS_IMPL_H
 #define DC_OPS_IMPL_H
 
+#include <stdio.h>
+#include <string.h>
+
 #include "../autograd/autograd.h"
+#include "backend-impl.h"
 #include "ops.h"
 
-static inline dc_kargs kargs_of(dc_kop op)
+static inline dc_kargs kargs_of(dc_op op)
 {
     dc_kargs a;
     memset(&a, 0, sizeof a);
@@ -94,11 +98,31 @@ static inline int inplace_overlap(const dc_tensor *dst, const dc_tensor *src)
     return !same;
 }
 
+/* --- ops-common.c --------------------------------------------------------------------------- */
+
+/* Launch k on y's device when y has elements; on failure y is freed (the caller's reference). */
+dc_status dc_launch_or_free(dc_tensor *y, const dc_kargs *k);
 /* Broadcast shapes a and b into out (ndim returned in *nd). */
 dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,
                              const char *op);
 /* A kview of t broadcast to (nd, shape): stride 0 on expanded dims. */
 void dc_kview_broadcast(dc_kview *v, const dc_tensor *t, int nd, const int64_t *shape);
+/* Reduce a broadcast gradient g back to `shape` (sums the broadcast dims). */
+dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shape);
+/* 0-d tensor of value v with t's dtype and device; t * v. */
+dc_status dc_scalar_like(dc_tensor **out, double v, const dc_tensor *t);
+dc_status dc_mul_scalar(dc_tensor **out, dc_tensor *t, double v);
+/* Record a node for y if any input needs grad; *np gets it (or NULL). On failure y is freed. */
+dc_status dc_record(dc_tensor *y, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *in, dc_node **np);
+/* Save an op's own output without a reference cycle (output -> node -> output). */
+void dc_save_output(dc_node *n, dc_tensor *y);
+/* Backward helpers return DC_OK with gin set; these shorten the common shapes. */
+#define SAVED(n, k, var) \
+    dc_tensor *var;      \
+    DC_TRY(dc_node_saved((n), (k), &var))
+
+/* Sum (or max/min) of x over the dims where mask[d] is set (ops_math.c). */
+dc_status dc_reduce_raw(dc_tensor **out, dc_op op, dc_tensor *x, const int *mask, int keepdim, dc_dtype dt);
 /* Zero-filled tensor of the given geometry. */
 static inline dc_status dc_zeros_of(dc_tensor **out, int ndim, const int64_t *shape, dc_dtype dt, dc_device dev)
 {

@@ -6,19 +6,31 @@
 #ifndef DC_OPS_H
 #define DC_OPS_H
 
-#include "backend-impl.h"
+#include "op.h"
 #include "tensor.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* --- devices ------------------------------------------------------------------------------- */
+int dc_device_built(int device_type);             /* 1 if that backend is compiled in */
+int dc_device_count(int device_type);             /* devices of that type present (0 if not built) */
+const char *dc_device_type_name(int device_type); /* "cpu", "cuda"; NULL if not built */
+int dc_op_has_kernel(int op, int device_type);    /* 1 if that device's table fills op's slot */
+dc_status dc_synchronize(dc_device dev);          /* wait for the device's queued work */
+/* The CPU's caching host allocator (csrc/cpu/alloc.c). */
+void dc_cpu_cache_info(size_t *cached, size_t *limit);
+void dc_cpu_empty_cache(void);
+
 /* --- creation and copies ------------------------------------------------------------------ */
 dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev);
+/* Integer value, exact in int64 (never through double); out of the dtype's range -> DC_ERR_VALUE. */
+dc_status dc_full_int(dc_tensor **out, int ndim, const int64_t *shape, int64_t value, dc_dtype dt, dc_device dev);
 dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_dtype dt, dc_device dev);
-/* kind: DC_K_RAND, DC_K_RANDN, DC_K_RANDINT (low/high used only for RANDINT) */
-dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape, int64_t low, int64_t high,
-                    dc_dtype dt, dc_device dev);
+/* kind: DC_OP_RAND, DC_OP_RANDN, DC_OP_RANDINT (low/high used only for RANDINT) */
+dc_status dc_random(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape, int64_t low, int64_t high, dc_dtype dt,
+                    dc_device dev);
 dc_status dc_to(dc_tensor **out, dc_tensor *x, dc_dtype dt, dc_device dev); /* copies; differentiable */
 dc_status dc_contiguous(dc_tensor **out, dc_tensor *x); /* x itself (new ref) if already contiguous */
 dc_status dc_clone(dc_tensor **out, dc_tensor *x);
@@ -27,7 +39,8 @@ dc_status dc_detach(dc_tensor **out, dc_tensor *x);
 /* --- in place (refused where autograd would need to track them) ------------------------------ */
 dc_status dc_copy_(dc_tensor *dst, dc_tensor *src); /* src broadcast to dst; dtype/device convert */
 dc_status dc_fill_(dc_tensor *t, double value);
-dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other); /* t = op(t, other) */
+dc_status dc_fill_int_(dc_tensor *t, int64_t value);            /* exact, as dc_full_int */
+dc_status dc_binary_(dc_op op, dc_tensor *t, dc_tensor *other); /* t = op(t, other), op of family BINARY */
 
 /* --- views --------------------------------------------------------------------------------- */
 dc_status dc_view(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *shape); /* -1 allowed once */
@@ -42,11 +55,11 @@ dc_status dc_squeeze(dc_tensor **out, dc_tensor *x, int dim); /* dim == DC_ALL_D
 #define DC_ALL_DIMS (-1000)
 
 /* --- elementwise ------------------------------------------------------------------------------ */
-dc_status dc_unary(dc_tensor **out, dc_kop op, dc_tensor *x); /* NEG..ABS */
+dc_status dc_unary(dc_tensor **out, dc_op op, dc_tensor *x); /* op of family UNARY (ops.def) */
 dc_status dc_clamp(dc_tensor **out, dc_tensor *x, double lo, double hi, int has_lo, int has_hi);
 dc_status dc_pow_scalar(dc_tensor **out, dc_tensor *x, double p);
 dc_status dc_rpow_scalar(dc_tensor **out, double base, dc_tensor *x);
-dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b); /* ADD..GE */
+dc_status dc_binary(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b); /* BINARY or COMPARE */
 dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b);
 dc_status dc_dropout(dc_tensor **out, dc_tensor *x, double p, int training);
 
@@ -74,9 +87,6 @@ dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads
                         int maximize);
 dc_status dc_total_norm(int n, dc_tensor *const *ts, double p, double *out);
 dc_status dc_scale_(int n, dc_tensor *const *ts, double factor);
-
-/* Internal helper used by backward formulas: reduce a broadcast gradient back to `shape`. */
-dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shape);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-/* ops_linalg.c: matmul, cat, gather/index ops, tril/triu and the fused multi-tensor optimizer
- * steps, forward next to backward. */
+/* ops_linalg.c: matmul, cat, gather/index ops and tril/triu, forward next to backward (the fused
+ * optimizer steps are in ops_optim.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +62,7 @@ static dc_status matmul_nd(dc_tensor **out, dc_tensor *a, dc_tensor *b)
     int prev = dc_grad_enabled();
     dc_set_grad_enabled(0);
     dc_tensor *ka = NULL, *kb = NULL, *y = NULL;
-    dc_kargs k = kargs_of(DC_K_MATMUL);
+    dc_kargs k = kargs_of(DC_OP_MATMUL);
     dc_status st = expand_batch(&ka, a, nb, bs);
     if (!st) st = expand_batch(&kb, b, nb, bs);
     dc_set_grad_enabled(prev);
@@ -215,7 +215,7 @@ static dc_status cat_group(dc_tensor **out, int n, dc_tensor *const *xs, int dim
     for (int k = 0; k < n && !st; k++) {
         int64_t len = xs[k]->shape[dim];
         if (len == 0 || dc_numel(xs[k]) == 0) continue;
-        dc_kargs a = kargs_of(DC_K_COPY);
+        dc_kargs a = kargs_of(DC_OP_COPY);
         kargs_add(&a, y);
         a.t[0].data += off * y->strides[dim] * (int64_t)dc_dtype_size(y->dtype);
         a.t[0].shape[dim] = len;
@@ -277,11 +277,11 @@ static dc_status scatter_like_backward(dc_node *n, dc_tensor *g, dc_tensor **gin
     DC_TRY(dc_zeros_of(&z, n->in_ndim[0], n->in_shape[0], g->dtype, g->device));
     dc_status st = dc_contiguous(&gc, g);
     if (!st) {
-        dc_kargs k = kargs_of(n->i[1] ? DC_K_INDEX_ADD : DC_K_SCATTER_ADD);
+        dc_kargs k = kargs_of(n->i[1] ? DC_OP_INDEX_ADD : DC_OP_SCATTER_ADD);
         kargs_add(&k, z);
         kargs_add(&k, gc);
         kargs_add(&k, idx);
-        k.i[0] = n->i[0];
+        k.p.dim.dim = n->i[0];
         if (dc_numel(gc)) st = dc_launch(g->device, &k);
         dc_tensor_decref(gc);
     }
@@ -293,12 +293,12 @@ static dc_status scatter_like_backward(dc_node *n, dc_tensor *g, dc_tensor **gin
     return DC_OK;
 }
 
-static dc_status index_op(dc_tensor **out, dc_kop op, dc_tensor *x, int dim, dc_tensor *idx, const char *name)
+static dc_status index_op(dc_tensor **out, dc_op op, dc_tensor *x, int dim, dc_tensor *idx, const char *name)
 {
     DC_TRY(need_index(idx, x, name));
     DC_TRY(wrap_dim(&dim, x->ndim, name));
     int64_t shape[DC_MAX_DIMS];
-    if (op == DC_K_GATHER) {
+    if (op == DC_OP_GATHER) {
         if (idx->ndim != x->ndim)
             return dc_error(DC_ERR_SHAPE, "gather: index %s and input %s must have the same number of dims",
                             DC_SHAPE(idx), DC_SHAPE(x));
@@ -323,7 +323,7 @@ static dc_status index_op(dc_tensor **out, dc_kop op, dc_tensor *x, int dim, dc_
         kargs_add(&k, y);
         kargs_add(&k, x);
         kargs_add(&k, ic);
-        k.i[0] = dim;
+        k.p.dim.dim = dim;
         if (x->ndim == 0) { /* gather on a scalar: one element, index must be 0 */
             k.t[0].ndim = k.t[1].ndim = k.t[2].ndim = 1;
             k.t[0].shape[0] = k.t[1].shape[0] = k.t[2].shape[0] = 1;
@@ -331,16 +331,16 @@ static dc_status index_op(dc_tensor **out, dc_kop op, dc_tensor *x, int dim, dc_
         }
         if (dc_numel(y))
             st = dc_launch(x->device, &k);
-        else if (op == DC_K_INDEX_SELECT && dc_numel(ic) && x->shape[dim] == 0)
+        else if (op == DC_OP_INDEX_SELECT && dc_numel(ic) && x->shape[dim] == 0)
             st = dc_error(DC_ERR_INDEX, "index_select: index out of range for dimension %d with size 0", dim);
     }
     dc_node *n = NULL;
     if (!st && dc_needs_grad(x) && dc_dtype_is_float(x->dtype)) {
-        if (!(st = dc_node_new(&n, op == DC_K_GATHER ? "GatherBackward" : "IndexSelectBackward", scatter_like_backward,
+        if (!(st = dc_node_new(&n, op == DC_OP_GATHER ? "GatherBackward" : "IndexSelectBackward", scatter_like_backward,
                                1, &x))) {
             dc_node_save(n, ic);
             n->i[0] = dim;
-            n->i[1] = op == DC_K_INDEX_SELECT;
+            n->i[1] = op == DC_OP_INDEX_SELECT;
             dc_node_attach(y, n);
         }
     }
@@ -355,11 +355,11 @@ static dc_status index_op(dc_tensor **out, dc_kop op, dc_tensor *x, int dim, dc_
 
 dc_status dc_gather(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index)
 {
-    return index_op(out, DC_K_GATHER, x, dim, index, "gather");
+    return index_op(out, DC_OP_GATHER, x, dim, index, "gather");
 }
 dc_status dc_index_select(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index)
 {
-    return index_op(out, DC_K_INDEX_SELECT, x, dim, index, "index_select");
+    return index_op(out, DC_OP_INDEX_SELECT, x, dim, index, "index_select");
 }
 
 /* --- tril / triu ------------------------------------------------------------------------------ */
@@ -376,11 +376,11 @@ dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper)
                         DC_SHAPE(x));
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
-    dc_kargs k = kargs_of(DC_K_TRIL);
+    dc_kargs k = kargs_of(DC_OP_TRIL);
     kargs_add(&k, y);
     kargs_add(&k, x);
-    k.i[0] = diagonal;
-    k.i[1] = upper;
+    k.p.tril.diagonal = diagonal;
+    k.p.tril.upper = upper;
     dc_status st = dc_numel(y) ? dc_launch(x->device, &k) : DC_OK;
     if (!st && dc_needs_grad(x)) {
         dc_node *n;
@@ -395,125 +395,5 @@ dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper)
         return st;
     }
     *out = y;
-    return DC_OK;
-}
-
-/* --- fused optimizer steps ------------------------------------------------------------------ */
-
-static dc_status check_pair(dc_tensor *p, dc_tensor *g, int k, const char *op, const char *what)
-{
-    if (!g) return dc_error(DC_ERR_VALUE, "%s: %s %d is missing", op, what, k);
-    if (p->dtype != DC_FLOAT32 && p->dtype != DC_FLOAT64)
-        return dc_error(DC_ERR_DTYPE, "%s: parameter %d has dtype %s; expected float32 or float64", op, k,
-                        dc_dtype_name(p->dtype));
-    if (g->dtype != p->dtype)
-        return dc_error(DC_ERR_DTYPE, "%s: %s %d has dtype %s but its parameter is %s", op, what, k,
-                        dc_dtype_name(g->dtype), dc_dtype_name(p->dtype));
-    if (!dc_device_eq(g->device, p->device))
-        return dc_error(DC_ERR_DEVICE, "%s: %s %d is on a different device than its parameter", op, what, k);
-    if (g->ndim != p->ndim || memcmp(g->shape, p->shape, sizeof(int64_t) * p->ndim))
-        return dc_error(DC_ERR_SHAPE, "%s: %s %d has shape %s but its parameter has shape %s", op, what, k, DC_SHAPE(g),
-                        DC_SHAPE(p));
-    if (!dc_is_contiguous(g) || !dc_is_contiguous(p))
-        return dc_error(DC_ERR_VALUE, "%s: parameter %d and its %s must be contiguous", op, k, what);
-    return DC_OK;
-}
-
-dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs, double lr,
-                      double momentum, double dampening, double wd, int nesterov, int maximize, int first)
-{
-    for (int k = 0; k < n; k++) {
-        DC_TRY(check_pair(params[k], grads[k], k, "sgd_step", "grad"));
-        if (momentum != 0) DC_TRY(check_pair(params[k], bufs ? bufs[k] : NULL, k, "sgd_step", "momentum buffer"));
-    }
-    for (int k = 0; k < n; k++) {
-        if (!dc_numel(params[k])) continue;
-        atomic_fetch_add(&params[k]->storage->version, 1);
-        dc_kargs a = kargs_of(DC_K_SGD);
-        kargs_add(&a, params[k]);
-        kargs_add(&a, grads[k]);
-        if (momentum != 0) kargs_add(&a, bufs[k]);
-        a.f[0] = lr;
-        a.f[1] = momentum;
-        a.f[2] = dampening;
-        a.f[3] = wd;
-        a.i[0] = nesterov;
-        a.i[1] = maximize;
-        a.i[2] = first;
-        DC_TRY(dc_launch(params[k]->device, &a));
-    }
-    return DC_OK;
-}
-
-dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *m,
-                        dc_tensor *const *v, int64_t step, double lr, double beta1, double beta2, double eps, double wd,
-                        int maximize)
-{
-    if (step < 1) return dc_error(DC_ERR_VALUE, "adamw_step: step must be >= 1, got %lld", (long long)step);
-    for (int k = 0; k < n; k++) {
-        DC_TRY(check_pair(params[k], grads[k], k, "adamw_step", "grad"));
-        DC_TRY(check_pair(params[k], m[k], k, "adamw_step", "exp_avg"));
-        DC_TRY(check_pair(params[k], v[k], k, "adamw_step", "exp_avg_sq"));
-    }
-    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
-    for (int k = 0; k < n; k++) {
-        if (!dc_numel(params[k])) continue;
-        atomic_fetch_add(&params[k]->storage->version, 1);
-        dc_kargs a = kargs_of(DC_K_ADAMW);
-        kargs_add(&a, params[k]);
-        kargs_add(&a, grads[k]);
-        kargs_add(&a, m[k]);
-        kargs_add(&a, v[k]);
-        a.f[0] = lr;
-        a.f[1] = beta1;
-        a.f[2] = beta2;
-        a.f[3] = eps;
-        a.f[4] = wd;
-        a.f[5] = bc1;
-        a.f[6] = bc2;
-        a.i[0] = maximize;
-        DC_TRY(dc_launch(params[k]->device, &a));
-    }
-    return DC_OK;
-}
-
-dc_status dc_total_norm(int n, dc_tensor *const *ts, double p, double *out)
-{
-    if (!(p > 0)) return dc_error(DC_ERR_VALUE, "norm type must be positive, got %g", p);
-    double acc = 0;
-    for (int k = 0; k < n; k++) {
-        DC_TRY(need_float(ts[k], "grad_norm"));
-        if (!dc_numel(ts[k])) continue;
-        dc_tensor *s;
-        DC_TRY(dc_full(&s, 0, NULL, 0.0, DC_FLOAT64, ts[k]->device));
-        dc_kargs a = kargs_of(DC_K_NORM_POW);
-        kargs_add(&a, s);
-        kargs_add(&a, ts[k]);
-        a.f[0] = p;
-        dc_status st = dc_launch(ts[k]->device, &a);
-        double v = 0;
-        if (!st) {
-            const dc_backend *be = dc_backend_get(s->device.type);
-            st = be->to_host(s->device, &v, dc_data(s), sizeof v); /* note: a device sync point */
-        }
-        dc_tensor_decref(s);
-        if (st) return st;
-        acc = isinf(p) ? (v > acc || isnan(v) ? v : acc) : acc + v;
-    }
-    *out = isinf(p) ? acc : pow(acc, 1.0 / p);
-    return DC_OK;
-}
-
-dc_status dc_scale_(int n, dc_tensor *const *ts, double factor)
-{
-    for (int k = 0; k < n; k++) DC_TRY(need_float(ts[k], "scale_"));
-    for (int k = 0; k < n; k++) {
-        if (!dc_numel(ts[k])) continue;
-        atomic_fetch_add(&ts[k]->storage->version, 1);
-        dc_kargs a = kargs_of(DC_K_SCALE);
-        kargs_add(&a, ts[k]);
-        a.f[0] = factor;
-        DC_TRY(dc_launch(ts[k]->device, &a));
-    }
     return DC_OK;
 }

@@ -6,86 +6,9 @@
 
 #include "ops-impl.h"
 
-/* --- helpers -------------------------------------------------------------------------------- */
-
-dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,
-                             const char *op)
+static dc_status launch_binary(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b, dc_dtype out_dt)
 {
-    int n = na > nb ? na : nb;
-    for (int d = 0; d < n; d++) {
-        int da = d - (n - na), db = d - (n - nb);
-        int64_t x = da >= 0 ? sa[da] : 1, y = db >= 0 ? sb[db] : 1;
-        if (x != y && x != 1 && y != 1)
-            return dc_error(DC_ERR_SHAPE, "%s: shapes %s and %s can't be broadcast together (dim %d: %lld vs %lld)", op,
-                            dc_shape_str(na, sa), dc_shape_str(nb, sb), d, (long long)x, (long long)y);
-        out[d] = x == 1 ? y : x;
-    }
-    *nd = n;
-    return DC_OK;
-}
-
-void dc_kview_broadcast(dc_kview *v, const dc_tensor *t, int nd, const int64_t *shape)
-{
-    v->data = dc_data(t);
-    v->dtype = t->dtype;
-    v->ndim = nd;
-    for (int d = 0; d < nd; d++) {
-        int k = d - (nd - t->ndim);
-        v->shape[d] = shape[d];
-        v->strides[d] = (k < 0 || t->shape[k] != shape[d]) ? 0 : t->strides[k];
-    }
-}
-
-static dc_status scalar_like(dc_tensor **out, double v, const dc_tensor *t)
-{
-    return dc_full(out, 0, NULL, v, t->dtype, t->device);
-}
-
-static dc_status mul_scalar(dc_tensor **out, dc_tensor *t, double v)
-{
-    dc_tensor *s;
-    DC_TRY(scalar_like(&s, v, t));
-    dc_status st = dc_binary(out, DC_K_MUL, t, s);
-    dc_tensor_decref(s);
-    return st;
-}
-
-/* Record a node for y if any input needs grad; *np gets it (or NULL). On failure y is freed. */
-static dc_status record(dc_tensor *y, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *in, dc_node **np)
-{
-    *np = NULL;
-    int need = 0;
-    for (int k = 0; k < n_in; k++) need |= dc_needs_grad(in[k]);
-    if (!need) return DC_OK;
-    dc_status st = dc_node_new(np, name, fn, n_in, in);
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
-    dc_node_attach(y, *np);
-    return DC_OK;
-}
-
-/* Save an op's own output without a reference cycle (output -> node -> output). */
-static void save_output(dc_node *n, dc_tensor *y)
-{
-    dc_tensor *a;
-    if (dc_alias(&a, y, y->ndim, y->shape, y->strides, y->offset) != DC_OK) {
-        dc_node_save(n, NULL);
-        return;
-    }
-    dc_node_save(n, a);
-    dc_tensor_decref(a);
-}
-
-/* Backward helpers return DC_OK with gin set; these shorten the common shapes. */
-#define SAVED(n, k, var) \
-    dc_tensor *var;      \
-    DC_TRY(dc_node_saved((n), (k), &var))
-
-static dc_status launch_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b, dc_dtype out_dt)
-{
-    const char *name = dc_kop_names[op];
+    const char *name = dc_op_names[op];
     DC_TRY(same_device(a, b, name));
     DC_TRY(same_dtype(a, b, name));
     int nd;
@@ -97,55 +20,50 @@ static dc_status launch_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tens
     kargs_add(&k, y);
     dc_kview_broadcast(&k.t[k.nt++], a, nd, shape);
     dc_kview_broadcast(&k.t[k.nt++], b, nd, shape);
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    DC_TRY(dc_launch_or_free(y, &k));
     *out = y;
     return DC_OK;
 }
 
 /* --- unary ---------------------------------------------------------------------------------- */
 
+/* Backward of a UNARY op. Ops whose ops.def line names a GRAD op run that kernel on (g, saved);
+ * the others compose their formula here from other ops. */
 static dc_status unary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 {
-    dc_kop op = (dc_kop)n->i[0];
-    SAVED(n, 0, s); /* input x, or output y for EXP/SQRT/RSQRT/TANH/SIGMOID */
+    dc_op op = (dc_op)n->i[0];
+    const dc_op_info_t *info = &dc_op_info[op];
+    dc_tensor *s = NULL; /* what ops.def's saves column says: input x or output y */
+    if (info->saves != DC_SAVES_NONE) DC_TRY(dc_node_saved(n, 0, &s));
+    if (info->backward != DC_OP_NONE) return launch_binary(&gin[0], info->backward, g, s, g->dtype);
     dc_tensor *t1 = NULL, *t2 = NULL;
     dc_status st = DC_OK;
     switch (op) {
-    case DC_K_NEG: return dc_unary(&gin[0], DC_K_NEG, g);
-    case DC_K_EXP: return dc_binary(&gin[0], DC_K_MUL, g, s);
-    case DC_K_LOG: return dc_binary(&gin[0], DC_K_DIV, g, s);
-    case DC_K_SQRT: /* g / (2 y) */
-        DC_TRY(dc_binary(&t1, DC_K_DIV, g, s));
-        st = mul_scalar(&gin[0], t1, 0.5);
+    case DC_OP_NEG: return dc_unary(&gin[0], DC_OP_NEG, g);
+    case DC_OP_EXP: return dc_binary(&gin[0], DC_OP_MUL, g, s);
+    case DC_OP_LOG: return dc_binary(&gin[0], DC_OP_DIV, g, s);
+    case DC_OP_SQRT: /* g / (2 y) */
+        DC_TRY(dc_binary(&t1, DC_OP_DIV, g, s));
+        st = dc_mul_scalar(&gin[0], t1, 0.5);
         break;
-    case DC_K_RSQRT: /* -0.5 g y^3 */
+    case DC_OP_RSQRT: /* -0.5 g y^3 */
         DC_TRY(dc_pow_scalar(&t1, s, 3.0));
-        if (!(st = dc_binary(&t2, DC_K_MUL, g, t1))) st = mul_scalar(&gin[0], t2, -0.5);
+        if (!(st = dc_binary(&t2, DC_OP_MUL, g, t1))) st = dc_mul_scalar(&gin[0], t2, -0.5);
         break;
-    case DC_K_SIN:
-        DC_TRY(dc_unary(&t1, DC_K_COS, s));
-        st = dc_binary(&gin[0], DC_K_MUL, g, t1);
+    case DC_OP_SIN:
+        DC_TRY(dc_unary(&t1, DC_OP_COS, s));
+        st = dc_binary(&gin[0], DC_OP_MUL, g, t1);
         break;
-    case DC_K_COS:
-        DC_TRY(dc_unary(&t1, DC_K_SIN, s));
-        if (!(st = dc_binary(&t2, DC_K_MUL, g, t1))) st = dc_unary(&gin[0], DC_K_NEG, t2);
+    case DC_OP_COS:
+        DC_TRY(dc_unary(&t1, DC_OP_SIN, s));
+        if (!(st = dc_binary(&t2, DC_OP_MUL, g, t1))) st = dc_unary(&gin[0], DC_OP_NEG, t2);
         break;
-    case DC_K_TANH: return launch_binary(&gin[0], DC_K_TANH_BWD, g, s, g->dtype);
-    case DC_K_SIGMOID: return launch_binary(&gin[0], DC_K_SIGMOID_BWD, g, s, g->dtype);
-    case DC_K_RELU: return launch_binary(&gin[0], DC_K_RELU_BWD, g, s, g->dtype);
-    case DC_K_GELU_TANH: return launch_binary(&gin[0], DC_K_GELU_TANH_BWD, g, s, g->dtype);
-    case DC_K_GELU_ERF: return launch_binary(&gin[0], DC_K_GELU_ERF_BWD, g, s, g->dtype);
-    case DC_K_SILU: return launch_binary(&gin[0], DC_K_SILU_BWD, g, s, g->dtype);
-    case DC_K_ABS: { /* g * sign(x), 0 at 0 */
+    case DC_OP_ABS: { /* g * sign(x), 0 at 0 */
         dc_tensor *z = NULL, *pos = NULL, *neg = NULL, *ng = NULL, *inner = NULL;
-        st = scalar_like(&z, 0.0, s);
-        if (!st) st = dc_binary(&pos, DC_K_GT, s, z);
-        if (!st) st = dc_binary(&neg, DC_K_LT, s, z);
-        if (!st) st = dc_unary(&ng, DC_K_NEG, g);
+        st = dc_scalar_like(&z, 0.0, s);
+        if (!st) st = dc_binary(&pos, DC_OP_GT, s, z);
+        if (!st) st = dc_binary(&neg, DC_OP_LT, s, z);
+        if (!st) st = dc_unary(&ng, DC_OP_NEG, g);
         if (!st) st = dc_where(&inner, neg, ng, z);
         if (!st) st = dc_where(&gin[0], pos, g, inner);
         dc_tensor_decref(z);
@@ -155,40 +73,32 @@ static dc_status unary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         dc_tensor_decref(inner);
         return st;
     }
-    default: return dc_error(DC_ERR_INTERNAL, "no backward for unary op %s", dc_kop_names[op]);
+    default:
+        return dc_error(DC_ERR_INTERNAL, "no backward for unary op %s: give it a GRAD op in ops.def or a formula here",
+                        dc_op_names[op]);
     }
     dc_tensor_decref(t1);
     dc_tensor_decref(t2);
     return st;
 }
 
-dc_status dc_unary(dc_tensor **out, dc_kop op, dc_tensor *x)
+dc_status dc_unary(dc_tensor **out, dc_op op, dc_tensor *x)
 {
-    if (op < DC_K_NEG || op > DC_K_ABS) return dc_error(DC_ERR_INTERNAL, "dc_unary: %d is not a unary op", op);
+    if (!dc_op_is(op, DC_FAM_UNARY)) return dc_error(DC_ERR_INTERNAL, "dc_unary: %d is not a unary op", (int)op);
+    const dc_op_info_t *info = &dc_op_info[op];
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
     dc_kargs k = kargs_of(op);
     kargs_add(&k, y);
     kargs_add(&k, x);
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    DC_TRY(dc_launch_or_free(y, &k));
     dc_node *n;
-    DC_TRY(record(y, "UnaryBackward", unary_backward, 1, &x, &n));
+    DC_TRY(dc_record(y, info->node, unary_backward, 1, &x, &n));
     if (n) {
-        static const char *names[] = { "NegBackward",     "ExpBackward",  "LogBackward",  "SqrtBackward",
-                                       "RsqrtBackward",   "SinBackward",  "CosBackward",  "TanhBackward",
-                                       "SigmoidBackward", "ReluBackward", "GeluBackward", "GeluBackward",
-                                       "SiluBackward",    "AbsBackward" };
-        n->name = names[op - DC_K_NEG];
         n->i[0] = op;
-        int saves_output = op == DC_K_EXP || op == DC_K_SQRT || op == DC_K_RSQRT || op == DC_K_TANH ||
-                           op == DC_K_SIGMOID || op == DC_K_RELU;
-        if (saves_output)
-            save_output(n, y);
-        else
+        if (info->saves == DC_SAVES_OUTPUT)
+            dc_save_output(n, y);
+        else if (info->saves == DC_SAVES_INPUT)
             dc_node_save(n, x);
     }
     *out = y;
@@ -200,19 +110,13 @@ static dc_status clamp_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     SAVED(n, 0, x);
     dc_tensor *y;
     DC_TRY(dc_empty(&y, g->ndim, g->shape, g->dtype, g->device));
-    dc_kargs k = kargs_of(DC_K_CLAMP_BWD);
+    dc_kargs k = kargs_of(DC_OP_CLAMP_BWD);
     kargs_add(&k, y);
     dc_kview_broadcast(&k.t[k.nt++], g, y->ndim, y->shape);
     dc_kview_broadcast(&k.t[k.nt++], x, y->ndim, y->shape);
-    k.f[0] = n->f[0];
-    k.f[1] = n->f[1];
-    k.i[0] = n->i[0];
-    k.i[1] = n->i[1];
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    k.p.clamp =
+        (struct dc_clamp_params){ .lo = n->f[0], .hi = n->f[1], .has_lo = (int)n->i[0], .has_hi = (int)n->i[1] };
+    DC_TRY(dc_launch_or_free(y, &k));
     gin[0] = y;
     return DC_OK;
 }
@@ -222,20 +126,13 @@ dc_status dc_clamp(dc_tensor **out, dc_tensor *x, double lo, double hi, int has_
     if (!has_lo && !has_hi) return dc_error(DC_ERR_VALUE, "clamp: at least one of min or max must be given");
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
-    dc_kargs k = kargs_of(DC_K_CLAMP);
+    dc_kargs k = kargs_of(DC_OP_CLAMP);
     kargs_add(&k, y);
     kargs_add(&k, x);
-    k.f[0] = lo;
-    k.f[1] = hi;
-    k.i[0] = has_lo;
-    k.i[1] = has_hi;
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    k.p.clamp = (struct dc_clamp_params){ .lo = lo, .hi = hi, .has_lo = has_lo, .has_hi = has_hi };
+    DC_TRY(dc_launch_or_free(y, &k));
     dc_node *n;
-    DC_TRY(record(y, "ClampBackward", clamp_backward, 1, &x, &n));
+    DC_TRY(dc_record(y, "ClampBackward", clamp_backward, 1, &x, &n));
     if (n) {
         dc_node_save(n, x);
         n->f[0] = lo;
@@ -253,18 +150,18 @@ static dc_status pow_scalar_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     dc_tensor *t1, *t2;
     dc_status st;
     if (n->i[0]) { /* rpow: y = b^x, saved y: g * y * ln b */
-        DC_TRY(dc_binary(&t1, DC_K_MUL, g, s));
-        st = mul_scalar(&gin[0], t1, log(n->f[0]));
+        DC_TRY(dc_binary(&t1, DC_OP_MUL, g, s));
+        st = dc_mul_scalar(&gin[0], t1, log(n->f[0]));
         dc_tensor_decref(t1);
         return st;
     }
     double p = n->f[0]; /* g * p * x^(p-1); exactly 0 for p == 0 (not 0 * inf at x = 0) */
     if (p == 0.0) return dc_zeros_of(&gin[0], g->ndim, g->shape, g->dtype, g->device);
     DC_TRY(dc_pow_scalar(&t1, s, p - 1.0));
-    st = dc_binary(&t2, DC_K_MUL, g, t1);
+    st = dc_binary(&t2, DC_OP_MUL, g, t1);
     dc_tensor_decref(t1);
     if (st) return st;
-    st = mul_scalar(&gin[0], t2, p);
+    st = dc_mul_scalar(&gin[0], t2, p);
     dc_tensor_decref(t2);
     return st;
 }
@@ -273,22 +170,18 @@ static dc_status pow_scalar_impl(dc_tensor **out, dc_tensor *x, double v, int rp
 {
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
-    dc_kargs k = kargs_of(rpow ? DC_K_RPOW_SCALAR : DC_K_POW_SCALAR);
+    dc_kargs k = kargs_of(rpow ? DC_OP_RPOW_SCALAR : DC_OP_POW_SCALAR);
     kargs_add(&k, y);
     kargs_add(&k, x);
-    k.f[0] = v;
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    k.p.scalar.value = v;
+    DC_TRY(dc_launch_or_free(y, &k));
     dc_node *n;
-    DC_TRY(record(y, "PowBackward", pow_scalar_backward, 1, &x, &n));
+    DC_TRY(dc_record(y, "PowBackward", pow_scalar_backward, 1, &x, &n));
     if (n) {
         n->f[0] = v;
         n->i[0] = rpow;
         if (rpow)
-            save_output(n, y);
+            dc_save_output(n, y);
         else
             dc_node_save(n, x);
     }
@@ -317,7 +210,7 @@ static dc_status reduce_into(dc_node *n, int k, dc_tensor *t, dc_tensor **gin)
 
 static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 {
-    dc_kop op = (dc_kop)n->i[0];
+    dc_op op = (dc_op)n->i[0];
     dc_tensor *a = NULL, *b = NULL, *t = NULL, *u = NULL;
     if (n->n_saved) {
         DC_TRY(dc_node_saved(n, 0, &a));
@@ -326,38 +219,38 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     int ga = n->next[0] != NULL, gb = n->next[1] != NULL;
     dc_status st = DC_OK;
     switch (op) {
-    case DC_K_ADD:
-    case DC_K_SUB:
+    case DC_OP_ADD:
+    case DC_OP_SUB:
         if (ga) {
             dc_tensor_incref(g);
             DC_TRY(reduce_into(n, 0, g, gin));
         }
         if (gb) {
-            if (op == DC_K_ADD)
+            if (op == DC_OP_ADD)
                 dc_tensor_incref(g), t = g;
             else
-                DC_TRY(dc_unary(&t, DC_K_NEG, g));
+                DC_TRY(dc_unary(&t, DC_OP_NEG, g));
             DC_TRY(reduce_into(n, 1, t, gin));
         }
         return DC_OK;
-    case DC_K_MUL:
+    case DC_OP_MUL:
         if (ga) {
-            DC_TRY(dc_binary(&t, DC_K_MUL, g, b));
+            DC_TRY(dc_binary(&t, DC_OP_MUL, g, b));
             DC_TRY(reduce_into(n, 0, t, gin));
         }
         if (gb) {
-            DC_TRY(dc_binary(&t, DC_K_MUL, g, a));
+            DC_TRY(dc_binary(&t, DC_OP_MUL, g, a));
             DC_TRY(reduce_into(n, 1, t, gin));
         }
         return DC_OK;
-    case DC_K_DIV: /* ga = g / b; gb = -ga * a / b */
-        DC_TRY(dc_binary(&t, DC_K_DIV, g, b));
+    case DC_OP_DIV: /* ga = g / b; gb = -ga * a / b */
+        DC_TRY(dc_binary(&t, DC_OP_DIV, g, b));
         if (gb) {
-            if (!(st = dc_binary(&u, DC_K_MUL, t, a))) {
+            if (!(st = dc_binary(&u, DC_OP_MUL, t, a))) {
                 dc_tensor *v;
-                if (!(st = dc_binary(&v, DC_K_DIV, u, b))) {
+                if (!(st = dc_binary(&v, DC_OP_DIV, u, b))) {
                     dc_tensor *w;
-                    if (!(st = dc_unary(&w, DC_K_NEG, v))) st = reduce_into(n, 1, w, gin);
+                    if (!(st = dc_unary(&w, DC_OP_NEG, v))) st = reduce_into(n, 1, w, gin);
                     dc_tensor_decref(v);
                 }
                 dc_tensor_decref(u);
@@ -366,23 +259,23 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         if (!st && ga) return reduce_into(n, 0, t, gin);
         dc_tensor_decref(t);
         return st;
-    case DC_K_POW: { /* ga = g * b * a^(b-1); gb = g * a^b * log(a) */
+    case DC_OP_POW: { /* ga = g * b * a^(b-1); gb = g * a^b * log(a) */
         dc_tensor *one, *bm1, *p, *q;
         if (ga) {
-            DC_TRY(scalar_like(&one, 1.0, b));
-            st = dc_binary(&bm1, DC_K_SUB, b, one);
+            DC_TRY(dc_scalar_like(&one, 1.0, b));
+            st = dc_binary(&bm1, DC_OP_SUB, b, one);
             dc_tensor_decref(one);
             if (st) return st;
-            st = dc_binary(&p, DC_K_POW, a, bm1);
+            st = dc_binary(&p, DC_OP_POW, a, bm1);
             dc_tensor_decref(bm1);
             if (st) return st;
-            st = dc_binary(&q, DC_K_MUL, p, b);
+            st = dc_binary(&q, DC_OP_MUL, p, b);
             dc_tensor_decref(p);
             if (st) return st;
             { /* where b == 0 the derivative is 0, not 0 * a^-1 (NaN at a = 0) */
                 dc_tensor *z, *bz, *qm;
-                if ((st = scalar_like(&z, 0.0, b))) goto pow_q;
-                if (!(st = dc_binary(&bz, DC_K_EQ, b, z))) {
+                if ((st = dc_scalar_like(&z, 0.0, b))) goto pow_q;
+                if (!(st = dc_binary(&bz, DC_OP_EQ, b, z))) {
                     if (!(st = dc_where(&qm, bz, z, q))) {
                         dc_tensor_decref(q);
                         q = qm;
@@ -396,26 +289,26 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
                 dc_tensor_decref(q);
                 return st;
             }
-            st = dc_binary(&t, DC_K_MUL, g, q);
+            st = dc_binary(&t, DC_OP_MUL, g, q);
             dc_tensor_decref(q);
             if (st) return st;
             DC_TRY(reduce_into(n, 0, t, gin));
         }
         if (gb) {
-            DC_TRY(dc_binary(&p, DC_K_POW, a, b));
-            st = dc_unary(&q, DC_K_LOG, a);
+            DC_TRY(dc_binary(&p, DC_OP_POW, a, b));
+            st = dc_unary(&q, DC_OP_LOG, a);
             if (!st) {
                 dc_tensor *r;
-                if (!(st = dc_binary(&r, DC_K_MUL, p, q))) {
+                if (!(st = dc_binary(&r, DC_OP_MUL, p, q))) {
                     /* 0 where a == 0 and b >= 0 (a^b log a -> 0 there, not 1 * -inf), as torch does */
                     dc_tensor *z = NULL, *a0 = NULL, *bpos = NULL, *no = NULL, *cond = NULL, *rm = NULL;
-                    st = scalar_like(&z, 0.0, a);
-                    if (!st) st = dc_binary(&a0, DC_K_EQ, a, z);
-                    if (!st) st = dc_binary(&bpos, DC_K_GE, b, z);
+                    st = dc_scalar_like(&z, 0.0, a);
+                    if (!st) st = dc_binary(&a0, DC_OP_EQ, a, z);
+                    if (!st) st = dc_binary(&bpos, DC_OP_GE, b, z);
                     if (!st) st = dc_full(&no, 0, NULL, 0.0, DC_BOOL, a->device);
                     if (!st) st = dc_where(&cond, a0, bpos, no);
                     if (!st) st = dc_where(&rm, cond, z, r);
-                    if (!st) st = dc_binary(&t, DC_K_MUL, g, rm);
+                    if (!st) st = dc_binary(&t, DC_OP_MUL, g, rm);
                     if (!st) st = reduce_into(n, 1, t, gin);
                     dc_tensor_decref(z);
                     dc_tensor_decref(a0);
@@ -431,13 +324,13 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         }
         return st;
     }
-    case DC_K_MAXIMUM:
-    case DC_K_MINIMUM: { /* the larger (smaller) side gets g; ties split it in half */
+    case DC_OP_MAXIMUM:
+    case DC_OP_MINIMUM: { /* the larger (smaller) side gets g; ties split it in half */
         dc_tensor *win, *tie, *z, *half, *gh;
-        DC_TRY(dc_binary(&win, op == DC_K_MAXIMUM ? DC_K_GT : DC_K_LT, a, b));
-        DC_TRY(dc_binary(&tie, DC_K_EQ, a, b));
-        DC_TRY(scalar_like(&z, 0.0, g));
-        DC_TRY(mul_scalar(&gh, g, 0.5));
+        DC_TRY(dc_binary(&win, op == DC_OP_MAXIMUM ? DC_OP_GT : DC_OP_LT, a, b));
+        DC_TRY(dc_binary(&tie, DC_OP_EQ, a, b));
+        DC_TRY(dc_scalar_like(&z, 0.0, g));
+        DC_TRY(dc_mul_scalar(&gh, g, 0.5));
         for (int side = 0; side < 2 && !st; side++) {
             if (!(side ? gb : ga)) continue;
             dc_tensor *base;
@@ -455,29 +348,28 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         dc_tensor_decref(gh);
         return st;
     }
-    default: return dc_error(DC_ERR_INTERNAL, "no backward for binary op %s", dc_kop_names[op]);
+    default: return dc_error(DC_ERR_INTERNAL, "no backward for binary op %s", dc_op_names[op]);
     }
 }
 
-dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b)
+dc_status dc_binary(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b)
 {
-    if (op < DC_K_ADD || op > DC_K_GE) return dc_error(DC_ERR_INTERNAL, "dc_binary: %d is not a binary op", op);
-    int cmp = op >= DC_K_EQ;
-    if (op == DC_K_DIV || op == DC_K_POW) {
-        DC_TRY(same_dtype(a, b, dc_kop_names[op]));
-        DC_TRY(need_float(a, dc_kop_names[op]));
+    int cmp = dc_op_is(op, DC_FAM_COMPARE);
+    if (!cmp && !dc_op_is(op, DC_FAM_BINARY))
+        return dc_error(DC_ERR_INTERNAL, "dc_binary: %d is not a binary op", (int)op);
+    if (op == DC_OP_DIV || op == DC_OP_POW) {
+        DC_TRY(same_dtype(a, b, dc_op_names[op]));
+        DC_TRY(need_float(a, dc_op_names[op]));
     }
     dc_tensor *y;
     DC_TRY(launch_binary(&y, op, a, b, cmp ? DC_BOOL : a->dtype));
     if (!cmp && dc_dtype_is_float(a->dtype)) {
         dc_tensor *in[2] = { a, b };
-        static const char *names[] = { "AddBackward", "SubBackward",     "MulBackward",    "DivBackward",
-                                       "PowBackward", "MaximumBackward", "MinimumBackward" };
         dc_node *n;
-        DC_TRY(record(y, names[op - DC_K_ADD], binary_backward, 2, in, &n));
+        DC_TRY(dc_record(y, dc_op_info[op].node, binary_backward, 2, in, &n));
         if (n) {
             n->i[0] = op;
-            if (op != DC_K_ADD && op != DC_K_SUB) {
+            if (op != DC_OP_ADD && op != DC_OP_SUB) {
                 dc_node_save(n, a);
                 dc_node_save(n, b);
             }
@@ -487,17 +379,18 @@ dc_status dc_binary(dc_tensor **out, dc_kop op, dc_tensor *a, dc_tensor *b)
     return DC_OK;
 }
 
-dc_status dc_binary_(dc_kop op, dc_tensor *t, dc_tensor *other)
+dc_status dc_binary_(dc_op op, dc_tensor *t, dc_tensor *other)
 {
+    if (!dc_op_is(op, DC_FAM_BINARY)) return dc_error(DC_ERR_INTERNAL, "dc_binary_: %d is not a binary op", (int)op);
     int nd;
     int64_t shape[DC_MAX_DIMS];
-    DC_TRY(same_device(t, other, dc_kop_names[op]));
-    DC_TRY(same_dtype(t, other, dc_kop_names[op]));
-    DC_TRY(dc_broadcast_shape(t->ndim, t->shape, other->ndim, other->shape, &nd, shape, dc_kop_names[op]));
+    DC_TRY(same_device(t, other, dc_op_names[op]));
+    DC_TRY(same_dtype(t, other, dc_op_names[op]));
+    DC_TRY(dc_broadcast_shape(t->ndim, t->shape, other->ndim, other->shape, &nd, shape, dc_op_names[op]));
     if (nd != t->ndim || memcmp(shape, t->shape, sizeof(int64_t) * nd))
-        return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s", dc_kop_names[op],
+        return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s", dc_op_names[op],
                         DC_SHAPE(other), DC_SHAPE(t));
-    DC_TRY(begin_inplace(t, dc_kop_names[op]));
+    DC_TRY(begin_inplace(t, dc_op_names[op]));
     if (inplace_overlap(t, other)) { /* e.g. x.add_(x.T): read a copy of other */
         dc_tensor *c;
         int prev = dc_grad_enabled();
@@ -533,7 +426,7 @@ static dc_status where_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 {
     SAVED(n, 0, cond);
     dc_tensor *z, *t;
-    DC_TRY(scalar_like(&z, 0.0, g));
+    DC_TRY(dc_scalar_like(&z, 0.0, g));
     dc_status st = DC_OK;
     for (int side = 1; side <= 2 && !st; side++) {
         if (!n->next[side]) continue;
@@ -557,19 +450,15 @@ dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b)
     DC_TRY(dc_broadcast_shape(nd, s1, b->ndim, b->shape, &nd2, shape, "where"));
     dc_tensor *y;
     DC_TRY(dc_empty(&y, nd2, shape, a->dtype, a->device));
-    dc_kargs k = kargs_of(DC_K_WHERE);
+    dc_kargs k = kargs_of(DC_OP_WHERE);
     kargs_add(&k, y);
     dc_kview_broadcast(&k.t[k.nt++], cond, nd2, shape);
     dc_kview_broadcast(&k.t[k.nt++], a, nd2, shape);
     dc_kview_broadcast(&k.t[k.nt++], b, nd2, shape);
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    DC_TRY(dc_launch_or_free(y, &k));
     dc_tensor *in[3] = { cond, a, b };
     dc_node *n;
-    DC_TRY(record(y, "WhereBackward", where_backward, 3, in, &n));
+    DC_TRY(dc_record(y, "WhereBackward", where_backward, 3, in, &n));
     if (n) dc_node_save(n, cond);
     *out = y;
     return DC_OK;
@@ -584,12 +473,12 @@ dc_status dc_dropout(dc_tensor **out, dc_tensor *x, double p, int training)
         return DC_OK;
     }
     DC_TRY(need_float(x, "dropout"));
-    if (p == 1) return mul_scalar(out, x, 0.0);
+    if (p == 1) return dc_mul_scalar(out, x, 0.0);
     dc_tensor *r, *thr, *keep, *mask;
-    DC_TRY(dc_random(&r, DC_K_RAND, x->ndim, x->shape, 0, 0, x->dtype, x->device));
-    dc_status st = scalar_like(&thr, p, r);
+    DC_TRY(dc_random(&r, DC_OP_RAND, x->ndim, x->shape, 0, 0, x->dtype, x->device));
+    dc_status st = dc_scalar_like(&thr, p, r);
     if (!st) {
-        st = dc_binary(&keep, DC_K_GE, r, thr);
+        st = dc_binary(&keep, DC_OP_GE, r, thr);
         dc_tensor_decref(thr);
     }
     dc_tensor_decref(r);
@@ -598,10 +487,10 @@ dc_status dc_dropout(dc_tensor **out, dc_tensor *x, double p, int training)
     dc_tensor_decref(keep);
     if (st) return st;
     dc_tensor *scaled;
-    st = mul_scalar(&scaled, mask, 1.0 / (1.0 - p));
+    st = dc_mul_scalar(&scaled, mask, 1.0 / (1.0 - p));
     dc_tensor_decref(mask);
     if (st) return st;
-    st = dc_binary(out, DC_K_MUL, x, scaled);
+    st = dc_binary(out, DC_OP_MUL, x, scaled);
     dc_tensor_decref(scaled);
     return st;
 }
@@ -623,7 +512,7 @@ static dc_status dims_mask(int n, const int *dims, int ndim, int *mask, const ch
 }
 
 /* Run reduction kernel `op` over masked dims; result has keepdim geometry unless !keepdim. */
-static dc_status reduce_raw(dc_tensor **out, dc_kop op, dc_tensor *x, const int *mask, int keepdim, dc_dtype dt)
+dc_status dc_reduce_raw(dc_tensor **out, dc_op op, dc_tensor *x, const int *mask, int keepdim, dc_dtype dt)
 {
     int64_t kshape[DC_MAX_DIMS], shape[DC_MAX_DIMS];
     int nd = 0;
@@ -673,7 +562,7 @@ static dc_status sum_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         gin[0] = e;
         return DC_OK;
     }
-    st = mul_scalar(&s, e, n->f[0]); /* mean: divide by the count */
+    st = dc_mul_scalar(&s, e, n->f[0]); /* mean: divide by the count */
     dc_tensor_decref(e);
     if (!st) gin[0] = s;
     return st;
@@ -690,7 +579,7 @@ static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims,
         DC_TRY(dc_to(&src, x, DC_INT64, x->device));
     else
         dc_tensor_incref(src);
-    dc_status st = reduce_raw(&y, DC_K_SUM, src, mask, keepdim, src->dtype);
+    dc_status st = dc_reduce_raw(&y, DC_OP_SUM, src, mask, keepdim, src->dtype);
     dc_tensor_decref(src);
     if (st) return st;
     int64_t count = 1;
@@ -698,7 +587,7 @@ static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims,
         if (mask[d]) count *= x->shape[d];
     if (mean) {
         dc_tensor *m;
-        st = mul_scalar(&m, y, count ? 1.0 / (double)count : NAN);
+        st = dc_mul_scalar(&m, y, count ? 1.0 / (double)count : NAN);
         dc_tensor_decref(y);
         if (st) return st;
         y = m;
@@ -707,7 +596,7 @@ static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims,
         y->requires_grad = 0;
     }
     dc_node *node;
-    DC_TRY(record(y, mean ? "MeanBackward" : "SumBackward", sum_backward, 1, &x, &node));
+    DC_TRY(dc_record(y, mean ? "MeanBackward" : "SumBackward", sum_backward, 1, &x, &node));
     if (node) {
         for (int d = 0; d < x->ndim; d++) node->i[d] = mask[d];
         node->f[0] = mean ? (count ? 1.0 / (double)count : NAN) : 1.0;
@@ -725,48 +614,22 @@ dc_status dc_mean(dc_tensor **out, dc_tensor *x, int n, const int *dims, int kee
     return sum_impl(out, x, n, dims, keepdim, 1);
 }
 
-dc_status dc_sum_to(dc_tensor **out, dc_tensor *g, int ndim, const int64_t *shape)
-{
-    int same = g->ndim == ndim;
-    for (int d = 0; same && d < ndim; d++) same = g->shape[d] == shape[d];
-    if (same) {
-        dc_tensor_incref(g);
-        *out = g;
-        return DC_OK;
-    }
-    int mask[DC_MAX_DIMS] = { 0 }, lead = g->ndim - ndim, any = 0;
-    if (lead < 0)
-        return dc_error(DC_ERR_INTERNAL, "sum_to: %s is smaller than %s", DC_SHAPE(g), dc_shape_str(ndim, shape));
-    for (int d = 0; d < g->ndim; d++) {
-        mask[d] = d < lead || (shape[d - lead] == 1 && g->shape[d] != 1);
-        any |= mask[d];
-    }
-    dc_tensor *s;
-    if (any)
-        DC_TRY(reduce_raw(&s, DC_K_SUM, g, mask, 1, g->dtype));
-    else
-        dc_tensor_incref(g), s = g;
-    dc_status st = dc_reshape(out, s, ndim, shape);
-    dc_tensor_decref(s);
-    return st;
-}
-
 static dc_status amax_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 {
     SAVED(n, 0, x);
     SAVED(n, 1, yk); /* keepdim-shaped result */
     dc_tensor *eq, *m, *cnt, *gk, *t;
-    DC_TRY(dc_binary(&eq, DC_K_EQ, x, yk));
+    DC_TRY(dc_binary(&eq, DC_OP_EQ, x, yk));
     dc_status st = dc_to(&m, eq, x->dtype, x->device);
     dc_tensor_decref(eq);
     if (st) return st;
     int mask[DC_MAX_DIMS];
     for (int d = 0; d < x->ndim; d++) mask[d] = yk->shape[d] == 1 && x->shape[d] != 1;
     for (int d = 0; d < x->ndim; d++) mask[d] |= (int)n->i[DC_MAX_DIMS + d];
-    if ((st = reduce_raw(&cnt, DC_K_SUM, m, mask, 1, m->dtype))) goto out_m;
+    if ((st = dc_reduce_raw(&cnt, DC_OP_SUM, m, mask, 1, m->dtype))) goto out_m;
     if ((st = dc_reshape(&gk, g, yk->ndim, yk->shape))) goto out_c;
-    if (!(st = dc_binary(&t, DC_K_DIV, gk, cnt))) {
-        st = dc_binary(&gin[0], DC_K_MUL, m, t);
+    if (!(st = dc_binary(&t, DC_OP_DIV, gk, cnt))) {
+        st = dc_binary(&gin[0], DC_OP_MUL, m, t);
         dc_tensor_decref(t);
     }
     dc_tensor_decref(gk);
@@ -787,7 +650,7 @@ dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int kee
             return dc_error(DC_ERR_VALUE, "%s(): expected a non-empty dim %d to reduce over (shape %s)", name, d,
                             DC_SHAPE(x));
     dc_tensor *yk, *y;
-    DC_TRY(reduce_raw(&yk, is_min ? DC_K_MIN : DC_K_MAX, x, mask, 1, x->dtype));
+    DC_TRY(dc_reduce_raw(&yk, is_min ? DC_OP_MIN : DC_OP_MAX, x, mask, 1, x->dtype));
     if (keepdim) {
         y = yk;
         dc_tensor_incref(y);
@@ -805,7 +668,7 @@ dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int kee
     }
     dc_node *node = NULL;
     if (dc_dtype_is_float(x->dtype)) {
-        dc_status st = record(y, is_min ? "MinBackward" : "MaxBackward", amax_backward, 1, &x, &node);
+        dc_status st = dc_record(y, is_min ? "MinBackward" : "MaxBackward", amax_backward, 1, &x, &node);
         if (st) {
             dc_tensor_decref(yk);
             return st;
@@ -850,10 +713,10 @@ dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_
     for (int d = 0; d < src->ndim; d++) kshape[d] = mask[d] ? 1 : src->shape[d];
     dc_status st = dc_empty(&y, src->ndim, kshape, DC_INT64, src->device);
     if (!st) {
-        dc_kargs k = kargs_of(is_min ? DC_K_ARGMIN : DC_K_ARGMAX);
+        dc_kargs k = kargs_of(is_min ? DC_OP_ARGMIN : DC_OP_ARGMAX);
         kargs_add(&k, y);
         kargs_add(&k, src);
-        k.i[0] = dim;
+        k.p.dim.dim = dim;
         if (src->ndim == 0)
             st = dc_fill_(y, 0.0);
         else if (dc_numel(y))
@@ -882,16 +745,12 @@ static dc_status softmax_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     SAVED(n, 0, y);
     dc_tensor *dx;
     DC_TRY(dc_empty(&dx, y->ndim, y->shape, y->dtype, y->device));
-    dc_kargs k = kargs_of(n->i[1] ? DC_K_LOG_SOFTMAX_BWD : DC_K_SOFTMAX_BWD);
+    dc_kargs k = kargs_of(n->i[1] ? DC_OP_LOG_SOFTMAX_BWD : DC_OP_SOFTMAX_BWD);
     kargs_add(&k, dx);
     kargs_add(&k, g);
     kargs_add(&k, y);
-    k.i[0] = n->i[0];
-    dc_status st = dc_numel(dx) ? dc_launch(dx->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(dx);
-        return st;
-    }
+    k.p.dim.dim = n->i[0];
+    DC_TRY(dc_launch_or_free(dx, &k));
     gin[0] = dx;
     return DC_OK;
 }
@@ -903,25 +762,21 @@ dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log)
     DC_TRY(wrap_dim(&dim, x->ndim, name));
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, x->dtype, x->device));
-    dc_kargs k = kargs_of(log ? DC_K_LOG_SOFTMAX : DC_K_SOFTMAX);
+    dc_kargs k = kargs_of(log ? DC_OP_LOG_SOFTMAX : DC_OP_SOFTMAX);
     kargs_add(&k, y);
     kargs_add(&k, x);
-    k.i[0] = x->ndim ? dim : 0;
+    k.p.dim.dim = x->ndim ? dim : 0;
     if (x->ndim == 0) { /* treat a scalar as one element along a length-1 dim */
         k.t[0].ndim = k.t[1].ndim = 1;
         k.t[0].shape[0] = k.t[1].shape[0] = 1;
         k.t[0].strides[0] = k.t[1].strides[0] = 1;
     }
-    dc_status st = dc_numel(y) ? dc_launch(y->device, &k) : DC_OK;
-    if (st) {
-        dc_tensor_decref(y);
-        return st;
-    }
+    DC_TRY(dc_launch_or_free(y, &k));
     dc_node *n;
-    DC_TRY(record(y, log ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward, 1, &x, &n));
+    DC_TRY(dc_record(y, log ? "LogSoftmaxBackward" : "SoftmaxBackward", softmax_backward, 1, &x, &n));
     if (n) {
-        save_output(n, y);
-        n->i[0] = k.i[0];
+        dc_save_output(n, y);
+        n->i[0] = k.p.dim.dim;
         n->i[1] = log;
     }
     *out = y;
@@ -943,7 +798,7 @@ static dc_status layer_norm_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     if (!st && has_w) st = dc_empty(&dw, 1, &D, x->dtype, x->device);
     if (!st && has_b) st = dc_empty(&db, 1, &D, x->dtype, x->device);
     if (!st) {
-        dc_kargs k = kargs_of(DC_K_LAYERNORM_BWD);
+        dc_kargs k = kargs_of(DC_OP_LAYERNORM_BWD);
         k.nt = 8;
         dc_kview_of(&k.t[0], dx);
         if (dw) dc_kview_of(&k.t[1], dw);
@@ -953,8 +808,8 @@ static dc_status layer_norm_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         dc_kview_of(&k.t[5], mean);
         dc_kview_of(&k.t[6], rstd);
         if (w) dc_kview_of(&k.t[7], w);
-        k.i[0] = has_w;
-        k.i[1] = has_b;
+        k.p.layernorm.has_w = has_w;
+        k.p.layernorm.has_b = has_b;
         if (N && D)
             st = dc_launch(x->device, &k);
         else {
@@ -1007,7 +862,7 @@ dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
     if (!st) st = dc_empty(&mean, 1, &N, x->dtype, x->device);
     if (!st) st = dc_empty(&rstd, 1, &N, x->dtype, x->device);
     if (!st && N && D) {
-        dc_kargs k = kargs_of(DC_K_LAYERNORM);
+        dc_kargs k = kargs_of(DC_OP_LAYERNORM);
         k.nt = 6;
         dc_kview_of(&k.t[0], y);
         k.t[0].ndim = 2;
@@ -1020,15 +875,13 @@ dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
         dc_kview_of(&k.t[3], x2);
         if (wc) dc_kview_of(&k.t[4], wc);
         if (bc) dc_kview_of(&k.t[5], bc);
-        k.f[0] = eps;
-        k.i[0] = w != NULL;
-        k.i[1] = b != NULL;
+        k.p.layernorm = (struct dc_layernorm_params){ .eps = eps, .has_w = w != NULL, .has_b = b != NULL };
         st = dc_launch(x->device, &k);
     }
     dc_node *n = NULL;
     if (!st) {
         dc_tensor *in[3] = { x, w, b };
-        st = record(y, "LayerNormBackward", layer_norm_backward, 3, in, &n);
+        st = dc_record(y, "LayerNormBackward", layer_norm_backward, 3, in, &n);
         if (st) y = NULL;
     }
     if (!st && n) {

@@ -8,20 +8,41 @@
 
 /* --- creation ------------------------------------------------------------------------------- */
 
-dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev)
+/* Integer fill values stay int64 all the way to the kernel (2**53 + 1 survives); a value the dtype
+ * can't hold is refused instead of wrapping. */
+static dc_status fill_params_int(struct dc_fill_params *fp, int64_t value, dc_dtype dt, const char *op)
+{
+    int64_t lo = INT64_MIN, hi = INT64_MAX;
+    if (dt == DC_INT32) lo = INT32_MIN, hi = INT32_MAX;
+    if (value < lo || value > hi)
+        return dc_error(DC_ERR_VALUE, "%s: value %lld is out of range for %s", op, (long long)value, dc_dtype_name(dt));
+    *fp = (struct dc_fill_params){ .value = (double)value, .ivalue = dt == DC_BOOL ? value != 0 : value, .is_int = 1 };
+    return DC_OK;
+}
+
+static dc_status full_impl(dc_tensor **out, int ndim, const int64_t *shape, struct dc_fill_params fp, dc_dtype dt,
+                           dc_device dev)
 {
     dc_tensor *t;
     DC_TRY(dc_empty(&t, ndim, shape, dt, dev));
-    dc_kargs a = kargs_of(DC_K_FILL);
+    dc_kargs a = kargs_of(DC_OP_FILL);
     kargs_add(&a, t);
-    a.f[0] = value;
-    dc_status st = dc_numel(t) ? dc_launch(dev, &a) : DC_OK;
-    if (st) {
-        dc_tensor_decref(t);
-        return st;
-    }
+    a.p.fill = fp;
+    DC_TRY(dc_launch_or_free(t, &a));
     *out = t;
     return DC_OK;
+}
+
+dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev)
+{
+    return full_impl(out, ndim, shape, (struct dc_fill_params){ .value = value }, dt, dev);
+}
+
+dc_status dc_full_int(dc_tensor **out, int ndim, const int64_t *shape, int64_t value, dc_dtype dt, dc_device dev)
+{
+    struct dc_fill_params fp;
+    DC_TRY(fill_params_int(&fp, value, dt, "full"));
+    return full_impl(out, ndim, shape, fp, dt, dev);
 }
 
 dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_dtype dt, dc_device dev)
@@ -42,46 +63,38 @@ dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_d
         return st;
     }
     DC_TRY(dc_empty(&t, 1, &n, dt, dev));
-    dc_kargs a = kargs_of(DC_K_ARANGE);
+    dc_kargs a = kargs_of(DC_OP_ARANGE);
     kargs_add(&a, t);
-    a.f[0] = start;
-    a.f[1] = step;
-    dc_status st = n ? dc_launch(dev, &a) : DC_OK;
-    if (st) {
-        dc_tensor_decref(t);
-        return st;
-    }
+    a.p.arange = (struct dc_arange_params){ .start = start, .step = step };
+    DC_TRY(dc_launch_or_free(t, &a));
     *out = t;
     return DC_OK;
 }
 
-dc_status dc_random(dc_tensor **out, dc_kop kind, int ndim, const int64_t *shape, int64_t low, int64_t high,
-                    dc_dtype dt, dc_device dev)
+dc_status dc_random(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape, int64_t low, int64_t high, dc_dtype dt,
+                    dc_device dev)
 {
-    if (kind == DC_K_RANDINT && low >= high)
+    if (kind == DC_OP_RANDINT && low >= high)
         return dc_error(DC_ERR_VALUE, "randint: low (%lld) must be less than high (%lld)", (long long)low,
                         (long long)high);
-    if (kind != DC_K_RANDINT && dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16)
-        return dc_error(DC_ERR_DTYPE, "%s: expected a floating-point dtype, got %s", dc_kop_names[kind],
+    if (kind != DC_OP_RANDINT && dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16)
+        return dc_error(DC_ERR_DTYPE, "%s: expected a floating-point dtype, got %s", dc_op_names[kind],
                         dc_dtype_name(dt));
     /* Generated on the host in float64/int64 so every device and dtype sees the same stream. Uniform
      * bf16/fp16 are drawn in their own dtype: rounding a float64 draw up to 1.0 would break [0, 1). */
     dc_device cpu = { DC_CPU, 0 };
     int half = dt == DC_BFLOAT16 || dt == DC_FLOAT16;
-    dc_dtype gen = kind == DC_K_RANDINT                                ? DC_INT64
-                   : (dt == DC_FLOAT32 || (kind == DC_K_RAND && half)) ? dt
-                                                                       : DC_FLOAT64;
+    dc_dtype gen = kind == DC_OP_RANDINT                                ? DC_INT64
+                   : (dt == DC_FLOAT32 || (kind == DC_OP_RAND && half)) ? dt
+                                                                        : DC_FLOAT64;
     dc_tensor *t;
     DC_TRY(dc_empty(&t, ndim, shape, gen, cpu));
     int64_t n = dc_numel(t);
     uint64_t seed, offset;
-    dc_rng_reserve(kind == DC_K_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
+    dc_rng_reserve(kind == DC_OP_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
     dc_kargs a = kargs_of(kind);
     kargs_add(&a, t);
-    a.i[0] = (int64_t)seed;
-    a.i[1] = (int64_t)offset;
-    a.i[2] = low;
-    a.i[3] = high;
+    a.p.random = (struct dc_random_params){ .seed = seed, .offset = offset, .low = low, .high = high };
     dc_status st = n ? dc_launch(cpu, &a) : DC_OK;
     if (st == DC_OK && (gen != dt || dev.type != DC_CPU)) {
         dc_tensor *c;
@@ -104,14 +117,10 @@ static dc_status copy_convert(dc_tensor **out, dc_tensor *x, dc_dtype dt)
 {
     dc_tensor *t;
     DC_TRY(dc_empty(&t, x->ndim, x->shape, dt, x->device));
-    dc_kargs a = kargs_of(DC_K_COPY);
+    dc_kargs a = kargs_of(DC_OP_COPY);
     kargs_add(&a, t);
     kargs_add(&a, x);
-    dc_status st = dc_numel(t) ? dc_launch(x->device, &a) : DC_OK;
-    if (st) {
-        dc_tensor_decref(t);
-        return st;
-    }
+    DC_TRY(dc_launch_or_free(t, &a));
     *out = t;
     return DC_OK;
 }
@@ -254,7 +263,7 @@ dc_status dc_copy_(dc_tensor *dst, dc_tensor *src)
         DC_TRY(copy_convert(&s, src, src->dtype)); /* e.g. x.copy_(x.T) */
     else
         dc_tensor_incref(s);
-    dc_kargs a = kargs_of(DC_K_COPY);
+    dc_kargs a = kargs_of(DC_OP_COPY);
     kargs_add(&a, dst);
     dc_kview_broadcast(&a.t[a.nt++], s, dst->ndim, dst->shape);
     dc_status st = dc_numel(dst) ? dc_launch(dst->device, &a) : DC_OK;
@@ -262,13 +271,25 @@ dc_status dc_copy_(dc_tensor *dst, dc_tensor *src)
     return st;
 }
 
-dc_status dc_fill_(dc_tensor *t, double value)
+static dc_status fill_impl(dc_tensor *t, struct dc_fill_params fp)
 {
     DC_TRY(begin_inplace(t, "fill_"));
-    dc_kargs a = kargs_of(DC_K_FILL);
+    dc_kargs a = kargs_of(DC_OP_FILL);
     kargs_add(&a, t);
-    a.f[0] = value;
+    a.p.fill = fp;
     return dc_numel(t) ? dc_launch(t->device, &a) : DC_OK;
+}
+
+dc_status dc_fill_(dc_tensor *t, double value)
+{
+    return fill_impl(t, (struct dc_fill_params){ .value = value });
+}
+
+dc_status dc_fill_int_(dc_tensor *t, int64_t value)
+{
+    struct dc_fill_params fp;
+    DC_TRY(fill_params_int(&fp, value, t->dtype, "fill_"));
+    return fill_impl(t, fp);
 }
 
 /* --- views ----------------------------------------------------------------------------------- */

@@ -1,5 +1,5 @@
-/* backend.c: the CPU kernel table and host memory. Every slot of dc_kop is filled; the kernels
- * live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
+/* backend.c: the CPU kernel table and host memory. Every slot of dc_op is filled (generated from
+ * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
 #include "cpu.h"
 
 static int cpu_device_count(void)
@@ -28,76 +28,13 @@ static const dc_backend cpu_backend = {
     .to_host = cpu_memcpy,
     .from_host = cpu_memcpy,
     .synchronize = cpu_synchronize,
+    /* Every op of ops.def, by its kernel group: op X of group g runs dc_cpu_g. */
     .kernels = {
-        [DC_K_COPY] = dc_cpu_copy,
-        [DC_K_FILL] = dc_cpu_fill,
-        [DC_K_ARANGE] = dc_cpu_arange,
-        [DC_K_RAND] = dc_cpu_rand,
-        [DC_K_RANDN] = dc_cpu_randn,
-        [DC_K_RANDINT] = dc_cpu_randint,
-        [DC_K_NEG] = dc_cpu_unary,
-        [DC_K_EXP] = dc_cpu_unary,
-        [DC_K_LOG] = dc_cpu_unary,
-        [DC_K_SQRT] = dc_cpu_unary,
-        [DC_K_RSQRT] = dc_cpu_unary,
-        [DC_K_SIN] = dc_cpu_unary,
-        [DC_K_COS] = dc_cpu_unary,
-        [DC_K_TANH] = dc_cpu_unary,
-        [DC_K_SIGMOID] = dc_cpu_unary,
-        [DC_K_RELU] = dc_cpu_unary,
-        [DC_K_GELU_TANH] = dc_cpu_unary,
-        [DC_K_GELU_ERF] = dc_cpu_unary,
-        [DC_K_SILU] = dc_cpu_unary,
-        [DC_K_ABS] = dc_cpu_unary,
-        [DC_K_CLAMP] = dc_cpu_unary,
-        [DC_K_POW_SCALAR] = dc_cpu_unary,
-        [DC_K_RPOW_SCALAR] = dc_cpu_unary,
-        [DC_K_ADD] = dc_cpu_binary,
-        [DC_K_SUB] = dc_cpu_binary,
-        [DC_K_MUL] = dc_cpu_binary,
-        [DC_K_DIV] = dc_cpu_binary,
-        [DC_K_POW] = dc_cpu_binary,
-        [DC_K_MAXIMUM] = dc_cpu_binary,
-        [DC_K_MINIMUM] = dc_cpu_binary,
-        [DC_K_EQ] = dc_cpu_compare,
-        [DC_K_NE] = dc_cpu_compare,
-        [DC_K_LT] = dc_cpu_compare,
-        [DC_K_LE] = dc_cpu_compare,
-        [DC_K_GT] = dc_cpu_compare,
-        [DC_K_GE] = dc_cpu_compare,
-        [DC_K_RELU_BWD] = dc_cpu_binary,
-        [DC_K_GELU_TANH_BWD] = dc_cpu_binary,
-        [DC_K_GELU_ERF_BWD] = dc_cpu_binary,
-        [DC_K_SILU_BWD] = dc_cpu_binary,
-        [DC_K_SIGMOID_BWD] = dc_cpu_binary,
-        [DC_K_TANH_BWD] = dc_cpu_binary,
-        [DC_K_CLAMP_BWD] = dc_cpu_binary,
-        [DC_K_WHERE] = dc_cpu_where,
-        [DC_K_SUM] = dc_cpu_reduce,
-        [DC_K_MAX] = dc_cpu_reduce,
-        [DC_K_MIN] = dc_cpu_reduce,
-        [DC_K_ARGMAX] = dc_cpu_argreduce,
-        [DC_K_ARGMIN] = dc_cpu_argreduce,
-        [DC_K_SOFTMAX] = dc_cpu_softmax,
-        [DC_K_LOG_SOFTMAX] = dc_cpu_softmax,
-        [DC_K_SOFTMAX_BWD] = dc_cpu_softmax_bwd,
-        [DC_K_LOG_SOFTMAX_BWD] = dc_cpu_softmax_bwd,
-        [DC_K_LAYERNORM] = dc_cpu_layernorm,
-        [DC_K_LAYERNORM_BWD] = dc_cpu_layernorm_bwd,
-        [DC_K_MATMUL] = dc_cpu_matmul,
-        [DC_K_GATHER] = dc_cpu_gather,
-        [DC_K_SCATTER_ADD] = dc_cpu_scatter_add,
-        [DC_K_INDEX_SELECT] = dc_cpu_index_select,
-        [DC_K_INDEX_ADD] = dc_cpu_index_add,
-        [DC_K_TRIL] = dc_cpu_tril,
-        [DC_K_SGD] = dc_cpu_sgd,
-        [DC_K_ADAMW] = dc_cpu_adamw,
-        [DC_K_NORM_POW] = dc_cpu_norm_pow,
-        [DC_K_SCALE] = dc_cpu_scale,
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) [DC_OP_##id] = dc_cpu_##kern,
+#include "../core/ops.def"
+#undef DC_OP
     },
 };
-/* A new dc_kop must get a slot above: DC_K_SCALE is the last id today. */
-_Static_assert(DC_K_SCALE + 1 == DC_KOP_COUNT, "cpu backend: fill the slot of every new dc_kop");
 
 const dc_backend *dc_cpu_backend_get(void)
 {

@@ -80,9 +80,9 @@ static inline size_t cpu_esize(const dc_kview *v)
 }
 
 /* The uniform "op does not support dtype" error every kernel returns. */
-static inline dc_status cpu_bad_dtype(dc_kop op, dc_dtype d)
+static inline dc_status cpu_bad_dtype(dc_op op, dc_dtype d)
 {
-    return dc_error(DC_ERR_DTYPE, "%s does not support %s", dc_kop_names[op], dc_dtype_name(d));
+    return dc_error(DC_ERR_DTYPE, "%s does not support %s", dc_op_names[op], dc_dtype_name(d));
 }
 
 /* Element offset (in elements) of row `r` of each view, where rows enumerate, in row-major order,

@@ -206,7 +206,11 @@ dc_status dc_cpu_fill(const dc_kargs *a)
     const dc_kview *v[1] = { &a->t[0] };
     if ((unsigned)v[0]->dtype >= DC_DTYPE_COUNT) return cpu_bad_dtype(a->op, v[0]->dtype);
     uint64_t val = 0; /* the value's bytes, converted once */
-    cpu_store_f((char *)&val, v[0]->dtype, a->f[0]);
+    const struct dc_fill_params *fp = &a->p.fill;
+    if (fp->is_int && !dc_dtype_is_float(v[0]->dtype))
+        cpu_store_i((char *)&val, v[0]->dtype, fp->ivalue); /* exact: int64 never goes through double */
+    else
+        cpu_store_f((char *)&val, v[0]->dtype, fp->value);
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 1);
     static const cpu_inner_fn fns[9] = { [1] = fill1, [2] = fill2, [4] = fill4, [8] = fill8 };
@@ -218,7 +222,7 @@ dc_status dc_cpu_arange(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0];
     const int64_t n = cpu_numel(o), st = o->ndim ? o->strides[o->ndim - 1] : 1;
-    const double start = a->f[0], step = a->f[1];
+    const double start = a->p.arange.start, step = a->p.arange.step;
     /* start + i*step, never accumulated, so the last element has no drift. */
 #define ARANGE_LOOP(T, CONV)                                                                                  \
     do {                                                                                                      \
@@ -240,7 +244,7 @@ dc_status dc_cpu_arange(const dc_kargs *a)
 /* ================================ unary ====================================================== */
 
 typedef struct {
-    dc_kop op;
+    dc_op op;
     double lo, hi, e;
     int has_lo, has_hi;
 } ew_ctx;
@@ -272,25 +276,28 @@ typedef struct {
         const T e = (T)c->e, one = 1, half = (T)0.5;                                                 \
         const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY;   \
         switch (c->op) {                                                                             \
-        case DC_K_NEG: UN_LOOP(T, -x); break;                                                        \
-        case DC_K_EXP: UN_LOOP(T, cpu_exp(x)); break;                                                \
-        case DC_K_LOG: UN_LOOP(T, log(x)); break;                                                    \
-        case DC_K_SQRT: UN_LOOP(T, sqrt(x)); break;                                                  \
-        case DC_K_RSQRT: UN_LOOP(T, one / sqrt(x)); break;                                           \
-        case DC_K_SIN: UN_LOOP(T, sin(x)); break;                                                    \
-        case DC_K_COS: UN_LOOP(T, cos(x)); break;                                                    \
-        case DC_K_TANH: UN_LOOP(T, cpu_tanh(x)); break;                                              \
-        case DC_K_SIGMOID: UN_LOOP(T, one / (one + cpu_exp(-x))); break;                             \
-        case DC_K_RELU: UN_LOOP(T, x < 0 ? (T)0 : x); break;                                         \
-        case DC_K_GELU_TANH:                                                                         \
+        case DC_OP_NEG: UN_LOOP(T, -x); break;                                                       \
+        case DC_OP_EXP: UN_LOOP(T, cpu_exp(x)); break;                                               \
+        case DC_OP_LOG: UN_LOOP(T, log(x)); break;                                                   \
+        case DC_OP_SQRT: UN_LOOP(T, sqrt(x)); break;                                                 \
+        case DC_OP_RSQRT: UN_LOOP(T, one / sqrt(x)); break;                                          \
+        case DC_OP_SIN: UN_LOOP(T, sin(x)); break;                                                   \
+        case DC_OP_COS: UN_LOOP(T, cos(x)); break;                                                   \
+        case DC_OP_TANH: UN_LOOP(T, cpu_tanh(x)); break;                                             \
+        case DC_OP_SIGMOID: UN_LOOP(T, one / (one + cpu_exp(-x))); break;                            \
+        case DC_OP_RELU: UN_LOOP(T, x < 0 ? (T)0 : x); break;                                        \
+        case DC_OP_GELU_TANH:                                                                        \
             /* 0.5x(1 + tanh(u)) == x * sigmoid(2u): one exp, no tanh */                             \
             UN_LOOP(T, x / (one + cpu_exp((T)-1.5957691216057308 * (x + (T)0.044715 * x * x * x)))); \
             break;                                                                                   \
-        case DC_K_GELU_ERF: UN_LOOP(T, half *x *(one + cpu_erf(x * (T)0.7071067811865476))); break;  \
-        case DC_K_SILU: UN_LOOP(T, x / (one + cpu_exp(-x))); break;                                  \
-        case DC_K_ABS: UN_LOOP(T, fabs(x)); break;                                                   \
-        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                         \
-        case DC_K_POW_SCALAR:                                                                        \
+        case DC_OP_GELU_ERF: UN_LOOP(T, half *x *(one + cpu_erf(x * (T)0.7071067811865476))); break; \
+        case DC_OP_SILU: UN_LOOP(T, x / (one + cpu_exp(-x))); break;                                 \
+        case DC_OP_ABS: UN_LOOP(T, fabs(x)); break;                                                  \
+        case DC_OP_LOG1P: UN_LOOP(T, log1p(x)); break;                                               \
+        case DC_OP_EXPM1: UN_LOOP(T, expm1(x)); break;                                               \
+        case DC_OP_ERF: UN_LOOP(T, cpu_erf(x)); break;                                               \
+        case DC_OP_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;                        \
+        case DC_OP_POW_SCALAR:                                                                       \
             if (c->e == 2.0)                                                                         \
                 UN_LOOP(T, x *x);                                                                    \
             else if (c->e == 1.0)                                                                    \
@@ -298,7 +305,7 @@ typedef struct {
             else                                                                                     \
                 UN_LOOP(T, pow(x, e));                                                               \
             break;                                                                                   \
-        case DC_K_RPOW_SCALAR: UN_LOOP(T, pow(e, x)); break;                                         \
+        case DC_OP_RPOW_SCALAR: UN_LOOP(T, pow(e, x)); break;                                        \
         default: break;                                                                              \
         }                                                                                            \
     }
@@ -312,9 +319,9 @@ DEF_UNARY_FLOAT(unary_f64, double)
         const ew_ctx *c = vctx;                                                     \
         const T lo = c->has_lo ? (T)c->lo : TMIN, hi = c->has_hi ? (T)c->hi : TMAX; \
         switch (c->op) {                                                            \
-        case DC_K_NEG: UN_LOOP(T, (T)(0u - (UT)x)); break;                          \
-        case DC_K_ABS: UN_LOOP(T, x < 0 ? (T)(0u - (UT)x) : x); break;              \
-        case DC_K_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;        \
+        case DC_OP_NEG: UN_LOOP(T, (T)(0u - (UT)x)); break;                         \
+        case DC_OP_ABS: UN_LOOP(T, x < 0 ? (T)(0u - (UT)x) : x); break;             \
+        case DC_OP_CLAMP: UN_LOOP(T, x < lo ? lo : (x > hi ? hi : x)); break;       \
         default: break;                                                             \
         }                                                                           \
     }
@@ -323,7 +330,13 @@ DEF_UNARY_INT(unary_i64, int64_t, uint64_t, INT64_MIN, INT64_MAX)
 
 static ew_ctx ew_ctx_of(const dc_kargs *a)
 {
-    ew_ctx c = { a->op, a->f[0], a->f[1], a->f[0], (int)a->i[0], (int)a->i[1] };
+    ew_ctx c = { a->op, 0, 0, 0, 0, 0 };
+    if (dc_op_info[a->op].params[0] == 'c') { /* clamp, clamp_backward */
+        const struct dc_clamp_params *p = &a->p.clamp;
+        c.lo = p->lo, c.hi = p->hi, c.has_lo = p->has_lo, c.has_hi = p->has_hi;
+    } else if (a->op == DC_OP_POW_SCALAR || a->op == DC_OP_RPOW_SCALAR) {
+        c.e = a->p.scalar.value;
+    }
     return c;
 }
 
@@ -333,7 +346,7 @@ dc_status dc_cpu_unary(const dc_kargs *a)
     dc_dtype dt = v[1]->dtype;
     if (v[0]->dtype != dt) return cpu_bad_dtype(a->op, v[0]->dtype);
     cpu_inner_fn fn;
-    int int_ok = a->op == DC_K_NEG || a->op == DC_K_ABS || a->op == DC_K_CLAMP;
+    int int_ok = a->op == DC_OP_NEG || a->op == DC_OP_ABS || a->op == DC_OP_CLAMP;
     switch (dt) {
     case DC_FLOAT32: fn = unary_f32; break;
     case DC_FLOAT64: fn = unary_f64; break;
@@ -346,7 +359,7 @@ dc_status dc_cpu_unary(const dc_kargs *a)
     cpu_iter it;
     cpu_iter_init(&it, 2, v, 1);
     /* Transcendentals are ~10x the cost of a load, so they pay for threads sooner. */
-    int cheap = a->op == DC_K_NEG || a->op == DC_K_ABS || a->op == DC_K_RELU || a->op == DC_K_CLAMP;
+    int cheap = a->op == DC_OP_NEG || a->op == DC_OP_ABS || a->op == DC_OP_RELU || a->op == DC_OP_CLAMP;
     cpu_iter_run(&it, fn, &c, cheap ? DC_CPU_PAR_MIN : DC_CPU_PAR_MIN / 4);
     return DC_OK;
 }
@@ -414,20 +427,23 @@ dc_status dc_cpu_unary(const dc_kargs *a)
         const ew_ctx *c = vctx;                                                                    \
         const T lo = c->has_lo ? (T)c->lo : (T)-INFINITY, hi = c->has_hi ? (T)c->hi : (T)INFINITY; \
         switch (c->op) {                                                                           \
-        case DC_K_ADD: BIN_LOOP(T, a + b); break;                                                  \
-        case DC_K_SUB: BIN_LOOP(T, a - b); break;                                                  \
-        case DC_K_MUL: BIN_LOOP(T, a *b); break;                                                   \
-        case DC_K_DIV: BIN_LOOP(T, a / b); break;                                                  \
-        case DC_K_POW: BIN_LOOP(T, pow(a, b)); break;                                              \
-        case DC_K_MAXIMUM: BIN_LOOP(T, (a != a || a > b) ? a : b); break;                          \
-        case DC_K_MINIMUM: BIN_LOOP(T, (a != a || a < b) ? a : b); break;                          \
-        case DC_K_RELU_BWD: BIN_LOOP(T, b > 0 ? a : (T)0); break;                                  \
-        case DC_K_GELU_TANH_BWD: BIN_LOOP(T, a *GELU_TANH_GRAD(T, b)); break;                      \
-        case DC_K_GELU_ERF_BWD: BIN_LOOP(T, a *GELU_ERF_GRAD(T, b)); break;                        \
-        case DC_K_SILU_BWD: BIN_LOOP(T, a *SILU_GRAD(T, b)); break;                                \
-        case DC_K_SIGMOID_BWD: BIN_LOOP(T, a *b *((T)1 - b)); break;                               \
-        case DC_K_TANH_BWD: BIN_LOOP(T, a *((T)1 - b * b)); break;                                 \
-        case DC_K_CLAMP_BWD: BIN_LOOP(T, (b >= lo && b <= hi) ? a : (T)0); break;                  \
+        case DC_OP_ADD: BIN_LOOP(T, a + b); break;                                                 \
+        case DC_OP_SUB: BIN_LOOP(T, a - b); break;                                                 \
+        case DC_OP_MUL: BIN_LOOP(T, a *b); break;                                                  \
+        case DC_OP_DIV: BIN_LOOP(T, a / b); break;                                                 \
+        case DC_OP_POW: BIN_LOOP(T, pow(a, b)); break;                                             \
+        case DC_OP_MAXIMUM: BIN_LOOP(T, (a != a || a > b) ? a : b); break;                         \
+        case DC_OP_MINIMUM: BIN_LOOP(T, (a != a || a < b) ? a : b); break;                         \
+        case DC_OP_RELU_BWD: BIN_LOOP(T, b > 0 ? a : (T)0); break;                                 \
+        case DC_OP_GELU_TANH_BWD: BIN_LOOP(T, a *GELU_TANH_GRAD(T, b)); break;                     \
+        case DC_OP_GELU_ERF_BWD: BIN_LOOP(T, a *GELU_ERF_GRAD(T, b)); break;                       \
+        case DC_OP_SILU_BWD: BIN_LOOP(T, a *SILU_GRAD(T, b)); break;                               \
+        case DC_OP_SIGMOID_BWD: BIN_LOOP(T, a *b *((T)1 - b)); break;                              \
+        case DC_OP_TANH_BWD: BIN_LOOP(T, a *((T)1 - b * b)); break;                                \
+        case DC_OP_CLAMP_BWD: BIN_LOOP(T, (b >= lo && b <= hi) ? a : (T)0); break;                 \
+        case DC_OP_LOG1P_BWD: BIN_LOOP(T, a / ((T)1 + b)); break;                                  \
+        case DC_OP_EXPM1_BWD: BIN_LOOP(T, a *(b + (T)1)); break;                                   \
+        case DC_OP_ERF_BWD: BIN_LOOP(T, a *(T)1.1283791670955126 * cpu_exp(-b * b)); break;        \
         default: break;                                                                            \
         }                                                                                          \
     }
@@ -440,11 +456,11 @@ DEF_BINARY_FLOAT(binary_f64, double)
     {                                                                         \
         const ew_ctx *c = vctx;                                               \
         switch (c->op) {                                                      \
-        case DC_K_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;                \
-        case DC_K_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;                \
-        case DC_K_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;                \
-        case DC_K_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                 \
-        case DC_K_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                 \
+        case DC_OP_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;               \
+        case DC_OP_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;               \
+        case DC_OP_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;               \
+        case DC_OP_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                \
+        case DC_OP_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                \
         default: break;                                                       \
         }                                                                     \
     }
@@ -457,8 +473,8 @@ dc_status dc_cpu_binary(const dc_kargs *a)
     dc_dtype dt = v[0]->dtype;
     if (v[1]->dtype != dt) return cpu_bad_dtype(a->op, v[1]->dtype);
     if (v[2]->dtype != dt) return cpu_bad_dtype(a->op, v[2]->dtype);
-    int int_ok =
-        a->op == DC_K_ADD || a->op == DC_K_SUB || a->op == DC_K_MUL || a->op == DC_K_MAXIMUM || a->op == DC_K_MINIMUM;
+    int int_ok = a->op == DC_OP_ADD || a->op == DC_OP_SUB || a->op == DC_OP_MUL || a->op == DC_OP_MAXIMUM ||
+                 a->op == DC_OP_MINIMUM;
     cpu_inner_fn fn;
     switch (dt) {
     case DC_FLOAT32: fn = binary_f32; break;
@@ -472,7 +488,7 @@ dc_status dc_cpu_binary(const dc_kargs *a)
     cpu_iter it;
     cpu_iter_init(&it, 3, v, 1);
     int cheap =
-        a->op != DC_K_POW && a->op != DC_K_GELU_TANH_BWD && a->op != DC_K_GELU_ERF_BWD && a->op != DC_K_SILU_BWD;
+        a->op != DC_OP_POW && a->op != DC_OP_GELU_TANH_BWD && a->op != DC_OP_GELU_ERF_BWD && a->op != DC_OP_SILU_BWD;
     cpu_iter_run(&it, fn, &c, cheap ? DC_CPU_PAR_MIN : DC_CPU_PAR_MIN / 4);
     return DC_OK;
 }
@@ -508,13 +524,13 @@ dc_status dc_cpu_binary(const dc_kargs *a)
 #define DEF_COMPARE(NAME, T)                                                  \
     static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx) \
     {                                                                         \
-        switch (*(const dc_kop *)vctx) {                                      \
-        case DC_K_EQ: CMP_LOOP(T, a == b); break;                             \
-        case DC_K_NE: CMP_LOOP(T, a != b); break;                             \
-        case DC_K_LT: CMP_LOOP(T, a < b); break;                              \
-        case DC_K_LE: CMP_LOOP(T, a <= b); break;                             \
-        case DC_K_GT: CMP_LOOP(T, a > b); break;                              \
-        case DC_K_GE: CMP_LOOP(T, a >= b); break;                             \
+        switch (*(const dc_op *)vctx) {                                       \
+        case DC_OP_EQ: CMP_LOOP(T, a == b); break;                            \
+        case DC_OP_NE: CMP_LOOP(T, a != b); break;                            \
+        case DC_OP_LT: CMP_LOOP(T, a < b); break;                             \
+        case DC_OP_LE: CMP_LOOP(T, a <= b); break;                            \
+        case DC_OP_GT: CMP_LOOP(T, a > b); break;                             \
+        case DC_OP_GE: CMP_LOOP(T, a >= b); break;                            \
         default: break;                                                       \
         }                                                                     \
     }
@@ -539,7 +555,7 @@ dc_status dc_cpu_compare(const dc_kargs *a)
     case DC_BOOL: fn = cmp_u8; break;
     default: return cpu_bad_dtype(a->op, dt);
     }
-    dc_kop op = a->op;
+    dc_op op = a->op;
     cpu_iter it;
     cpu_iter_init(&it, 3, v, 1);
     cpu_iter_run(&it, fn, &op, DC_CPU_PAR_MIN);

@@ -40,7 +40,7 @@ static dc_status contiguous_operand(const dc_kview *v, void **buf, dc_kview *out
     for (int d = v->ndim - 1; d >= 0; cs *= v->shape[d], d--) dst.strides[d] = cs;
     DC_TRY(dc_cpu_alloc((dc_device){ DC_CPU, 0 }, (size_t)n * cpu_esize(v), buf));
     dst.data = *buf;
-    dc_kargs c = { .op = DC_K_COPY, .nt = 2 };
+    dc_kargs c = { .op = DC_OP_COPY, .nt = 2 };
     c.t[0] = dst;
     c.t[1] = *v;
     DC_TRY(dc_cpu_copy(&c));
@@ -108,7 +108,7 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
                         (long long)Bm.shape[nd - 1], (long long)M, (long long)N);
     if (Bn == 0 || M == 0 || N == 0) return DC_OK;
     if (K == 0) {
-        dc_kargs f = { .op = DC_K_FILL, .nt = 1 };
+        dc_kargs f = { .op = DC_OP_FILL, .nt = 1 };
         f.t[0] = *o;
         return dc_cpu_fill(&f);
     }
@@ -198,10 +198,10 @@ static void check_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
 
 /* Every index in `idx` (int64, any strides) must lie in [0, size). Serial and in row-major order,
  * so the message names the first bad index. */
-static dc_status check_indices(dc_kop op, const dc_kview *idx, int64_t size, int dim)
+static dc_status check_indices(dc_op op, const dc_kview *idx, int64_t size, int dim)
 {
     if (idx->dtype != DC_INT64)
-        return dc_error(DC_ERR_DTYPE, "%s: indices must be int64, got %s", dc_kop_names[op], dc_dtype_name(idx->dtype));
+        return dc_error(DC_ERR_DTYPE, "%s: indices must be int64, got %s", dc_op_names[op], dc_dtype_name(idx->dtype));
     idx_check c = { size, 0, 0 };
     const dc_kview *v[1] = { idx };
     cpu_iter it;
@@ -263,7 +263,7 @@ static dc_status gather_impl(const dc_kargs *a, const dc_kview *out, const dc_kv
 dc_status dc_cpu_gather(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
-    int dim = (int)a->i[0];
+    int dim = (int)a->p.dim.dim;
     if (!check_dim(dim, x->ndim) || o->ndim != x->ndim || idx->ndim != o->ndim)
         return dc_error(DC_ERR_SHAPE, "gather: bad dim %d for %d-d input", dim, x->ndim);
     return gather_impl(a, o, x, idx, dim);
@@ -272,7 +272,7 @@ dc_status dc_cpu_gather(const dc_kargs *a)
 dc_status dc_cpu_index_select(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
-    int dim = (int)a->i[0];
+    int dim = (int)a->p.dim.dim;
     if (!check_dim(dim, x->ndim) || o->ndim != x->ndim)
         return dc_error(DC_ERR_SHAPE, "index_select: bad dim %d for %d-d input", dim, x->ndim);
     int64_t n = cpu_numel(idx);
@@ -332,7 +332,7 @@ static dc_status scatter_impl(const dc_kargs *a, const dc_kview *o, const dc_kvi
 dc_status dc_cpu_scatter_add(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
-    int dim = (int)a->i[0];
+    int dim = (int)a->p.dim.dim;
     if (!check_dim(dim, o->ndim) || x->ndim != o->ndim || idx->ndim != o->ndim)
         return dc_error(DC_ERR_SHAPE, "scatter_add: bad dim %d for %d-d output", dim, o->ndim);
     return scatter_impl(a, o, x, idx, dim);
@@ -355,7 +355,7 @@ dc_status dc_cpu_scatter_add(const dc_kargs *a)
 dc_status dc_cpu_index_add(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1], *idx = &a->t[2];
-    int dim = (int)a->i[0];
+    int dim = (int)a->p.dim.dim;
     if (!check_dim(dim, o->ndim) || x->ndim != o->ndim)
         return dc_error(DC_ERR_SHAPE, "index_add: bad dim %d for %d-d output", dim, o->ndim);
     const int64_t n = cpu_numel(idx);
@@ -409,9 +409,9 @@ dc_status dc_cpu_tril(const dc_kargs *a)
     const int64_t numel = cpu_numel(o);
     if (numel == 0) return DC_OK;
     const int nd = o->ndim;
-    const int64_t R = o->shape[nd - 2], C = o->shape[nd - 1], k = a->i[0], rows = numel / C;
+    const int64_t R = o->shape[nd - 2], C = o->shape[nd - 1], k = a->p.tril.diagonal, rows = numel / C;
     const int64_t ocs = o->strides[nd - 1], xcs = x->strides[nd - 1];
-    const int upper = a->i[1] != 0;
+    const int upper = a->p.tril.upper != 0;
     const size_t es = cpu_esize(o);
     const dc_kview *vv[2] = { o, x };
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)

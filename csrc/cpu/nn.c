@@ -98,15 +98,15 @@ dc_status dc_cpu_softmax(const dc_kargs *a)
     const dc_dtype dt = x->dtype;
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     if (o->dtype != dt) return cpu_bad_dtype(a->op, o->dtype);
-    const int log_out = a->op == DC_K_LOG_SOFTMAX;
+    const int log_out = a->op == DC_OP_LOG_SOFTMAX;
     const int64_t numel = cpu_numel(x);
     if (numel == 0) return DC_OK;
-    int dim = norm_dim(a->i[0], x->ndim);
+    int dim = norm_dim(a->p.dim.dim, x->ndim);
     int64_t L = 1, xs = 1, ys = 1;
     if (x->ndim > 0) {
         if (dim < 0 || dim >= x->ndim)
-            return dc_error(DC_ERR_SHAPE, "%s: dim %lld out of range for %d-d input", dc_kop_names[a->op],
-                            (long long)a->i[0], x->ndim);
+            return dc_error(DC_ERR_SHAPE, "%s: dim %lld out of range for %d-d input", dc_op_names[a->op],
+                            (long long)a->p.dim.dim, x->ndim);
         L = x->shape[dim];
         xs = x->strides[dim];
         ys = o->strides[dim];
@@ -134,15 +134,15 @@ dc_status dc_cpu_softmax_bwd(const dc_kargs *a)
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     if (dy->dtype != dt) return cpu_bad_dtype(a->op, dy->dtype);
     if (y->dtype != dt) return cpu_bad_dtype(a->op, y->dtype);
-    const int log_out = a->op == DC_K_LOG_SOFTMAX_BWD;
+    const int log_out = a->op == DC_OP_LOG_SOFTMAX_BWD;
     const int64_t numel = cpu_numel(dx);
     if (numel == 0) return DC_OK;
-    int dim = norm_dim(a->i[0], dx->ndim);
+    int dim = norm_dim(a->p.dim.dim, dx->ndim);
     int64_t L = 1, s0 = 1, s1 = 1, s2 = 1;
     if (dx->ndim > 0) {
         if (dim < 0 || dim >= dx->ndim)
-            return dc_error(DC_ERR_SHAPE, "%s: dim %lld out of range for %d-d input", dc_kop_names[a->op],
-                            (long long)a->i[0], dx->ndim);
+            return dc_error(DC_ERR_SHAPE, "%s: dim %lld out of range for %d-d input", dc_op_names[a->op],
+                            (long long)a->p.dim.dim, dx->ndim);
         L = dx->shape[dim];
         s0 = dx->strides[dim];
         s1 = dy->strides[dim];
@@ -179,10 +179,11 @@ static void ln_dims(const dc_kview *x, int64_t *N, int64_t *D)
 #define DEF_LN_FWD(NAME, T)                                                                                        \
     CPU_SIMD static void NAME(const dc_kargs *a, int64_t N, int64_t D)                                             \
     {                                                                                                              \
+        const struct dc_layernorm_params *lp = &a->p.layernorm;                                                    \
         T *Y = (T *)a->t[0].data, *MEAN = (T *)a->t[1].data, *RSTD = (T *)a->t[2].data;                            \
         const T *X = (const T *)a->t[3].data;                                                                      \
-        const T *W = a->i[0] ? (const T *)a->t[4].data : NULL, *B = a->i[1] ? (const T *)a->t[5].data : NULL;      \
-        const double eps = a->f[0];                                                                                \
+        const T *W = lp->has_w ? (const T *)a->t[4].data : NULL, *B = lp->has_b ? (const T *)a->t[5].data : NULL;  \
+        const double eps = lp->eps;                                                                                \
         _Pragma("omp parallel for schedule(static) if (N * D >= DC_CPU_PAR_MIN / 2 && N > 1)") for (int64_t n = 0; \
                                                                                                     n < N; n++)    \
         {                                                                                                          \
@@ -224,7 +225,7 @@ static dc_status ln_check(const dc_kargs *a, int xi, unsigned present, dc_dtype 
         if (!(present >> k & 1u)) continue;
         if (a->t[k].dtype != *dt) return cpu_bad_dtype(a->op, a->t[k].dtype);
         if (!cpu_is_contig(&a->t[k]))
-            return dc_error(DC_ERR_INTERNAL, "%s: operand %d must be contiguous", dc_kop_names[a->op], k);
+            return dc_error(DC_ERR_INTERNAL, "%s: operand %d must be contiguous", dc_op_names[a->op], k);
     }
     return DC_OK;
 }
@@ -232,7 +233,7 @@ static dc_status ln_check(const dc_kargs *a, int xi, unsigned present, dc_dtype 
 dc_status dc_cpu_layernorm(const dc_kargs *a)
 {
     dc_dtype dt;
-    DC_TRY(ln_check(a, 3, 0x0fu | (a->i[0] ? 0x10u : 0) | (a->i[1] ? 0x20u : 0), &dt));
+    DC_TRY(ln_check(a, 3, 0x0fu | (a->p.layernorm.has_w ? 0x10u : 0) | (a->p.layernorm.has_b ? 0x20u : 0), &dt));
     int64_t N, D;
     ln_dims(&a->t[3], &N, &D);
     if (N == 0 || D == 0) return DC_OK;
@@ -247,10 +248,11 @@ dc_status dc_cpu_layernorm(const dc_kargs *a)
 #define DEF_LN_BWD(NAME, T)                                                                                      \
     CPU_SIMD static void NAME(const dc_kargs *a, int64_t n0, int64_t n1, int64_t D, double *pw, double *pb)      \
     {                                                                                                            \
+        const struct dc_layernorm_params *lp = &a->p.layernorm;                                                  \
         T *DX = (T *)a->t[0].data;                                                                               \
         const T *DY = (const T *)a->t[3].data, *X = (const T *)a->t[4].data;                                     \
         const T *MEAN = (const T *)a->t[5].data, *RSTD = (const T *)a->t[6].data;                                \
-        const T *W = a->i[0] ? (const T *)a->t[7].data : NULL;                                                   \
+        const T *W = lp->has_w ? (const T *)a->t[7].data : NULL;                                                 \
         const double invD = 1.0 / (double)D;                                                                     \
         for (int64_t n = n0; n < n1; n++) {                                                                      \
             const T *x = X + n * D, *dy = DY + n * D;                                                            \
@@ -300,11 +302,11 @@ DEF_LN_BWD(ln_bwd_f64, double)
 dc_status dc_cpu_layernorm_bwd(const dc_kargs *a)
 {
     dc_dtype dt;
-    DC_TRY(ln_check(a, 4, 0x79u | (a->i[0] ? 0x82u : 0) | (a->i[1] ? 0x04u : 0), &dt));
+    DC_TRY(ln_check(a, 4, 0x79u | (a->p.layernorm.has_w ? 0x82u : 0) | (a->p.layernorm.has_b ? 0x04u : 0), &dt));
     int64_t N, D;
     ln_dims(&a->t[4], &N, &D);
     if (D == 0) return DC_OK;
-    const int has_w = a->i[0] != 0, has_b = a->i[1] != 0;
+    const int has_w = a->p.layernorm.has_w != 0, has_b = a->p.layernorm.has_b != 0;
     const int nparts = has_w + has_b;
     int nthr = N * D >= DC_CPU_PAR_MIN / 2 && N > 1 ? cpu_max_threads() : 1;
     if (nthr > N) nthr = (int)(N ? N : 1);

@@ -18,10 +18,10 @@ static dc_status check_contig(const dc_kargs *a, int n)
     for (int k = 0; k < n; k++) {
         if (a->t[k].dtype != dt) return cpu_bad_dtype(a->op, a->t[k].dtype);
         if (cpu_numel(&a->t[k]) != numel)
-            return dc_error(DC_ERR_SHAPE, "%s: operand %d has %lld elements, param has %lld", dc_kop_names[a->op], k,
+            return dc_error(DC_ERR_SHAPE, "%s: operand %d has %lld elements, param has %lld", dc_op_names[a->op], k,
                             (long long)cpu_numel(&a->t[k]), (long long)numel);
         if (!cpu_is_contig(&a->t[k]))
-            return dc_error(DC_ERR_INTERNAL, "%s: operand %d must be contiguous", dc_kop_names[a->op], k);
+            return dc_error(DC_ERR_INTERNAL, "%s: operand %d must be contiguous", dc_op_names[a->op], k);
     }
     return DC_OK;
 }
@@ -33,10 +33,11 @@ static dc_status check_contig(const dc_kargs *a, int n)
     {                                                                                             \
         T *p = (T *)a->t[0].data;                                                                 \
         const T *gr = (const T *)a->t[1].data;                                                    \
-        T *buf = a->f[1] != 0 ? (T *)a->t[2].data : NULL;                                         \
-        const T lr = (T)a->f[0], mom = (T)a->f[1], damp1 = (T)(1.0 - a->f[2]), wd = (T)a->f[3];   \
-        const T sign = a->i[1] ? (T)-1 : (T)1;                                                    \
-        const int nesterov = a->i[0] != 0, first = a->i[2] != 0;                                  \
+        const struct dc_sgd_params *hp = &a->p.sgd;                                               \
+        T *buf = hp->momentum != 0 ? (T *)a->t[2].data : NULL;                                    \
+        const T lr = (T)hp->lr, mom = (T)hp->momentum, damp1 = (T)(1.0 - hp->dampening);          \
+        const T wd = (T)hp->weight_decay, sign = hp->maximize ? (T)-1 : (T)1;                     \
+        const int nesterov = hp->nesterov != 0, first = hp->first != 0;                           \
         _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN)") for (int64_t i = 0; i < n; i++) \
         {                                                                                         \
             T g = sign * gr[i] + wd * p[i];                                                       \
@@ -53,7 +54,7 @@ DEF_SGD(sgd_f64, double)
 
 dc_status dc_cpu_sgd(const dc_kargs *a)
 {
-    DC_TRY(check_contig(a, a->f[1] != 0 ? 3 : 2));
+    DC_TRY(check_contig(a, a->p.sgd.momentum != 0 ? 3 : 2));
     const int64_t n = cpu_numel(&a->t[0]);
     if (a->t[0].dtype == DC_FLOAT32)
         sgd_f32(a, n);
@@ -69,10 +70,12 @@ dc_status dc_cpu_sgd(const dc_kargs *a)
     {                                                                                                 \
         T *p = (T *)a->t[0].data, *m = (T *)a->t[2].data, *v = (T *)a->t[3].data;                     \
         const T *gr = (const T *)a->t[1].data;                                                        \
-        const T b1 = (T)a->f[1], b2 = (T)a->f[2], eps = (T)a->f[3];                                   \
-        const T decay = (T)(1.0 - a->f[0] * a->f[4]);                                                 \
-        const T step = (T)(a->f[0] / a->f[5]), inv_sqrt_bc2 = (T)(1.0 / sqrt(a->f[6]));               \
-        const T sign = a->i[0] ? (T)-1 : (T)1;                                                        \
+        const struct dc_adamw_params *hp = &a->p.adamw;                                               \
+        const T b1 = (T)hp->beta1, b2 = (T)hp->beta2, eps = (T)hp->eps;                               \
+        const T decay = (T)(1.0 - hp->lr * hp->weight_decay);                                         \
+        const T step = (T)(hp->lr / hp->bias_correction1);                                            \
+        const T inv_sqrt_bc2 = (T)(1.0 / sqrt(hp->bias_correction2));                                 \
+        const T sign = hp->maximize ? (T)-1 : (T)1;                                                   \
         _Pragma("omp parallel for simd if (n >= DC_CPU_PAR_MIN / 2)") for (int64_t i = 0; i < n; i++) \
         {                                                                                             \
             T g = sign * gr[i];                                                                       \
@@ -89,8 +92,10 @@ DEF_ADAMW(adamw_f64, double)
 dc_status dc_cpu_adamw(const dc_kargs *a)
 {
     DC_TRY(check_contig(a, 4));
-    if (!(a->f[5] > 0) || !(a->f[6] > 0))
-        return dc_error(DC_ERR_VALUE, "adamw: bias corrections must be > 0, got %g and %g", a->f[5], a->f[6]);
+    const struct dc_adamw_params *hp = &a->p.adamw;
+    if (!(hp->bias_correction1 > 0) || !(hp->bias_correction2 > 0))
+        return dc_error(DC_ERR_VALUE, "adamw: bias corrections must be > 0, got %g and %g", hp->bias_correction1,
+                        hp->bias_correction2);
     const int64_t n = cpu_numel(&a->t[0]);
     if (a->t[0].dtype == DC_FLOAT32)
         adamw_f32(a, n);
@@ -158,7 +163,7 @@ dc_status dc_cpu_norm_pow(const dc_kargs *a)
     const dc_kview *o = &a->t[0], *x = &a->t[1];
     if (o->dtype != DC_FLOAT64) return cpu_bad_dtype(a->op, o->dtype);
     if (x->dtype != DC_FLOAT32 && x->dtype != DC_FLOAT64) return cpu_bad_dtype(a->op, x->dtype);
-    const double pv = a->f[0];
+    const double pv = a->p.norm.p;
     norm_ctx c = { pv, 0, NULL, x->dtype };
     if (pv == INFINITY)
         c.kind = 3;
@@ -218,6 +223,6 @@ dc_status dc_cpu_scale(const dc_kargs *a)
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 1);
-    cpu_iter_run(&it, dt == DC_FLOAT32 ? scale_f32 : scale_f64, &a->f[0], DC_CPU_PAR_MIN);
+    cpu_iter_run(&it, dt == DC_FLOAT32 ? scale_f32 : scale_f64, &a->p.scale.factor, DC_CPU_PAR_MIN);
     return DC_OK;
 }

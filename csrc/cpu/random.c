@@ -20,7 +20,7 @@ dc_status dc_cpu_rand(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0];
     const int64_t n = cpu_numel(o);
-    const uint64_t seed = (uint64_t)a->i[0], off = (uint64_t)a->i[1];
+    const uint64_t seed = a->p.random.seed, off = a->p.random.offset;
     switch (o->dtype) {
     case DC_FLOAT32: {
         float *d = (float *)o->data;
@@ -67,7 +67,7 @@ dc_status dc_cpu_randn(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0];
     const int64_t n = cpu_numel(o);
-    const uint64_t seed = (uint64_t)a->i[0], off = (uint64_t)a->i[1];
+    const uint64_t seed = a->p.random.seed, off = a->p.random.offset;
     const dc_dtype dt = o->dtype;
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16) return cpu_bad_dtype(a->op, dt);
     const size_t es = cpu_esize(o);
@@ -87,8 +87,8 @@ dc_status dc_cpu_randn(const dc_kargs *a)
 dc_status dc_cpu_randint(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0];
-    const int64_t n = cpu_numel(o), lo = a->i[2], hi = a->i[3];
-    const uint64_t seed = (uint64_t)a->i[0], off = (uint64_t)a->i[1];
+    const int64_t n = cpu_numel(o), lo = a->p.random.low, hi = a->p.random.high;
+    const uint64_t seed = a->p.random.seed, off = a->p.random.offset;
     const dc_dtype dt = o->dtype;
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_INT32 && dt != DC_INT64) return cpu_bad_dtype(a->op, dt);
     if (hi <= lo && n > 0)

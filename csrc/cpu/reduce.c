@@ -46,7 +46,7 @@ static void dimset_coalesce(dimset *s)
 }
 
 typedef struct {
-    dc_kop op;
+    dc_op op;
     dc_dtype in, out;
     int is_int; /* accumulate in acc.i */
 } red_ctx;
@@ -154,27 +154,27 @@ static acc_t acc_init(const red_ctx *c)
 {
     acc_t a;
     if (c->is_int)
-        a.i = c->op == DC_K_SUM ? 0 : (c->op == DC_K_MAX ? INT64_MIN : INT64_MAX);
+        a.i = c->op == DC_OP_SUM ? 0 : (c->op == DC_OP_MAX ? INT64_MIN : INT64_MAX);
     else
-        a.d = c->op == DC_K_SUM ? 0.0 : (c->op == DC_K_MAX ? -INFINITY : INFINITY);
+        a.d = c->op == DC_OP_SUM ? 0.0 : (c->op == DC_OP_MAX ? -INFINITY : INFINITY);
     return a;
 }
 
 static acc_t acc_combine(const red_ctx *c, acc_t a, acc_t b)
 {
     if (c->is_int) {
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             a.i = (int64_t)((uint64_t)a.i + (uint64_t)b.i);
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             a.i = b.i > a.i ? b.i : a.i;
         else
             a.i = b.i < a.i ? b.i : a.i;
     } else {
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             a.d += b.d;
         else if (a.d != a.d || b.d != b.d)
             a.d = NAN;
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             a.d = b.d > a.d ? b.d : a.d;
         else
             a.d = b.d < a.d ? b.d : a.d;
@@ -187,16 +187,16 @@ static acc_t run_fold(const red_ctx *c, const char *p, int64_t st, int64_t n)
     acc_t r;
     switch (c->in) {
     case DC_FLOAT32:
-        r.d = c->op == DC_K_SUM ? sum_f32(p, st, n) : c->op == DC_K_MAX ? max_f32(p, st, n) : min_f32(p, st, n);
+        r.d = c->op == DC_OP_SUM ? sum_f32(p, st, n) : c->op == DC_OP_MAX ? max_f32(p, st, n) : min_f32(p, st, n);
         break;
     case DC_FLOAT64:
-        r.d = c->op == DC_K_SUM ? sum_f64(p, st, n) : c->op == DC_K_MAX ? max_f64(p, st, n) : min_f64(p, st, n);
+        r.d = c->op == DC_OP_SUM ? sum_f64(p, st, n) : c->op == DC_OP_MAX ? max_f64(p, st, n) : min_f64(p, st, n);
         break;
     case DC_INT32:
-        r.i = c->op == DC_K_SUM ? sum_i32(p, st, n) : c->op == DC_K_MAX ? max_i32(p, st, n) : min_i32(p, st, n);
+        r.i = c->op == DC_OP_SUM ? sum_i32(p, st, n) : c->op == DC_OP_MAX ? max_i32(p, st, n) : min_i32(p, st, n);
         break;
     default:
-        r.i = c->op == DC_K_SUM ? sum_i64(p, st, n) : c->op == DC_K_MAX ? max_i64(p, st, n) : min_i64(p, st, n);
+        r.i = c->op == DC_OP_SUM ? sum_i64(p, st, n) : c->op == DC_OP_MAX ? max_i64(p, st, n) : min_i64(p, st, n);
         break;
     }
     return r;
@@ -271,33 +271,33 @@ static void fold_row(const red_ctx *c, acc_t *acc, const char *row, int64_t w)
 {
     switch (c->in) {
     case DC_FLOAT32:
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             COL_FOLD(float, d, acc[j].d + (double)v);
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             COL_FOLD(float, d, (v > acc[j].d || v != v) ? (double)v : acc[j].d);
         else
             COL_FOLD(float, d, (v < acc[j].d || v != v) ? (double)v : acc[j].d);
         break;
     case DC_FLOAT64:
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             COL_FOLD(double, d, acc[j].d + v);
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             COL_FOLD(double, d, (v > acc[j].d || v != v) ? v : acc[j].d);
         else
             COL_FOLD(double, d, (v < acc[j].d || v != v) ? v : acc[j].d);
         break;
     case DC_INT32:
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             COL_FOLD(int32_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)(int64_t)v));
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             COL_FOLD(int32_t, i, v > acc[j].i ? v : acc[j].i);
         else
             COL_FOLD(int32_t, i, v < acc[j].i ? v : acc[j].i);
         break;
     default:
-        if (c->op == DC_K_SUM)
+        if (c->op == DC_OP_SUM)
             COL_FOLD(int64_t, i, (int64_t)((uint64_t)acc[j].i + (uint64_t)v));
-        else if (c->op == DC_K_MAX)
+        else if (c->op == DC_OP_MAX)
             COL_FOLD(int64_t, i, v > acc[j].i ? v : acc[j].i);
         else
             COL_FOLD(int64_t, i, v < acc[j].i ? v : acc[j].i);
@@ -357,7 +357,7 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
     default: return cpu_bad_dtype(a->op, x->dtype);
     }
     if (o->ndim != x->ndim)
-        return dc_error(DC_ERR_SHAPE, "%s: output has %d dims, input %d", dc_kop_names[a->op], o->ndim, x->ndim);
+        return dc_error(DC_ERR_SHAPE, "%s: output has %d dims, input %d", dc_op_names[a->op], o->ndim, x->ndim);
     dimset k = { 0 }, r = { 0 };
     int64_t R = 1, O = 1;
     for (int d = 0; d < x->ndim; d++) {
@@ -375,14 +375,14 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
             k.out_st[k.nd++] = o->strides[d];
         } else {
             return dc_error(DC_ERR_SHAPE, "%s: output size %lld does not match input size %lld at dim %d",
-                            dc_kop_names[a->op], (long long)o->shape[d], (long long)n, d);
+                            dc_op_names[a->op], (long long)o->shape[d], (long long)n, d);
         }
     }
     if (O == 0) return DC_OK;
     if (R == 0) {
-        if (a->op != DC_K_SUM)
-            return dc_error(DC_ERR_VALUE, "%s of an empty dimension has no identity", dc_kop_names[a->op]);
-        dc_kargs f = { .op = DC_K_FILL, .nt = 1 };
+        if (a->op != DC_OP_SUM)
+            return dc_error(DC_ERR_VALUE, "%s of an empty dimension has no identity", dc_op_names[a->op]);
+        dc_kargs f = { .op = DC_OP_FILL, .nt = 1 };
         f.t[0] = *o;
         return dc_cpu_fill(&f);
     }
@@ -412,7 +412,7 @@ dc_status dc_cpu_reduce(const dc_kargs *a)
     /* Few outputs, long reductions: split each reduction across the team, partials combined in
      * thread order on this thread. */
     acc_t *part = malloc(sizeof(acc_t) * (size_t)nthr);
-    if (!part) return dc_error(DC_ERR_NOMEM, "%s: out of memory for %d partials", dc_kop_names[a->op], nthr);
+    if (!part) return dc_error(DC_ERR_NOMEM, "%s: out of memory for %d partials", dc_op_names[a->op], nthr);
     for (int64_t i = 0; i < O; i++) {
         int64_t ioff = 0, ooff = 0;
         if (k.nd) kept_offsets(&k, i, &ioff, &ooff);
@@ -492,23 +492,23 @@ dc_status dc_cpu_argreduce(const dc_kargs *a)
     dc_dtype dt = x->dtype;
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_INT32 && dt != DC_INT64) return cpu_bad_dtype(a->op, dt);
     if (o->dtype != DC_INT64) return cpu_bad_dtype(a->op, o->dtype);
-    int dim = (int)a->i[0];
+    int dim = (int)a->p.dim.dim;
     if (x->ndim == 0) {
         *(int64_t *)o->data = 0;
         return DC_OK;
     }
     if (dim < 0) dim += x->ndim;
     if (dim < 0 || dim >= x->ndim || o->ndim != x->ndim)
-        return dc_error(DC_ERR_SHAPE, "%s: bad dim %lld for %d-d input", dc_kop_names[a->op], (long long)a->i[0],
+        return dc_error(DC_ERR_SHAPE, "%s: bad dim %lld for %d-d input", dc_op_names[a->op], (long long)a->p.dim.dim,
                         x->ndim);
     const int64_t n = x->shape[dim], st = x->strides[dim], rows = n ? cpu_numel(x) / n : 0;
     if (n == 0) {
         int64_t others = 1;
         for (int d = 0; d < x->ndim; d++) others *= d == dim ? 1 : x->shape[d];
         if (others == 0) return DC_OK;
-        return dc_error(DC_ERR_VALUE, "%s of an empty dimension (dim %d has size 0)", dc_kop_names[a->op], dim);
+        return dc_error(DC_ERR_VALUE, "%s of an empty dimension (dim %d has size 0)", dc_op_names[a->op], dim);
     }
-    const int is_max = a->op == DC_K_ARGMAX;
+    const int is_max = a->op == DC_OP_ARGMAX;
     const size_t es = dc_dtype_size(dt);
     /* Output dims match the input's except `dim` (size 1), so one unravel serves both views. */
     dc_kview xv = *x;

@@ -136,15 +136,31 @@ static int check_dtype_dev(int dtype, int devtype)
     return 1;
 }
 
-/* Run a core call without the GIL; then wrap `out` or raise. */
-#define RUN(call)                        \
-    dc_status st_;                       \
-    Py_BEGIN_ALLOW_THREADS st_ = (call); \
-    Py_END_ALLOW_THREADS if (st_) return dc_py_raise(st_)
+/* A fill value: Python ints for integer dtypes stay exact int64 (2**53 + 1 survives); an int that
+ * does not fit int64 raises instead of wrapping; everything else goes through float. */
+typedef struct {
+    int is_int;
+    long long i;
+    double d;
+} fill_value;
 
-#define RUN_WRAP(call, out) \
-    RUN(call);              \
-    return dc_py_wrap(out)
+static int conv_fill_value(PyObject *o, dc_dtype dt, const char *op, fill_value *v)
+{
+    v->is_int = 0;
+    if (PyLong_Check(o) && !dc_dtype_is_float(dt)) {
+        int overflow = 0;
+        v->i = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (overflow) {
+            PyErr_Format(PyExc_OverflowError, "%s: value %R is out of range for %s", op, o, dc_dtype_name(dt));
+            return 0;
+        }
+        if (v->i == -1 && PyErr_Occurred()) return 0;
+        v->is_int = 1;
+        return 1;
+    }
+    v->d = PyFloat_AsDouble(o);
+    return !(v->d == -1 && PyErr_Occurred());
+}
 
 /* --- creation -------------------------------------------------------------------------------- */
 
@@ -163,12 +179,17 @@ static PyObject *f_full(PyObject *m, PyObject *args)
 {
     (void)m;
     shape_arg s;
-    double v;
+    PyObject *vo;
     int dt, devt, devi;
-    if (!PyArg_ParseTuple(args, "O&diii:full", conv_shape, &s, &v, &dt, &devt, &devi)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&Oiii:full", conv_shape, &s, &vo, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
+    fill_value v;
+    if (!conv_fill_value(vo, (dc_dtype)dt, "full", &v)) return NULL;
     dc_tensor *out;
-    RUN_WRAP(dc_full(&out, s.n, s.v, v, (dc_dtype)dt, (dc_device){ devt, devi }), out);
+    dc_device dev = { devt, devi };
+    RUN_WRAP(v.is_int ? dc_full_int(&out, s.n, s.v, v.i, (dc_dtype)dt, dev)
+                      : dc_full(&out, s.n, s.v, v.d, (dc_dtype)dt, dev),
+             out);
 }
 
 static PyObject *f_arange(PyObject *m, PyObject *args)
@@ -185,17 +206,17 @@ static PyObject *f_arange(PyObject *m, PyObject *args)
 static PyObject *f_random(PyObject *m, PyObject *args)
 {
     (void)m;
-    int kind, dt, devt, devi;
+    const char *name;
+    int dt, devt, devi;
     shape_arg s;
     long long lo, hi;
-    if (!PyArg_ParseTuple(args, "iO&LLiii:random", &kind, conv_shape, &s, &lo, &hi, &dt, &devt, &devi)) return NULL;
+    if (!PyArg_ParseTuple(args, "sO&LLiii:random", &name, conv_shape, &s, &lo, &hi, &dt, &devt, &devi)) return NULL;
     if (!check_dtype_dev(dt, devt)) return NULL;
-    if (kind != DC_K_RAND && kind != DC_K_RANDN && kind != DC_K_RANDINT) {
-        PyErr_SetString(PyExc_ValueError, "random: unknown kind");
-        return NULL;
-    }
+    dc_op kind = dc_op_by_name(name);
+    if (kind != DC_OP_RAND && kind != DC_OP_RANDN && kind != DC_OP_RANDINT)
+        return PyErr_Format(PyExc_ValueError, "random: unknown kind %.50s (rand, randn or randint)", name);
     dc_tensor *out;
-    RUN_WRAP(dc_random(&out, (dc_kop)kind, s.n, s.v, lo, hi, (dc_dtype)dt, (dc_device){ devt, devi }), out);
+    RUN_WRAP(dc_random(&out, kind, s.n, s.v, lo, hi, (dc_dtype)dt, (dc_device){ devt, devi }), out);
 }
 
 static PyObject *f_to(PyObject *m, PyObject *args)
@@ -316,23 +337,11 @@ static PyObject *f_fill_(PyObject *m, PyObject *args)
 {
     (void)m;
     dc_tensor *t;
-    double v;
-    if (!PyArg_ParseTuple(args, "O&d:fill_", conv_tensor, &t, &v)) return NULL;
-    RUN(dc_fill_(t, v));
-    Py_RETURN_NONE;
-}
-
-static PyObject *f_binary_(PyObject *m, PyObject *args)
-{
-    (void)m;
-    int op;
-    dc_tensor *t, *o;
-    if (!PyArg_ParseTuple(args, "iO&O&:binary_", &op, conv_tensor, &t, conv_tensor, &o)) return NULL;
-    if (op < DC_K_ADD || op > DC_K_MINIMUM) {
-        PyErr_SetString(PyExc_ValueError, "binary_: not an arithmetic op");
-        return NULL;
-    }
-    RUN(dc_binary_((dc_kop)op, t, o));
+    PyObject *vo;
+    if (!PyArg_ParseTuple(args, "O&O:fill_", conv_tensor, &t, &vo)) return NULL;
+    fill_value v;
+    if (!conv_fill_value(vo, t->dtype, "fill_", &v)) return NULL;
+    RUN(v.is_int ? dc_fill_int_(t, v.i) : dc_fill_(t, v.d));
     Py_RETURN_NONE;
 }
 
@@ -427,32 +436,6 @@ static PyObject *f_squeeze(PyObject *m, PyObject *args)
 
 /* --- elementwise ------------------------------------------------------------------------------ */
 
-static PyObject *f_unary(PyObject *m, PyObject *args)
-{
-    (void)m;
-    int op;
-    dc_tensor *x, *out;
-    if (!PyArg_ParseTuple(args, "iO&:unary", &op, conv_tensor, &x)) return NULL;
-    if (op < DC_K_NEG || op > DC_K_ABS) {
-        PyErr_Format(PyExc_ValueError, "unary: %d is not a unary op", op);
-        return NULL;
-    }
-    RUN_WRAP(dc_unary(&out, (dc_kop)op, x), out);
-}
-
-static PyObject *f_binary(PyObject *m, PyObject *args)
-{
-    (void)m;
-    int op;
-    dc_tensor *a, *b, *out;
-    if (!PyArg_ParseTuple(args, "iO&O&:binary", &op, conv_tensor, &a, conv_tensor, &b)) return NULL;
-    if (op < DC_K_ADD || op > DC_K_GE) {
-        PyErr_Format(PyExc_ValueError, "binary: %d is not a binary op", op);
-        return NULL;
-    }
-    RUN_WRAP(dc_binary(&out, (dc_kop)op, a, b), out);
-}
-
 static PyObject *f_clamp(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -499,15 +482,7 @@ static PyObject *f_gelu(PyObject *m, PyObject *args)
     dc_tensor *x, *out;
     int approx = 0;
     if (!PyArg_ParseTuple(args, "O&|p:gelu", conv_tensor, &x, &approx)) return NULL;
-    RUN_WRAP(dc_unary(&out, approx ? DC_K_GELU_TANH : DC_K_GELU_ERF, x), out);
-}
-
-static PyObject *f_silu(PyObject *m, PyObject *arg)
-{
-    (void)m;
-    dc_tensor *x = dc_py_tensor(arg, "silu() argument"), *out;
-    if (!x) return NULL;
-    RUN_WRAP(dc_unary(&out, DC_K_SILU, x), out);
+    RUN_WRAP(dc_unary(&out, approx ? DC_OP_GELU_TANH : DC_OP_GELU_ERF, x), out);
 }
 
 /* --- reductions ----------------------------------------------------------------------------- */
@@ -763,13 +738,12 @@ static PyObject *f_cuda_info(PyObject *m, PyObject *noargs)
 {
     (void)m;
     (void)noargs;
-    const dc_backend *be = dc_backend_get(DC_CUDA);
-    int n = 0;
-    if (be) {
-        Py_BEGIN_ALLOW_THREADS n = be->device_count();
+    int built = dc_device_built(DC_CUDA), n = 0;
+    if (built) {
+        Py_BEGIN_ALLOW_THREADS n = dc_device_count(DC_CUDA);
         Py_END_ALLOW_THREADS
     }
-    return Py_BuildValue("(Oi)", be ? Py_True : Py_False, n);
+    return Py_BuildValue("(Oi)", built ? Py_True : Py_False, n);
 }
 
 static PyObject *f_synchronize(PyObject *m, PyObject *args)
@@ -777,12 +751,11 @@ static PyObject *f_synchronize(PyObject *m, PyObject *args)
     (void)m;
     int devt, devi;
     if (!PyArg_ParseTuple(args, "ii:synchronize", &devt, &devi)) return NULL;
-    const dc_backend *be = dc_backend_get(devt);
-    if (!be) {
+    if (!dc_device_built(devt)) {
         PyErr_SetString(PyExc_RuntimeError, "synchronize: that device type is not built in");
         return NULL;
     }
-    RUN(be->synchronize((dc_device){ devt, devi }));
+    RUN(dc_synchronize((dc_device){ devt, devi }));
     Py_RETURN_NONE;
 }
 
@@ -803,23 +776,6 @@ static PyObject *f_cpu_empty_cache(PyObject *m, PyObject *noargs)
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
-static PyObject *f_kernel_names(PyObject *m, PyObject *noargs)
-{
-    (void)m;
-    (void)noargs;
-    PyObject *d = PyDict_New();
-    for (int k = 0; d && k < DC_KOP_COUNT; k++) {
-        PyObject *v = PyLong_FromLong(k);
-        if (!v || PyDict_SetItemString(d, dc_kop_names[k], v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(d);
-            return NULL;
-        }
-        Py_DECREF(v);
-    }
-    return d;
-}
-
 #define F(name, flags)                                            \
     {                                                             \
 #name, (PyCFunction)(void (*)(void))f_##name, flags, NULL \
@@ -837,7 +793,6 @@ static PyMethodDef module_methods[] = {
     F(from_buffer, METH_O),
     F(copy_, METH_VARARGS),
     F(fill_, METH_VARARGS),
-    F(binary_, METH_VARARGS),
     F(view, METH_VARARGS),
     F(expand, METH_VARARGS),
     F(permute, METH_VARARGS),
@@ -846,14 +801,11 @@ static PyMethodDef module_methods[] = {
     F(select, METH_VARARGS),
     F(unsqueeze, METH_VARARGS),
     F(squeeze, METH_VARARGS),
-    F(unary, METH_VARARGS),
-    F(binary, METH_VARARGS),
     F(clamp, METH_VARARGS),
     F(pow_scalar, METH_VARARGS),
     F(where, METH_VARARGS),
     F(dropout, METH_VARARGS),
     F(gelu, METH_VARARGS),
-    F(silu, METH_O),
     F(sum, METH_VARARGS),
     F(amax, METH_VARARGS),
     F(argmax, METH_VARARGS),
@@ -876,7 +828,6 @@ static PyMethodDef module_methods[] = {
     F(set_tensor_class, METH_O),
     F(cuda_info, METH_NOARGS),
     F(synchronize, METH_VARARGS),
-    F(kernel_names, METH_NOARGS),
     F(cpu_cache_info, METH_NOARGS),
     F(cpu_empty_cache, METH_NOARGS),
     { NULL, NULL, 0, NULL },
@@ -888,6 +839,7 @@ static int module_exec(PyObject *m)
 {
     if (dc_py_init_errors(m) < 0) return -1;
     if (dc_py_init_tensor_type(m) < 0) return -1;
+    if (dc_py_init_ops(m) < 0) return -1;
     if (dc_py_init_loader(m) < 0) return -1;
     return 0;
 }

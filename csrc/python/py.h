@@ -24,9 +24,20 @@ dc_tensor *dc_py_tensor(PyObject *o, const char *what);
 /* Turn a failed status into the matching dutycycle exception; returns NULL. */
 PyObject *dc_py_raise(dc_status st);
 int dc_py_init_tensor_type(PyObject *module);
+int dc_py_init_ops(PyObject *module); /* ops_py.c: the _C.ops submodule */
 int dc_py_init_errors(PyObject *module);
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
 void dc_py_stash_exception(void);
 int dc_py_restore_exception(void); /* 1 if one was restored */
+
+/* Run a core call without the GIL; then wrap `out` or raise. */
+#define RUN(call)                        \
+    dc_status st_;                       \
+    Py_BEGIN_ALLOW_THREADS st_ = (call); \
+    Py_END_ALLOW_THREADS if (st_) return dc_py_raise(st_)
+
+#define RUN_WRAP(call, out) \
+    RUN(call);              \
+    return dc_py_wrap(out)
 
 #endif

@@ -9,7 +9,7 @@ import math
 
 from . import _C
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float32, float64, int64
-from ._tensor import K, Tensor, _norm_size, where  # noqa: F401
+from ._tensor import Tensor, _norm_size, where  # noqa: F401
 
 _default_dtype = float32
 
@@ -144,7 +144,7 @@ def linspace(start, end, steps, dtype=None, device=None, requires_grad=False):
 
 def _random(kind, size, dtype, device, requires_grad, low=0, high=0, generator=None):
     def draw():
-        return _C.random(K[kind], _norm_size(size), low, high, dtype.id, *as_device(device)._tuple)
+        return _C.random(kind, _norm_size(size), low, high, dtype.id, *as_device(device)._tuple)
 
     if generator is None:
         t = draw()

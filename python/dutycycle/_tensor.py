@@ -25,7 +25,7 @@ from ._dtype import (
     int64,
 )
 
-K = _C.kernel_names()  # kernel ids by name, e.g. K["add"]
+_ops = _C.ops  # one function per op of csrc/core/ops.def: _ops.exp(x), _ops.add(a, b), _ops.add_(t, b)
 
 _MaxMin = collections.namedtuple("max_min", ["values", "indices"])
 _Sort = collections.namedtuple("sort", ["values", "indices"])
@@ -537,22 +537,22 @@ class Tensor(_C.TensorBase):
         other = _scalar_or_tensor(other, self)
         if alpha != 1:
             other = other * alpha
-        _C.binary_(K["add"], self, other)
+        _ops.add_(self, other)
         return self
 
     def sub_(self, other, alpha=1):
         other = _scalar_or_tensor(other, self)
         if alpha != 1:
             other = other * alpha
-        _C.binary_(K["sub"], self, other)
+        _ops.sub_(self, other)
         return self
 
     def mul_(self, other):
-        _C.binary_(K["mul"], self, _scalar_or_tensor(other, self))
+        _ops.mul_(self, _scalar_or_tensor(other, self))
         return self
 
     def div_(self, other):
-        _C.binary_(K["div"], self, _scalar_or_tensor(other, self))
+        _ops.div_(self, _scalar_or_tensor(other, self))
         return self
 
     def clamp_(self, min=None, max=None):
@@ -624,48 +624,48 @@ class Tensor(_C.TensorBase):
     # --- arithmetic ---------------------------------------------------------------------------------
     def _bin(self, op, other):
         a, b = _coerce(self, other)
-        return _C.binary(K[op], a, b)
+        return op(a, b)
 
     def __add__(self, other):
-        return self._bin("add", other)
+        return self._bin(_ops.add, other)
 
     def __radd__(self, other):
-        return self._bin("add", other)
+        return self._bin(_ops.add, other)
 
     def __sub__(self, other):
-        return self._bin("sub", other)
+        return self._bin(_ops.sub, other)
 
     def __rsub__(self, other):
         a, b = _coerce(self, other)
-        return _C.binary(K["sub"], b, a)
+        return _ops.sub(b, a)
 
     def __mul__(self, other):
-        return self._bin("mul", other)
+        return self._bin(_ops.mul, other)
 
     def __rmul__(self, other):
-        return self._bin("mul", other)
+        return self._bin(_ops.mul, other)
 
     def __truediv__(self, other):
         a, b = _coerce(self, other, need_float=True)
-        return _C.binary(K["div"], a, b)
+        return _ops.div(a, b)
 
     def __rtruediv__(self, other):
         a, b = _coerce(self, other, need_float=True)
-        return _C.binary(K["div"], b, a)
+        return _ops.div(b, a)
 
     def __pow__(self, other):
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             a = self if self.dtype.is_floating_point else self.float()
             return _C.pow_scalar(a, float(other))
         a, b = _coerce(self, other, need_float=True)
-        return _C.binary(K["pow"], a, b)
+        return _ops.pow(a, b)
 
     def __rpow__(self, other):
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             a = self if self.dtype.is_floating_point else self.float()
             return _C.pow_scalar(a, float(other), True)
         a, b = _coerce(self, other, need_float=True)
-        return _C.binary(K["pow"], b, a)
+        return _ops.pow(b, a)
 
     def __matmul__(self, other):
         if not isinstance(other, Tensor):
@@ -678,44 +678,44 @@ class Tensor(_C.TensorBase):
         return _C.matmul(other, self)
 
     def __neg__(self):
-        return _C.unary(K["neg"], self)
+        return _ops.neg(self)
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        return _C.unary(K["abs"], self)
+        return _ops.abs(self)
 
     def __eq__(self, other):
-        return self._bin("eq", other)
+        return self._bin(_ops.eq, other)
 
     def __ne__(self, other):
-        return self._bin("ne", other)
+        return self._bin(_ops.ne, other)
 
     def __lt__(self, other):
-        return self._bin("lt", other)
+        return self._bin(_ops.lt, other)
 
     def __le__(self, other):
-        return self._bin("le", other)
+        return self._bin(_ops.le, other)
 
     def __gt__(self, other):
-        return self._bin("gt", other)
+        return self._bin(_ops.gt, other)
 
     def __ge__(self, other):
-        return self._bin("ge", other)
+        return self._bin(_ops.ge, other)
 
     def __invert__(self):
         if self.dtype != bool_:
             raise TypeError("~ is only supported on bool tensors")
-        return self._bin("eq", False)
+        return self._bin(_ops.eq, False)
 
     def __and__(self, other):
         a, b = _coerce(self, other)
-        return _C.binary(K["minimum"], a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("&")
+        return _ops.minimum(a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("&")
 
     def __or__(self, other):
         a, b = _coerce(self, other)
-        return _C.binary(K["maximum"], a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("|")
+        return _ops.maximum(a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("|")
 
     add = __add__
     sub = __sub__
@@ -734,37 +734,37 @@ class Tensor(_C.TensorBase):
     ge = __ge__
 
     def maximum(self, other):
-        return self._bin("maximum", other)
+        return self._bin(_ops.maximum, other)
 
     def minimum(self, other):
-        return self._bin("minimum", other)
+        return self._bin(_ops.minimum, other)
 
     def exp(self):
-        return _C.unary(K["exp"], self)
+        return _ops.exp(self)
 
     def log(self):
-        return _C.unary(K["log"], self)
+        return _ops.log(self)
 
     def sqrt(self):
-        return _C.unary(K["sqrt"], self)
+        return _ops.sqrt(self)
 
     def rsqrt(self):
-        return _C.unary(K["rsqrt"], self)
+        return _ops.rsqrt(self)
 
     def sin(self):
-        return _C.unary(K["sin"], self)
+        return _ops.sin(self)
 
     def cos(self):
-        return _C.unary(K["cos"], self)
+        return _ops.cos(self)
 
     def tanh(self):
-        return _C.unary(K["tanh"], self)
+        return _ops.tanh(self)
 
     def sigmoid(self):
-        return _C.unary(K["sigmoid"], self)
+        return _ops.sigmoid(self)
 
     def relu(self):
-        return _C.unary(K["relu"], self)
+        return _ops.relu(self)
 
     def square(self):
         return self * self
@@ -813,18 +813,13 @@ class Tensor(_C.TensorBase):
         return 1.0 / self
 
     def log1p(self):
-        # log(1 + x) accurate for tiny x (Goldberg): log(u) * x / (u - 1) with u = 1 + x rounded
-        u = self + 1.0
-        one = u == 1.0
-        d = _C.where(one, _scalar(1.0, u), u - 1.0)  # no 0/0 in the branch where() drops (its grad too)
-        return _C.where(one, self, u.log() * self / d)
+        return _ops.log1p(self)
 
     def expm1(self):
-        # exp(x) - 1 accurate for tiny x (Kahan): (u - 1) * x / log(u) with u = exp(x)
-        u = self.exp()
-        one = u == 1.0
-        lg = _C.where(one, _scalar(1.0, u), u.log())
-        return _C.where(one, self, (u - 1.0) * self / lg)
+        return _ops.expm1(self)
+
+    def erf(self):
+        return _ops.erf(self)
 
     def _np_binary(self, other, fn, name):
         import numpy as np

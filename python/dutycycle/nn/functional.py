@@ -34,7 +34,7 @@ def relu(x):
 
 
 def silu(x):
-    return dc._C.silu(x)
+    return dc._C.ops.silu(x)
 
 
 def gelu(x, approximate="none"):

@@ -1,0 +1,84 @@
+/* kernel-params.h: the named parameters kernels read (shared by the CPU and CUDA kernels).
+ *
+ * One small struct per kernel family, in one union inside dc_kargs; ops.def's `params` column says
+ * which member an op's kernels read. Kernels read `p->lr`, never positional slots. */
+#ifndef DC_KERNEL_PARAMS_H
+#define DC_KERNEL_PARAMS_H
+
+#include <stdint.h>
+
+struct dc_fill_params {
+    double value;   /* floating-point dtypes (and the fallback) */
+    int64_t ivalue; /* integer dtypes: exact, never through double */
+    int is_int;     /* ivalue holds the value */
+};
+
+struct dc_arange_params {
+    double start, step; /* t0[i] = start + i * step */
+};
+
+struct dc_random_params {
+    uint64_t seed, offset; /* counter-based: element i draws from (seed, offset + i) */
+    int64_t low, high;     /* randint: [low, high) */
+};
+
+struct dc_clamp_params {
+    double lo, hi;
+    int has_lo, has_hi;
+};
+
+struct dc_scalar_params {
+    double value; /* pow_scalar: exponent; rpow_scalar: base */
+};
+
+struct dc_dim_params {
+    int64_t dim; /* non-negative, < ndim */
+};
+
+struct dc_layernorm_params {
+    double eps;
+    int has_w, has_b;
+};
+
+struct dc_tril_params {
+    int64_t diagonal;
+    int upper; /* triu */
+};
+
+struct dc_sgd_params {
+    double lr, momentum, dampening, weight_decay;
+    int nesterov, maximize, first; /* first: the momentum buffer is initialised from the grad */
+};
+
+struct dc_adamw_params {
+    double lr, beta1, beta2, eps, weight_decay;
+    double bias_correction1, bias_correction2; /* 1 - beta^step */
+    int64_t step;
+    int maximize;
+};
+
+struct dc_norm_params {
+    double p; /* INFINITY: max |x| */
+};
+
+struct dc_scale_params {
+    double factor;
+};
+
+typedef union {
+    char none; /* ops without parameters */
+    struct dc_fill_params fill;
+    struct dc_arange_params arange;
+    struct dc_random_params random;
+    struct dc_clamp_params clamp;
+    struct dc_scalar_params scalar;
+    struct dc_dim_params dim;
+    struct dc_layernorm_params layernorm;
+    struct dc_tril_params tril;
+    struct dc_sgd_params sgd;
+    struct dc_adamw_params adamw;
+    struct dc_norm_params norm;
+    struct dc_scale_params scale;
+} dc_kparams;
+
+#endif
