@@ -284,25 +284,410 @@ def bmm(a, b):
     return _C.matmul(a, b)
 
 
-def _method(name):
-    def f(x, *args, **kwargs):
-        return getattr(_check_tensor(x, name), name)(*args, **kwargs)
+# Function forms of Tensor methods (torch.exp(x) is x.exp()), each written out so grep and IDEs
+# find them. Each checks that its first argument is a tensor and forwards the rest.
 
-    f.__name__ = name
-    f.__doc__ = f"Function form of Tensor.{name}."
-    return f
+def exp(input, *args, **kwargs):
+    """Function form of Tensor.exp."""
+    return _check_tensor(input, "exp").exp(*args, **kwargs)
 
 
-for _n in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "abs", "neg", "sum", "mean",
-           "var", "std", "max", "min", "amax", "amin", "argmax", "argmin", "softmax", "log_softmax", "clamp",
-           "gather", "index_select", "masked_fill", "tril", "triu", "split", "chunk", "reshape", "flatten",
-           "squeeze", "unsqueeze", "transpose", "permute", "maximum", "minimum", "square", "unbind", "narrow",
-           "clone", "allclose", "numel", "topk", "sort", "argsort", "flip", "cumsum", "logsumexp", "norm", "isnan",
-           "isinf", "isfinite", "all", "any", "logical_not", "logical_and", "logical_or", "repeat", "type_as",
-           "select", "clamp_min", "clamp_max", "equal", "isclose", "broadcast_to", "reciprocal", "log1p", "expm1",
-           "floor_divide", "remainder", "nonzero", "argwhere", "prod", "roll", "repeat_interleave", "unique"):
-    globals()[_n] = _method(_n)
-clip = clamp  # noqa: F821
+def log(input, *args, **kwargs):
+    """Function form of Tensor.log."""
+    return _check_tensor(input, "log").log(*args, **kwargs)
+
+
+def sqrt(input, *args, **kwargs):
+    """Function form of Tensor.sqrt."""
+    return _check_tensor(input, "sqrt").sqrt(*args, **kwargs)
+
+
+def rsqrt(input, *args, **kwargs):
+    """Function form of Tensor.rsqrt."""
+    return _check_tensor(input, "rsqrt").rsqrt(*args, **kwargs)
+
+
+def sin(input, *args, **kwargs):
+    """Function form of Tensor.sin."""
+    return _check_tensor(input, "sin").sin(*args, **kwargs)
+
+
+def cos(input, *args, **kwargs):
+    """Function form of Tensor.cos."""
+    return _check_tensor(input, "cos").cos(*args, **kwargs)
+
+
+def tanh(input, *args, **kwargs):
+    """Function form of Tensor.tanh."""
+    return _check_tensor(input, "tanh").tanh(*args, **kwargs)
+
+
+def sigmoid(input, *args, **kwargs):
+    """Function form of Tensor.sigmoid."""
+    return _check_tensor(input, "sigmoid").sigmoid(*args, **kwargs)
+
+
+def relu(input, *args, **kwargs):
+    """Function form of Tensor.relu."""
+    return _check_tensor(input, "relu").relu(*args, **kwargs)
+
+
+def abs(input, *args, **kwargs):
+    """Function form of Tensor.abs."""
+    return _check_tensor(input, "abs").abs(*args, **kwargs)
+
+
+def neg(input, *args, **kwargs):
+    """Function form of Tensor.neg."""
+    return _check_tensor(input, "neg").neg(*args, **kwargs)
+
+
+def sum(input, *args, **kwargs):
+    """Function form of Tensor.sum."""
+    return _check_tensor(input, "sum").sum(*args, **kwargs)
+
+
+def mean(input, *args, **kwargs):
+    """Function form of Tensor.mean."""
+    return _check_tensor(input, "mean").mean(*args, **kwargs)
+
+
+def var(input, *args, **kwargs):
+    """Function form of Tensor.var."""
+    return _check_tensor(input, "var").var(*args, **kwargs)
+
+
+def std(input, *args, **kwargs):
+    """Function form of Tensor.std."""
+    return _check_tensor(input, "std").std(*args, **kwargs)
+
+
+def max(input, *args, **kwargs):
+    """Function form of Tensor.max."""
+    return _check_tensor(input, "max").max(*args, **kwargs)
+
+
+def min(input, *args, **kwargs):
+    """Function form of Tensor.min."""
+    return _check_tensor(input, "min").min(*args, **kwargs)
+
+
+def amax(input, *args, **kwargs):
+    """Function form of Tensor.amax."""
+    return _check_tensor(input, "amax").amax(*args, **kwargs)
+
+
+def amin(input, *args, **kwargs):
+    """Function form of Tensor.amin."""
+    return _check_tensor(input, "amin").amin(*args, **kwargs)
+
+
+def argmax(input, *args, **kwargs):
+    """Function form of Tensor.argmax."""
+    return _check_tensor(input, "argmax").argmax(*args, **kwargs)
+
+
+def argmin(input, *args, **kwargs):
+    """Function form of Tensor.argmin."""
+    return _check_tensor(input, "argmin").argmin(*args, **kwargs)
+
+
+def softmax(input, *args, **kwargs):
+    """Function form of Tensor.softmax."""
+    return _check_tensor(input, "softmax").softmax(*args, **kwargs)
+
+
+def log_softmax(input, *args, **kwargs):
+    """Function form of Tensor.log_softmax."""
+    return _check_tensor(input, "log_softmax").log_softmax(*args, **kwargs)
+
+
+def clamp(input, *args, **kwargs):
+    """Function form of Tensor.clamp."""
+    return _check_tensor(input, "clamp").clamp(*args, **kwargs)
+
+
+def gather(input, *args, **kwargs):
+    """Function form of Tensor.gather."""
+    return _check_tensor(input, "gather").gather(*args, **kwargs)
+
+
+def index_select(input, *args, **kwargs):
+    """Function form of Tensor.index_select."""
+    return _check_tensor(input, "index_select").index_select(*args, **kwargs)
+
+
+def masked_fill(input, *args, **kwargs):
+    """Function form of Tensor.masked_fill."""
+    return _check_tensor(input, "masked_fill").masked_fill(*args, **kwargs)
+
+
+def tril(input, *args, **kwargs):
+    """Function form of Tensor.tril."""
+    return _check_tensor(input, "tril").tril(*args, **kwargs)
+
+
+def triu(input, *args, **kwargs):
+    """Function form of Tensor.triu."""
+    return _check_tensor(input, "triu").triu(*args, **kwargs)
+
+
+def split(input, *args, **kwargs):
+    """Function form of Tensor.split."""
+    return _check_tensor(input, "split").split(*args, **kwargs)
+
+
+def chunk(input, *args, **kwargs):
+    """Function form of Tensor.chunk."""
+    return _check_tensor(input, "chunk").chunk(*args, **kwargs)
+
+
+def reshape(input, *args, **kwargs):
+    """Function form of Tensor.reshape."""
+    return _check_tensor(input, "reshape").reshape(*args, **kwargs)
+
+
+def flatten(input, *args, **kwargs):
+    """Function form of Tensor.flatten."""
+    return _check_tensor(input, "flatten").flatten(*args, **kwargs)
+
+
+def squeeze(input, *args, **kwargs):
+    """Function form of Tensor.squeeze."""
+    return _check_tensor(input, "squeeze").squeeze(*args, **kwargs)
+
+
+def unsqueeze(input, *args, **kwargs):
+    """Function form of Tensor.unsqueeze."""
+    return _check_tensor(input, "unsqueeze").unsqueeze(*args, **kwargs)
+
+
+def transpose(input, *args, **kwargs):
+    """Function form of Tensor.transpose."""
+    return _check_tensor(input, "transpose").transpose(*args, **kwargs)
+
+
+def permute(input, *args, **kwargs):
+    """Function form of Tensor.permute."""
+    return _check_tensor(input, "permute").permute(*args, **kwargs)
+
+
+def maximum(input, *args, **kwargs):
+    """Function form of Tensor.maximum."""
+    return _check_tensor(input, "maximum").maximum(*args, **kwargs)
+
+
+def minimum(input, *args, **kwargs):
+    """Function form of Tensor.minimum."""
+    return _check_tensor(input, "minimum").minimum(*args, **kwargs)
+
+
+def square(input, *args, **kwargs):
+    """Function form of Tensor.square."""
+    return _check_tensor(input, "square").square(*args, **kwargs)
+
+
+def unbind(input, *args, **kwargs):
+    """Function form of Tensor.unbind."""
+    return _check_tensor(input, "unbind").unbind(*args, **kwargs)
+
+
+def narrow(input, *args, **kwargs):
+    """Function form of Tensor.narrow."""
+    return _check_tensor(input, "narrow").narrow(*args, **kwargs)
+
+
+def clone(input, *args, **kwargs):
+    """Function form of Tensor.clone."""
+    return _check_tensor(input, "clone").clone(*args, **kwargs)
+
+
+def allclose(input, *args, **kwargs):
+    """Function form of Tensor.allclose."""
+    return _check_tensor(input, "allclose").allclose(*args, **kwargs)
+
+
+def numel(input, *args, **kwargs):
+    """Function form of Tensor.numel."""
+    return _check_tensor(input, "numel").numel(*args, **kwargs)
+
+
+def topk(input, *args, **kwargs):
+    """Function form of Tensor.topk."""
+    return _check_tensor(input, "topk").topk(*args, **kwargs)
+
+
+def sort(input, *args, **kwargs):
+    """Function form of Tensor.sort."""
+    return _check_tensor(input, "sort").sort(*args, **kwargs)
+
+
+def argsort(input, *args, **kwargs):
+    """Function form of Tensor.argsort."""
+    return _check_tensor(input, "argsort").argsort(*args, **kwargs)
+
+
+def flip(input, *args, **kwargs):
+    """Function form of Tensor.flip."""
+    return _check_tensor(input, "flip").flip(*args, **kwargs)
+
+
+def cumsum(input, *args, **kwargs):
+    """Function form of Tensor.cumsum."""
+    return _check_tensor(input, "cumsum").cumsum(*args, **kwargs)
+
+
+def logsumexp(input, *args, **kwargs):
+    """Function form of Tensor.logsumexp."""
+    return _check_tensor(input, "logsumexp").logsumexp(*args, **kwargs)
+
+
+def norm(input, *args, **kwargs):
+    """Function form of Tensor.norm."""
+    return _check_tensor(input, "norm").norm(*args, **kwargs)
+
+
+def isnan(input, *args, **kwargs):
+    """Function form of Tensor.isnan."""
+    return _check_tensor(input, "isnan").isnan(*args, **kwargs)
+
+
+def isinf(input, *args, **kwargs):
+    """Function form of Tensor.isinf."""
+    return _check_tensor(input, "isinf").isinf(*args, **kwargs)
+
+
+def isfinite(input, *args, **kwargs):
+    """Function form of Tensor.isfinite."""
+    return _check_tensor(input, "isfinite").isfinite(*args, **kwargs)
+
+
+def all(input, *args, **kwargs):
+    """Function form of Tensor.all."""
+    return _check_tensor(input, "all").all(*args, **kwargs)
+
+
+def any(input, *args, **kwargs):
+    """Function form of Tensor.any."""
+    return _check_tensor(input, "any").any(*args, **kwargs)
+
+
+def logical_not(input, *args, **kwargs):
+    """Function form of Tensor.logical_not."""
+    return _check_tensor(input, "logical_not").logical_not(*args, **kwargs)
+
+
+def logical_and(input, *args, **kwargs):
+    """Function form of Tensor.logical_and."""
+    return _check_tensor(input, "logical_and").logical_and(*args, **kwargs)
+
+
+def logical_or(input, *args, **kwargs):
+    """Function form of Tensor.logical_or."""
+    return _check_tensor(input, "logical_or").logical_or(*args, **kwargs)
+
+
+def repeat(input, *args, **kwargs):
+    """Function form of Tensor.repeat."""
+    return _check_tensor(input, "repeat").repeat(*args, **kwargs)
+
+
+def type_as(input, *args, **kwargs):
+    """Function form of Tensor.type_as."""
+    return _check_tensor(input, "type_as").type_as(*args, **kwargs)
+
+
+def select(input, *args, **kwargs):
+    """Function form of Tensor.select."""
+    return _check_tensor(input, "select").select(*args, **kwargs)
+
+
+def clamp_min(input, *args, **kwargs):
+    """Function form of Tensor.clamp_min."""
+    return _check_tensor(input, "clamp_min").clamp_min(*args, **kwargs)
+
+
+def clamp_max(input, *args, **kwargs):
+    """Function form of Tensor.clamp_max."""
+    return _check_tensor(input, "clamp_max").clamp_max(*args, **kwargs)
+
+
+def equal(input, *args, **kwargs):
+    """Function form of Tensor.equal."""
+    return _check_tensor(input, "equal").equal(*args, **kwargs)
+
+
+def isclose(input, *args, **kwargs):
+    """Function form of Tensor.isclose."""
+    return _check_tensor(input, "isclose").isclose(*args, **kwargs)
+
+
+def broadcast_to(input, *args, **kwargs):
+    """Function form of Tensor.broadcast_to."""
+    return _check_tensor(input, "broadcast_to").broadcast_to(*args, **kwargs)
+
+
+def reciprocal(input, *args, **kwargs):
+    """Function form of Tensor.reciprocal."""
+    return _check_tensor(input, "reciprocal").reciprocal(*args, **kwargs)
+
+
+def log1p(input, *args, **kwargs):
+    """Function form of Tensor.log1p."""
+    return _check_tensor(input, "log1p").log1p(*args, **kwargs)
+
+
+def expm1(input, *args, **kwargs):
+    """Function form of Tensor.expm1."""
+    return _check_tensor(input, "expm1").expm1(*args, **kwargs)
+
+
+def erf(input, *args, **kwargs):
+    """Function form of Tensor.erf."""
+    return _check_tensor(input, "erf").erf(*args, **kwargs)
+
+
+def floor_divide(input, *args, **kwargs):
+    """Function form of Tensor.floor_divide."""
+    return _check_tensor(input, "floor_divide").floor_divide(*args, **kwargs)
+
+
+def remainder(input, *args, **kwargs):
+    """Function form of Tensor.remainder."""
+    return _check_tensor(input, "remainder").remainder(*args, **kwargs)
+
+
+def nonzero(input, *args, **kwargs):
+    """Function form of Tensor.nonzero."""
+    return _check_tensor(input, "nonzero").nonzero(*args, **kwargs)
+
+
+def argwhere(input, *args, **kwargs):
+    """Function form of Tensor.argwhere."""
+    return _check_tensor(input, "argwhere").argwhere(*args, **kwargs)
+
+
+def prod(input, *args, **kwargs):
+    """Function form of Tensor.prod."""
+    return _check_tensor(input, "prod").prod(*args, **kwargs)
+
+
+def roll(input, *args, **kwargs):
+    """Function form of Tensor.roll."""
+    return _check_tensor(input, "roll").roll(*args, **kwargs)
+
+
+def repeat_interleave(input, *args, **kwargs):
+    """Function form of Tensor.repeat_interleave."""
+    return _check_tensor(input, "repeat_interleave").repeat_interleave(*args, **kwargs)
+
+
+def unique(input, *args, **kwargs):
+    """Function form of Tensor.unique."""
+    return _check_tensor(input, "unique").unique(*args, **kwargs)
+
+
+clip = clamp
 
 
 def meshgrid(*tensors, indexing="ij"):
@@ -355,10 +740,6 @@ def pow(a, b):
 
 def is_tensor(x):
     return isinstance(x, Tensor)
-
-
-def numel(x):
-    return x.numel()
 
 
 def eye(n, m=None, dtype=None, device=None, requires_grad=False):
