@@ -36,6 +36,7 @@ class Case:
     atol: float = 1e-12
     dtypes: tuple = ("float64", "float32")  # dtypes the forward is compared in
     grad_inputs: tuple = None  # indices of inputs to differentiate (default: every float input)
+    grad_data: Callable = None  # rng -> inputs for the gradient check (default: `inputs`)
 
 
 def _x(*shape, lo=-2.0, hi=2.0):
@@ -162,6 +163,20 @@ def _clip_case():
     return Case(inputs=_xy((3, 4), (7,)), fn=fn, ref=ref, covers=("scale",), rtol=1e-6)
 
 
+def _int_pair(rng):
+    """Integer-valued floats, divisors away from 0: valid in every dtype, float or integer."""
+    a = np.round(rng.uniform(-9, 9, (3, 4)))
+    b = np.round(rng.uniform(1, 3, (4,))) * rng.choice([-1.0, 1.0], (4,))
+    return [a, b]
+
+
+def _ints(rng):
+    return [rng.integers(-50, 50, (3, 4)).astype(np.float64), rng.integers(-50, 50, (3, 4)).astype(np.float64)]
+
+
+_INT_DTYPES = ("int64", "int32", "bool")
+
+
 def _idx(rng, n, shape):
     return rng.integers(0, n, shape).astype(np.int64)
 
@@ -221,6 +236,15 @@ CASES = {
                    ref=lambda a, b, _o=name: getattr(operator, _o)(a, b))
         for name in ("eq", "ne", "lt", "le", "gt", "ge")
     },
+    "floor_divide": Case(inputs=_int_pair, fn=lambda a, b: a // b, ref=np.floor_divide,
+                         dtypes=("float64", "float32", "int64", "int32")),
+    "remainder": Case(inputs=_int_pair, fn=lambda a, b: a % b, ref=np.mod,
+                      dtypes=("float64", "float32", "int64", "int32"), grad=True,
+                      grad_data=lambda rng: [rng.uniform(0.1, 0.9, (3, 4)) + np.arange(4) * 2,
+                                             rng.uniform(1.5, 1.9, (4,))]),
+    "bitwise_and": Case(inputs=_ints, fn=lambda a, b: a & b, ref=np.bitwise_and, dtypes=_INT_DTYPES),
+    "bitwise_or": Case(inputs=_ints, fn=lambda a, b: a | b, ref=np.bitwise_or, dtypes=_INT_DTYPES),
+    "bitwise_xor": Case(inputs=_ints, fn=lambda a, b: a ^ b, ref=np.bitwise_xor, dtypes=_INT_DTYPES),
     "where": Case(inputs=_xy((3, 4), (4,)), fn=lambda a, b: dc.where(a > 0, a, b),
                   ref=lambda a, b: np.where(a > 0, a, b), grad=True),
     # reductions
@@ -248,6 +272,13 @@ CASES = {
                          fn=lambda x, i: x.index_select(0, i), ref=lambda x, i: x[i], grad=True,
                          covers=("index_add",), grad_inputs=(0,)),
     "tril": Case(inputs=_x(4, 5), fn=lambda x: x.tril(1), ref=lambda x: np.tril(x, 1), grad=True),
+    # scans, sort orders, nonzero
+    "cumsum": Case(inputs=_x(3, 4, 5), fn=lambda x: x.cumsum(1), ref=lambda x: np.cumsum(x, axis=1), grad=True,
+                   dtypes=("float64", "float32", "int64", "bool"), rtol=1e-7),
+    "argsort": Case(inputs=lambda rng: [np.round(rng.uniform(-3, 3, (4, 9)))], fn=lambda x: x.argsort(dim=1),
+                    ref=lambda x: np.argsort(x, axis=1, kind="stable"), dtypes=("float64", "float32", "int64")),
+    "nonzero": Case(inputs=lambda rng: [np.round(rng.uniform(-1, 1, (3, 5)))], fn=lambda x: x.nonzero(),
+                    ref=np.argwhere, dtypes=("float64", "int64", "bool")),
     # fused optimizer steps and gradient-norm helpers
     "sgd_step": _sgd_case(),
     "adamw_step": _adamw_case(),
@@ -286,8 +317,12 @@ def test_table_lists_the_cpu_kernel_of_every_op():
 
 
 def _to(a, dtype, device):
-    if a.dtype == np.int64:
+    if a.dtype == np.int64:  # indices stay int64
         return dc.tensor(a, device=device)
+    if dtype == "bool":
+        return dc.tensor(a > 0, device=device)
+    if dtype.startswith("int"):
+        return dc.tensor(a.astype(dtype), device=device)
     return dc.tensor(a, dtype=getattr(dc, dtype), device=device)
 
 
@@ -319,6 +354,8 @@ def test_op(name, device, rng):
             np.testing.assert_allclose(got, ref, rtol=case.rtol, atol=case.atol, err_msg=name)
     if not case.grad:
         return
+    if case.grad_data is not None:
+        inputs = case.grad_data(rng)
     which = case.grad_inputs if case.grad_inputs is not None else [
         k for k, a in enumerate(inputs) if a.dtype != np.int64]
     cpu = [_to(a, "float64", "cpu") for a in inputs]

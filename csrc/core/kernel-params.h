@@ -45,6 +45,16 @@ struct dc_tril_params {
     int upper; /* triu */
 };
 
+struct dc_scan_params {
+    int64_t dim;
+    int reverse; /* accumulate from the end of the dim */
+};
+
+struct dc_sort_params {
+    int64_t dim;
+    int descending;
+};
+
 struct dc_sgd_params {
     double lr, momentum, dampening, weight_decay;
     int nesterov, maximize, first; /* first: the momentum buffer is initialised from the grad */
@@ -75,6 +85,8 @@ typedef union {
     struct dc_dim_params dim;
     struct dc_layernorm_params layernorm;
     struct dc_tril_params tril;
+    struct dc_scan_params scan;
+    struct dc_sort_params sort;
     struct dc_sgd_params sgd;
     struct dc_adamw_params adamw;
     struct dc_norm_params norm;

@@ -58,9 +58,16 @@ static inline dc_status need_float(const dc_tensor *t, const char *op)
     return DC_OK;
 }
 
-/* Refuse in-place writes autograd cannot track; bump the version counter otherwise. */
+/* Refuse in-place writes autograd cannot track, and writes into memory several elements share (an
+ * expanded, stride-0 view: which write wins would be undefined); bump the version counter otherwise. */
 static inline dc_status begin_inplace(dc_tensor *t, const char *op)
 {
+    for (int d = 0; d < t->ndim; d++)
+        if (t->strides[d] == 0 && t->shape[d] > 1)
+            return dc_error(DC_ERR_VALUE,
+                            "%s: more than one element of the written-to tensor (shape %s, an expanded view) refers "
+                            "to a single memory location; clone() it before writing in place",
+                            op, DC_SHAPE(t));
     if (dc_grad_enabled() && t->requires_grad)
         return dc_error(DC_ERR_AUTOGRAD,
                         "%s: a tensor that requires grad (shape %s) can't be modified in place while "

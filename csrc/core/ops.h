@@ -79,6 +79,11 @@ dc_status dc_gather(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
 dc_status dc_index_select(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
 dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper);
 
+/* --- scans, sort orders, nonzero (ops_scan.c) ---------------------------------------------- */
+dc_status dc_cumsum(dc_tensor **out, dc_tensor *x, int dim);                  /* int/bool -> int64; floats keep dtype */
+dc_status dc_argsort(dc_tensor **out, dc_tensor *x, int dim, int descending); /* stable; NaN largest */
+dc_status dc_nonzero(dc_tensor **out, dc_tensor *x);                          /* (count, ndim) int64, row-major order */
+
 /* --- fused multi-tensor optimizer steps (in place, no autograd) -------------------------------- */
 dc_status dc_sgd_step(int n, dc_tensor *const *params, dc_tensor *const *grads, dc_tensor *const *bufs, double lr,
                       double momentum, double dampening, double wd, int nesterov, int maximize, int first);

@@ -348,6 +348,27 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
         dc_tensor_decref(gh);
         return st;
     }
+    case DC_OP_FLOOR_DIVIDE: /* piecewise constant: zero gradient, as torch */
+        for (int side = 0; side < 2; side++)
+            if (n->next[side])
+                DC_TRY(dc_zeros_of(&gin[side], n->in_ndim[side], n->in_shape[side], g->dtype, g->device));
+        return DC_OK;
+    case DC_OP_REMAINDER: /* a - floor(a / b) * b: ga = g, gb = -g * floor(a / b) */
+        if (ga) {
+            dc_tensor_incref(g);
+            DC_TRY(reduce_into(n, 0, g, gin));
+        }
+        if (gb) {
+            DC_TRY(dc_binary(&t, DC_OP_FLOOR_DIVIDE, a, b));
+            st = dc_binary(&u, DC_OP_MUL, g, t);
+            dc_tensor_decref(t);
+            if (st) return st;
+            st = dc_unary(&t, DC_OP_NEG, u);
+            dc_tensor_decref(u);
+            if (st) return st;
+            DC_TRY(reduce_into(n, 1, t, gin));
+        }
+        return DC_OK;
     default: return dc_error(DC_ERR_INTERNAL, "no backward for binary op %s", dc_op_names[op]);
     }
 }

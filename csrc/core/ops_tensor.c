@@ -475,6 +475,11 @@ dc_status dc_expand(dc_tensor **out, dc_tensor *x, int ndim, const int64_t *in)
                             (long long)want, (long long)have, d, DC_SHAPE(x), dc_shape_str(ndim, in));
         }
     }
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++)
+        if (__builtin_mul_overflow(numel, shape[d], &numel))
+            return dc_error(DC_ERR_SHAPE, "expand: shape %s has more elements than an int64 can count",
+                            dc_shape_str(ndim, shape));
     return make_view(out, x, ndim, shape, strides, x->offset, "ExpandBackward", expand_backward, NULL, 0);
 }
 

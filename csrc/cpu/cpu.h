@@ -327,6 +327,10 @@ dc_status dc_cpu_scatter_add(const dc_kargs *a);
 dc_status dc_cpu_index_select(const dc_kargs *a);
 dc_status dc_cpu_index_add(const dc_kargs *a);
 dc_status dc_cpu_tril(const dc_kargs *a);
+/* sort.c, scan.c */
+dc_status dc_cpu_argsort(const dc_kargs *a);
+dc_status dc_cpu_nonzero(const dc_kargs *a);
+dc_status dc_cpu_cumsum(const dc_kargs *a);
 /* optim.c */
 dc_status dc_cpu_sgd(const dc_kargs *a);
 dc_status dc_cpu_adamw(const dc_kargs *a);

@@ -247,6 +247,7 @@ typedef struct {
     dc_op op;
     double lo, hi, e;
     int has_lo, has_hi;
+    atomic_int *zero_div; /* integer floor_divide/remainder: set when a divisor is 0 */
 } ew_ctx;
 
 #define UN_LOOP(T, EXPR)                                                \
@@ -330,7 +331,7 @@ DEF_UNARY_INT(unary_i64, int64_t, uint64_t, INT64_MIN, INT64_MAX)
 
 static ew_ctx ew_ctx_of(const dc_kargs *a)
 {
-    ew_ctx c = { a->op, 0, 0, 0, 0, 0 };
+    ew_ctx c = { a->op, 0, 0, 0, 0, 0, NULL };
     if (dc_op_info[a->op].params[0] == 'c') { /* clamp, clamp_backward */
         const struct dc_clamp_params *p = &a->p.clamp;
         c.lo = p->lo, c.hi = p->hi, c.has_lo = p->has_lo, c.has_hi = p->has_hi;
@@ -420,6 +421,23 @@ dc_status dc_cpu_unary(const dc_kargs *a)
         s_ *((T)1 + x_ * ((T)1 - s_));                 \
     })
 
+/* Python's (and torch's) floor division and modulo for floats: the remainder has the divisor's sign
+ * and the quotient is exact where a naive floor(a / b) rounds across an integer (fmod first). */
+static inline double floor_div_f(double a, double b)
+{
+    if (b == 0) return a / b;
+    double m = fmod(a, b), d = (a - m) / b;
+    if (m != 0 && ((b < 0) != (m < 0))) d -= 1;
+    if (d == 0) return copysign(0.0, a / b);
+    double f = floor(d);
+    return d - f > 0.5 ? f + 1 : f;
+}
+static inline double remainder_f(double a, double b)
+{
+    double m = fmod(a, b);
+    return (m != 0 && ((b < 0) != (m < 0))) ? m + b : m;
+}
+
 /* maximum/minimum propagate NaN from either side, as torch.maximum does. */
 #define DEF_BINARY_FLOAT(NAME, T)                                                                  \
     CPU_SIMD static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)             \
@@ -441,6 +459,8 @@ dc_status dc_cpu_unary(const dc_kargs *a)
         case DC_OP_SIGMOID_BWD: BIN_LOOP(T, a *b *((T)1 - b)); break;                              \
         case DC_OP_TANH_BWD: BIN_LOOP(T, a *((T)1 - b * b)); break;                                \
         case DC_OP_CLAMP_BWD: BIN_LOOP(T, (b >= lo && b <= hi) ? a : (T)0); break;                 \
+        case DC_OP_FLOOR_DIVIDE: BIN_LOOP(T, floor_div_f(a, b)); break;                            \
+        case DC_OP_REMAINDER: BIN_LOOP(T, remainder_f(a, b)); break;                               \
         case DC_OP_LOG1P_BWD: BIN_LOOP(T, a / ((T)1 + b)); break;                                  \
         case DC_OP_EXPM1_BWD: BIN_LOOP(T, a *(b + (T)1)); break;                                   \
         case DC_OP_ERF_BWD: BIN_LOOP(T, a *(T)1.1283791670955126 * cpu_exp(-b * b)); break;        \
@@ -451,21 +471,48 @@ DEF_BINARY_FLOAT(binary_f32, float)
 DEF_BINARY_FLOAT(binary_f64, double)
 
 /* Integer arithmetic wraps (through the unsigned type) instead of being UB on overflow. */
-#define DEF_BINARY_INT(NAME, T, UT)                                           \
-    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx) \
-    {                                                                         \
-        const ew_ctx *c = vctx;                                               \
-        switch (c->op) {                                                      \
-        case DC_OP_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;               \
-        case DC_OP_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;               \
-        case DC_OP_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;               \
-        case DC_OP_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                \
-        case DC_OP_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                \
-        default: break;                                                       \
-        }                                                                     \
+#define DEF_BINARY_INT(NAME, T, UT)                                                                   \
+    static void NAME(char **p, const int64_t *s, int64_t n, const void *vctx)                         \
+    {                                                                                                 \
+        const ew_ctx *c = vctx;                                                                       \
+        switch (c->op) {                                                                              \
+        case DC_OP_ADD: BIN_LOOP(T, (T)((UT)a + (UT)b)); break;                                       \
+        case DC_OP_SUB: BIN_LOOP(T, (T)((UT)a - (UT)b)); break;                                       \
+        case DC_OP_MUL: BIN_LOOP(T, (T)((UT)a * (UT)b)); break;                                       \
+        case DC_OP_MAXIMUM: BIN_LOOP(T, a > b ? a : b); break;                                        \
+        case DC_OP_MINIMUM: BIN_LOOP(T, a < b ? a : b); break;                                        \
+        case DC_OP_BITWISE_AND: BIN_LOOP(T, a &b); break;                                             \
+        case DC_OP_BITWISE_OR: BIN_LOOP(T, a | b); break;                                             \
+        case DC_OP_BITWISE_XOR: BIN_LOOP(T, a ^ b); break;                                            \
+        case DC_OP_FLOOR_DIVIDE:                                                                      \
+            BIN_LOOP(T, b == 0    ? (atomic_store(c->zero_div, 1), (T)0)                              \
+                        : b == -1 ? (T)(0u - (UT)a)                                                   \
+                                  : (T)(a / b - ((a % b != 0) && ((a < 0) != (b < 0)))));             \
+            break;                                                                                    \
+        case DC_OP_REMAINDER:                                                                         \
+            BIN_LOOP(T, b == 0    ? (atomic_store(c->zero_div, 1), (T)0)                              \
+                        : b == -1 ? (T)0                                                              \
+                                  : (T)(a % b + ((a % b != 0 && ((a % b < 0) != (b < 0))) ? b : 0))); \
+            break;                                                                                    \
+        default: break;                                                                               \
+        }                                                                                             \
     }
 DEF_BINARY_INT(binary_i32, int32_t, uint32_t)
 DEF_BINARY_INT(binary_i64, int64_t, uint64_t)
+
+/* bool: the bitwise ops (torch's & | ^ on masks) and maximum/minimum (or/and). */
+static void binary_u8(char **p, const int64_t *s, int64_t n, const void *vctx)
+{
+    const ew_ctx *c = vctx;
+    switch (c->op) {
+    case DC_OP_BITWISE_AND:
+    case DC_OP_MINIMUM: BIN_LOOP(uint8_t, a & b); break;
+    case DC_OP_BITWISE_OR:
+    case DC_OP_MAXIMUM: BIN_LOOP(uint8_t, a | b); break;
+    case DC_OP_BITWISE_XOR: BIN_LOOP(uint8_t, a ^ b); break;
+    default: break;
+    }
+}
 
 dc_status dc_cpu_binary(const dc_kargs *a)
 {
@@ -473,23 +520,31 @@ dc_status dc_cpu_binary(const dc_kargs *a)
     dc_dtype dt = v[0]->dtype;
     if (v[1]->dtype != dt) return cpu_bad_dtype(a->op, v[1]->dtype);
     if (v[2]->dtype != dt) return cpu_bad_dtype(a->op, v[2]->dtype);
-    int int_ok = a->op == DC_OP_ADD || a->op == DC_OP_SUB || a->op == DC_OP_MUL || a->op == DC_OP_MAXIMUM ||
-                 a->op == DC_OP_MINIMUM;
+    const dc_op op = a->op;
+    int bitwise = op == DC_OP_BITWISE_AND || op == DC_OP_BITWISE_OR || op == DC_OP_BITWISE_XOR;
+    int int_ok = bitwise || op == DC_OP_ADD || op == DC_OP_SUB || op == DC_OP_MUL || op == DC_OP_MAXIMUM ||
+                 op == DC_OP_MINIMUM || op == DC_OP_FLOOR_DIVIDE || op == DC_OP_REMAINDER;
+    int bool_ok = bitwise || op == DC_OP_MAXIMUM || op == DC_OP_MINIMUM;
     cpu_inner_fn fn;
     switch (dt) {
-    case DC_FLOAT32: fn = binary_f32; break;
-    case DC_FLOAT64: fn = binary_f64; break;
+    case DC_FLOAT32: fn = bitwise ? NULL : binary_f32; break;
+    case DC_FLOAT64: fn = bitwise ? NULL : binary_f64; break;
     case DC_INT32: fn = int_ok ? binary_i32 : NULL; break;
     case DC_INT64: fn = int_ok ? binary_i64 : NULL; break;
+    case DC_BOOL: fn = bool_ok ? binary_u8 : NULL; break;
     default: fn = NULL; break;
     }
     if (!fn) return cpu_bad_dtype(a->op, dt);
+    atomic_int zero_div = 0;
     ew_ctx c = ew_ctx_of(a);
+    c.zero_div = &zero_div;
     cpu_iter it;
     cpu_iter_init(&it, 3, v, 1);
     int cheap =
         a->op != DC_OP_POW && a->op != DC_OP_GELU_TANH_BWD && a->op != DC_OP_GELU_ERF_BWD && a->op != DC_OP_SILU_BWD;
     cpu_iter_run(&it, fn, &c, cheap ? DC_CPU_PAR_MIN : DC_CPU_PAR_MIN / 4);
+    if (atomic_load(&zero_div))
+        return dc_error(DC_ERR_VALUE, "ZeroDivisionError: integer %s by zero", dc_op_names[a->op]);
     return DC_OK;
 }
 

@@ -586,6 +586,48 @@ static PyObject *f_tril(PyObject *m, PyObject *args)
     RUN_WRAP(dc_tril(&out, x, diag, upper), out);
 }
 
+/* --- scans, sort orders, nonzero -------------------------------------------------------------- */
+
+/* A dim argument as a C int; anything outside int's range is out of range for every tensor. */
+static int dim_of(long long d, const char *op, int *out)
+{
+    if (d < -DC_MAX_DIMS - 1 || d > DC_MAX_DIMS) {
+        dc_py_raise(dc_error(DC_ERR_INDEX, "%s: dim %lld is out of range", op, d));
+        return 0;
+    }
+    *out = (int)d;
+    return 1;
+}
+
+static PyObject *f_cumsum(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    long long d;
+    int dim;
+    if (!PyArg_ParseTuple(args, "O&L:cumsum", conv_tensor, &x, &d) || !dim_of(d, "cumsum", &dim)) return NULL;
+    RUN_WRAP(dc_cumsum(&out, x, dim), out);
+}
+
+static PyObject *f_argsort(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    long long d;
+    int dim, desc = 0;
+    if (!PyArg_ParseTuple(args, "O&L|p:argsort", conv_tensor, &x, &d, &desc) || !dim_of(d, "argsort", &dim))
+        return NULL;
+    RUN_WRAP(dc_argsort(&out, x, dim, desc), out);
+}
+
+static PyObject *f_nonzero(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    dc_tensor *x = dc_py_tensor(arg, "nonzero() argument"), *out;
+    if (!x) return NULL;
+    RUN_WRAP(dc_nonzero(&out, x), out);
+}
+
 /* --- optimizers ------------------------------------------------------------------------------ */
 
 static int same_len(const tensor_list *a, const tensor_list *b, const char *op, const char *what)
@@ -815,6 +857,9 @@ static PyMethodDef module_methods[] = {
     F(cat, METH_VARARGS),
     F(gather, METH_VARARGS),
     F(tril, METH_VARARGS),
+    F(cumsum, METH_VARARGS),
+    F(argsort, METH_VARARGS),
+    F(nonzero, METH_O),
     F(sgd_step, METH_VARARGS),
     F(adamw_step, METH_VARARGS),
     F(grad_norm, METH_VARARGS),

@@ -9,7 +9,7 @@ import math
 
 from . import _C
 from ._dtype import as_device, as_dtype, bfloat16, bool_, float32, float64, int64
-from ._tensor import Tensor, _norm_size, where  # noqa: F401
+from ._tensor import Tensor, _norm_size, _py_number, where  # noqa: F401
 
 _default_dtype = float32
 
@@ -111,8 +111,8 @@ def full(size, fill_value, dtype=None, device=None, requires_grad=False):
         size = (size,)
     if dtype is None:
         dtype = bool_ if isinstance(fill_value, bool) else int64 if isinstance(fill_value, int) else _default_dtype
-    return _finish(_C.full(_norm_size((size,)), float(fill_value), as_dtype(dtype).id, *as_device(device)._tuple),
-                   requires_grad)
+    return _finish(_C.full(_norm_size((size,)), _py_number(fill_value), as_dtype(dtype).id,
+                           *as_device(device)._tuple), requires_grad)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):

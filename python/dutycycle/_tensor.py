@@ -526,7 +526,7 @@ class Tensor(_C.TensorBase):
         return self
 
     def fill_(self, value):
-        _C.fill_(self, float(value))
+        _C.fill_(self, _py_number(value))
         return self
 
     def zero_(self):
@@ -710,12 +710,30 @@ class Tensor(_C.TensorBase):
         return self._bin(_ops.eq, False)
 
     def __and__(self, other):
-        a, b = _coerce(self, other)
-        return _ops.minimum(a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("&")
+        return self._bitwise(_ops.bitwise_and, other, "&")
 
     def __or__(self, other):
+        return self._bitwise(_ops.bitwise_or, other, "|")
+
+    def __xor__(self, other):
+        return self._bitwise(_ops.bitwise_xor, other, "^")
+
+    __rand__ = __and__
+    __ror__ = __or__
+    __rxor__ = __xor__
+
+    def _bitwise(self, op, other, sym):
+        if self.dtype.is_floating_point or (isinstance(other, Tensor) and other.dtype.is_floating_point) or \
+                isinstance(other, float):
+            raise TypeError(f"{sym} is only supported on integer and bool tensors, got {self.dtype.name}")
+        if self.dtype == bool_ and isinstance(other, bool):
+            return op(self, _C.full((), other, bool_.id, *self._device_tuple))
         a, b = _coerce(self, other)
-        return _ops.maximum(a.long(), b.long()).bool() if a.dtype == bool_ else _unsupported("|")
+        return op(a, b)
+
+    bitwise_and = __and__
+    bitwise_or = __or__
+    bitwise_xor = __xor__
 
     add = __add__
     sub = __sub__
@@ -821,38 +839,30 @@ class Tensor(_C.TensorBase):
     def erf(self):
         return _ops.erf(self)
 
-    def _np_binary(self, other, fn, name):
-        import numpy as np
-
-        if self.requires_grad or (isinstance(other, Tensor) and other.requires_grad):
-            raise NotImplementedError(f"{name} has no gradient; use it on detached tensors")
-        a = self.detach().cpu().numpy()
-        b = other.detach().cpu().numpy() if isinstance(other, Tensor) else other
-        out = np.asarray(fn(a, b))
-        if isinstance(other, Tensor) and other.dtype != self.dtype:
-            raise _C.DTypeError(f"{name}: dtype mismatch: {self.dtype.name} and {other.dtype.name}")
-        return _tensor_from(out.astype(self.dtype._np if out.dtype.kind != "b" else out.dtype), device=self.device)
-
     def __floordiv__(self, other):
-        import numpy as np
+        a, b = _coerce(self, other)
+        return _ops.floor_divide(a, b)
 
-        return self._np_binary(other, np.floor_divide, "floor_divide")
+    def __rfloordiv__(self, other):
+        b, a = _coerce(self, other)
+        return _ops.floor_divide(a, b)
 
     def __mod__(self, other):
-        import numpy as np
+        a, b = _coerce(self, other)
+        return _ops.remainder(a, b)
 
-        return self._np_binary(other, np.mod, "remainder")
+    def __rmod__(self, other):
+        b, a = _coerce(self, other)
+        return _ops.remainder(a, b)
 
     floor_divide = __floordiv__
     remainder = __mod__
 
     def nonzero(self, as_tuple=False):
-        import numpy as np
-
-        nz = np.nonzero(self.detach().cpu().numpy())
+        nz = _C.nonzero(self)  # (count, ndim); counting the elements is a sync point on a GPU, as in torch
         if as_tuple:
-            return tuple(_tensor_from(i.astype("int64"), dtype=int64, device=self.device) for i in nz)
-        return _tensor_from(np.stack(nz, 1).astype("int64").reshape(-1, self.ndim), dtype=int64, device=self.device)
+            return tuple(nz[:, d] for d in range(self.ndim)) if self.ndim else (nz.reshape(-1),)
+        return nz
 
     argwhere = nonzero
 
@@ -969,31 +979,34 @@ class Tensor(_C.TensorBase):
 
     def unique(self, sorted=True, return_inverse=False, return_counts=False, dim=None):
         """The distinct values, sorted (torch.unique); optionally the index of each input entry in them
-        (shaped like the input) and how often each value occurs. No gradient."""
-        import numpy as np
-
+        (shaped like the input) and how often each value occurs. No gradient. Built from C ops: a
+        stable sort, a comparison of neighbours, a running count and nonzero (whose count is the one
+        sync point on a GPU)."""
         if dim is not None:
             raise NotImplementedError("unique(dim=...) is not supported; use unique() on the flattened values")
-        a = self.detach().cpu()
-        a = (a.float() if a.dtype == bfloat16 else a).numpy()
-        vals, inv, counts = np.unique(a.reshape(-1), return_inverse=True, return_counts=True)
-        out = _tensor_from(vals.astype(a.dtype), device=self.device).to(self.dtype)
+        flat = self.detach().reshape(-1)
+        n = flat.shape[0]
+        order = _C.argsort(flat, 0)
+        vals = _C.gather(flat, 0, order)
+        if n:
+            first = _C.cat([_C.full((1,), True, bool_.id, *self._device_tuple), vals[1:] != vals[:-1]], 0)
+        else:
+            first = _C.full((0,), False, bool_.id, *self._device_tuple)
+        starts = _C.nonzero(first).reshape(-1)  # position of each distinct value in the sorted order
+        out = _C.gather(vals, 0, starts)
         extra = []
-        if return_inverse:
-            extra.append(_tensor_from(inv.reshape(self.shape).astype("int64"), dtype=int64, device=self.device))
+        if return_inverse:  # group number of each sorted entry, scattered back to the input's order
+            group = _C.cumsum(first, 0) - 1
+            back = _C.argsort(order, 0)  # the inverse permutation of the sort order
+            extra.append(_C.gather(group, 0, back).reshape(self.shape))
         if return_counts:
-            extra.append(_tensor_from(counts.astype("int64"), dtype=int64, device=self.device))
+            ends = _C.cat([starts[1:], _C.full((1,), n, int64.id, *self._device_tuple)], 0)
+            extra.append(ends - starts)
         return (out, *extra) if extra else out
 
     def cumsum(self, dim, dtype=None):
         x = self if dtype is None else self.to(dtype)
-        if not x.dtype.is_floating_point:  # integer running sums: exact, no autograd needed
-            import numpy as np
-
-            return _tensor_from(np.cumsum(x.detach().cpu().numpy(), axis=dim), dtype=x.dtype, device=x.device)
-        n = x.shape[dim]
-        tri = _C.tril(_C.full((n, n), 1.0, x._dtype_id, *x._device_tuple), 0, True)  # tri[j, i] = j <= i
-        return (x.transpose(dim, -1) @ tri).transpose(dim, -1)
+        return _C.cumsum(x, dim)  # O(n) per row; integers and bool sum into int64, as in torch
 
     def logsumexp(self, dim, keepdim=False):
         m = _C.amax(self.detach(), dim, True, False)
@@ -1013,33 +1026,22 @@ class Tensor(_C.TensorBase):
             return (self.abs() ** p).sum(dim, keepdim=keepdim) ** (1.0 / p)
         raise ValueError(f"norm: unsupported p={p!r}")
 
-    def _sort_indices(self, dim, descending):
-        import numpy as np
-
-        a = self.detach().cpu()
-        a = (a.float() if a.dtype == bfloat16 else a).numpy()
-        idx = np.argsort(-a if descending and a.dtype != np.bool_ else a, axis=dim, kind="stable")
-        if descending and a.dtype == np.bool_:
-            idx = np.flip(np.argsort(a, axis=dim, kind="stable"), axis=dim)
-        return idx
-
     def sort(self, dim=-1, descending=False, stable=False):
-        """(values, indices) along dim; values carry the gradient (a gather)."""
-        idx = _tensor_from(self._sort_indices(dim, descending).astype("int64"), dtype=int64, device=self.device)
+        """(values, indices) along dim; values carry the gradient (a gather). Always stable."""
+        idx = _C.argsort(self, dim, descending)
         return _Sort(_C.gather(self, dim, idx), idx)
 
     def argsort(self, dim=-1, descending=False, stable=False):
-        return _tensor_from(self._sort_indices(dim, descending).astype("int64"), dtype=int64, device=self.device)
+        return _C.argsort(self, dim, descending)
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
         """(values, indices) of the k largest (or smallest) entries along dim; values carry the gradient."""
-        import numpy as np
-
         n = self.shape[dim] if self.ndim else 1
         if not 0 <= k <= n:
             raise IndexError(f"topk: k={k} is out of range for dimension {dim} of size {n}")
-        idx = np.take(self._sort_indices(dim, largest), np.arange(k), axis=dim)
-        idx = _tensor_from(np.ascontiguousarray(idx).astype("int64"), dtype=int64, device=self.device)
+        idx = _C.argsort(self, dim, largest)
+        if self.ndim:
+            idx = idx.narrow(dim, 0, k).contiguous()
         return _Sort(_C.gather(self, dim, idx), idx)
 
     # --- reductions ------------------------------------------------------------------------------
@@ -1150,7 +1152,16 @@ def _scalar(value, like):
         return value
     if not isinstance(value, (int, float, bool)):
         raise TypeError(f"expected a tensor or a Python number, got {type(value).__name__}")
-    return _C.full((), float(value), like._dtype_id, *like._device_tuple)
+    return _C.full((), _py_number(value), like._dtype_id, *like._device_tuple)
+
+
+def _py_number(v):
+    """A Python int (exact, for integer dtypes: 2**53 + 1 must not pass through a double) or float."""
+    if isinstance(v, Tensor):
+        v = v.item()
+    if hasattr(v, "__index__"):  # int, bool, NumPy integers
+        return int(v.__index__())
+    return float(v)
 
 
 def _coerce(t, other, need_float=False):
@@ -1176,7 +1187,7 @@ def _coerce(t, other, need_float=False):
         if isinstance(other, (np.generic, np.ndarray)) and np.ndim(other) == 0:
             return _coerce(t, other.item(), need_float)
         raise TypeError(f"unsupported operand type: {type(other).__name__} (expected a tensor or a number)")
-    return t, _C.full((), float(other), t._dtype_id, *t._device_tuple)
+    return t, _C.full((), _py_number(other), t._dtype_id, *t._device_tuple)
 
 
 def _scalar_or_tensor(v, like):

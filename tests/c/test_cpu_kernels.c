@@ -511,6 +511,17 @@ static double binary_ref(dc_op op, double a, double b, const dc_kargs *k)
         const struct dc_clamp_params *c = &k->p.clamp;
         return ((!c->has_lo || b >= c->lo) && (!c->has_hi || b <= c->hi)) ? a : 0;
     }
+    case DC_OP_FLOOR_DIVIDE: {
+        double m = fmod(a, b), q = (a - m) / b;
+        return (m != 0 && ((b < 0) != (m < 0))) ? q - 1 : q;
+    }
+    case DC_OP_REMAINDER: {
+        double m = fmod(a, b);
+        return (m != 0 && ((b < 0) != (m < 0))) ? m + b : m;
+    }
+    case DC_OP_BITWISE_AND: return (double)((int64_t)a & (int64_t)b);
+    case DC_OP_BITWISE_OR: return (double)((int64_t)a | (int64_t)b);
+    case DC_OP_BITWISE_XOR: return (double)((int64_t)a ^ (int64_t)b);
     case DC_OP_LOG1P_BWD: return a / (1 + b);
     case DC_OP_EXPM1_BWD: return a * (b + 1);
     case DC_OP_ERF_BWD: return a * 2 / sqrt(M_PI) * exp(-b * b);
@@ -527,8 +538,11 @@ static void test_binary(void)
              d++) {
             if (d == DC_BFLOAT16 || d == DC_FLOAT16) continue;
             int cmp = dc_op_is(op, DC_FAM_COMPARE);
-            int int_ok = cmp || op == DC_OP_ADD || op == DC_OP_SUB || op == DC_OP_MUL || op == DC_OP_MAXIMUM ||
-                         op == DC_OP_MINIMUM;
+            int bitwise = op == DC_OP_BITWISE_AND || op == DC_OP_BITWISE_OR || op == DC_OP_BITWISE_XOR;
+            int divides = op == DC_OP_DIV || op == DC_OP_FLOOR_DIVIDE || op == DC_OP_REMAINDER;
+            int int_ok = cmp || bitwise || op == DC_OP_ADD || op == DC_OP_SUB || op == DC_OP_MUL ||
+                         op == DC_OP_MAXIMUM || op == DC_OP_MINIMUM || op == DC_OP_FLOOR_DIVIDE ||
+                         op == DC_OP_REMAINDER;
             if (d == DC_BOOL && !cmp) continue;
             int pos = op == DC_OP_POW;
             for (int variant = 0; variant < 3; variant++) {
@@ -539,11 +553,11 @@ static void test_binary(void)
                 dc_kview y = variant == 0   ? mkr(d, 3, sh, TRANS, 0, -3, 3)
                              : variant == 1 ? mkr(d, 3, sh, CONTIG, 7u, -3, 3)
                                             : mkr(d, 3, sh, CONTIG, 0, -3, 3);
-                if (op == DC_OP_DIV) { /* keep divisors away from 0 */
+                if (divides) { /* keep divisors away from 0 */
                     int64_t idx[3];
                     for (int64_t i = 0; i < 60; i++) {
                         unravel(3, sh, i, idx);
-                        if (fabs(get(&y, idx)) < 0.1) set(&y, idx, 0.5);
+                        if (fabs(get(&y, idx)) < 0.1) set(&y, idx, d >= DC_INT32 ? 2 : 0.5);
                     }
                 }
                 dc_kview o = mk_out(cmp ? DC_BOOL : d, 3, sh);
@@ -554,7 +568,7 @@ static void test_binary(void)
                 a.p.clamp =
                     (struct dc_clamp_params){ .lo = -1, .hi = 1.5, .has_lo = variant != 1, .has_hi = variant != 2 };
                 dc_status st = K(&a);
-                if (d >= DC_INT32 && !int_ok) {
+                if ((d >= DC_INT32 && !int_ok) || (d < DC_INT32 && bitwise)) {
                     check(st == DC_ERR_DTYPE, "%s %s rejected", dc_op_names[op], DT[d]);
                     continue;
                 }
