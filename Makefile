@@ -66,7 +66,8 @@ sanitize: install
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py $(CURDIR)/tests/test_autograd.py \
 	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py \
-	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py
+	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py \
+	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py
 
 bench: install
 	$(PYTHON) benchmarks/engine.py

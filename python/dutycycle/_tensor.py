@@ -959,7 +959,7 @@ class Tensor(_C.TensorBase):
         d = 0 if dim is None else dim % x.ndim
         if isinstance(repeats, Tensor) and repeats.numel() == 1 and repeats.ndim <= 1:
             repeats = int(repeats.reshape(()).item())
-        if isinstance(repeats, Tensor):
+        if isinstance(repeats, Tensor):  # an explicit host round-trip: the output size depends on the counts
             import numpy as np
 
             r = repeats.detach().cpu().numpy()
@@ -1135,11 +1135,12 @@ class Tensor(_C.TensorBase):
     def any(self, dim=None, keepdim=False):
         return self.bool().long().sum(dim, keepdim) > 0
 
-    def allclose(self, other, rtol=1e-5, atol=1e-8):
-        import numpy as np
-
-        return bool(np.allclose(self.detach().cpu().double().numpy(), other.detach().cpu().double().numpy(),
-                                rtol=rtol, atol=atol))
+    def allclose(self, other, rtol=1e-5, atol=1e-8, equal_nan=False):
+        a, b = self.detach().double(), _scalar_or_tensor(other, self).detach().double()
+        close = ((a - b).abs() <= b.abs() * rtol + atol) | (a == b)  # a == b: infinities of one sign
+        if equal_nan:
+            close = close | (a.isnan() & b.isnan())
+        return bool(close.all())  # the one sync point: the answer is a Python bool
 
 
 def _unsupported(op):
