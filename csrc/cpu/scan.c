@@ -24,14 +24,11 @@ dc_status dc_cpu_cumsum(const dc_kargs *a)
     const int rev = p->reverse != 0;
 #pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
-        int64_t ox = 0, oo = 0, rr = r;
-        for (int d = x->ndim - 1; d >= 0; d--) {
-            if (d == dim) continue;
-            int64_t c = rr % x->shape[d];
-            rr /= x->shape[d];
-            ox += c * x->strides[d];
-            oo += c * o->strides[d];
-        }
+        int64_t ox, oo;
+        const dc_kview *vv[2] = { x, o };
+        int64_t off[2];
+        cpu_row_offsets(2, vv, x->ndim ? dim : -1, r, off);
+        ox = off[0], oo = off[1];
         const char *src = x->data + ox * es;
         char *dst = o->data + oo * oes;
         if (is_int) {

@@ -43,21 +43,6 @@ static inline int before_f(double a, double b, int desc)
 DEF_MERGE_SORT(sort_f, kv_f, before_f)
 DEF_MERGE_SORT(sort_i, kv_i, BEFORE_I)
 
-/* Offsets of row r (every dim but `dim`) in views x and o. */
-static void row_offsets(const dc_kview *x, const dc_kview *o, int dim, int64_t r, int64_t *ox, int64_t *oo)
-{
-    int64_t a = 0, b = 0;
-    for (int d = x->ndim - 1; d >= 0; d--) {
-        if (d == dim) continue;
-        int64_t c = r % x->shape[d];
-        r /= x->shape[d];
-        a += c * x->strides[d];
-        b += c * o->strides[d];
-    }
-    *ox = a;
-    *oo = b;
-}
-
 dc_status dc_cpu_argsort(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0], *x = &a->t[1];
@@ -85,10 +70,10 @@ dc_status dc_cpu_argsort(const dc_kargs *a)
         for (int64_t r = 0; r < rows; r++) {
             if (!buf) continue;
             int64_t ox, oo;
-            if (x->ndim)
-                row_offsets(x, o, dim, r, &ox, &oo);
-            else
-                ox = oo = 0;
+            const dc_kview *vv[2] = { x, o };
+            int64_t off[2];
+            cpu_row_offsets(2, vv, x->ndim ? dim : -1, r, off);
+            ox = off[0], oo = off[1];
             const char *src = x->data + ox * (int64_t)es;
             int64_t *dst = (int64_t *)o->data + oo;
             if (is_int) {
