@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "cuda-backend.h"
 
 /* --- devices ---------------------------------------------------------------------------------- */
 

@@ -46,21 +46,16 @@ typedef struct dc_backend {
     dc_status (*to_host)(dc_device dev, void *dst, const void *src, size_t n);
     dc_status (*from_host)(dc_device dev, void *dst, const void *src, size_t n);
     dc_status (*synchronize)(dc_device dev);
+    /* the backend's caching allocator, when it has one (NULL otherwise) */
+    void (*cache_info)(size_t *cached, size_t *limit);
+    void (*empty_cache)(void);
     dc_kernel_fn kernels[DC_OP_COUNT];
 } dc_backend;
 
-/* The table for a device type; NULL when that backend is not compiled in. */
+/* The table registered for a device type (dc_backend_register, ops.h); NULL when none is. The core
+ * names no backend: backends (csrc/cpu/, cuda/) depend on the core, and whoever assembles the
+ * library (the Python binding, the C kernel test) registers them. */
 const dc_backend *dc_backend_get(int device_type);
-/* Backends (csrc/cpu/, cuda/backend.cu) hand out their tables here. The CUDA one is only linked
- * when the build compiled cuda/ (DC_WITH_CUDA). */
-const dc_backend *dc_cpu_backend_get(void);
-#ifdef DC_WITH_CUDA
-const dc_backend *dc_cuda_backend_get(void);
-#endif
-
-/* Host memory (csrc/cpu/alloc.c): freed large blocks are cached for reuse, up to a limit. */
-dc_status dc_cpu_alloc(dc_device dev, size_t nbytes, void **out);
-void dc_cpu_free(dc_device dev, void *p);
 
 /* Run one kernel on `dev`: DC_ERR_UNSUPPORTED with a clear message if the slot is empty. */
 dc_status dc_launch(dc_device dev, const dc_kargs *a);

@@ -40,13 +40,16 @@ dc_op dc_op_by_name(const char *name)
     return DC_OP_NONE;
 }
 
+static const dc_backend *registry[DC_DEVICE_TYPE_COUNT];
+
+void dc_backend_register(int device_type, const dc_backend *be)
+{
+    if (device_type >= 0 && device_type < DC_DEVICE_TYPE_COUNT) registry[device_type] = be;
+}
+
 const dc_backend *dc_backend_get(int device_type)
 {
-    if (device_type == DC_CPU) return dc_cpu_backend_get();
-#ifdef DC_WITH_CUDA
-    if (device_type == DC_CUDA) return dc_cuda_backend_get();
-#endif
-    return NULL;
+    return device_type >= 0 && device_type < DC_DEVICE_TYPE_COUNT ? registry[device_type] : NULL;
 }
 
 void dc_kview_of(dc_kview *v, const dc_tensor *t)
@@ -97,6 +100,19 @@ int dc_op_has_kernel(int op, int device_type)
 {
     const dc_backend *be = dc_backend_get(device_type);
     return be && op >= 0 && op < DC_OP_COUNT && be->kernels[op] != NULL;
+}
+
+void dc_device_cache_info(int device_type, size_t *cached, size_t *limit)
+{
+    const dc_backend *be = dc_backend_get(device_type);
+    *cached = *limit = 0;
+    if (be && be->cache_info) be->cache_info(cached, limit);
+}
+
+void dc_device_empty_cache(int device_type)
+{
+    const dc_backend *be = dc_backend_get(device_type);
+    if (be && be->empty_cache) be->empty_cache();
 }
 
 dc_status dc_synchronize(dc_device dev)

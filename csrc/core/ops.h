@@ -14,14 +14,19 @@ extern "C" {
 #endif
 
 /* --- devices ------------------------------------------------------------------------------- */
-int dc_device_built(int device_type);             /* 1 if that backend is compiled in */
+/* Make `be` the kernel table of a device type (csrc/cpu/cpu-backend.h, cuda/cuda-backend.h hand
+ * them out); done once at start-up, before any op runs. */
+struct dc_backend;
+void dc_backend_register(int device_type, const struct dc_backend *be);
+int dc_device_built(int device_type);             /* 1 if that backend is registered */
 int dc_device_count(int device_type);             /* devices of that type present (0 if not built) */
 const char *dc_device_type_name(int device_type); /* "cpu", "cuda"; NULL if not built */
 int dc_op_has_kernel(int op, int device_type);    /* 1 if that device's table fills op's slot */
 dc_status dc_synchronize(dc_device dev);          /* wait for the device's queued work */
-/* The CPU's caching host allocator (csrc/cpu/alloc.c). */
-void dc_cpu_cache_info(size_t *cached, size_t *limit);
-void dc_cpu_empty_cache(void);
+/* A device's caching allocator: bytes cached for reuse and the cap (0, 0 without a cache); free the
+ * cached blocks. */
+void dc_device_cache_info(int device_type, size_t *cached, size_t *limit);
+void dc_device_empty_cache(int device_type);
 
 /* --- creation and copies ------------------------------------------------------------------ */
 dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev);

@@ -28,6 +28,8 @@ static const dc_backend cpu_backend = {
     .to_host = cpu_memcpy,
     .from_host = cpu_memcpy,
     .synchronize = cpu_synchronize,
+    .cache_info = dc_cpu_cache_info,
+    .empty_cache = dc_cpu_empty_cache,
     /* Every op of ops.def, by its kernel group: op X of group g runs dc_cpu_g. */
     .kernels = {
 #define DC_OP(id, name, fam, kern, bwd, saves, params, node) [DC_OP_##id] = dc_cpu_##kern,

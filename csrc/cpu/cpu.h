@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../core/backend-impl.h"
+#include "cpu-backend.h"
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -6,6 +6,11 @@
 
 #include "py.h"
 
+#include "../cpu/cpu-backend.h"
+#ifdef DC_WITH_CUDA
+#include "../../cuda/cuda-backend.h"
+#endif
+
 /* --- argument converters (for PyArg "O&") ---------------------------------------------------- */
 
 static int conv_tensor(PyObject *o, void *out)
@@ -806,7 +811,7 @@ static PyObject *f_cpu_cache_info(PyObject *m, PyObject *noargs)
     (void)m;
     (void)noargs;
     size_t cached, limit;
-    dc_cpu_cache_info(&cached, &limit);
+    dc_device_cache_info(DC_CPU, &cached, &limit);
     return Py_BuildValue("{s:n,s:n}", "cached_bytes", (Py_ssize_t)cached, "limit_bytes", (Py_ssize_t)limit);
 }
 
@@ -814,7 +819,7 @@ static PyObject *f_cpu_empty_cache(PyObject *m, PyObject *noargs)
 {
     (void)m;
     (void)noargs;
-    Py_BEGIN_ALLOW_THREADS dc_cpu_empty_cache();
+    Py_BEGIN_ALLOW_THREADS dc_device_empty_cache(DC_CPU);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
@@ -882,6 +887,11 @@ int dc_py_init_loader(PyObject *m); /* loader_py.c */
 
 static int module_exec(PyObject *m)
 {
+    /* the library is assembled here: the core names no backend */
+    dc_backend_register(DC_CPU, dc_cpu_backend_get());
+#ifdef DC_WITH_CUDA
+    dc_backend_register(DC_CUDA, dc_cuda_backend_get());
+#endif
     if (dc_py_init_errors(m) < 0) return -1;
     if (dc_py_init_tensor_type(m) < 0) return -1;
     if (dc_py_init_ops(m) < 0) return -1;

@@ -1244,6 +1244,7 @@ static void test_optim(void)
 
 int main(void)
 {
+    dc_backend_register(DC_CPU, dc_cpu_backend_get());
     test_table();
     test_copy();
     test_fill_arange();
