@@ -176,10 +176,8 @@ def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=Fa
 
 def randperm(n, dtype=None, device=None, generator=None):
     """A random permutation of 0..n-1 drawn from dutycycle's generator (or `generator`)."""
-    import numpy as np
-
-    keys = rand(n, dtype=float64, generator=generator).numpy()
-    return tensor(np.argsort(keys, kind="stable"), dtype=_dd(dtype, int64), device=device)
+    keys = rand(n, dtype=float64, generator=generator)
+    return _C.argsort(keys, 0).to(dtype=_dd(dtype, int64), device=device)
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
@@ -751,31 +749,31 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 def multinomial(input, num_samples, replacement=False, generator=None):
     """Draw num_samples category indices per row of input (probabilities or weights, (C,) or (N, C)),
     from dutycycle's generator (so manual_seed makes it reproducible)."""
-    import numpy as np
-
     _check_tensor(input, "multinomial")
     if input.ndim not in (1, 2):
         raise ValueError(f"multinomial: input must be 1-D or 2-D, got shape {input.shape}")
-    w = input.detach().cpu().to(float64).numpy().reshape(-1, input.shape[-1])
-    if (w < 0).any() or not np.isfinite(w).all():
+    w = input.detach().to(float64).reshape(-1, input.shape[-1])  # (N, C)
+    if bool(((w < 0) | w.isnan() | w.isinf()).any()):  # one sync for the check, as torch's CPU kernel
         raise RuntimeError("multinomial: probability tensor contains either inf, nan or element < 0")
-    if (w.sum(1) <= 0).any():
+    total = w.sum(1, keepdim=True)  # (N, 1)
+    if bool((total <= 0).any()):
         raise RuntimeError("multinomial: invalid multinomial distribution (sum of probabilities <= 0)")
-    n_cat = w.shape[1]
+    n_rows, n_cat = w.shape
     if not replacement and num_samples > n_cat:
         raise RuntimeError(f"multinomial: cannot sample n_sample={num_samples} > prob_dist.size(-1)={n_cat} samples "
                            "without replacement")
-    u = rand(w.shape[0], num_samples if replacement else n_cat, dtype=float64, generator=generator).numpy()
-    if replacement:
-        cdf = np.cumsum(w, 1)
-        cdf /= cdf[:, -1:]
-        out = np.stack([np.minimum(np.searchsorted(c, r, side="right"), n_cat - 1) for c, r in zip(cdf, u)])
+    u = rand(n_rows, num_samples if replacement else n_cat, dtype=float64, generator=generator).to(device=w.device)
+    if replacement:  # inverse CDF: the index is how many CDF entries are <= u (searchsorted, side="right")
+        cdf = w.cumsum(1) / _C.gather(w.cumsum(1), 1, _C.full((n_rows, 1), n_cat - 1, int64.id,
+                                                              *w._device_tuple))  # (N, C)
+        step = builtins.max(1, (1 << 24) // builtins.max(1, n_rows * n_cat))  # chunk: bounded (N, S, C) temporaries
+        parts = [(cdf.unsqueeze(1) <= u[:, s:s + step].unsqueeze(2)).long().sum(2)
+                 for s in range(0, num_samples, step)]
+        out = (cat(parts, 1) if len(parts) > 1 else parts[0]).clamp(max=n_cat - 1)
     else:  # Gumbel top-k: without replacement, in order of drawing
-        with np.errstate(divide="ignore"):
-            keys = np.log(w) - np.log(-np.log(np.clip(u, 1e-300, 1.0)))
-        out = np.argsort(-keys, axis=1, kind="stable")[:, :num_samples]
-    out = out.astype(np.int64).reshape(*input.shape[:-1], num_samples)
-    return tensor(out, dtype=int64, device=input.device)
+        keys = w.log() - (-u.clamp(min=1e-300).log()).log()
+        out = _C.argsort(keys, 1, True)[:, :num_samples].contiguous()
+    return out.reshape(*input.shape[:-1], num_samples)
 
 
 class Generator:
