@@ -229,3 +229,34 @@ def test_log1p_expm1_erf_are_accurate_at_tiny_values():
     (x.log1p() + x.expm1() + x.erf()).sum().backward()
     want = [1 / (1 + v) + math.exp(v) + 2 / math.sqrt(math.pi) * math.exp(-v * v) for v in (1e-10, 2.0)]
     np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-14)
+
+
+def test_randperm_and_multinomial_run_in_c(no_host_copies):
+    dc.manual_seed(3)
+    dc.randperm(10)
+    p = dc.tensor([[0.1, 0.0, 0.9], [0.5, 0.5, 0.0]])
+    dc.multinomial(p, 4, replacement=True)
+    dc.multinomial(p, 2)
+    dc.multinomial(dc.tensor([1.0, 2.0, 3.0]), 3)
+
+
+def test_randperm_and_multinomial_values():
+    dc.manual_seed(5)
+    keys = dc.rand(50, dtype=dc.float64).numpy()
+    dc.manual_seed(5)
+    assert dc.randperm(50).tolist() == np.argsort(keys, kind="stable").tolist()
+    dc.manual_seed(0)
+    w = dc.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]])
+    draws = dc.multinomial(w, 4000, replacement=True)
+    assert draws.shape == (2, 4000) and draws.dtype == dc.int64
+    assert (draws[1] == 0).all()
+    assert not (draws[0] == 0).any()
+    assert abs((draws[0] == 2).float().mean().item() - 0.75) < 0.03
+    s = dc.multinomial(dc.tensor([1.0, 1.0, 1.0, 0.0]), 3)
+    assert sorted(s.tolist()) == [0, 1, 2]  # without replacement: every non-zero category once
+    with pytest.raises(RuntimeError, match="cannot sample"):
+        dc.multinomial(dc.tensor([1.0, 1.0]), 3)
+    with pytest.raises(RuntimeError, match="inf, nan or element < 0"):
+        dc.multinomial(dc.tensor([1.0, -1.0]), 1)
+    with pytest.raises(RuntimeError, match="sum of probabilities"):
+        dc.multinomial(dc.tensor([0.0, 0.0]), 1)
