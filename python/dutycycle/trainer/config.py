@@ -440,3 +440,41 @@ def _sched_config(s, bad, monitor=None):
             )
         cfg = LRSchedulerConfig(s, "epoch", 1, monitor, None, True, plateau)
     return cfg
+
+
+# ---- training_step's return value (automatic optimization) -----------------------------------------
+def training_loss(out):
+    """The loss in what training_step returned (a Tensor, a dict with "loss", or None: skip),
+    checked as automatic optimization needs it."""
+    if out is None:
+        _warn_once(
+            "none-loss",
+            "`training_step` returned `None`. If this was on purpose, ignore this "
+            "warning: the batch is skipped (no backward, no parameter update)",
+        )
+        return None
+    if isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(
+                "In automatic optimization, when `training_step` returns a dict, the 'loss' key needs to be "
+                f"present; got keys {sorted(out)}"
+            )
+        loss = out["loss"]
+    else:
+        loss = out
+    if not isinstance(loss, dc.Tensor):
+        raise TypeError(
+            "In automatic optimization, `training_step` must return a Tensor, a dict with a 'loss' key, or None "
+            f"(the step is skipped); got {type(loss).__name__}"
+        )
+    if loss.numel() != 1:
+        raise ValueError(
+            f"`training_step` must return a scalar loss (one element), got a tensor of shape {tuple(loss.shape)}; "
+            "reduce it (e.g. .mean()) first"
+        )
+    if not loss.requires_grad:
+        raise RuntimeError(
+            "`training_step` returned a loss that does not require grad (was it computed under no_grad, or "
+            "detached?)"
+        )
+    return loss

@@ -18,12 +18,33 @@ is what a checkpoint stores under "loops".
 
 from __future__ import annotations
 
+import os
 import random
+import warnings
 from time import perf_counter
 
 import numpy as np
 
 import dutycycle as dc
+
+
+def seed_everything(seed=None, workers=False):
+    """Seed dutycycle, numpy's global generator and Python's random with one seed (Lightning's
+    seed_everything). No seed: PL_GLOBAL_SEED from the environment, else 0. Returns the seed."""
+    if seed is None:
+        env = os.environ.get("PL_GLOBAL_SEED")
+        seed = int(env) if env is not None else 0
+    seed = int(seed)
+    max_seed = np.iinfo(np.uint32).max
+    if not 0 <= seed <= max_seed:
+        warnings.warn(f"{seed} is not in bounds, numpy accepts from 0 to {max_seed}; using 0")
+        seed = 0
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    os.environ["PL_SEED_WORKERS"] = str(int(workers))
+    random.seed(seed)
+    np.random.seed(seed)
+    dc.manual_seed(seed)
+    return seed
 
 
 def get_rng_states():

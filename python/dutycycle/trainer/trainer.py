@@ -1,4 +1,11 @@
-"""The Trainer: Lightning's Trainer, same arguments, same hooks in the same order, one file.
+"""The Trainer: Lightning's Trainer, same arguments, same hooks in the same order.
+
+This file is the loop, the one hook dispatcher (`_call_hook`) and the one exception funnel
+(`_run`). Each concern the loop calls once lives next to it: config.py (arguments, checked;
+configure_optimizers' return value), resume.py (the loop position a resumed fit starts from),
+checkpoint_io.py (what a checkpoint holds and the file format), dataloaders.py (which loader,
+how many batches), evaluation.py (the no-grad loops: sanity check, validation, test, predict) and
+dutycycle.strategies (backward, optimizer step and checkpoint writes go through trainer.strategy).
 
 One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` below):
 
@@ -15,9 +22,10 @@ One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` bel
               on_train_batch_start                         #   returning -1 ends the epoch
               batch -> device                              # duty: data_wait (host -> device copy)
               if last micro-batch of the accumulation window:
-                  optimizer_step(closure)                  # duty: compute
+                  optimizer_step(closure)                  # duty: compute; -> strategy.optimizer_step
                     closure: training_step, [on_before_zero_grad, zero_grad], on_before_backward,
-                             backward(loss / accumulate_grad_batches), on_after_backward,
+                             strategy.backward(loss / accumulate_grad_batches) (runs the module's
+                             backward hook), on_after_backward,
                              on_before_optimizer_step, configure_gradient_clipping
                   global_step += 1; lr schedulers with interval="step" (not ReduceLROnPlateau)
                   last batch of the epoch: lr schedulers with interval="epoch" (not ReduceLROnPlateau)
@@ -48,15 +56,13 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import warnings
-
-import numpy as np
 
 import dutycycle as dc
 
 from ..strategies import STRATEGIES
-from . import checkpoint_io
+from . import checkpoint_io, evaluation
+from . import dataloaders as data
 from .config import (
     TRAINER_ATTRIBUTES,
     LRSchedulerConfig,
@@ -67,33 +73,15 @@ from .config import (
     build_loggers,
     parse_optimizer_config,
     reorder_callbacks,
+    training_loss,
 )
 from .config import parse_max_time as _parse_max_time  # noqa: F401  (its old home; tests import it here)
 from .duty import DutyCycle
 from .module import LightningDataModule, LightningModule, LightningOptimizer
 from .results import Results, to_float
-from .resume import LoopPosition
+from .resume import LoopPosition, seed_everything
 
 __all__ = ["LRSchedulerConfig", "STRATEGIES", "Trainer", "TrainerState", "seed_everything"]
-
-
-def seed_everything(seed=None, workers=False):
-    """Seed dutycycle, numpy's global generator and Python's random with one seed (Lightning's
-    seed_everything). No seed: PL_GLOBAL_SEED from the environment, else 0. Returns the seed."""
-    if seed is None:
-        env = os.environ.get("PL_GLOBAL_SEED")
-        seed = int(env) if env is not None else 0
-    seed = int(seed)
-    max_seed = np.iinfo(np.uint32).max
-    if not 0 <= seed <= max_seed:
-        warnings.warn(f"{seed} is not in bounds, numpy accepts from 0 to {max_seed}; using 0")
-        seed = 0
-    os.environ["PL_GLOBAL_SEED"] = str(seed)
-    os.environ["PL_SEED_WORKERS"] = str(int(workers))
-    random.seed(seed)
-    np.random.seed(seed)
-    dc.manual_seed(seed)
-    return seed
 
 
 def _noop():
@@ -199,15 +187,10 @@ class Trainer:
         self.optimizers = []
         self.lr_scheduler_configs = []
         self.num_training_batches = float("inf")
-        self.num_val_batches = []
-        self.num_test_batches = []
-        self.num_predict_batches = []
+        self.num_val_batches, self.num_test_batches, self.num_predict_batches = [], [], []
         self.num_sanity_val_batches = []
         self.val_check_batch = float("inf")
-        self.train_dataloader = None
-        self.val_dataloaders = None
-        self.test_dataloaders = None
-        self.predict_dataloaders = None
+        self.train_dataloader = self.val_dataloaders = self.test_dataloaders = self.predict_dataloaders = None
         self.ckpt_path = None
         self.duty_cycle = DutyCycle()
         self._results = Results(self)
@@ -241,59 +224,29 @@ class Trainer:
                 return os.fspath(d)
         return self.default_root_dir
 
-    @property
-    def root_device(self):
-        return self.strategy.root_device
+    # where and who: the strategy's answer
+    root_device = property(lambda self: self.strategy.root_device)
+    is_global_zero = property(lambda self: self.strategy.is_global_zero)
+    global_rank = property(lambda self: self.strategy.global_rank)
+    local_rank = property(lambda self: self.strategy.local_rank)
+    node_rank = property(lambda self: self.strategy.node_rank)
+    world_size = property(lambda self: self.strategy.world_size)
 
-    @property
-    def is_global_zero(self):
-        return self.strategy.is_global_zero
-
-    @property
-    def global_rank(self):
-        return self.strategy.global_rank
-
-    @property
-    def local_rank(self):
-        return self.strategy.local_rank
-
-    @property
-    def node_rank(self):
-        return self.strategy.node_rank
-
-    @property
-    def world_size(self):
-        return self.strategy.world_size
-
-    @property
-    def device_ids(self):
-        return [0]
-
-    @property
-    def model(self):
-        return self.lightning_module
-
-    @property
-    def interrupted(self):
-        return self.state.status == "interrupted"
+    device_ids = property(lambda self: [0])
+    model = property(lambda self: self.lightning_module)
+    interrupted = property(lambda self: self.state.status == "interrupted")
+    lr_scheduler_configs_list = property(lambda self: self.lr_scheduler_configs)
 
     @property
     def checkpoint_callbacks(self):
         return [c for c in self.callbacks if _is_instance_of(c, ("ModelCheckpoint", "Checkpoint"))]
 
     @property
-    def checkpoint_callback(self):
-        cbs = self.checkpoint_callbacks
-        return cbs[0] if cbs else None
-
-    @property
     def early_stopping_callbacks(self):
         return [c for c in self.callbacks if _is_instance_of(c, ("EarlyStopping",))]
 
-    @property
-    def early_stopping_callback(self):
-        cbs = self.early_stopping_callbacks
-        return cbs[0] if cbs else None
+    checkpoint_callback = property(lambda self: next(iter(self.checkpoint_callbacks), None))
+    early_stopping_callback = property(lambda self: next(iter(self.early_stopping_callbacks), None))
 
     @property
     def progress_bar_callback(self):
@@ -303,17 +256,13 @@ class Trainer:
         return None
 
     @property
-    def lr_scheduler_configs_list(self):
-        return self.lr_scheduler_configs
-
-    @property
     def enable_validation(self):
         m = self.lightning_module
         return (
             m is not None
-            and self._has_step(m, "validation_step")
+            and data.has_step(m, "validation_step")
             and self.limit_val_batches != 0
-            and self._val_source_exists()
+            and data.val_source_exists(self)
         )
 
     @property
@@ -330,7 +279,7 @@ class Trainer:
         if self.max_steps != -1:
             return self.max_steps
         if self.train_dataloader is None and self.lightning_module is not None:
-            self._setup_train_data()
+            data.setup_train_data(self)
         n = self.num_training_batches
         if n == float("inf") or self.max_epochs == -1:
             return float("inf")
@@ -455,7 +404,13 @@ class Trainer:
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         self.state.fn = "predict"
-        return self._run(self._predict_impl, model, dataloaders, datamodule, ckpt_path, return_predictions)
+        return self._run(evaluation.predict_impl, self, model, dataloaders, datamodule, ckpt_path, return_predictions)
+
+    def _eval_entry(self, fn, model, dataloaders, ckpt_path, verbose, datamodule):
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        self.state.fn = fn
+        return self._run(evaluation.eval_impl, self, fn, model, dataloaders, ckpt_path, verbose, datamodule)
 
     # ---- shared set-up ---------------------------------------------------------------------------
     def _attach(self, model, datamodule, stage):
@@ -533,10 +488,10 @@ class Trainer:
 
         # Lightning skips the sanity check on resume: it would disturb the restored state
         if self.num_sanity_val_steps != 0 and self.enable_validation and not self.position.skip_sanity_check:
-            self._run_sanity_check()
+            evaluation.run_sanity_check(self)
 
         if self.train_dataloader is None:
-            self._setup_train_data()
+            data.setup_train_data(self)
         m.train()
         with dc.enable_grad():
             self._fit_loop()
@@ -652,7 +607,7 @@ class Trainer:
 
             # ---- validation inside / at the end of the epoch ------------------------------------------
             if self._should_check_val(batch_idx, is_last):
-                self._run_validation()
+                evaluation.run_validation(self)
                 self._set_flags("train")
                 m.train()
             if self._stepped:  # ReduceLROnPlateau on "step": after validation, so it sees val metrics
@@ -665,7 +620,7 @@ class Trainer:
             pos.epoch_exhausted(epoch)
             self._update_lr_schedulers("epoch")  # the last batch did not know it was the last
             if limit == float("inf") and self._should_check_val_epoch():
-                self._run_validation()
+                evaluation.run_validation(self)
                 self._set_flags("train")
                 m.train()
         epoch_complete = exhausted or pos.batches_done >= limit
@@ -730,7 +685,7 @@ class Trainer:
 
         def closure():
             out = self._call_hook("training_step", batch, batch_idx, callbacks=False)
-            loss = self._training_loss(out)
+            loss = training_loss(out)
             result["out"], result["loss"] = out, loss
             if zero_grad_now:
                 self._call_hook("on_before_zero_grad", opt)
@@ -786,40 +741,6 @@ class Trainer:
         out = self.strategy.optimizer_step(optimizer, closure, model=self.lightning_module, **kwargs)
         self.global_step += 1
         return out
-
-    def _training_loss(self, out):
-        if out is None:
-            _warn_once(
-                "none-loss",
-                "`training_step` returned `None`. If this was on purpose, ignore this "
-                "warning: the batch is skipped (no backward, no parameter update)",
-            )
-            return None
-        if isinstance(out, dict):
-            if "loss" not in out:
-                raise ValueError(
-                    "In automatic optimization, when `training_step` returns a dict, the 'loss' key needs to be "
-                    f"present; got keys {sorted(out)}"
-                )
-            loss = out["loss"]
-        else:
-            loss = out
-        if not isinstance(loss, dc.Tensor):
-            raise TypeError(
-                "In automatic optimization, `training_step` must return a Tensor, a dict with a 'loss' key, or None "
-                f"(the step is skipped); got {type(loss).__name__}"
-            )
-        if loss.numel() != 1:
-            raise ValueError(
-                f"`training_step` must return a scalar loss (one element), got a tensor of shape {tuple(loss.shape)}; "
-                "reduce it (e.g. .mean()) first"
-            )
-        if not loss.requires_grad:
-            raise RuntimeError(
-                "`training_step` returned a loss that does not require grad (was it computed under no_grad, or "
-                "detached?)"
-            )
-        return loss
 
     def _backward(self, loss, *args, **kwargs):
         """Every backward (automatic, and manual_backward): the strategy runs the module's backward hook."""
@@ -894,279 +815,6 @@ class Trainer:
             return is_last
         i = self.fit_loop.epoch_loop.total_batch_idx - 1 if self.check_val_every_n_epoch is None else batch_idx
         return (i + 1) % self.val_check_batch == 0
-
-    # ================================================================================================
-    # data
-    # ================================================================================================
-    def _source(self, kind):
-        """The dataloader(s) for kind: passed to the entry point, else the datamodule's, else the module's."""
-        passed = {
-            "train": self.__dict__.get("_train_source"),
-            "val": self.__dict__.get("_val_source"),
-            "test": self.__dict__.get("_test_source"),
-            "predict": self.__dict__.get("_predict_source"),
-        }[kind]
-        if passed is not None:
-            return passed
-        for owner in (self.datamodule, self.lightning_module):
-            fn = getattr(owner, f"{kind}_dataloader", None) if owner is not None else None
-            if fn is not None and callable(fn):
-                try:
-                    return fn()
-                except NotImplementedError:
-                    continue
-        return None
-
-    def _val_source_exists(self):
-        if self.__dict__.get("_val_source") is not None:
-            return True
-        return any(
-            owner is not None and hasattr(owner, "val_dataloader") for owner in (self.datamodule, self.lightning_module)
-        )
-
-    @staticmethod
-    def _has_step(m, name):
-        return callable(getattr(m, name, None))
-
-    @staticmethod
-    def _num_batches(loader, limit, name):
-        try:
-            n = len(loader)
-        except TypeError:
-            n = float("inf")
-        if isinstance(limit, int):
-            return min(n, limit)
-        if limit == 1.0:
-            return n
-        if n == float("inf"):
-            if limit == 0.0:
-                return 0
-            raise ValueError(f"{name}={limit} as a fraction needs a dataloader with a length; pass an int instead")
-        k = int(n * limit)
-        if k == 0 and limit > 0.0:
-            raise ValueError(
-                f"You requested to check {limit} of the {name.split('_')[1]} dataloader but "
-                f"{limit} * {n} < 1; use a larger fraction or an int"
-            )
-        return k
-
-    def _setup_train_data(self):
-        loader = self._source("train")
-        if loader is None:
-            raise ValueError(
-                "No `train_dataloader()` method defined and no `train_dataloaders` passed to `Trainer.fit`"
-            )
-        self.train_dataloader = loader
-        n = self._num_batches(loader, self.limit_train_batches, "limit_train_batches")
-        self.num_training_batches = n
-        vci = self.val_check_interval
-        if isinstance(vci, int):
-            if self.check_val_every_n_epoch is not None and n != float("inf") and vci > n:
-                raise ValueError(
-                    f"`val_check_interval` ({vci}) must be less than or equal to the number of the training "
-                    f"batches ({n}). If you want to disable validation set `limit_val_batches` to 0.0 instead. If "
-                    "you want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
-                )
-            self.val_check_batch = vci
-        elif n == float("inf"):
-            self.val_check_batch = float("inf")
-        else:
-            self.val_check_batch = max(1, int(n * vci))
-
-    def _as_list(self, loaders):
-        if loaders is None:
-            return []
-        return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-
-    # ================================================================================================
-    # evaluation loops (sanity check, validation, test) and predict
-    # ================================================================================================
-    def _run_sanity_check(self):
-        loaders = self._as_list(self._source("val"))
-        if not loaders:
-            return
-        self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
-        self._set_flags("sanity_check")
-        self._call_hook("on_sanity_check_start", module=False)
-        n = self.num_sanity_val_steps
-        limits = [self._num_batches(dl, self.limit_val_batches, "limit_val_batches") for dl in loaders]
-        limits = limits if n == -1 else [min(n, k) for k in limits]
-        self.num_sanity_val_batches = limits
-        self._eval_loop("validation", loaders, limits)
-        self._call_hook("on_sanity_check_end", module=False)
-        # Lightning drops what the sanity check logged
-        self._results.reset_stage("validation")
-        for k in list(self.callback_metrics):
-            del self.callback_metrics[k]
-        self._set_flags("train")
-
-    def _run_validation(self):
-        loaders = (
-            self._as_list(self.val_dataloaders)
-            if self.val_dataloaders is not None
-            else self._as_list(self._source("val"))
-        )
-        if not loaders:
-            return
-        self.val_dataloaders = loaders[0] if len(loaders) == 1 else loaders
-        self.num_val_batches = [self._num_batches(dl, self.limit_val_batches, "limit_val_batches") for dl in loaders]
-        self._set_flags("validate")
-        self._eval_loop("validation", loaders, self.num_val_batches)
-
-    def _eval_loop(self, kind, loaders, limits):
-        """validation / test: eval mode, no grad, the step on each batch, epoch metrics reduced and
-        logged at the end. Returns [{metric: float}] per dataloader (what validate()/test() return)."""
-        m = self.lightning_module
-        duty = self.duty_cycle
-        step_name = f"{kind}_step"
-        self._results.reset_stage(kind)
-        self._results.stage = kind
-        self._call_hook(f"on_{kind}_model_eval", callbacks=False)
-        self._call_hook(f"on_{kind}_start")
-        self._call_hook(f"on_{kind}_epoch_start")
-        multi = len(loaders) > 1
-        with dc.no_grad():
-            for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
-                self._results.dataloader_idx = dl_idx if multi else None
-                extra = (dl_idx,) if multi else ()
-                it = iter(loader)
-                batch_idx = 0
-                while batch_idx < limit:
-                    duty.begin("data_wait")
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        duty.end()
-                        break
-                    batch = self._transfer_batch(m, batch, dl_idx)
-                    duty.end()
-                    self._results.batch = batch
-                    self._call_hook(f"on_{kind}_batch_start", batch, batch_idx, *extra)
-                    duty.begin("compute")
-                    out = self._call_hook(step_name, batch, batch_idx, *extra, callbacks=False)
-                    duty.end()
-                    self._call_hook(f"on_{kind}_batch_end", out, batch, batch_idx, *extra)
-                    batch_idx += 1
-        self._results.dataloader_idx = None
-        self._call_hook(f"on_{kind}_epoch_end")
-        epoch_metrics = self._results.epoch_end(kind)
-        if not self.sanity_checking:
-            step = max(self.global_step - 1, 0) if self.state.fn == "fit" else self.global_step
-            self._log_metrics(epoch_metrics, step=step)
-        self._call_hook(f"on_{kind}_end")
-        self._call_hook(f"on_{kind}_model_train", callbacks=False)
-        self._results.stage = "train"
-        per_dl = []
-        for i in range(len(loaders)):
-            suffix = f"/dataloader_idx_{i}"
-            d = {}
-            for k, v in epoch_metrics.items():
-                if multi and not k.endswith(suffix) and "/dataloader_idx_" in k:
-                    continue
-                d[k] = to_float(v)
-            per_dl.append(d)
-        return per_dl
-
-    def _eval_entry(self, fn, model, dataloaders, ckpt_path, verbose, datamodule):
-        if isinstance(dataloaders, LightningDataModule):
-            datamodule, dataloaders = dataloaders, None
-        self.state.fn = fn
-        return self._run(self._eval_impl, fn, model, dataloaders, ckpt_path, verbose, datamodule)
-
-    def _eval_impl(self, fn, model, dataloaders, ckpt_path, verbose, datamodule):
-        kind = "validation" if fn == "validate" else "test"
-        if model is None and ckpt_path is None and self.lightning_module is not None and self.state.fn:
-            ckpt_path = None  # use the weights in memory (Lightning would pick "best"; we keep it simple)
-        self._attach(model, datamodule, fn)
-        m = self.lightning_module
-        if not self._has_step(m, f"{kind}_step"):
-            raise ValueError(f"No `{kind}_step()` method defined to run `Trainer.{fn}`")
-        setattr(self, "_val_source" if kind == "validation" else "_test_source", dataloaders)
-        self._setup_stage(fn)
-        if ckpt_path is not None:
-            ckpt = self._load_checkpoint(ckpt_path, fn)
-            if ckpt is not None:
-                self._restore_module_and_callbacks(ckpt)
-        loaders = self._as_list(self._source("val" if kind == "validation" else "test"))
-        if not loaders:
-            raise ValueError(
-                f"No `{'val' if kind == 'validation' else 'test'}_dataloader()` method defined and no "
-                f"dataloaders passed to `Trainer.{fn}`"
-            )
-        limit = self.limit_val_batches if kind == "validation" else self.limit_test_batches
-        limits = [
-            self._num_batches(dl, limit, "limit_val_batches" if kind == "validation" else "limit_test_batches")
-            for dl in loaders
-        ]
-        if kind == "validation":
-            self.val_dataloaders, self.num_val_batches = (loaders[0] if len(loaders) == 1 else loaders), limits
-        else:
-            self.test_dataloaders, self.num_test_batches = (loaders[0] if len(loaders) == 1 else loaders), limits
-        self.duty_cycle.start()
-        self._set_flags(fn)
-        out = self._eval_loop(kind, loaders, limits)
-        self.duty_cycle.stop()
-        self._set_flags(None)
-        for lg in self.loggers:
-            if hasattr(lg, "save"):
-                lg.save()
-        self._teardown_stage(fn)
-        if verbose and self.is_global_zero:
-            for i, d in enumerate(out):
-                if d:
-                    print(f"{fn} metrics (dataloader {i}): " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(d.items())))
-        return out
-
-    def _predict_impl(self, model, dataloaders, datamodule, ckpt_path, return_predictions):
-        self._attach(model, datamodule, "predict")
-        m = self.lightning_module
-        self._predict_source = dataloaders
-        self._setup_stage("predict")
-        if ckpt_path is not None:
-            ckpt = self._load_checkpoint(ckpt_path, "predict")
-            if ckpt is not None:
-                self._restore_module_and_callbacks(ckpt)
-        loaders = self._as_list(self._source("predict"))
-        if not loaders:
-            raise ValueError("No `predict_dataloader()` method defined and no dataloaders passed to `Trainer.predict`")
-        self.predict_dataloaders = loaders[0] if len(loaders) == 1 else loaders
-        limits = [self._num_batches(dl, self.limit_predict_batches, "limit_predict_batches") for dl in loaders]
-        self.num_predict_batches = limits
-        step = m.predict_step if self._has_step(m, "predict_step") else m._default_predict_step
-        self._set_flags("predict")
-        self.duty_cycle.start()
-        self._call_hook("on_predict_model_eval", callbacks=False)
-        self._call_hook("on_predict_start")
-        self._call_hook("on_predict_epoch_start")
-        multi = len(loaders) > 1
-        results = []
-        with dc.no_grad():
-            for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
-                preds = []
-                extra = (dl_idx,) if multi else ()
-                for batch_idx, batch in enumerate(loader):
-                    if batch_idx >= limit:
-                        break
-                    batch = self._transfer_batch(m, batch, dl_idx)
-                    self._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
-                    prev = m.__dict__.get("_current_fx")
-                    object.__setattr__(m, "_current_fx", "predict_step")
-                    try:
-                        out = step(batch, batch_idx, *extra)
-                    finally:
-                        object.__setattr__(m, "_current_fx", prev)
-                    self._call_hook("on_predict_batch_end", out, batch, batch_idx, *extra)
-                    if return_predictions is not False:
-                        preds.append(out)
-                results.append(preds)
-        self._call_hook("on_predict_epoch_end")
-        self._call_hook("on_predict_end")
-        self.duty_cycle.stop()
-        self._set_flags(None)
-        self._teardown_stage("predict")
-        if return_predictions is False:
-            return None
-        return results[0] if len(results) == 1 else results
 
     # ================================================================================================
     # optimizers
