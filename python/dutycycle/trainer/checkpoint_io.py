@@ -180,8 +180,25 @@ def _fsync_dir(directory):
 
 
 # ---- decode ------------------------------------------------------------------------------------
+class _CorruptCheckpoint(ValueError):
+    """A ValueError that already names the file (so the wrappers below do not wrap it twice)."""
+
+
 def _corrupt(path, why):
-    return ValueError(f"checkpoint '{path}' is corrupt or not a dutycycle checkpoint: {why}")
+    return _CorruptCheckpoint(f"checkpoint '{path}' is corrupt or not a dutycycle checkpoint: {why}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON ints only: no bools, no floats
+
+
+def _json(path, text, what):
+    """json.loads that names the file on every failure: bad JSON or UTF-8, digits past Python's
+    int limit (ValueError) and nesting deeper than the interpreter's stack (RecursionError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(path, f"{what} is not valid JSON ({type(e).__name__}: {e})") from None
 
 
 def read_safetensors(path):
@@ -197,10 +214,7 @@ def read_safetensors(path):
     (n,) = struct.unpack_from("<Q", blob, 0)
     if n > MAX_HEADER or 8 + n > len(blob):
         raise _corrupt(path, f"header length {n} does not fit the file ({len(blob)} bytes)")
-    try:
-        header = json.loads(bytes(blob[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"header is not valid JSON ({e})") from None
+    header = _json(path, bytes(blob[8 : 8 + n]), "header")  # bytes: json checks the UTF-8 itself
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     data = memoryview(blob)[8 + n :]
@@ -208,12 +222,19 @@ def read_safetensors(path):
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            st, shape, (b, e) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-            npd = np.dtype(_ST_TO_NP[st])
-        except (KeyError, TypeError, ValueError):
-            raise _corrupt(path, f"bad header entry for tensor '{key}'") from None
-        count = int(np.prod(shape)) if shape else 1
+        # every field checked for its JSON type first: a crafted header must fail here, naming the file
+        if not isinstance(info, dict):
+            raise _corrupt(path, f"header entry for tensor '{key}' is a {type(info).__name__}, not an object")
+        st, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(st, str) or st not in _ST_TO_NP:
+            raise _corrupt(path, f"tensor '{key}' has dtype {st!r}; expected one of {sorted(_ST_TO_NP)}")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            raise _corrupt(path, f"tensor '{key}' has shape {shape!r}; expected a list of ints >= 0")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+            raise _corrupt(path, f"tensor '{key}' has data_offsets {offsets!r}; expected [begin, end] as ints")
+        b, e = offsets
+        npd = np.dtype(_ST_TO_NP[st])
+        count = math.prod(shape)  # Python ints: a crafted huge shape cannot overflow
         if not (0 <= b <= e <= len(data)) or e - b != count * npd.itemsize:
             raise _corrupt(
                 path,
@@ -280,17 +301,16 @@ def load_checkpoint(path) -> dict:
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise _corrupt(path, "__metadata__ is not an object")
-    if FORMAT_KEY not in meta:
-        return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
+    if FORMAT_KEY in meta and not isinstance(meta[FORMAT_KEY], str):
+        raise _corrupt(path, f"metadata document is a {type(meta[FORMAT_KEY]).__name__}, not a string")
+    doc = _json(path, meta[FORMAT_KEY], "metadata document") if FORMAT_KEY in meta else None
     try:
-        doc = json.loads(meta[FORMAT_KEY])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"metadata document is not valid JSON ({e})") from None
-    try:
+        if doc is None:  # a plain safetensors file
+            return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
         return _decode(doc, header, arrays, path)
-    except ValueError:
+    except _CorruptCheckpoint:
         raise
-    except Exception as e:
+    except Exception as e:  # includes RecursionError: a document nested deeper than the stack
         raise _corrupt(path, f"metadata document is malformed ({type(e).__name__}: {e})") from None
 
 
