@@ -121,6 +121,10 @@ class _FitLoop:
 
 
 class Trainer:
+    """Lightning's Trainer, with Lightning's arguments (checked by TrainerConfig in config.py; the
+    resolved values are in trainer.config). strategy: "auto", "single_device" or a
+    dutycycle.strategies.Strategy instance (trainer.strategy is always the instance)."""
+
     def __init__(
         self,
         *,
