@@ -999,3 +999,85 @@ def test_trainer_progress_bar(tmp_path, capsys):
     assert [ln.split(" [")[0] for ln in lines] == ["Epoch 0: 100% 4/4", "Epoch 1: 100% 4/4"]
     assert all("it/s" in ln and "train_loss=" in ln and "val_loss=" in ln and "duty=" in ln for ln in lines)
     assert all(re.search(r"duty=\d+\.\d%", ln) for ln in lines)
+
+
+# ---- leftovers of an earlier, crashed run in the same directory ------------------------------
+def _crashed_run_dir(d, age=3600):
+    """A checkpoint directory as a crashed earlier run (and the user) left it; files `age` s old."""
+    d.mkdir(parents=True, exist_ok=True)
+    names = ["epoch=7-step=80.ckpt", "epoch=8-step=90.ckpt", "last.ckpt", "last-v1.ckpt", "x.ckpt.tmp",
+             "epoch=9-step=99.ckpt.tmp", "pretrained.ckpt", "notes.txt", "data.tmp"]  # fmt: skip
+    for n in names:
+        (d / n).write_bytes(b"old")
+        t = os.path.getmtime(d / n) - age
+        os.utime(d / n, (t, t))
+    return names
+
+
+@needs_trainer
+def test_trainer_checkpoint_removes_leftovers_of_a_crashed_run(tmp_path):
+    d = tmp_path / "ck"
+    _crashed_run_dir(d)
+    mc = ModelCheckpoint(dirpath=d, save_top_k=1, save_last=True)
+    fit(tmp_path, Scripted(), [mc], 2)
+    # the new top-1 and last, the user's files; no stale checkpoints, no half-written .ckpt.tmp
+    assert sorted(os.listdir(d)) == ["data.tmp", "epoch=1-step=8.ckpt", "last.ckpt", "notes.txt", "pretrained.ckpt"]
+    assert _load_ckpt(d / "last.ckpt")["global_step"] == 8  # this run's, not the old bytes
+
+
+@needs_trainer
+def test_trainer_checkpoint_save_top_k_all_keeps_old_checkpoints_but_not_tmp(tmp_path):
+    d = tmp_path / "ck"
+    old = _crashed_run_dir(d)
+    fit(tmp_path, Scripted(), [ModelCheckpoint(dirpath=d, save_top_k=-1)], 2)
+    kept = [n for n in old if not n.endswith(".ckpt.tmp")]
+    assert sorted(os.listdir(d)) == sorted(kept + ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"])
+
+
+@needs_trainer
+def test_trainer_checkpoint_leftovers_other_patterns_and_fresh_files_stay(tmp_path):
+    d = tmp_path / "ck"
+    _crashed_run_dir(d)
+    (d / "epoch=5-step=50.ckpt").write_bytes(b"new")  # written just now (e.g. by another process): not stale
+    mc = ModelCheckpoint(dirpath=d, save_top_k=1, filename="best-{epoch}")
+    fit(tmp_path, Scripted(), [mc], 1)
+    # only last* and best-* are this callback's names; the default-pattern files are someone else's
+    assert sorted(os.listdir(d)) == sorted(
+        ["best-epoch=0.ckpt", "data.tmp", "epoch=5-step=50.ckpt", "epoch=7-step=80.ckpt", "epoch=8-step=90.ckpt",
+         "notes.txt", "pretrained.ckpt"]
+    )  # fmt: skip
+
+
+@needs_trainer
+def test_trainer_checkpoint_resume_from_the_directory_keeps_what_resume_needs(tmp_path):
+    d = tmp_path / "ck"
+    first = ModelCheckpoint(dirpath=d, monitor="val_loss", save_top_k=1, save_last=True)
+    fit(tmp_path, Scripted([5.0, 1.0, 3.0]), [first], 2)  # best: epoch 1 (1.0), last: step 8
+    assert sorted(os.listdir(d)) == ["epoch=1-step=8.ckpt", "last.ckpt"]
+    for n in os.listdir(d):  # make them look like an earlier run's
+        t = os.path.getmtime(d / n) - 3600
+        os.utime(d / n, (t, t))
+    (d / "epoch=0-step=4.ckpt.tmp").write_bytes(b"half")
+    os.utime(d / "epoch=0-step=4.ckpt.tmp", (t, t))
+    # resume from last.ckpt in the same directory: loaded before anything is removed, and kept
+    second = ModelCheckpoint(dirpath=d, monitor="val_loss", save_top_k=1, save_last=True)
+    trainer = fit(tmp_path, Scripted([5.0, 1.0, 3.0]), [second], 3, ckpt_path=d / "last.ckpt")
+    assert trainer.global_step == 12 and trainer.ckpt_path == str(d / "last.ckpt")
+    # the restored best (epoch 1, still best) stays; epoch 2 (3.0) is not top-1; last.ckpt rewritten
+    assert sorted(os.listdir(d)) == ["epoch=1-step=8.ckpt", "last.ckpt"]
+    assert second.best_model_path == str(d / "epoch=1-step=8.ckpt")
+    assert _load_ckpt(d / "last.ckpt")["global_step"] == 12
+
+
+@needs_trainer
+def test_trainer_checkpoint_resume_file_with_a_stale_name_is_not_removed(tmp_path):
+    d = tmp_path / "ck"
+    fit(tmp_path, Scripted(), [ModelCheckpoint(dirpath=d, save_top_k=1)], 1)
+    (src,) = os.listdir(d)
+    os.rename(d / src, d / "epoch=7-step=70.ckpt")  # an old run's name, untracked by the new callback
+    t = os.path.getmtime(d / "epoch=7-step=70.ckpt") - 3600
+    os.utime(d / "epoch=7-step=70.ckpt", (t, t))
+    mc = ModelCheckpoint(dirpath=d, save_top_k=1)
+    trainer = fit(tmp_path, Scripted(), [mc], 2, ckpt_path=d / "epoch=7-step=70.ckpt")
+    assert trainer.global_step == 8
+    assert sorted(os.listdir(d)) == ["epoch=1-step=8.ckpt", "epoch=7-step=70.ckpt"]

@@ -840,8 +840,12 @@ def save(obj, f):
 def load(f, map_location=None, weights_only=None, **kwargs):
     """Read a file written by dutycycle.save (or by Trainer.save_checkpoint, or any safetensors file).
     map_location: None/'cpu' or a device to move the tensors to."""
+    import os
+
     from .trainer.checkpoint_io import load_checkpoint
 
+    if not isinstance(f, (str, bytes, os.PathLike)):
+        raise TypeError(f"load: f must be a file path, got {type(f).__name__} (file objects are not supported)")
     obj = load_checkpoint(f)
     if isinstance(obj, dict) and len(obj) == 1 and _ROOT in obj:
         obj = obj[_ROOT]

@@ -14,6 +14,20 @@ Same arguments, file names and bookkeeping as Lightning's ``ModelCheckpoint``:
   ``monitor`` the latest one is kept. Files that fall out of the top k are deleted (never the
   checkpoint the run resumed from, nor files outside ``dirpath``). ``save_last=True`` also writes
   ``last.ckpt`` each time (``"link"``: a symlink to the checkpoint just saved).
+* Leftovers of earlier runs (dutycycle's rule; Lightning leaves them and only warns): just before
+  this fit's first checkpoint is named, global rank 0 removes from ``dirpath``
+
+  - ``*.ckpt.tmp`` files: half-written checkpoints of a run that crashed mid-write (always, even
+    with ``save_top_k=-1``);
+  - unless ``save_top_k == -1``: ``*.ckpt`` files whose names this callback itself produces (its
+    ``filename`` pattern, or ``last``, with an optional ``-vN``).
+
+  Only files older than this fit's start are candidates, and never: the ``ckpt_path`` this fit
+  resumed from, a file this callback tracks (``best_k_models``, ``best_model_path``,
+  ``last_model_path`` — restored from the resumed checkpoint, so resuming keeps its bookkeeping),
+  a file any checkpoint callback wrote in this fit, or a file whose name does not match (your
+  ``pretrained.ckpt`` in the same directory stays). Nothing is removed before the resumed
+  checkpoint is loaded, nor in a fit that never saves.
 
 Saving goes through ``trainer.save_checkpoint(path)`` (synchronous for now; the trainer books the
 time as "checkpoint stall"). Comparing a metric reads it as a float: a sync point on a device.
@@ -72,6 +86,9 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = None
         self._last_checkpoint_saved = ""
         self._val_has_run = False
+        self._fit_started = None  # time.time() at setup("fit"): older files may be leftovers
+        self._swept = True  # leftovers of earlier runs removed (armed at setup("fit"))
+        self._written = set()  # paths this callback wrote in this fit
         self.current_score = None
         self.best_k_models = {}  # path -> 0-d tensor
         self.kth_best_model_path = ""
@@ -157,6 +174,7 @@ class ModelCheckpoint(Checkpoint):
         self.dirpath = self._resolve_ckpt_dir(trainer)
         if stage == "fit":
             self._val_has_run = False
+            self._fit_started, self._swept, self._written = time.time(), False, set()
             if getattr(trainer, "is_global_zero", True):
                 self._warn_if_dir_not_empty(self.dirpath)
 
@@ -278,6 +296,7 @@ class ModelCheckpoint(Checkpoint):
 
     # ---- saving ---------------------------------------------------------------------------------
     def _save_topk_checkpoint(self, trainer, candidates):
+        self._remove_leftovers(trainer)
         if self.save_top_k == 0:
             return
         if self.monitor is None:
@@ -348,6 +367,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer, candidates):
         if not self.save_last:
             return
+        self._remove_leftovers(trainer)
         filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
@@ -367,6 +387,7 @@ class ModelCheckpoint(Checkpoint):
         if d:
             os.makedirs(d, exist_ok=True)
         trainer.save_checkpoint(filepath, self.save_weights_only)
+        self._written.add(os.path.abspath(filepath))
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         for logger in getattr(trainer, "loggers", None) or []:
@@ -402,6 +423,58 @@ class ModelCheckpoint(Checkpoint):
             remove(filepath)
         elif os.path.lexists(filepath):
             os.remove(filepath)
+
+    # ---- leftovers of earlier runs (the rule is in the module docstring) ---------------------
+    def _remove_leftovers(self, trainer):
+        if self._swept:
+            return
+        self._swept = True
+        if not getattr(trainer, "is_global_zero", True) or not self.dirpath or not os.path.isdir(self.dirpath):
+            return
+        for path in self._leftovers(trainer):
+            self._remove_checkpoint(trainer, path)
+
+    def _leftovers(self, trainer):
+        """The files in dirpath the rule lets this fit remove (see the module docstring)."""
+        keep = {os.path.abspath(p) for p in (self.best_model_path, self.last_model_path, self.kth_best_model_path) if p}
+        keep |= {os.path.abspath(p) for p in self.best_k_models}
+        for cb in getattr(trainer, "checkpoint_callbacks", None) or [self]:
+            keep |= getattr(cb, "_written", set())
+        resume = getattr(trainer, "ckpt_path", None)
+        if resume:
+            keep.add(os.path.abspath(resume))
+        own = self._own_name_regex()
+        out = []
+        for name in sorted(os.listdir(self.dirpath)):
+            path = os.path.abspath(os.path.join(self.dirpath, name))
+            if path in keep or os.path.isdir(path):
+                continue
+            tmp = name.endswith(self.FILE_EXTENSION + ".tmp")
+            if not tmp and (self.save_top_k == -1 or own is None or not own.fullmatch(name)):
+                continue
+            try:
+                if os.lstat(path).st_mtime >= self._fit_started:
+                    continue  # written since this fit began: not a leftover
+            except OSError:
+                continue
+            out.append(path)
+        return out
+
+    def _own_name_regex(self):
+        """The names this callback writes: its filename pattern (metric values as wildcards) or
+        `last`, each with an optional -vN, plus the extension. None when the pattern has folders."""
+        template = self.filename or "{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}"
+        if "/" in template or os.sep in template:
+            return None
+        rx = ""
+        for part in re.split(r"(\{[^{}]*\})", template):
+            if part.startswith("{") and part.endswith("}"):
+                name = part[1:-1].split(":")[0]
+                rx += (re.escape(name + self.CHECKPOINT_EQUALS_CHAR) if self.auto_insert_metric_name else "") + ".+?"
+            else:
+                rx += re.escape(part)
+        last, join = re.escape(self.CHECKPOINT_NAME_LAST), re.escape(self.CHECKPOINT_JOIN_CHAR)
+        return re.compile(rf"(?:{rx}|{last})(?:{join}v\d+)?{re.escape(self.FILE_EXTENSION)}")
 
     # ---- names ----------------------------------------------------------------------------------
     def _get_metric_interpolated_filepath_name(self, candidates, trainer, del_filepath=None):

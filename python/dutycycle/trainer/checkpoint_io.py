@@ -180,8 +180,25 @@ def _fsync_dir(directory):
 
 
 # ---- decode ------------------------------------------------------------------------------------
+class _CorruptCheckpoint(ValueError):
+    """A ValueError that already names the file (so the wrappers below do not wrap it twice)."""
+
+
 def _corrupt(path, why):
-    return ValueError(f"checkpoint '{path}' is corrupt or not a dutycycle checkpoint: {why}")
+    return _CorruptCheckpoint(f"checkpoint '{path}' is corrupt or not a dutycycle checkpoint: {why}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON ints only: no bools, no floats
+
+
+def _json(path, text, what):
+    """json.loads that names the file on every failure: bad JSON or UTF-8, digits past Python's
+    int limit (ValueError) and nesting deeper than the interpreter's stack (RecursionError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(path, f"{what} is not valid JSON ({type(e).__name__}: {e})") from None
 
 
 def read_safetensors(path):
@@ -197,10 +214,7 @@ def read_safetensors(path):
     (n,) = struct.unpack_from("<Q", blob, 0)
     if n > MAX_HEADER or 8 + n > len(blob):
         raise _corrupt(path, f"header length {n} does not fit the file ({len(blob)} bytes)")
-    try:
-        header = json.loads(bytes(blob[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"header is not valid JSON ({e})") from None
+    header = _json(path, bytes(blob[8 : 8 + n]), "header")  # bytes: json checks the UTF-8 itself
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     data = memoryview(blob)[8 + n :]
@@ -208,12 +222,19 @@ def read_safetensors(path):
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            st, shape, (b, e) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-            npd = np.dtype(_ST_TO_NP[st])
-        except (KeyError, TypeError, ValueError):
-            raise _corrupt(path, f"bad header entry for tensor '{key}'") from None
-        count = int(np.prod(shape)) if shape else 1
+        # every field checked for its JSON type first: a crafted header must fail here, naming the file
+        if not isinstance(info, dict):
+            raise _corrupt(path, f"header entry for tensor '{key}' is a {type(info).__name__}, not an object")
+        st, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(st, str) or st not in _ST_TO_NP:
+            raise _corrupt(path, f"tensor '{key}' has dtype {st!r}; expected one of {sorted(_ST_TO_NP)}")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            raise _corrupt(path, f"tensor '{key}' has shape {shape!r}; expected a list of ints >= 0")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+            raise _corrupt(path, f"tensor '{key}' has data_offsets {offsets!r}; expected [begin, end] as ints")
+        b, e = offsets
+        npd = np.dtype(_ST_TO_NP[st])
+        count = math.prod(shape)  # Python ints: a crafted huge shape cannot overflow
         if not (0 <= b <= e <= len(data)) or e - b != count * npd.itemsize:
             raise _corrupt(
                 path,
@@ -280,15 +301,146 @@ def load_checkpoint(path) -> dict:
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise _corrupt(path, "__metadata__ is not an object")
-    if FORMAT_KEY not in meta:
-        return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
+    if FORMAT_KEY in meta and not isinstance(meta[FORMAT_KEY], str):
+        raise _corrupt(path, f"metadata document is a {type(meta[FORMAT_KEY]).__name__}, not a string")
+    doc = _json(path, meta[FORMAT_KEY], "metadata document") if FORMAT_KEY in meta else None
     try:
-        doc = json.loads(meta[FORMAT_KEY])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"metadata document is not valid JSON ({e})") from None
-    try:
+        if doc is None:  # a plain safetensors file
+            return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
         return _decode(doc, header, arrays, path)
-    except ValueError:
+    except _CorruptCheckpoint:
         raise
-    except Exception as e:
+    except Exception as e:  # includes RecursionError: a document nested deeper than the stack
         raise _corrupt(path, f"metadata document is malformed ({type(e).__name__}: {e})") from None
+
+
+# ---- the Trainer's checkpoint: what goes in, how it comes back ------------------------------------
+# The Trainer calls these from save_checkpoint / fit / validate / test / predict; the hooks
+# (on_save_checkpoint, on_load_checkpoint) stay in the Trainer, around these calls.
+def dump_checkpoint(trainer, weights_only=False):
+    """The checkpoint dict of trainer's current state (before the on_save_checkpoint hooks)."""
+    from .resume import get_rng_states
+
+    m, strategy = trainer.lightning_module, trainer.strategy
+    ckpt = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "dutycycle_version": dc.__version__,
+        "state_dict": strategy.lightning_module_state_dict(),
+        "loops": trainer.position.state_dict(trainer),
+    }
+    if not weights_only:
+        ckpt["callbacks"] = {}
+        for cb in trainer.callbacks:
+            sd = cb.state_dict() if hasattr(cb, "state_dict") else {}
+            if sd:
+                ckpt["callbacks"][callback_state_key(cb)] = sd
+        ckpt["optimizer_states"] = [strategy.optimizer_state(o) for o in trainer.optimizers]
+        ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        ckpt["rng_states"] = get_rng_states()
+    hp = m.__dict__.get("_hparams")
+    if hp:
+        ckpt["hyper_parameters"] = _jsonable(dict(hp))
+    if trainer.datamodule is not None:
+        dsd = trainer.datamodule.state_dict()
+        if dsd:
+            ckpt["datamodule"] = {type(trainer.datamodule).__qualname__: dsd}
+    return ckpt
+
+
+def callback_state_key(cb):
+    return getattr(cb, "state_key", type(cb).__qualname__)
+
+
+def restore_module(trainer, ckpt):
+    """The weights and the datamodule's state (after the module's on_load_checkpoint)."""
+    trainer.lightning_module.load_state_dict(ckpt["state_dict"])
+    dm = ckpt.get("datamodule") or {}
+    if trainer.datamodule is not None and type(trainer.datamodule).__qualname__ in dm:
+        trainer.datamodule.load_state_dict(dm[type(trainer.datamodule).__qualname__])
+
+
+def check_trainer_checkpoint(ckpt, path):
+    if "state_dict" not in ckpt:
+        raise KeyError(f"checkpoint '{path}' has no 'state_dict' (is it a dutycycle Trainer checkpoint?)")
+
+
+def restore_training_state(trainer, ckpt):
+    """Optimizers, lr schedulers and the loop position (fit's resume, after configure_optimizers)."""
+    path = trainer.ckpt_path
+    opt_states = ckpt.get("optimizer_states")
+    if opt_states is None:
+        raise KeyError(
+            f"checkpoint '{path}' was saved with weights_only=True: it has no optimizer "
+            "states, so training cannot resume from it"
+        )
+    if len(opt_states) != len(trainer.optimizers):
+        raise ValueError(
+            f"checkpoint '{path}' has {len(opt_states)} optimizer state(s), the model "
+            f"configures {len(trainer.optimizers)}"
+        )
+    for o, s in zip(trainer.optimizers, opt_states):
+        o.load_state_dict(s)
+    sched_states = ckpt.get("lr_schedulers") or []
+    for cfg, s in zip(trainer.lr_scheduler_configs, sched_states):
+        cfg.scheduler.load_state_dict(s)
+    trainer.position.load_state_dict(trainer, ckpt)
+
+
+def resolve_ckpt_path(trainer, ckpt_path, fn):
+    """ckpt_path of fit/validate/test/predict -> a file path ("last", "best" looked up), or None."""
+    import glob
+    import warnings
+
+    if ckpt_path in ("last", "best"):
+        if ckpt_path == "best":
+            cb = trainer.checkpoint_callback
+            best = getattr(cb, "best_model_path", None) if cb is not None else None
+            if not best:
+                raise ValueError(f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` has no best checkpoint')
+            return best
+        path = _find_last_checkpoint(trainer, glob)
+        if path is None:
+            warnings.warn(
+                f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. '
+                "No checkpoint will be loaded.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return path
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: ckpt_path='{path}'")
+    return path
+
+
+def _find_last_checkpoint(trainer, glob):
+    dirs = []
+    for cb in trainer.checkpoint_callbacks:
+        last = getattr(cb, "last_model_path", None)
+        if last and os.path.isfile(last):
+            return last
+        d = getattr(cb, "dirpath", None)
+        if d:
+            dirs.append(os.fspath(d))
+    dirs.append(os.path.join(trainer.log_dir, "checkpoints"))
+    dirs += sorted(glob.glob(os.path.join(trainer.default_root_dir, "*", "version_*", "checkpoints")))
+    dirs.append(os.path.join(trainer.default_root_dir, "checkpoints"))
+    for d in dirs:
+        cands = [p for p in glob.glob(os.path.join(d, "last*")) if os.path.isfile(p) and not p.endswith(".tmp")]
+        if cands:
+            return max(cands, key=os.path.getmtime)
+    return None
+
+
+def _jsonable(obj):
+    """hparams as checkpoint-storable values (others become their repr, as Lightning's yaml does)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_jsonable(v) for v in obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (dc.Tensor, np.ndarray)):
+        return obj
+    return repr(obj)

@@ -73,19 +73,27 @@ class HyperparametersMixin:
 
 
 class LightningOptimizer:
-    """What module.optimizers() returns: the optimizer, whose step() goes through the trainer
-    (hooks, step counting) as Lightning's LightningOptimizer does. Attributes pass through."""
+    """What module.optimizers() returns, and what the optimizer_step hook gets: the optimizer,
+    whose step() goes through the trainer to trainer.strategy.optimizer_step (and, in manual
+    optimization, the on_before_optimizer_step hook and the step count), as Lightning's
+    LightningOptimizer does. Attributes pass through, and isinstance() sees the optimizer's class."""
 
-    def __init__(self, optimizer, trainer):
+    def __init__(self, optimizer, trainer, automatic=False):
         self._optimizer = optimizer
         self._trainer = trainer
+        self._automatic = automatic  # made by the loop for the optimizer_step hook
 
     @property
     def optimizer(self):
         return self._optimizer
 
+    @property
+    def __class__(self):
+        # isinstance(opt, dc.optim.SGD) stays True for the wrapper (type() still says LightningOptimizer)
+        return type(self._optimizer)
+
     def step(self, closure=None, **kwargs):
-        return self._trainer._manual_optimizer_step(self._optimizer, closure, **kwargs)
+        return self._trainer._optimizer_step(self._optimizer, closure, automatic=self._automatic, **kwargs)
 
     def zero_grad(self, set_to_none=True):
         self._optimizer.zero_grad(set_to_none=set_to_none)

@@ -1,0 +1,84 @@
+"""Which dataloader each stage runs and how many of its batches: the dataloaders passed to the
+entry point, else the datamodule's, else the LightningModule's `*_dataloader()`; limit_*_batches
+as a count or a fraction; the batch at which validation runs inside an epoch (val_check_batch).
+"""
+
+from __future__ import annotations
+
+
+def source(trainer, kind):
+    """The dataloader(s) for kind: passed to the entry point, else the datamodule's, else the module's."""
+    passed = {
+        "train": trainer.__dict__.get("_train_source"),
+        "val": trainer.__dict__.get("_val_source"),
+        "test": trainer.__dict__.get("_test_source"),
+        "predict": trainer.__dict__.get("_predict_source"),
+    }[kind]
+    if passed is not None:
+        return passed
+    for owner in (trainer.datamodule, trainer.lightning_module):
+        fn = getattr(owner, f"{kind}_dataloader", None) if owner is not None else None
+        if fn is not None and callable(fn):
+            try:
+                return fn()
+            except NotImplementedError:
+                continue
+    return None
+
+def val_source_exists(trainer):
+    if trainer.__dict__.get("_val_source") is not None:
+        return True
+    owners = (trainer.datamodule, trainer.lightning_module)
+    return any(owner is not None and hasattr(owner, "val_dataloader") for owner in owners)
+
+def has_step(m, name):
+    return callable(getattr(m, name, None))
+
+def num_batches(loader, limit, name):
+    try:
+        n = len(loader)
+    except TypeError:
+        n = float("inf")
+    if isinstance(limit, int):
+        return min(n, limit)
+    if limit == 1.0:
+        return n
+    if n == float("inf"):
+        if limit == 0.0:
+            return 0
+        raise ValueError(f"{name}={limit} as a fraction needs a dataloader with a length; pass an int instead")
+    k = int(n * limit)
+    if k == 0 and limit > 0.0:
+        raise ValueError(
+            f"You requested to check {limit} of the {name.split('_')[1]} dataloader but "
+            f"{limit} * {n} < 1; use a larger fraction or an int"
+        )
+    return k
+
+def setup_train_data(trainer):
+    loader = source(trainer, "train")
+    if loader is None:
+        raise ValueError(
+            "No `train_dataloader()` method defined and no `train_dataloaders` passed to `Trainer.fit`"
+        )
+    trainer.train_dataloader = loader
+    n = num_batches(loader, trainer.limit_train_batches, "limit_train_batches")
+    trainer.num_training_batches = n
+    vci = trainer.val_check_interval
+    if isinstance(vci, int):
+        if trainer.check_val_every_n_epoch is not None and n != float("inf") and vci > n:
+            raise ValueError(
+                f"`val_check_interval` ({vci}) must be less than or equal to the number of the training "
+                f"batches ({n}). If you want to disable validation set `limit_val_batches` to 0.0 instead. If "
+                "you want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
+            )
+        trainer.val_check_batch = vci
+    elif n == float("inf"):
+        trainer.val_check_batch = float("inf")
+    else:
+        trainer.val_check_batch = max(1, int(n * vci))
+
+def as_list(loaders):
+    if loaders is None:
+        return []
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
