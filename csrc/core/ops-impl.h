@@ -2,7 +2,7 @@
 #ifndef DC_OPS_IMPL_H
 #define DC_OPS_IMPL_H
 
-#include "../autograd/autograd.h"
+#include "graph.h"
 #include "ops.h"
 
 static inline dc_kargs kargs_of(dc_kop op)

@@ -2,6 +2,7 @@
  * releases the GIL around the pure-C op (no PyObject touched meanwhile), and wraps the result.
  * Argument checks that need Python types live here; everything about shapes, dtypes and devices
  * is checked by the core and comes back as a status. */
+#include <limits.h>
 #include <math.h>
 
 #include "py.h"
@@ -98,14 +99,40 @@ static int conv_tensor_list(PyObject *o, void *out)
     return Py_CLEANUP_SUPPORTED;
 }
 
+/* A dim argument (for PyArg "O&"): any Python int, so 2**32 is reported as out of range
+ * instead of being truncated to a C int that happens to name dim 0. */
+static int dim_of(PyObject *o, int *out)
+{
+    if (!PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "dim must be an int, not %.100s", Py_TYPE(o)->tp_name);
+        return 0;
+    }
+    int overflow;
+    PyObject *i = PyNumber_Index(o);
+    if (!i) return 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    if (overflow || v > INT_MAX / 2 || v < -(INT_MAX / 2)) {
+        PyErr_Format(PyExc_IndexError, "dim %S is out of range (tensors have at most %d dims)", o, DC_MAX_DIMS);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+static int conv_dim(PyObject *o, void *out)
+{
+    return dim_of(o, out);
+}
+
 static int parse_dims(PyObject *o, int *n, int *dims, const char *op)
 {
     *n = 0;
     if (o == Py_None) return 1;
     if (PyIndex_Check(o)) {
-        long d = PyLong_AsLong(o);
-        if (d == -1 && PyErr_Occurred()) return 0;
-        dims[(*n)++] = (int)d;
+        if (!dim_of(o, &dims[0])) return 0;
+        *n = 1;
         return 1;
     }
     shape_arg s;
@@ -118,7 +145,13 @@ static int parse_dims(PyObject *o, int *n, int *dims, const char *op)
         /* an empty tuple means every dim, as in torch */
         return 1;
     }
-    for (int k = 0; k < s.n; k++) dims[k] = (int)s.v[k];
+    for (int k = 0; k < s.n; k++) {
+        if (s.v[k] > INT_MAX / 2 || s.v[k] < -(INT_MAX / 2)) {
+            PyErr_Format(PyExc_IndexError, "%s: dim %lld is out of range", op, (long long)s.v[k]);
+            return 0;
+        }
+        dims[k] = (int)s.v[k];
+    }
     *n = s.n;
     return 1;
 }
@@ -137,10 +170,10 @@ static int check_dtype_dev(int dtype, int devtype)
 }
 
 /* Run a core call without the GIL; then wrap `out` or raise. */
-#define RUN(call)                        \
-    dc_status st_;                       \
-    Py_BEGIN_ALLOW_THREADS st_ = (call); \
-    Py_END_ALLOW_THREADS if (st_) return dc_py_raise(st_)
+#define RUN(call)             \
+    dc_status st_;            \
+    DC_BEGIN_OP st_ = (call); \
+    DC_END_OP if (st_) return dc_py_raise(st_)
 
 #define RUN_WRAP(call, out) \
     RUN(call);              \
@@ -369,7 +402,13 @@ static PyObject *f_permute(PyObject *m, PyObject *args)
         return NULL;
     }
     int dims[DC_MAX_DIMS];
-    for (int d = 0; d < s.n; d++) dims[d] = (int)s.v[d];
+    for (int d = 0; d < s.n; d++) {
+        if (s.v[d] > INT_MAX / 2 || s.v[d] < -(INT_MAX / 2)) {
+            PyErr_Format(PyExc_IndexError, "permute: dim %lld is out of range", (long long)s.v[d]);
+            return NULL;
+        }
+        dims[d] = (int)s.v[d];
+    }
     RUN_WRAP(dc_permute(&out, x, dims), out);
 }
 
@@ -378,7 +417,7 @@ static PyObject *f_transpose(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int a, b;
-    if (!PyArg_ParseTuple(args, "O&ii:transpose", conv_tensor, &x, &a, &b)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&:transpose", conv_tensor, &x, conv_dim, &a, conv_dim, &b)) return NULL;
     RUN_WRAP(dc_transpose(&out, x, a, b), out);
 }
 
@@ -388,7 +427,7 @@ static PyObject *f_slice(PyObject *m, PyObject *args)
     dc_tensor *x, *out;
     int dim;
     long long a, b, step;
-    if (!PyArg_ParseTuple(args, "O&iLLL:slice", conv_tensor, &x, &dim, &a, &b, &step)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&LLL:slice", conv_tensor, &x, conv_dim, &dim, &a, &b, &step)) return NULL;
     RUN_WRAP(dc_slice(&out, x, dim, a, b, step), out);
 }
 
@@ -398,7 +437,7 @@ static PyObject *f_select(PyObject *m, PyObject *args)
     dc_tensor *x, *out;
     int dim;
     long long i;
-    if (!PyArg_ParseTuple(args, "O&iL:select", conv_tensor, &x, &dim, &i)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&L:select", conv_tensor, &x, conv_dim, &dim, &i)) return NULL;
     RUN_WRAP(dc_select(&out, x, dim, i), out);
 }
 
@@ -407,7 +446,7 @@ static PyObject *f_unsqueeze(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int dim;
-    if (!PyArg_ParseTuple(args, "O&i:unsqueeze", conv_tensor, &x, &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&:unsqueeze", conv_tensor, &x, conv_dim, &dim)) return NULL;
     RUN_WRAP(dc_unsqueeze(&out, x, dim), out);
 }
 
@@ -419,8 +458,7 @@ static PyObject *f_squeeze(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&|O:squeeze", conv_tensor, &x, &d)) return NULL;
     int dim = DC_ALL_DIMS;
     if (d != Py_None) {
-        dim = (int)PyLong_AsLong(d);
-        if (dim == -1 && PyErr_Occurred()) return NULL;
+        if (!dim_of(d, &dim)) return NULL;
     }
     RUN_WRAP(dc_squeeze(&out, x, dim), out);
 }
@@ -543,8 +581,7 @@ static PyObject *f_argmax(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&|Opp:argmax", conv_tensor, &x, &d, &keepdim, &is_min)) return NULL;
     int dim = DC_ALL_DIMS;
     if (d != Py_None) {
-        dim = (int)PyLong_AsLong(d);
-        if (dim == -1 && PyErr_Occurred()) return NULL;
+        if (!dim_of(d, &dim)) return NULL;
     }
     RUN_WRAP(dc_argmax(&out, x, dim, keepdim, is_min), out);
 }
@@ -554,7 +591,7 @@ static PyObject *f_softmax(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int dim, log = 0;
-    if (!PyArg_ParseTuple(args, "O&i|p:softmax", conv_tensor, &x, &dim, &log)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&|p:softmax", conv_tensor, &x, conv_dim, &dim, &log)) return NULL;
     RUN_WRAP(dc_softmax(&out, x, dim, log), out);
 }
 
@@ -584,10 +621,10 @@ static PyObject *f_cat(PyObject *m, PyObject *args)
     tensor_list l = { 0 };
     int dim = 0;
     dc_tensor *out;
-    if (!PyArg_ParseTuple(args, "O&|i:cat", conv_tensor_list, &l, &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&|O&:cat", conv_tensor_list, &l, conv_dim, &dim)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_cat(&out, l.n, l.v, dim);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
+    DC_BEGIN_OP st = dc_cat(&out, l.n, l.v, dim);
+    DC_END_OP PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     return dc_py_wrap(out);
 }
@@ -597,7 +634,8 @@ static PyObject *f_gather(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *idx, *out;
     int dim, select = 0;
-    if (!PyArg_ParseTuple(args, "O&iO&|p:gather", conv_tensor, &x, &dim, conv_tensor, &idx, &select)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&|p:gather", conv_tensor, &x, conv_dim, &dim, conv_tensor, &idx, &select))
+        return NULL;
     RUN_WRAP(select ? dc_index_select(&out, x, dim, idx) : dc_gather(&out, x, dim, idx), out);
 }
 
@@ -632,9 +670,9 @@ static PyObject *f_sgd_step(PyObject *m, PyObject *args)
         return NULL;
     if (same_len(&p, &g, "sgd_step", "grads") && (mom == 0 || same_len(&p, &b, "sgd_step", "momentum buffers"))) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st =
+        DC_BEGIN_OP st =
             dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
-        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_END_OP r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -656,8 +694,8 @@ static PyObject *f_adamw_step(PyObject *m, PyObject *args)
     if (same_len(&p, &g, "adamw_step", "grads") && same_len(&p, &ea, "adamw_step", "exp_avgs") &&
         same_len(&p, &eas, "adamw_step", "exp_avg_sqs")) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
-        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_BEGIN_OP st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
+        DC_END_OP r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -673,8 +711,8 @@ static PyObject *f_grad_norm(PyObject *m, PyObject *args)
     double p, out = 0;
     if (!PyArg_ParseTuple(args, "O&d:grad_norm", conv_tensor_list, &l, &p)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_total_norm(l.n, l.v, p, &out);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
+    DC_BEGIN_OP st = dc_total_norm(l.n, l.v, p, &out);
+    DC_END_OP PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     return PyFloat_FromDouble(out);
 }
@@ -686,8 +724,8 @@ static PyObject *f_scale_(PyObject *m, PyObject *args)
     double f;
     if (!PyArg_ParseTuple(args, "O&d:scale_", conv_tensor_list, &l, &f)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_scale_(l.n, l.v, f);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
+    DC_BEGIN_OP st = dc_scale_(l.n, l.v, f);
+    DC_END_OP PyMem_Free(l.v);
     if (st) return dc_py_raise(st);
     Py_RETURN_NONE;
 }

@@ -9,6 +9,17 @@
 #include "../autograd/autograd.h"
 #include "../core/ops.h"
 
+/* Release the GIL around a pure-C op on tensors, marking it in flight (the threading rule is in
+ * csrc/core/tensor.h): a `t.data = x` / `t.grad = g` in another thread waits for it to finish. */
+#define DC_BEGIN_OP                                    \
+    {                                                  \
+        PyThreadState *dc_save_ = PyEval_SaveThread(); \
+        dc_inflight_begin();
+#define DC_END_OP                   \
+    dc_inflight_end();              \
+    PyEval_RestoreThread(dc_save_); \
+    }
+
 typedef struct {
     PyObject_HEAD dc_tensor *t; /* owned reference */
     PyObject *weakrefs;

@@ -117,16 +117,14 @@ static void tensor_dealloc(TensorObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     if (tp->tp_flags & Py_TPFLAGS_HAVE_GC) PyObject_GC_UnTrack(self);
+    /* Detach from the C tensor first: a weakref callback below may run code that wraps this C
+     * tensor again (p.grad, a graph's output), which must build a new wrapper instead of reviving
+     * this dying one. */
+    dc_tensor *t = self->t;
+    if (t && t->pyobj == self) t->pyobj = NULL;
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->t) {
-        if (self->t->pyobj == self) self->t->pyobj = NULL;
-        dc_tensor *t = self->t;
-        self->t = NULL;
-        dc_tensor_decref(t);
-    }
-    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE && tp != dc_py_tensor_base) {
-        /* a Python subclass: let its machinery clear __dict__ */
-    }
+    self->t = NULL;
+    dc_tensor_decref(t);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -250,14 +248,50 @@ static int set_grad(PyObject *self, PyObject *v, void *c)
                          dc_dtype_name(g->dtype), dc_device_str(g->device), dc_dtype_name(t->dtype));
             return -1;
         }
-        dc_tensor_incref(g);
     }
-    dc_tensor_decref(t->grad);
-    t->grad = g;
-    return 0;
+    Py_BEGIN_ALLOW_THREADS dc_tensor_set_grad(t, g); /* waits for ops of other threads in flight */
+    Py_END_ALLOW_THREADS return 0;
 }
 
-/* NumPy's array interface: numpy.asarray(t) shares memory and keeps `t` alive. */
+/* _C._StorageRef: a reference to a dc_storage, exporting its bytes through the buffer protocol.
+ * __array_interface__ hands one to NumPy as the array's data, so the array keeps the *storage*
+ * alive: `t.data = other` (which drops t's reference to its old storage) can't free memory a NumPy
+ * view still uses, and the view keeps seeing the old data, as in PyTorch. */
+typedef struct {
+    PyObject_HEAD dc_storage *s; /* owned reference */
+} StorageRefObject;
+
+static PyTypeObject *storage_ref_type;
+
+static int storage_ref_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    dc_storage *s = ((StorageRefObject *)self)->s;
+    return PyBuffer_FillInfo(view, self, s->data, (Py_ssize_t)s->nbytes, 0, flags);
+}
+
+static void storage_ref_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    dc_storage_decref(((StorageRefObject *)self)->s);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot storage_ref_slots[] = {
+    { Py_bf_getbuffer, storage_ref_getbuffer },
+    { Py_tp_dealloc, storage_ref_dealloc },
+    { Py_tp_doc, "a reference to a tensor's storage, exported as a buffer (for NumPy views)" },
+    { 0, NULL },
+};
+
+static PyType_Spec storage_ref_spec = {
+    .name = "dutycycle._C._StorageRef",
+    .basicsize = sizeof(StorageRefObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = storage_ref_slots,
+};
+
+/* NumPy's array interface: numpy.asarray(t) shares memory and keeps t's storage alive. */
 static PyObject *get_array_interface(PyObject *self, void *c)
 {
     (void)c;
@@ -276,12 +310,15 @@ static PyObject *get_array_interface(PyObject *self, void *c)
     int64_t bstr[DC_MAX_DIMS];
     for (int d = 0; d < t->ndim; d++) bstr[d] = t->strides[d] * (int64_t)isz;
     PyObject *shape = shape_tuple(t->ndim, t->shape), *strides = shape_tuple(t->ndim, bstr);
+    StorageRefObject *ref = PyObject_New(StorageRefObject, storage_ref_type);
     PyObject *r = NULL;
-    if (shape && strides)
-        r = Py_BuildValue("{s:O,s:s,s:(nO),s:O,s:i}", "shape", shape, "typestr", typestr[t->dtype], "data",
-                          (Py_ssize_t)(uintptr_t)dc_data(t), Py_False, "strides", strides, "version", 3);
+    if (ref) ref->s = dc_tensor_storage_ref(t);
+    if (shape && strides && ref)
+        r = Py_BuildValue("{s:O,s:s,s:O,s:n,s:O,s:i}", "shape", shape, "typestr", typestr[t->dtype], "data", ref,
+                          "offset", (Py_ssize_t)(t->offset * (int64_t)isz), "strides", strides, "version", 3);
     Py_XDECREF(shape);
     Py_XDECREF(strides);
+    Py_XDECREF(ref);
     return r;
 }
 
@@ -339,8 +376,8 @@ static PyObject *m_item(PyObject *self, PyObject *noargs)
     dc_status st;
     /* note: for device tensors this is a sync point (copy to host) */
     dc_dtype want = t->dtype == DC_BOOL ? DC_BOOL : dc_dtype_is_float(t->dtype) ? DC_FLOAT64 : DC_INT64;
-    Py_BEGIN_ALLOW_THREADS st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
-    Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
+    DC_BEGIN_OP st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
+    DC_END_OP if (st) return dc_py_raise(st);
     PyObject *r;
     if (want == DC_FLOAT64)
         r = PyFloat_FromDouble(*(double *)dc_data(c));
@@ -454,21 +491,17 @@ static PyObject *m_set_data(PyObject *self, PyObject *arg)
         PyErr_Format(PyExc_TypeError, "can't assign %s data to a tensor that requires grad", dc_dtype_name(s->dtype));
         return NULL;
     }
-    dc_storage_incref(s->storage);
-    dc_storage_decref(t->storage);
-    t->storage = s->storage;
-    t->offset = s->offset;
-    t->ndim = s->ndim;
-    memcpy(t->shape, s->shape, sizeof t->shape);
-    memcpy(t->strides, s->strides, sizeof t->strides);
-    t->dtype = s->dtype;
-    t->device = s->device;
-    dc_tensor *g = t->grad;
-    if (g && (g->dtype != t->dtype || !dc_device_eq(g->device, t->device) || g->ndim != t->ndim ||
-              memcmp(g->shape, t->shape, sizeof(int64_t) * t->ndim))) {
-        t->grad = NULL;
-        dc_tensor_decref(g);
-    }
+    /* `s` stays alive without the GIL: the caller's argument holds it */
+    Py_BEGIN_ALLOW_THREADS dc_tensor_set_data(t, s); /* waits for ops of other threads in flight */
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* t._bump_version(): count a write made behind the core's back (NumPy writing through
+ * np.asarray(t) for index assignment), so autograd notices it like any in-place op. */
+static PyObject *m_bump_version(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    atomic_fetch_add(&SELF_T(self)->storage->version, 1);
     Py_RETURN_NONE;
 }
 
@@ -546,12 +579,12 @@ typedef struct {
     DLManagedTensorVersioned mv;
     int versioned;
     int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
-    dc_tensor *t;
+    dc_storage *storage; /* the storage, not the tensor: `t.data = x` must not free it under the consumer */
 } dl_export;
 
 static void dl_export_free(dl_export *e)
 {
-    dc_tensor_decref(e->t);
+    dc_storage_decref(e->storage);
     free(e);
 }
 static void dl_export_deleter(DLManagedTensor *m)
@@ -616,8 +649,8 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
     if (copied) { /* the consumer asked for its own copy */
         dc_tensor *c;
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st = dc_clone(&c, t);
-        Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
+        DC_BEGIN_OP st = dc_clone(&c, t);
+        DC_END_OP if (st) return dc_py_raise(st);
         t = c;
     } else {
         dc_tensor_incref(t);
@@ -627,7 +660,7 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
         dc_tensor_decref(t);
         return PyErr_NoMemory();
     }
-    e->t = t;
+    e->storage = dc_tensor_storage_ref(t);
     e->versioned = versioned;
     for (int d = 0; d < t->ndim; d++) {
         e->shape[d] = t->shape[d];
@@ -653,6 +686,7 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
         e->m.deleter = dl_export_deleter;
         if (!(cap = PyCapsule_New(&e->m, "dltensor", dl_capsule_destructor))) dl_export_free(e);
     }
+    dc_tensor_decref(t); /* the export holds the storage; the geometry was copied above */
     return cap;
 }
 
@@ -747,6 +781,7 @@ static PyMethodDef tensor_methods[] = {
     { "_add_post_accumulate_grad_hook", m_add_hook, METH_O, NULL },
     { "_remove_post_accumulate_grad_hook", m_remove_hook, METH_O, NULL },
     { "_set_data", m_set_data, METH_O, NULL },
+    { "_bump_version", m_bump_version, METH_NOARGS, NULL },
     { "_make_subclass", m_make_subclass, METH_VARARGS | METH_STATIC, NULL },
     { "__dlpack__", (PyCFunction)(void (*)(void))m_dlpack, METH_VARARGS | METH_KEYWORDS, "export via DLPack" },
     { "__dlpack_device__", m_dlpack_device, METH_NOARGS, "(device_type, device_id) for DLPack" },
@@ -779,6 +814,8 @@ static PyType_Spec tensor_spec = {
 
 int dc_py_init_tensor_type(PyObject *m)
 {
+    storage_ref_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &storage_ref_spec, NULL);
+    if (!storage_ref_type) return -1;
     dc_py_tensor_base = (PyTypeObject *)PyType_FromSpec(&tensor_spec);
     if (!dc_py_tensor_base) return -1;
     return PyModule_AddObjectRef(m, "TensorBase", (PyObject *)dc_py_tensor_base);
