@@ -2,6 +2,8 @@
  * live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
 #include "cpu.h"
 
+#include <pthread.h>
+
 static int cpu_device_count(void)
 {
     return 1;
@@ -99,7 +101,24 @@ static const dc_backend cpu_backend = {
 /* A new dc_kop must get a slot above: DC_K_SCALE is the last id today. */
 _Static_assert(DC_K_SCALE + 1 == DC_KOP_COUNT, "cpu backend: fill the slot of every new dc_kop");
 
+int dc_cpu_forked_child;
+
+static void on_fork_child(void)
+{
+    dc_cpu_forked_child = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(1); /* for the parallel regions sized by the OpenMP default, and OpenBLAS's */
+#endif
+}
+
+static void install_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
 const dc_backend *dc_cpu_backend_get(void)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, install_fork_handler);
     return &cpu_backend;
 }
