@@ -575,7 +575,8 @@ class Tensor(_C.TensorBase):
 
     def __setitem__(self, idx, value):
         items = idx if isinstance(idx, tuple) else (idx,)
-        if builtins.any(isinstance(i, (Tensor, list)) for i in items):
+        if builtins.any(isinstance(i, (Tensor, list)) or (type(i).__module__ == "numpy" and getattr(i, "ndim", 0) > 0)
+                        for i in items):  # an index array: NumPy's rules (a basic view would be a copy)
             self._setitem_advanced(items, value)
             return
         target = self[idx]  # a view sharing storage with self

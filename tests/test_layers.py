@@ -1,0 +1,34 @@
+"""The C sources keep their layers pointing one way: python binding -> subsystems (autograd,
+loader) -> core. A grep over the includes, so a new upward include fails here, not in review."""
+import pathlib
+import re
+
+import pytest
+
+CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def _includes(folder):
+    for f in sorted((CSRC / folder).glob("*.[ch]")):
+        for inc in INCLUDE.findall(f.read_text()):
+            yield f.relative_to(CSRC), inc
+
+
+@pytest.mark.parametrize("folder, banned", [
+    ("core", ("autograd/", "python/", "loader/")),
+    ("cpu", ("autograd/", "python/", "loader/")),
+    ("autograd", ("python/", "loader/")),
+    ("loader", ("python/", "autograd/")),
+])
+def test_no_upward_includes(folder, banned):
+    bad = [f"{f}: #include \"{inc}\"" for f, inc in _includes(folder) if any(b in inc for b in banned)]
+    assert not bad, "layering violation (binding -> subsystems -> core):\n" + "\n".join(bad)
+
+
+def test_core_does_not_mention_autograd_outside_comments():
+    """`grep -rn autograd csrc/core` finds only comments: the core records the graph (graph.h) and
+    never calls the engine."""
+    for f in sorted((CSRC / "core").glob("*.[ch]")):
+        code = re.sub(r"/\*.*?\*/|//[^\n]*", "", f.read_text(), flags=re.S)
+        assert "autograd" not in code.replace("DC_ERR_AUTOGRAD", ""), f"{f.name} refers to autograd in code"
