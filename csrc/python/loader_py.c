@@ -13,7 +13,7 @@
 
 typedef struct {
     PyObject_HEAD dc_loader *loader; /* owned; NULL once closed */
-    PyObject *outstanding;           /* dict batch_id -> (sources, meta, storage refs), oldest first (dicts keep order) */
+    PyObject *outstanding;           /* batch_id -> (sources, meta, storage refs), oldest first */
     int waiting;                     /* next() calls in progress with the GIL released */
     int nthreads, prefetch;
 } LoaderObject;
