@@ -18,6 +18,9 @@ typedef struct {
     int nthreads, prefetch;
 } LoaderObject;
 
+/* The module state, through the type (Loader can't be subclassed, so it is the defining type). */
+#define LSTATE(self) ((dc_py_state *)PyType_GetModuleState(Py_TYPE(self)))
+
 static int loader_check_open(LoaderObject *self)
 {
     if (self->loader) return 1;
@@ -37,7 +40,7 @@ static int loader_init(LoaderObject *self, PyObject *args, PyObject *kw)
     if (!self->outstanding && !(self->outstanding = PyDict_New())) return -1;
     dc_status st = dc_loader_init(&self->loader, nthreads, prefetch);
     if (st) {
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
         return -1;
     }
     self->nthreads = nthreads;
@@ -230,7 +233,7 @@ static PyObject *loader_submit(LoaderObject *self, PyObject *args)
     dc_status st = dc_loader_submit(self->loader, batch_id, (int)ncols, cols, n); /* copies, never blocks */
     if (st) {
         PyDict_DelItem(self->outstanding, key);
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
         goto done;
     }
     r = Py_NewRef(Py_None);
@@ -251,7 +254,7 @@ done:
 }
 
 /* Tensors owning the batch's buffers, described by meta [(dtype, row_shape), ...]. */
-static PyObject *wrap_batch(dc_loader_batch *b, PyObject *meta)
+static PyObject *wrap_batch(dc_py_state *S, dc_loader_batch *b, PyObject *meta)
 {
     PyObject *list = PyList_New(b->ncols);
     if (!list) return NULL;
@@ -270,9 +273,9 @@ static PyObject *wrap_batch(dc_loader_batch *b, PyObject *meta)
                                     dc_loader_buffer_free, buf);
         if (st) {
             Py_DECREF(list);
-            return dc_py_raise(st);
+            return dc_py_raise(S, st);
         }
-        PyObject *o = dc_py_wrap(t);
+        PyObject *o = dc_py_wrap(S, t);
         if (!o) {
             Py_DECREF(list);
             return NULL;
@@ -318,7 +321,7 @@ static PyObject *loader_next(LoaderObject *self, PyObject *args)
     }
     PyObject *r = NULL;
     if (st) {
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
     } else if (timed_out) {
         PyErr_Format(PyExc_TimeoutError, "Loader.next: no batch ready after %.3g s", timeout);
     } else if (!entry) {
@@ -326,7 +329,7 @@ static PyObject *loader_next(LoaderObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "Loader.next: a batch came out that was never submitted");
     } else {
         long long id = (long long)b.batch_id;
-        PyObject *tensors = wrap_batch(&b, PyTuple_GET_ITEM(entry, 1));
+        PyObject *tensors = wrap_batch(LSTATE(self), &b, PyTuple_GET_ITEM(entry, 1));
         dc_loader_batch_clear(&b); /* frees the arrays, and the buffers wrap_batch did not take */
         if (tensors) r = Py_BuildValue("(LN)", id, tensors);
     }
@@ -449,9 +452,8 @@ static PyType_Spec loader_spec = {
 
 int dc_py_init_loader(PyObject *m)
 {
-    PyObject *tp = PyType_FromSpec(&loader_spec);
+    PyObject *tp = PyType_FromModuleAndSpec(m, &loader_spec, NULL);
     if (!tp) return -1;
-    int rc = PyModule_AddObjectRef(m, "Loader", tp);
-    Py_DECREF(tp);
-    return rc;
+    dc_py_state_of(m)->loader_type = (PyTypeObject *)tp; /* the state's reference */
+    return PyModule_AddObjectRef(m, "Loader", tp);
 }

@@ -85,7 +85,8 @@ static int conv_tensor_list(PyObject *o, void *out)
     }
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
-        if (!PyObject_TypeCheck(x, dc_py_tensor_base)) {
+        if (!dc_py_tensor(x, "element")) {
+            PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "expected a sequence of tensors, but element %zd is %.100s", k,
                          Py_TYPE(x)->tp_name);
             Py_DECREF(seq);
@@ -173,11 +174,11 @@ static int check_dtype_dev(int dtype, int devtype)
 #define RUN(call)             \
     dc_status st_;            \
     DC_BEGIN_OP st_ = (call); \
-    DC_END_OP if (st_) return dc_py_raise(st_)
+    DC_END_OP if (st_) return dc_py_raise(dc_py_state_of(m), st_)
 
 #define RUN_WRAP(call, out) \
     RUN(call);              \
-    return dc_py_wrap(out)
+    return dc_py_wrap(dc_py_state_of(m), out)
 
 /* --- creation -------------------------------------------------------------------------------- */
 
@@ -256,8 +257,7 @@ UNARY_T(detach, dc_detach)
 static PyObject *f_from_dlpack_capsule(PyObject *m, PyObject *cap)
 {
     (void)m;
-    extern PyObject *dc_py_from_dlpack_capsule(PyObject *);
-    return dc_py_from_dlpack_capsule(cap);
+    return dc_py_from_dlpack_capsule(dc_py_state_of(m), cap);
 }
 
 /* from_numpy: share the memory of any object with the buffer protocol */
@@ -330,8 +330,8 @@ static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
     dc_tensor *t;
     dc_status st = dc_from_blob(&t, view->buf, (size_t)view->len, view->ndim, shape, strides, dt,
                                 (dc_device){ DC_CPU, 0 }, release_buffer, view);
-    if (st) return dc_py_raise(st); /* the deleter already released the buffer */
-    return dc_py_wrap(t);
+    if (st) return dc_py_raise(dc_py_state_of(m), st); /* the deleter already released the buffer */
+    return dc_py_wrap(dc_py_state_of(m), t);
 }
 
 /* --- in place -------------------------------------------------------------------------------- */
@@ -625,8 +625,8 @@ static PyObject *f_cat(PyObject *m, PyObject *args)
     dc_status st;
     DC_BEGIN_OP st = dc_cat(&out, l.n, l.v, dim);
     DC_END_OP PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
-    return dc_py_wrap(out);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
+    return dc_py_wrap(dc_py_state_of(m), out);
 }
 
 static PyObject *f_gather(PyObject *m, PyObject *args)
@@ -672,7 +672,7 @@ static PyObject *f_sgd_step(PyObject *m, PyObject *args)
         dc_status st;
         DC_BEGIN_OP st =
             dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
-        DC_END_OP r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_END_OP r = st ? dc_py_raise(dc_py_state_of(m), st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -695,7 +695,7 @@ static PyObject *f_adamw_step(PyObject *m, PyObject *args)
         same_len(&p, &eas, "adamw_step", "exp_avg_sqs")) {
         dc_status st;
         DC_BEGIN_OP st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
-        DC_END_OP r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_END_OP r = st ? dc_py_raise(dc_py_state_of(m), st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -713,7 +713,7 @@ static PyObject *f_grad_norm(PyObject *m, PyObject *args)
     dc_status st;
     DC_BEGIN_OP st = dc_total_norm(l.n, l.v, p, &out);
     DC_END_OP PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
     return PyFloat_FromDouble(out);
 }
 
@@ -726,7 +726,7 @@ static PyObject *f_scale_(PyObject *m, PyObject *args)
     dc_status st;
     DC_BEGIN_OP st = dc_scale_(l.n, l.v, f);
     DC_END_OP PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
     Py_RETURN_NONE;
 }
 
@@ -786,14 +786,13 @@ static PyObject *f_set_rng_state(PyObject *m, PyObject *args)
 
 static PyObject *f_set_tensor_class(PyObject *m, PyObject *cls)
 {
-    (void)m;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, dc_py_tensor_base)) {
+    dc_py_state *S = dc_py_state_of(m);
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, S->tensor_base)) {
         PyErr_SetString(PyExc_TypeError, "_set_tensor_class: expected a subclass of TensorBase");
         return NULL;
     }
     Py_INCREF(cls);
-    Py_XDECREF(dc_py_tensor_cls);
-    dc_py_tensor_cls = (PyTypeObject *)cls;
+    Py_XSETREF(S->tensor_cls, (PyTypeObject *)cls);
     Py_RETURN_NONE;
 }
 
@@ -920,7 +919,38 @@ static PyMethodDef module_methods[] = {
     { NULL, NULL, 0, NULL },
 };
 
-int dc_py_init_loader(PyObject *m); /* loader_py.c */
+/* --- module state (see py.h) ------------------------------------------------------------------ */
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    dc_py_state *S = dc_py_state_of(m);
+    if (!S) return 0;
+    Py_VISIT(S->tensor_base);
+    Py_VISIT(S->tensor_cls);
+    Py_VISIT(S->storage_ref);
+    Py_VISIT(S->loader_type);
+    Py_VISIT(S->base_error);
+    for (int k = 0; k < DC_STATUS_COUNT; k++) Py_VISIT(S->exc_by_status[k]);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    dc_py_state *S = dc_py_state_of(m);
+    if (!S) return 0;
+    Py_CLEAR(S->tensor_base);
+    Py_CLEAR(S->tensor_cls);
+    Py_CLEAR(S->storage_ref);
+    Py_CLEAR(S->loader_type);
+    Py_CLEAR(S->base_error);
+    for (int k = 0; k < DC_STATUS_COUNT; k++) Py_CLEAR(S->exc_by_status[k]);
+    return 0;
+}
+
+static void module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
 
 static int module_exec(PyObject *m)
 {
@@ -935,12 +965,19 @@ static PyModuleDef_Slot module_slots[] = {
     { 0, NULL },
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, .m_name = "dutycycle._C",    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
-    .m_size = 0,           .m_methods = module_methods, .m_slots = module_slots,
+PyModuleDef dc_py_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dutycycle._C",
+    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
+    .m_size = sizeof(dc_py_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC PyInit__C(void)
 {
-    return PyModuleDef_Init(&module_def);
+    return PyModuleDef_Init(&dc_py_module_def);
 }
