@@ -16,15 +16,15 @@ from dutycycle.data import DataLoader, TensorDataset
 PYTHONPATH = os.pathsep.join([os.path.dirname(os.path.dirname(dc.__file__))] + sys.path)
 
 
-def run_py(code, timeout=120):
+def run_py(code, timeout=120, **env_extra):
     """Run code in a fresh interpreter; return the CompletedProcess (a crash is a nonzero rc)."""
-    env = dict(os.environ, PYTHONPATH=PYTHONPATH, PYTHONFAULTHANDLER="1")
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, PYTHONFAULTHANDLER="1", **env_extra)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
-def ok(code, timeout=120):
-    r = run_py(code, timeout)
+def ok(code, timeout=120, **env_extra):
+    r = run_py(code, timeout, **env_extra)
     assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     return r.stdout
 
@@ -183,7 +183,7 @@ def test_threads_replacing_data_and_grad_during_backward():
         for t in ts:
             t.join()
         print("done", errors)
-    """, timeout=300)
+    """, timeout=300, OMP_NUM_THREADS="2")
     assert "done []" in out
 
 
@@ -235,7 +235,7 @@ def test_fork_after_openmp_work_does_not_hang():
             os._exit(0)
         _, status = os.waitpid(pid, 0)
         print("child", os.waitstatus_to_exitcode(status))
-    """, timeout=60)
+    """, timeout=60, OMP_NUM_THREADS="2")  # a real OpenMP team in the parent, whatever pytest runs with
     assert "child 0" in out
 
 
