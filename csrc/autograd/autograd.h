@@ -1,67 +1,15 @@
-/* autograd.h: the graph nodes ops record, and the backward engine.
- *
- * Every differentiable op with an input that requires grad creates one dc_node with one output:
- * the node holds its backward function, the tensors it saved, and edges to the nodes of its
- * inputs. Leaves that require grad get an AccumulateGrad node (cached, borrowed, on the leaf). The
- * engine runs nodes in dependency order, latest-created first, so a parameter's gradient is final -
- * and its post-accumulate hooks fire - as early as possible (what overlapping all-reduce needs). */
+/* autograd.h: the backward engine. The graph it runs (nodes, saved tensors, edges) is recorded by
+ * the core's ops (csrc/core/graph.h); this layer only runs it. The engine runs nodes in dependency order,
+ * latest-created first, so a parameter's gradient is final - and its post-accumulate hooks fire - as early as possible
+ * (what overlapping all-reduce needs). */
 #ifndef DC_AUTOGRAD_H
 #define DC_AUTOGRAD_H
 
-#include "../core/tensor.h"
+#include "../core/graph.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define DC_NODE_MAX_IN    4
-#define DC_NODE_MAX_SAVED 4
-
-typedef struct dc_node dc_node;
-/* Compute gin[k] for each input edge k from gout (the gradient of this node's output). Leave
- * gin[k] NULL for inputs that need no gradient (next[k] == NULL). */
-typedef dc_status (*dc_backward_fn)(dc_node *n, dc_tensor *gout, dc_tensor **gin);
-
-struct dc_node {
-    atomic_long refcount;
-    const char *name; /* "MulBackward" */
-    dc_backward_fn backward;
-    uint64_t seq; /* creation order */
-    int n_in;
-    dc_node *next[DC_NODE_MAX_IN]; /* owned; NULL where that input needs no grad */
-    /* input geometry, for reducing broadcast grads and rebuilding shapes */
-    int in_ndim[DC_NODE_MAX_IN];
-    int64_t in_shape[DC_NODE_MAX_IN][DC_MAX_DIMS];
-    dc_dtype in_dtype[DC_NODE_MAX_IN];
-    int n_saved;
-    dc_tensor *saved[DC_NODE_MAX_SAVED];
-    long saved_version[DC_NODE_MAX_SAVED];
-    double f[4];
-    int64_t i[2 * DC_MAX_DIMS];
-    int released;    /* saved tensors were freed by a backward without retain_graph */
-    dc_tensor *leaf; /* AccumulateGrad: the leaf (owned) */
-    /* engine scratch, valid during one backward */
-    dc_tensor *gbuf;
-    int deps;
-    int visited;
-};
-
-void dc_node_decref(dc_node *n); /* NULL is a no-op */
-
-/* For op implementations: does this op need to record a node for these inputs? */
-int dc_needs_grad(const dc_tensor *t);
-/* New node with n_in edges taken from inputs (NULL entries allowed: no grad). */
-dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *inputs);
-/* Save a tensor for backward (takes a reference, records its version). */
-void dc_node_save(dc_node *n, dc_tensor *t);
-/* Check a saved tensor was not modified in place since; DC_ERR_AUTOGRAD if it was. */
-dc_status dc_node_saved(dc_node *n, int k, dc_tensor **out);
-/* Make `out` the (non-leaf) result of node n: sets requires_grad and grad_fn (steals n). */
-void dc_node_attach(dc_tensor *out, dc_node *n);
-
-/* Call t's post-accumulate-grad hooks in registration order (csrc/core/tensor.c). Hooks may add or
- * remove hooks, and other threads may too, while they run. Stops at the first error. */
-dc_status dc_tensor_run_hooks(dc_tensor *t);
 
 /* Run backward from `root` with gradient `grad` (NULL: root must have one element: grad = 1).
  * Gradients accumulate into leaves' .grad. Runs entirely in C; call it without the GIL. */

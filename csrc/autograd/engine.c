@@ -1,4 +1,4 @@
-/* engine.c: autograd nodes and the backward engine (see autograd.h).
+/* engine.c: the backward engine (see autograd.h); the graph itself is csrc/core/graph.c.
  *
  * The engine runs without the GIL: it only calls C ops (with grad mode off on this thread) and
  * the leaves' C hooks. Order: a node runs once every consumer of its output has run (dependency
@@ -7,9 +7,10 @@
  * Threads: two backward passes may reach the same nodes (a shared parameter's AccumulateGrad) and
  * the same leaf .grad, so passes are serialised by backward_lock (recursive: a hook may call
  * backward). It is taken only in dc_backward, whose caller has released the GIL, so a hook waiting
- * for the GIL can't deadlock with it. grad_acc_lock guards leaves' cached AccumulateGrad pointer
- * (forward ops in other threads look it up while a dying graph clears it); it is held for a few
- * instructions and never across a call that could block. */
+ * for the GIL can't deadlock with it. Nothing here recurses over the graph: discovery and
+ * the run use explicit arrays, so a chain of any length fits the C stack.
+ * dc_backward is called in flight (tensor.h: dc_inflight_begin), which is how .data / .grad
+ * replacements from other threads are kept out of the pass. */
 #define _POSIX_C_SOURCE 200809L /* recursive pthread mutexes under -std=c11 */
 #include "autograd.h"
 
@@ -18,8 +19,6 @@
 
 #include "../core/ops.h"
 
-static atomic_ullong seq_counter;
-static pthread_mutex_t grad_acc_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t backward_lock;
 static pthread_once_t backward_lock_once = PTHREAD_ONCE_INIT;
 
@@ -30,118 +29,6 @@ static void backward_lock_init(void)
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&backward_lock, &a);
     pthread_mutexattr_destroy(&a);
-}
-
-/* --- nodes ------------------------------------------------------------------------------------ */
-
-void dc_node_decref(dc_node *n)
-{
-    if (!n) return;
-    if (atomic_fetch_sub_explicit(&n->refcount, 1, memory_order_acq_rel) != 1) return;
-    for (int k = 0; k < n->n_in; k++) dc_node_decref(n->next[k]);
-    for (int k = 0; k < n->n_saved; k++) dc_tensor_decref(n->saved[k]);
-    if (n->leaf) {
-        pthread_mutex_lock(&grad_acc_lock);
-        if (n->leaf->grad_acc == n) n->leaf->grad_acc = NULL;
-        pthread_mutex_unlock(&grad_acc_lock);
-        dc_tensor_decref(n->leaf);
-    }
-    dc_tensor_decref(n->gbuf);
-    free(n);
-}
-
-int dc_needs_grad(const dc_tensor *t)
-{
-    return t && t->requires_grad && dc_grad_enabled();
-}
-
-static dc_node *node_alloc(const char *name)
-{
-    dc_node *n = calloc(1, sizeof *n);
-    if (!n) return NULL;
-    atomic_init(&n->refcount, 1);
-    n->name = name;
-    n->seq = atomic_fetch_add(&seq_counter, 1);
-    return n;
-}
-
-/* The leaf's AccumulateGrad node (new reference), created on first use. A cached node whose count
- * already reached 0 is being freed by another thread: it is replaced, never revived. */
-static dc_node *accumulate_node(dc_tensor *leaf)
-{
-    pthread_mutex_lock(&grad_acc_lock);
-    dc_node *n = leaf->grad_acc;
-    if (n) {
-        long r = atomic_load(&n->refcount);
-        while (r > 0 && !atomic_compare_exchange_weak(&n->refcount, &r, r + 1)) {
-        }
-        if (r > 0) {
-            pthread_mutex_unlock(&grad_acc_lock);
-            return n;
-        }
-    }
-    if ((n = node_alloc("AccumulateGrad"))) {
-        dc_tensor_incref(leaf);
-        n->leaf = leaf;
-        leaf->grad_acc = n;
-    }
-    pthread_mutex_unlock(&grad_acc_lock);
-    return n;
-}
-
-dc_status dc_node_new(dc_node **out, const char *name, dc_backward_fn fn, int n_in, dc_tensor *const *inputs)
-{
-    DC_ASSERT(n_in <= DC_NODE_MAX_IN);
-    dc_node *n = node_alloc(name);
-    if (!n) return dc_error(DC_ERR_NOMEM, "out of host memory");
-    n->backward = fn;
-    n->n_in = n_in;
-    for (int k = 0; k < n_in; k++) {
-        dc_tensor *x = inputs[k];
-        if (!x) continue;
-        n->in_ndim[k] = x->ndim;
-        n->in_dtype[k] = x->dtype;
-        for (int d = 0; d < x->ndim; d++) n->in_shape[k][d] = x->shape[d];
-        if (!x->requires_grad) continue;
-        if (x->grad_fn) {
-            atomic_fetch_add(&x->grad_fn->refcount, 1);
-            n->next[k] = x->grad_fn;
-        } else if (!(n->next[k] = accumulate_node(x))) {
-            dc_node_decref(n);
-            return dc_error(DC_ERR_NOMEM, "out of host memory");
-        }
-    }
-    *out = n;
-    return DC_OK;
-}
-
-void dc_node_save(dc_node *n, dc_tensor *t)
-{
-    DC_ASSERT(n->n_saved < DC_NODE_MAX_SAVED);
-    int k = n->n_saved++;
-    if (!t) return;
-    dc_tensor_incref(t);
-    n->saved[k] = t;
-    n->saved_version[k] = atomic_load(&t->storage->version);
-}
-
-dc_status dc_node_saved(dc_node *n, int k, dc_tensor **out)
-{
-    dc_tensor *t = n->saved[k];
-    if (t && atomic_load(&t->storage->version) != n->saved_version[k])
-        return dc_error(DC_ERR_AUTOGRAD,
-                        "one of the tensors needed for gradient computation (saved by %s, shape %s) "
-                        "has been modified by an in-place operation",
-                        n->name, DC_SHAPE(t));
-    *out = t;
-    return DC_OK;
-}
-
-void dc_node_attach(dc_tensor *out, dc_node *n)
-{
-    dc_node_decref(out->grad_fn);
-    out->grad_fn = n;
-    out->requires_grad = 1;
 }
 
 /* --- engine ----------------------------------------------------------------------------------- */
@@ -198,10 +85,52 @@ static dc_node *heap_pop(node_vec *h)
     return top;
 }
 
-/* Add g into leaf->grad (steals g's reference). The result is final when this runs. */
+static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
+{
+    if (na != nb) return 0;
+    for (int d = 0; d < na; d++)
+        if (a[d] != b[d]) return 0;
+    return 1;
+}
+
+static int64_t shape_numel(int nd, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int d = 0; d < nd; d++) n *= shape[d];
+    return n;
+}
+
+/* Make *g (owned) have the given shape: a reshape when only the dims differ (a (1,) grad for a 0-d
+ * input), an error naming both shapes when the element counts differ. */
+static dc_status fit_grad(dc_tensor **g, int nd, const int64_t *shape, const char *who, int k)
+{
+    if (same_shape((*g)->ndim, (*g)->shape, nd, shape)) return DC_OK;
+    if (dc_numel(*g) != shape_numel(nd, shape))
+        return dc_error(DC_ERR_AUTOGRAD,
+                        "%s: the gradient for input %d has shape %s, but that input has shape %s (was a tensor's "
+                        ".data replaced with one of another shape after the graph was built?)",
+                        who, k, DC_SHAPE(*g), dc_shape_str(nd, shape));
+    dc_tensor *r;
+    DC_TRY(dc_reshape(&r, *g, nd, shape));
+    dc_tensor_decref(*g);
+    *g = r;
+    return DC_OK;
+}
+
+/* Add g into leaf->grad (steals g's reference). The result is final when this runs. The leaf's
+ * geometry is read now, not when the graph was built: `w.data = x` may have changed it since,
+ * which is the user's error to report, not an invariant to assert. */
 static dc_status accumulate(dc_tensor *leaf, dc_tensor *g)
 {
     dc_status st = DC_OK;
+    if (!same_shape(g->ndim, g->shape, leaf->ndim, leaf->shape)) { /* grads were fit to the recorded shape */
+        st = dc_error(DC_ERR_AUTOGRAD,
+                      "AccumulateGrad: the gradient has shape %s but the leaf tensor now has shape %s (was its .data "
+                      "replaced with one of another shape after the graph was built?)",
+                      DC_SHAPE(g), DC_SHAPE(leaf));
+        dc_tensor_decref(g);
+        return st;
+    }
     if (g->dtype != leaf->dtype || !dc_device_eq(g->device, leaf->device)) {
         dc_tensor *c;
         st = dc_to(&c, g, leaf->dtype, leaf->device);
@@ -209,24 +138,22 @@ static dc_status accumulate(dc_tensor *leaf, dc_tensor *g)
         if (st) return st;
         g = c;
     }
-    if (!leaf->grad) {
+    dc_tensor *have = leaf->grad;
+    if (!have) {
         /* steal the buffer when nobody else can see it, else copy */
         if (atomic_load(&g->refcount) == 1 && atomic_load(&g->storage->refcount) == 1 && dc_is_contiguous(g) &&
-            g->ndim == leaf->ndim && !g->grad_fn) {
-            for (int d = 0; d < g->ndim; d++) DC_ASSERT(g->shape[d] == leaf->shape[d]);
+            !g->grad_fn) {
             leaf->grad = g;
             return DC_OK;
         }
         dc_tensor *c;
         st = dc_clone(&c, g);
-        if (st == DC_OK) {
-            dc_tensor *r;
-            st = dc_reshape(&r, c, leaf->ndim, leaf->shape);
-            dc_tensor_decref(c);
-            if (st == DC_OK) leaf->grad = r;
-        }
+        if (st == DC_OK) leaf->grad = c;
     } else {
-        st = dc_binary_(DC_OP_ADD, leaf->grad, g);
+        /* hold the grad we add into for the time of the add (see the rule in tensor.h) */
+        dc_tensor_incref(have);
+        st = dc_binary_(DC_OP_ADD, have, g);
+        dc_tensor_decref(have);
     }
     dc_tensor_decref(g);
     return st;
@@ -246,7 +173,13 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
 dc_status dc_backward(dc_tensor *root, dc_tensor *grad, int retain_graph)
 {
     pthread_once(&backward_lock_once, backward_lock_init);
-    pthread_mutex_lock(&backward_lock);
+    if (pthread_mutex_trylock(&backward_lock) != 0) {
+        /* Wait for the other pass out of flight: it may be paused in a hook that replaces a
+         * tensor's data, which waits for every other thread's op in flight (tensor.h). */
+        dc_inflight_end();
+        pthread_mutex_lock(&backward_lock);
+        dc_inflight_begin();
+    }
     dc_status st = backward_locked(root, grad, retain_graph);
     pthread_mutex_unlock(&backward_lock);
     return st;
@@ -290,8 +223,8 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
 
     if (root->grad_fn) {
         start = root->grad_fn;
-        atomic_fetch_add(&start->refcount, 1);
-    } else if (!(start = accumulate_node(root))) {
+        dc_node_incref(start);
+    } else if (!(start = dc_node_accumulate(root))) {
         st = dc_error(DC_ERR_NOMEM, "out of host memory");
         goto done;
     }
@@ -341,6 +274,8 @@ static dc_status backward_locked(dc_tensor *root, dc_tensor *grad, int retain_gr
             }
             st = n->backward(n, gout, gin);
             dc_tensor_decref(gout);
+            for (int k = 0; !st && k < n->n_in; k++)
+                if (gin[k]) st = fit_grad(&gin[k], n->in_ndim[k], n->in_shape[k], n->name, k);
             if (st) {
                 for (int k = 0; k < n->n_in; k++) dc_tensor_decref(gin[k]);
                 goto done;

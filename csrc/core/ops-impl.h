@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../autograd/autograd.h"
 #include "backend-impl.h"
+#include "graph.h"
 #include "ops.h"
 
 static inline dc_kargs kargs_of(dc_op op)

@@ -1,4 +1,5 @@
-/* tensor.c: storage and tensor lifetime, geometry helpers, hooks, grad mode and the RNG state. */
+/* tensor.c: storage and tensor lifetime, geometry helpers, hooks, the in-flight gate for
+ * replacing data and grads (see tensor.h), grad mode and the RNG state. */
 #define _POSIX_C_SOURCE 200809L /* pthread under -std=c11 */
 #include "tensor.h"
 
@@ -6,9 +7,10 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend-impl.h"
-#include "../autograd/autograd.h"
+#include "graph.h"
 
 /* --- lifetime ---------------------------------------------------------------------------- */
 
@@ -39,6 +41,11 @@ void dc_tensor_decref(dc_tensor *t)
 {
     if (!t) return;
     if (atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) != 1) return;
+    dc_release_tensor_(t); /* iterative: see graph.c */
+}
+
+void dc_tensor_free_(dc_tensor *t)
+{
     dc_tensor_decref(t->grad);
     dc_node_decref(t->grad_fn);
     for (dc_hook *h = t->hooks, *nx; h; h = nx) {
@@ -282,10 +289,13 @@ dc_status dc_tensor_run_hooks(dc_tensor *t)
     dc_status st = DC_OK;
     int last = 0;
     pthread_mutex_lock(&hooks_lock);
+    /* ids only grow: hooks registered from now on (by a hook, or by another thread) have ids >= end */
+    int end = atomic_load(&next_hook_id);
     hooks_running++;
     for (;;) {
         dc_hook *h = t->hooks;
         while (h && (h->id <= last || !h->fn)) h = h->next;
+        if (h && h->id >= end) h = NULL;
         if (!h) break;
         dc_hook_fn fn = h->fn;
         void *ctx = h->ctx; /* stays valid: a removal now only marks the hook */
@@ -300,6 +310,99 @@ dc_status dc_tensor_run_hooks(dc_tensor *t)
     pthread_mutex_unlock(&hooks_lock);
     free_hooks(dead);
     return st;
+}
+
+/* --- in flight gate (the rule is in tensor.h) -------------------------------------------------- */
+
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static long gate_inflight;             /* ops and backward passes in flight, all threads */
+static int gate_writers;               /* replacements waiting or being made */
+static int gate_writing;               /* a replacement is being made */
+static _Thread_local long my_inflight; /* this thread's share of gate_inflight */
+
+void dc_inflight_begin(void)
+{
+    pthread_mutex_lock(&gate_lock);
+    /* a thread already in flight (a hook calling ops) must not wait for a writer that waits for it */
+    while (gate_writing || (gate_writers && !my_inflight)) pthread_cond_wait(&gate_cond, &gate_lock);
+    gate_inflight++;
+    my_inflight++;
+    pthread_mutex_unlock(&gate_lock);
+}
+
+void dc_inflight_end(void)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_inflight--;
+    my_inflight--;
+    if (gate_writers) pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static void exclusive_begin(void)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_writers++;
+    while (gate_writing || gate_inflight > my_inflight) pthread_cond_wait(&gate_cond, &gate_lock);
+    gate_writing = 1;
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static void exclusive_end(void)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_writing = 0;
+    gate_writers--;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static int same_geometry(const dc_tensor *a, const dc_tensor *b)
+{
+    if (a->dtype != b->dtype || !dc_device_eq(a->device, b->device) || a->ndim != b->ndim) return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    return 1;
+}
+
+void dc_tensor_set_data(dc_tensor *t, const dc_tensor *src)
+{
+    dc_storage *s = dc_tensor_storage_ref(src);
+    exclusive_begin();
+    dc_storage *old = t->storage;
+    t->storage = s;
+    t->offset = src->offset;
+    t->ndim = src->ndim;
+    memcpy(t->shape, src->shape, sizeof t->shape);
+    memcpy(t->strides, src->strides, sizeof t->strides);
+    t->dtype = src->dtype;
+    t->device = src->device;
+    dc_tensor *g = t->grad;
+    if (g && !same_geometry(g, t))
+        t->grad = NULL;
+    else
+        g = NULL;
+    exclusive_end();
+    /* outside the gate: a deleter may call into Python */
+    dc_storage_decref(old);
+    dc_tensor_decref(g);
+}
+
+void dc_tensor_set_grad(dc_tensor *t, dc_tensor *g)
+{
+    if (g) dc_tensor_incref(g);
+    exclusive_begin();
+    dc_tensor *old = t->grad;
+    t->grad = g;
+    exclusive_end();
+    dc_tensor_decref(old);
+}
+
+dc_storage *dc_tensor_storage_ref(const dc_tensor *t)
+{
+    dc_storage_incref(t->storage);
+    return t->storage;
 }
 
 /* --- grad mode ------------------------------------------------------------------------------ */

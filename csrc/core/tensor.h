@@ -60,11 +60,12 @@ typedef struct dc_tensor {
     dc_dtype dtype;
     dc_device device;
     int requires_grad;
-    struct dc_tensor *grad;   /* owned; NULL until the first backward */
-    struct dc_node *grad_fn;  /* owned; NULL for leaves */
-    struct dc_node *grad_acc; /* borrowed: this leaf's live AccumulateGrad node, if any */
-    dc_hook *hooks;           /* post-accumulate-grad hooks (leaves) */
-    void *pyobj;              /* borrowed back-pointer to the Python wrapper (binding only) */
+    struct dc_tensor *grad;      /* owned; NULL until the first backward */
+    struct dc_node *grad_fn;     /* owned; NULL for leaves */
+    struct dc_node *grad_acc;    /* borrowed: this leaf's live AccumulateGrad node, if any */
+    dc_hook *hooks;              /* post-accumulate-grad hooks (leaves) */
+    void *pyobj;                 /* borrowed back-pointer to the Python wrapper (binding only) */
+    struct dc_tensor *dead_next; /* release work list (graph.c) */
 } dc_tensor;
 
 /* --- lifetime ---------------------------------------------------------------------------- */
@@ -99,6 +100,35 @@ const char *dc_shape_str(int ndim, const int64_t *shape);
 /* Returns a handle id (> 0) usable with dc_tensor_remove_hook. */
 int dc_tensor_add_hook(dc_tensor *t, dc_hook_fn fn, void *ctx, void (*ctx_free)(void *));
 int dc_tensor_remove_hook(dc_tensor *t, int id); /* 1 if removed */
+/* Call t's post-accumulate-grad hooks in registration order. Hooks may add or remove hooks, and
+ * other threads may too, while they run; a hook added during this call first runs at the next
+ * call (so a hook that registers a hook can't make one backward pass run forever). Stops at the
+ * first error. */
+dc_status dc_tensor_run_hooks(dc_tensor *t);
+
+/* --- threads: what is safe -------------------------------------------------------------------
+ * Ops and backward run without the GIL and read their tensors' storage, geometry and .grad while
+ * other Python threads run. The rule (as in PyTorch, memory-safe where PyTorch is merely "don't"):
+ *   - an op or a backward pass is "in flight" between dc_inflight_begin() and dc_inflight_end();
+ *     the binding brackets every GIL-released call with them;
+ *   - replacing what a tensor points to - its storage and geometry (`t.data = x`) or its .grad
+ *     (`t.grad = g` / None) - goes through dc_tensor_set_data / dc_tensor_set_grad, which wait
+ *     until no op or backward pass of another thread is in flight (the calling thread's own, e.g.
+ *     a hook called by its backward, don't count: it is paused in the hook), and new ops wait
+ *     while the replacement is made;
+ *   - so no op sees a buffer freed, or half a geometry, under it. In-place writes to the same
+ *     storage from two threads stay a data race on the numbers (as in NumPy and PyTorch), never
+ *     a memory error. Call the waiting functions without the GIL: an op in flight may need it
+ *     for a hook. */
+void dc_inflight_begin(void);
+void dc_inflight_end(void);
+/* Make t alias src's data (storage, offset, geometry, dtype, device); a .grad that no longer fits
+ * t is dropped. Keeps t's identity, graph links and hooks. */
+void dc_tensor_set_data(dc_tensor *t, const dc_tensor *src);
+/* Replace t->grad with g (a new reference is taken; NULL clears it). */
+void dc_tensor_set_grad(dc_tensor *t, dc_tensor *g);
+/* The storage of t, referenced (a view, export or reader keeps it, not the tensor, alive). */
+dc_storage *dc_tensor_storage_ref(const dc_tensor *t);
 
 /* --- grad mode (per thread) ---------------------------------------------------------------- */
 int dc_grad_enabled(void);

@@ -2,6 +2,8 @@
  * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c, linalg.c and optim.c. */
 #include "cpu.h"
 
+#include <pthread.h>
+
 static int cpu_device_count(void)
 {
     return 1;
@@ -38,7 +40,24 @@ static const dc_backend cpu_backend = {
     },
 };
 
+int dc_cpu_forked_child;
+
+static void on_fork_child(void)
+{
+    dc_cpu_forked_child = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(1); /* for the parallel regions sized by the OpenMP default, and OpenBLAS's */
+#endif
+}
+
+static void install_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
 const dc_backend *dc_cpu_backend_get(void)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, install_fork_handler);
     return &cpu_backend;
 }

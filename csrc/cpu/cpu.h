@@ -39,9 +39,15 @@
  * more than a pass over 32K floats. */
 #define DC_CPU_PAR_MIN 32768
 
+/* Set in the child of a fork(): the parent's OpenMP worker threads don't exist there, and GNU
+ * libgomp hangs at the first parallel region that would use them. The child runs single-threaded,
+ * as PyTorch's does (backend.c installs the handler). */
+extern int dc_cpu_forked_child;
+
 static inline int cpu_max_threads(void)
 {
 #ifdef _OPENMP
+    if (dc_cpu_forked_child) return 1;
     return omp_get_max_threads();
 #else
     return 1;

@@ -13,10 +13,13 @@
 
 typedef struct {
     PyObject_HEAD dc_loader *loader; /* owned; NULL once closed */
-    PyObject *outstanding;           /* dict batch_id -> (sources, meta), oldest first (dicts keep order) */
+    PyObject *outstanding;           /* batch_id -> (sources, meta, storage refs), oldest first */
     int waiting;                     /* next() calls in progress with the GIL released */
     int nthreads, prefetch;
 } LoaderObject;
+
+/* The module state, through the type (Loader can't be subclassed, so it is the defining type). */
+#define LSTATE(self) ((dc_py_state *)PyType_GetModuleState(Py_TYPE(self)))
 
 static int loader_check_open(LoaderObject *self)
 {
@@ -37,7 +40,7 @@ static int loader_init(LoaderObject *self, PyObject *args, PyObject *kw)
     if (!self->outstanding && !(self->outstanding = PyDict_New())) return -1;
     dc_status st = dc_loader_init(&self->loader, nthreads, prefetch);
     if (st) {
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
         return -1;
     }
     self->nthreads = nthreads;
@@ -48,8 +51,29 @@ static int loader_init(LoaderObject *self, PyObject *args, PyObject *kw)
 /* One column of a submit() call, parsed: borrowed tensors (the sources list keeps them alive). */
 typedef struct {
     dc_loader_part *parts;
+    dc_storage **storages; /* a reference per part (NULL where none was taken yet) */
+    Py_ssize_t nparts;
     Py_buffer idx; /* idx.obj NULL when the rows are 0..n-1 */
 } col_parse;
+
+/* The storages an outstanding batch reads, referenced until the batch is out: the workers read
+ * them without the GIL, and `t.data = x` on a source tensor must not free them meanwhile (the
+ * tensors themselves stay referenced too, but a tensor can change storage). */
+typedef struct {
+    Py_ssize_t n;
+    dc_storage *v[];
+} storage_refs;
+
+static void storage_refs_free(PyObject *cap)
+{
+    storage_refs *r = PyCapsule_GetPointer(cap, "dutycycle.storage_refs");
+    if (!r) {
+        PyErr_Clear();
+        return;
+    }
+    for (Py_ssize_t k = 0; k < r->n; k++) dc_storage_decref(r->v[k]);
+    PyMem_Free(r);
+}
 
 /* Parse (parts, indices, stack) into cols[k]; appends (dtype, row shape) to meta. 1 ok, 0 error. */
 static int parse_column(PyObject *spec, int k, int64_t n, dc_loader_column *col, col_parse *cp, PyObject *meta)
@@ -67,7 +91,9 @@ static int parse_column(PyObject *spec, int k, int64_t n, dc_loader_column *col,
     }
     Py_ssize_t np_ = PyList_GET_SIZE(parts_o);
     cp->parts = PyMem_Calloc((size_t)np_, sizeof *cp->parts);
-    if (!cp->parts) {
+    cp->storages = PyMem_Calloc((size_t)np_, sizeof *cp->storages);
+    cp->nparts = np_;
+    if (!cp->parts || !cp->storages) {
         PyErr_NoMemory();
         return 0;
     }
@@ -105,6 +131,7 @@ static int parse_column(PyObject *spec, int k, int64_t n, dc_loader_column *col,
             return 0;
         }
         cp->parts[p].base = dc_data(t);
+        cp->storages[p] = dc_tensor_storage_ref(t);
         cp->parts[p].nrows = stack ? 1 : t->shape[0];
     }
     if (row_ndim + 1 > DC_MAX_DIMS) {
@@ -155,7 +182,7 @@ static int parse_column(PyObject *spec, int k, int64_t n, dc_loader_column *col,
 static PyObject *loader_submit(LoaderObject *self, PyObject *args)
 {
     long long batch_id, n;
-    PyObject *cols_o, *r = NULL, *meta = NULL, *key = NULL, *entry = NULL;
+    PyObject *cols_o, *r = NULL, *meta = NULL, *key = NULL, *entry = NULL, *refs_cap = NULL;
     dc_loader_column *cols = NULL;
     col_parse *cps = NULL;
     Py_ssize_t ncols = 0;
@@ -182,18 +209,38 @@ static PyObject *loader_submit(LoaderObject *self, PyObject *args)
     }
     for (Py_ssize_t k = 0; k < ncols; k++)
         if (!parse_column(PyList_GET_ITEM(cols_o, k), (int)k, n, &cols[k], &cps[k], meta)) goto done;
-    /* the sources stay referenced until the batch is out: the workers read them without the GIL */
-    if (!(entry = PyTuple_Pack(2, cols_o, meta))) goto done;
+    /* the sources and their storages stay referenced until the batch is out */
+    Py_ssize_t nrefs = 0;
+    for (Py_ssize_t k = 0; k < ncols; k++) nrefs += cps[k].nparts;
+    storage_refs *refs = PyMem_Malloc(sizeof *refs + (size_t)nrefs * sizeof(dc_storage *));
+    if (!refs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    refs->n = 0;
+    for (Py_ssize_t k = 0; k < ncols; k++)
+        for (Py_ssize_t p = 0; p < cps[k].nparts; p++) {
+            refs->v[refs->n++] = cps[k].storages[p];
+            cps[k].storages[p] = NULL; /* moved */
+        }
+    if (!(refs_cap = PyCapsule_New(refs, "dutycycle.storage_refs", storage_refs_free))) {
+        for (Py_ssize_t k = 0; k < refs->n; k++) dc_storage_decref(refs->v[k]);
+        PyMem_Free(refs);
+        goto done;
+    }
+    if (!(entry = PyTuple_Pack(3, cols_o, meta, refs_cap))) goto done;
     if (PyDict_SetItem(self->outstanding, key, entry) < 0) goto done;
     dc_status st = dc_loader_submit(self->loader, batch_id, (int)ncols, cols, n); /* copies, never blocks */
     if (st) {
         PyDict_DelItem(self->outstanding, key);
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
         goto done;
     }
     r = Py_NewRef(Py_None);
 done:
     for (Py_ssize_t k = 0; cps && k < ncols; k++) {
+        for (Py_ssize_t p = 0; cps[k].storages && p < cps[k].nparts; p++) dc_storage_decref(cps[k].storages[p]);
+        PyMem_Free(cps[k].storages);
         PyMem_Free(cps[k].parts);
         if (cps[k].idx.obj) PyBuffer_Release(&cps[k].idx);
     }
@@ -202,11 +249,12 @@ done:
     Py_XDECREF(meta);
     Py_XDECREF(key);
     Py_XDECREF(entry);
+    Py_XDECREF(refs_cap);
     return r;
 }
 
 /* Tensors owning the batch's buffers, described by meta [(dtype, row_shape), ...]. */
-static PyObject *wrap_batch(dc_loader_batch *b, PyObject *meta)
+static PyObject *wrap_batch(dc_py_state *S, dc_loader_batch *b, PyObject *meta)
 {
     PyObject *list = PyList_New(b->ncols);
     if (!list) return NULL;
@@ -225,9 +273,9 @@ static PyObject *wrap_batch(dc_loader_batch *b, PyObject *meta)
                                     dc_loader_buffer_free, buf);
         if (st) {
             Py_DECREF(list);
-            return dc_py_raise(st);
+            return dc_py_raise(S, st);
         }
-        PyObject *o = dc_py_wrap(t);
+        PyObject *o = dc_py_wrap(S, t);
         if (!o) {
             Py_DECREF(list);
             return NULL;
@@ -273,7 +321,7 @@ static PyObject *loader_next(LoaderObject *self, PyObject *args)
     }
     PyObject *r = NULL;
     if (st) {
-        dc_py_raise(st);
+        dc_py_raise(LSTATE(self), st);
     } else if (timed_out) {
         PyErr_Format(PyExc_TimeoutError, "Loader.next: no batch ready after %.3g s", timeout);
     } else if (!entry) {
@@ -281,7 +329,7 @@ static PyObject *loader_next(LoaderObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "Loader.next: a batch came out that was never submitted");
     } else {
         long long id = (long long)b.batch_id;
-        PyObject *tensors = wrap_batch(&b, PyTuple_GET_ITEM(entry, 1));
+        PyObject *tensors = wrap_batch(LSTATE(self), &b, PyTuple_GET_ITEM(entry, 1));
         dc_loader_batch_clear(&b); /* frees the arrays, and the buffers wrap_batch did not take */
         if (tensors) r = Py_BuildValue("(LN)", id, tensors);
     }
@@ -404,9 +452,8 @@ static PyType_Spec loader_spec = {
 
 int dc_py_init_loader(PyObject *m)
 {
-    PyObject *tp = PyType_FromSpec(&loader_spec);
+    PyObject *tp = PyType_FromModuleAndSpec(m, &loader_spec, NULL);
     if (!tp) return -1;
-    int rc = PyModule_AddObjectRef(m, "Loader", tp);
-    Py_DECREF(tp);
-    return rc;
+    dc_py_state_of(m)->loader_type = (PyTypeObject *)tp; /* the state's reference */
+    return PyModule_AddObjectRef(m, "Loader", tp);
 }

@@ -2,6 +2,7 @@
  * releases the GIL around the pure-C op (no PyObject touched meanwhile), and wraps the result.
  * Argument checks that need Python types live here; everything about shapes, dtypes and devices
  * is checked by the core and comes back as a status. */
+#include <limits.h>
 #include <math.h>
 
 #include "py.h"
@@ -89,7 +90,8 @@ static int conv_tensor_list(PyObject *o, void *out)
     }
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *x = PySequence_Fast_GET_ITEM(seq, k);
-        if (!PyObject_TypeCheck(x, dc_py_tensor_base)) {
+        if (!dc_py_tensor(x, "element")) {
+            PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "expected a sequence of tensors, but element %zd is %.100s", k,
                          Py_TYPE(x)->tp_name);
             Py_DECREF(seq);
@@ -103,14 +105,40 @@ static int conv_tensor_list(PyObject *o, void *out)
     return Py_CLEANUP_SUPPORTED;
 }
 
+/* A dim argument (for PyArg "O&"): any Python int, so 2**32 is reported as out of range
+ * instead of being truncated to a C int that happens to name dim 0. */
+static int dim_of(PyObject *o, int *out)
+{
+    if (!PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "dim must be an int, not %.100s", Py_TYPE(o)->tp_name);
+        return 0;
+    }
+    int overflow;
+    PyObject *i = PyNumber_Index(o);
+    if (!i) return 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    if (overflow || v > INT_MAX / 2 || v < -(INT_MAX / 2)) {
+        PyErr_Format(PyExc_IndexError, "dim %S is out of range (tensors have at most %d dims)", o, DC_MAX_DIMS);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+static int conv_dim(PyObject *o, void *out)
+{
+    return dim_of(o, out);
+}
+
 static int parse_dims(PyObject *o, int *n, int *dims, const char *op)
 {
     *n = 0;
     if (o == Py_None) return 1;
     if (PyIndex_Check(o)) {
-        long d = PyLong_AsLong(o);
-        if (d == -1 && PyErr_Occurred()) return 0;
-        dims[(*n)++] = (int)d;
+        if (!dim_of(o, &dims[0])) return 0;
+        *n = 1;
         return 1;
     }
     shape_arg s;
@@ -123,7 +151,13 @@ static int parse_dims(PyObject *o, int *n, int *dims, const char *op)
         /* an empty tuple means every dim, as in torch */
         return 1;
     }
-    for (int k = 0; k < s.n; k++) dims[k] = (int)s.v[k];
+    for (int k = 0; k < s.n; k++) {
+        if (s.v[k] > INT_MAX / 2 || s.v[k] < -(INT_MAX / 2)) {
+            PyErr_Format(PyExc_IndexError, "%s: dim %lld is out of range", op, (long long)s.v[k]);
+            return 0;
+        }
+        dims[k] = (int)s.v[k];
+    }
     *n = s.n;
     return 1;
 }
@@ -249,8 +283,7 @@ UNARY_T(detach, dc_detach)
 static PyObject *f_from_dlpack_capsule(PyObject *m, PyObject *cap)
 {
     (void)m;
-    extern PyObject *dc_py_from_dlpack_capsule(PyObject *);
-    return dc_py_from_dlpack_capsule(cap);
+    return dc_py_from_dlpack_capsule(dc_py_state_of(m), cap);
 }
 
 /* from_numpy: share the memory of any object with the buffer protocol */
@@ -323,8 +356,8 @@ static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
     dc_tensor *t;
     dc_status st = dc_from_blob(&t, view->buf, (size_t)view->len, view->ndim, shape, strides, dt,
                                 (dc_device){ DC_CPU, 0 }, release_buffer, view);
-    if (st) return dc_py_raise(st); /* the deleter already released the buffer */
-    return dc_py_wrap(t);
+    if (st) return dc_py_raise(dc_py_state_of(m), st); /* the deleter already released the buffer */
+    return dc_py_wrap(dc_py_state_of(m), t);
 }
 
 /* --- in place -------------------------------------------------------------------------------- */
@@ -383,7 +416,13 @@ static PyObject *f_permute(PyObject *m, PyObject *args)
         return NULL;
     }
     int dims[DC_MAX_DIMS];
-    for (int d = 0; d < s.n; d++) dims[d] = (int)s.v[d];
+    for (int d = 0; d < s.n; d++) {
+        if (s.v[d] > INT_MAX / 2 || s.v[d] < -(INT_MAX / 2)) {
+            PyErr_Format(PyExc_IndexError, "permute: dim %lld is out of range", (long long)s.v[d]);
+            return NULL;
+        }
+        dims[d] = (int)s.v[d];
+    }
     RUN_WRAP(dc_permute(&out, x, dims), out);
 }
 
@@ -392,7 +431,7 @@ static PyObject *f_transpose(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int a, b;
-    if (!PyArg_ParseTuple(args, "O&ii:transpose", conv_tensor, &x, &a, &b)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&:transpose", conv_tensor, &x, conv_dim, &a, conv_dim, &b)) return NULL;
     RUN_WRAP(dc_transpose(&out, x, a, b), out);
 }
 
@@ -402,7 +441,7 @@ static PyObject *f_slice(PyObject *m, PyObject *args)
     dc_tensor *x, *out;
     int dim;
     long long a, b, step;
-    if (!PyArg_ParseTuple(args, "O&iLLL:slice", conv_tensor, &x, &dim, &a, &b, &step)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&LLL:slice", conv_tensor, &x, conv_dim, &dim, &a, &b, &step)) return NULL;
     RUN_WRAP(dc_slice(&out, x, dim, a, b, step), out);
 }
 
@@ -412,7 +451,7 @@ static PyObject *f_select(PyObject *m, PyObject *args)
     dc_tensor *x, *out;
     int dim;
     long long i;
-    if (!PyArg_ParseTuple(args, "O&iL:select", conv_tensor, &x, &dim, &i)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&L:select", conv_tensor, &x, conv_dim, &dim, &i)) return NULL;
     RUN_WRAP(dc_select(&out, x, dim, i), out);
 }
 
@@ -421,7 +460,7 @@ static PyObject *f_unsqueeze(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int dim;
-    if (!PyArg_ParseTuple(args, "O&i:unsqueeze", conv_tensor, &x, &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&:unsqueeze", conv_tensor, &x, conv_dim, &dim)) return NULL;
     RUN_WRAP(dc_unsqueeze(&out, x, dim), out);
 }
 
@@ -433,8 +472,7 @@ static PyObject *f_squeeze(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&|O:squeeze", conv_tensor, &x, &d)) return NULL;
     int dim = DC_ALL_DIMS;
     if (d != Py_None) {
-        dim = (int)PyLong_AsLong(d);
-        if (dim == -1 && PyErr_Occurred()) return NULL;
+        if (!dim_of(d, &dim)) return NULL;
     }
     RUN_WRAP(dc_squeeze(&out, x, dim), out);
 }
@@ -523,8 +561,7 @@ static PyObject *f_argmax(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&|Opp:argmax", conv_tensor, &x, &d, &keepdim, &is_min)) return NULL;
     int dim = DC_ALL_DIMS;
     if (d != Py_None) {
-        dim = (int)PyLong_AsLong(d);
-        if (dim == -1 && PyErr_Occurred()) return NULL;
+        if (!dim_of(d, &dim)) return NULL;
     }
     RUN_WRAP(dc_argmax(&out, x, dim, keepdim, is_min), out);
 }
@@ -534,7 +571,7 @@ static PyObject *f_softmax(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *out;
     int dim, log = 0;
-    if (!PyArg_ParseTuple(args, "O&i|p:softmax", conv_tensor, &x, &dim, &log)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&|p:softmax", conv_tensor, &x, conv_dim, &dim, &log)) return NULL;
     RUN_WRAP(dc_softmax(&out, x, dim, log), out);
 }
 
@@ -564,12 +601,12 @@ static PyObject *f_cat(PyObject *m, PyObject *args)
     tensor_list l = { 0 };
     int dim = 0;
     dc_tensor *out;
-    if (!PyArg_ParseTuple(args, "O&|i:cat", conv_tensor_list, &l, &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&|O&:cat", conv_tensor_list, &l, conv_dim, &dim)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_cat(&out, l.n, l.v, dim);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
-    return dc_py_wrap(out);
+    DC_BEGIN_OP st = dc_cat(&out, l.n, l.v, dim);
+    DC_END_OP PyMem_Free(l.v);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
+    return dc_py_wrap(dc_py_state_of(m), out);
 }
 
 static PyObject *f_gather(PyObject *m, PyObject *args)
@@ -577,7 +614,8 @@ static PyObject *f_gather(PyObject *m, PyObject *args)
     (void)m;
     dc_tensor *x, *idx, *out;
     int dim, select = 0;
-    if (!PyArg_ParseTuple(args, "O&iO&|p:gather", conv_tensor, &x, &dim, conv_tensor, &idx, &select)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&|p:gather", conv_tensor, &x, conv_dim, &dim, conv_tensor, &idx, &select))
+        return NULL;
     RUN_WRAP(select ? dc_index_select(&out, x, dim, idx) : dc_gather(&out, x, dim, idx), out);
 }
 
@@ -593,24 +631,12 @@ static PyObject *f_tril(PyObject *m, PyObject *args)
 
 /* --- scans, sort orders, nonzero -------------------------------------------------------------- */
 
-/* A dim argument as a C int; anything outside int's range is out of range for every tensor. */
-static int dim_of(long long d, const char *op, int *out)
-{
-    if (d < -DC_MAX_DIMS - 1 || d > DC_MAX_DIMS) {
-        dc_py_raise(dc_error(DC_ERR_INDEX, "%s: dim %lld is out of range", op, d));
-        return 0;
-    }
-    *out = (int)d;
-    return 1;
-}
-
 static PyObject *f_cumsum(PyObject *m, PyObject *args)
 {
     (void)m;
     dc_tensor *x, *out;
-    long long d;
     int dim;
-    if (!PyArg_ParseTuple(args, "O&L:cumsum", conv_tensor, &x, &d) || !dim_of(d, "cumsum", &dim)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&:cumsum", conv_tensor, &x, conv_dim, &dim)) return NULL;
     RUN_WRAP(dc_cumsum(&out, x, dim), out);
 }
 
@@ -618,10 +644,8 @@ static PyObject *f_argsort(PyObject *m, PyObject *args)
 {
     (void)m;
     dc_tensor *x, *out;
-    long long d;
     int dim, desc = 0;
-    if (!PyArg_ParseTuple(args, "O&L|p:argsort", conv_tensor, &x, &d, &desc) || !dim_of(d, "argsort", &dim))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&|p:argsort", conv_tensor, &x, conv_dim, &dim, &desc)) return NULL;
     RUN_WRAP(dc_argsort(&out, x, dim, desc), out);
 }
 
@@ -654,9 +678,9 @@ static PyObject *f_sgd_step(PyObject *m, PyObject *args)
         return NULL;
     if (same_len(&p, &g, "sgd_step", "grads") && (mom == 0 || same_len(&p, &b, "sgd_step", "momentum buffers"))) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st =
+        DC_BEGIN_OP st =
             dc_sgd_step(p.n, p.v, g.v, mom != 0 ? b.v : NULL, lr, mom, damp, wd, nesterov, maximize, first);
-        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_END_OP r = st ? dc_py_raise(dc_py_state_of(m), st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -678,8 +702,8 @@ static PyObject *f_adamw_step(PyObject *m, PyObject *args)
     if (same_len(&p, &g, "adamw_step", "grads") && same_len(&p, &ea, "adamw_step", "exp_avgs") &&
         same_len(&p, &eas, "adamw_step", "exp_avg_sqs")) {
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
-        Py_END_ALLOW_THREADS r = st ? dc_py_raise(st) : Py_NewRef(Py_None);
+        DC_BEGIN_OP st = dc_adamw_step(p.n, p.v, g.v, ea.v, eas.v, step, lr, b1, b2, eps, wd, maximize);
+        DC_END_OP r = st ? dc_py_raise(dc_py_state_of(m), st) : Py_NewRef(Py_None);
     }
     PyMem_Free(p.v);
     PyMem_Free(g.v);
@@ -695,9 +719,9 @@ static PyObject *f_grad_norm(PyObject *m, PyObject *args)
     double p, out = 0;
     if (!PyArg_ParseTuple(args, "O&d:grad_norm", conv_tensor_list, &l, &p)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_total_norm(l.n, l.v, p, &out);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
+    DC_BEGIN_OP st = dc_total_norm(l.n, l.v, p, &out);
+    DC_END_OP PyMem_Free(l.v);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
     return PyFloat_FromDouble(out);
 }
 
@@ -708,9 +732,9 @@ static PyObject *f_scale_(PyObject *m, PyObject *args)
     double f;
     if (!PyArg_ParseTuple(args, "O&d:scale_", conv_tensor_list, &l, &f)) return NULL;
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_scale_(l.n, l.v, f);
-    Py_END_ALLOW_THREADS PyMem_Free(l.v);
-    if (st) return dc_py_raise(st);
+    DC_BEGIN_OP st = dc_scale_(l.n, l.v, f);
+    DC_END_OP PyMem_Free(l.v);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
     Py_RETURN_NONE;
 }
 
@@ -770,14 +794,13 @@ static PyObject *f_set_rng_state(PyObject *m, PyObject *args)
 
 static PyObject *f_set_tensor_class(PyObject *m, PyObject *cls)
 {
-    (void)m;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, dc_py_tensor_base)) {
+    dc_py_state *S = dc_py_state_of(m);
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, S->tensor_base)) {
         PyErr_SetString(PyExc_TypeError, "_set_tensor_class: expected a subclass of TensorBase");
         return NULL;
     }
     Py_INCREF(cls);
-    Py_XDECREF(dc_py_tensor_cls);
-    dc_py_tensor_cls = (PyTypeObject *)cls;
+    Py_XSETREF(S->tensor_cls, (PyTypeObject *)cls);
     Py_RETURN_NONE;
 }
 
@@ -883,7 +906,38 @@ static PyMethodDef module_methods[] = {
     { NULL, NULL, 0, NULL },
 };
 
-int dc_py_init_loader(PyObject *m); /* loader_py.c */
+/* --- module state (see py.h) ------------------------------------------------------------------ */
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    dc_py_state *S = dc_py_state_of(m);
+    if (!S) return 0;
+    Py_VISIT(S->tensor_base);
+    Py_VISIT(S->tensor_cls);
+    Py_VISIT(S->storage_ref);
+    Py_VISIT(S->loader_type);
+    Py_VISIT(S->base_error);
+    for (int k = 0; k < DC_STATUS_COUNT; k++) Py_VISIT(S->exc_by_status[k]);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    dc_py_state *S = dc_py_state_of(m);
+    if (!S) return 0;
+    Py_CLEAR(S->tensor_base);
+    Py_CLEAR(S->tensor_cls);
+    Py_CLEAR(S->storage_ref);
+    Py_CLEAR(S->loader_type);
+    Py_CLEAR(S->base_error);
+    for (int k = 0; k < DC_STATUS_COUNT; k++) Py_CLEAR(S->exc_by_status[k]);
+    return 0;
+}
+
+static void module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
 
 static int module_exec(PyObject *m)
 {
@@ -904,12 +958,19 @@ static PyModuleDef_Slot module_slots[] = {
     { 0, NULL },
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, .m_name = "dutycycle._C",    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
-    .m_size = 0,           .m_methods = module_methods, .m_slots = module_slots,
+PyModuleDef dc_py_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "dutycycle._C",
+    .m_doc = "dutycycle's C core: tensors, autograd, kernels.",
+    .m_size = sizeof(dc_py_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC PyInit__C(void)
 {
-    return PyModuleDef_Init(&module_def);
+    return PyModuleDef_Init(&dc_py_module_def);
 }

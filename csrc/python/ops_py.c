@@ -6,14 +6,16 @@
  * backward, saves, params, the devices with a kernel) for the cross-device op test. */
 #include "py.h"
 
-/* `self` of each generated function is the op id (a Python int). */
+/* `self` of each generated function is (the _C module, the op id): the module's state holds the
+ * types and exceptions the result needs. */
 static int op_of(PyObject *self)
 {
-    return (int)PyLong_AsLong(self);
+    return (int)PyLong_AsLong(PyTuple_GET_ITEM(self, 1));
 }
 
 static PyObject *op_unary(PyObject *self, PyObject *arg)
 {
+    PyObject *m = PyTuple_GET_ITEM(self, 0);
     dc_tensor *x = dc_py_tensor(arg, dc_op_names[op_of(self)]), *out;
     if (!x) return NULL;
     RUN_WRAP(dc_unary(&out, (dc_op)op_of(self), x), out);
@@ -21,6 +23,7 @@ static PyObject *op_unary(PyObject *self, PyObject *arg)
 
 static PyObject *op_binary(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *m = PyTuple_GET_ITEM(self, 0);
     int op = op_of(self);
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "%s() takes 2 tensors (%zd given)", dc_op_names[op], nargs);
     dc_tensor *a = dc_py_tensor(args[0], dc_op_names[op]), *b = a ? dc_py_tensor(args[1], dc_op_names[op]) : NULL;
@@ -31,6 +34,7 @@ static PyObject *op_binary(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static PyObject *op_binary_(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *m = PyTuple_GET_ITEM(self, 0);
     int op = op_of(self);
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "%s_() takes 2 tensors (%zd given)", dc_op_names[op], nargs);
     dc_tensor *t = dc_py_tensor(args[0], dc_op_names[op]), *o = t ? dc_py_tensor(args[1], dc_op_names[op]) : NULL;
@@ -82,9 +86,9 @@ static PyObject *ops_table(PyObject *mod, PyObject *noargs)
 static PyMethodDef table_def = { "table", ops_table, METH_NOARGS,
                                  "table() -> list of dicts: every op of ops.def and the devices with a kernel" };
 
-static int add_fn(PyObject *ops, PyMethodDef *def, int op)
+static int add_fn(PyObject *module, PyObject *ops, PyMethodDef *def, int op)
 {
-    PyObject *self = PyLong_FromLong(op);
+    PyObject *self = Py_BuildValue("(Oi)", module, op);
     PyObject *fn = self ? PyCFunction_NewEx(def, self, NULL) : NULL;
     Py_XDECREF(self);
     if (!fn) return -1;
@@ -108,11 +112,11 @@ int dc_py_init_ops(PyObject *module)
         } else {
             continue;
         }
-        if (add_fn(ops, &op_defs[k], k) < 0) goto error;
+        if (add_fn(module, ops, &op_defs[k], k) < 0) goto error;
         if (fam == DC_FAM_BINARY) {
             op_defs_inplace[k].ml_meth = (PyCFunction)(void (*)(void))op_binary_;
             op_defs_inplace[k].ml_flags = METH_FASTCALL;
-            if (add_fn(ops, &op_defs_inplace[k], k) < 0) goto error;
+            if (add_fn(module, ops, &op_defs_inplace[k], k) < 0) goto error;
         }
     }
     PyObject *table = PyCFunction_NewEx(&table_def, NULL, NULL);

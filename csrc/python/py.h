@@ -9,35 +9,67 @@
 #include "../autograd/autograd.h"
 #include "../core/ops.h"
 
+/* Release the GIL around a pure-C op on tensors, marking it in flight (the threading rule is in
+ * csrc/core/tensor.h): a `t.data = x` / `t.grad = g` in another thread waits for it to finish. */
+#define DC_BEGIN_OP                                    \
+    {                                                  \
+        PyThreadState *dc_save_ = PyEval_SaveThread(); \
+        dc_inflight_begin();
+#define DC_END_OP                   \
+    dc_inflight_end();              \
+    PyEval_RestoreThread(dc_save_); \
+    }
+
 typedef struct {
     PyObject_HEAD dc_tensor *t; /* owned reference */
     PyObject *weakrefs;
 } TensorObject;
 
-extern PyTypeObject *dc_py_tensor_base; /* _C.TensorBase */
-extern PyTypeObject *dc_py_tensor_cls;  /* dutycycle.Tensor, registered from Python */
+/* The module's state (multi-phase init, as CPython's own modules keep theirs): no PyTypeObject or
+ * exception lives in a C global, so each interpreter that imports _C gets its own. Reach it from
+ * the module (functions get it as their first argument) or from one of its types. */
+typedef struct {
+    PyTypeObject *tensor_base; /* _C.TensorBase */
+    PyTypeObject *tensor_cls;  /* dutycycle.Tensor, registered from Python (NULL until then) */
+    PyTypeObject *storage_ref; /* _C._StorageRef (NumPy views' owner) */
+    PyTypeObject *loader_type; /* _C.Loader */
+    PyObject *base_error;      /* dutycycle.DutycycleError */
+    PyObject *exc_by_status[DC_STATUS_COUNT];
+} dc_py_state;
+
+extern PyModuleDef dc_py_module_def;
+
+static inline dc_py_state *dc_py_state_of(PyObject *module)
+{
+    return (dc_py_state *)PyModule_GetState(module);
+}
+/* State of the _C module whose type `tp` is or derives from; NULL with an exception if none. */
+dc_py_state *dc_py_state_of_type(PyTypeObject *tp);
 
 /* Wrap a C tensor (steals the reference). Returns the existing wrapper when there is one. */
-PyObject *dc_py_wrap(dc_tensor *t);
+PyObject *dc_py_wrap(dc_py_state *S, dc_tensor *t);
 /* Borrowed C tensor of a Python tensor, or NULL with TypeError naming `what`. */
 dc_tensor *dc_py_tensor(PyObject *o, const char *what);
 /* Turn a failed status into the matching dutycycle exception; returns NULL. */
-PyObject *dc_py_raise(dc_status st);
+PyObject *dc_py_raise(dc_py_state *S, dc_status st);
+PyObject *dc_py_from_dlpack_capsule(dc_py_state *S, PyObject *cap);
 int dc_py_init_tensor_type(PyObject *module);
 int dc_py_init_ops(PyObject *module); /* ops_py.c: the _C.ops submodule */
 int dc_py_init_errors(PyObject *module);
+int dc_py_init_loader(PyObject *module);
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
 void dc_py_stash_exception(void);
 int dc_py_restore_exception(void); /* 1 if one was restored */
 
-/* Run a core call without the GIL; then wrap `out` or raise. */
-#define RUN(call)                        \
-    dc_status st_;                       \
-    Py_BEGIN_ALLOW_THREADS st_ = (call); \
-    Py_END_ALLOW_THREADS if (st_) return dc_py_raise(st_)
+/* Run a core call without the GIL (in flight); then wrap `out` or raise. `m` must name the _C module
+ * in the calling function (its state holds the types and exceptions). */
+#define RUN(call)             \
+    dc_status st_;            \
+    DC_BEGIN_OP st_ = (call); \
+    DC_END_OP if (st_) return dc_py_raise(dc_py_state_of(m), st_)
 
 #define RUN_WRAP(call, out) \
     RUN(call);              \
-    return dc_py_wrap(out)
+    return dc_py_wrap(dc_py_state_of(m), out)
 
 #endif

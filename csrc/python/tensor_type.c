@@ -6,18 +6,24 @@
 #include "py.h"
 #include "structmember.h"
 
-PyTypeObject *dc_py_tensor_base;
-PyTypeObject *dc_py_tensor_cls;
+dc_py_state *dc_py_state_of_type(PyTypeObject *tp)
+{
+    PyObject *m = PyType_GetModuleByDef(tp, &dc_py_module_def); /* borrowed */
+    return m ? dc_py_state_of(m) : NULL;
+}
 
 /* --- exceptions --------------------------------------------------------------------------- */
 
-static PyObject *exc_by_status[DC_STATUS_COUNT];
-
 int dc_py_init_errors(PyObject *m)
 {
+    dc_py_state *S = dc_py_state_of(m);
     PyObject *base = PyErr_NewExceptionWithDoc("dutycycle.DutycycleError", "Base class of dutycycle's errors.",
                                                PyExc_RuntimeError, NULL);
-    if (!base || PyModule_AddObjectRef(m, "DutycycleError", base) < 0) return -1;
+    if (!base || PyModule_AddObjectRef(m, "DutycycleError", base) < 0) {
+        Py_XDECREF(base);
+        return -1;
+    }
+    S->base_error = base; /* the state's reference */
     struct {
         dc_status st;
         const char *name;
@@ -40,12 +46,12 @@ int dc_py_init_errors(PyObject *m)
         snprintf(full, sizeof full, "dutycycle.%s", table[k].name);
         PyObject *e = PyErr_NewException(full, bases, NULL);
         Py_DECREF(bases);
-        if (!e || PyModule_AddObjectRef(m, table[k].name, e) < 0) return -1;
-        exc_by_status[table[k].st] = e;
+        if (!e) return -1;
+        S->exc_by_status[table[k].st] = e; /* the state's reference */
+        if (PyModule_AddObjectRef(m, table[k].name, e) < 0) return -1;
     }
-    exc_by_status[DC_ERR_NOMEM] = PyExc_MemoryError;
-    exc_by_status[DC_ERR_CALLBACK] = base;
-    Py_DECREF(base);
+    S->exc_by_status[DC_ERR_NOMEM] = Py_NewRef(PyExc_MemoryError);
+    S->exc_by_status[DC_ERR_CALLBACK] = Py_NewRef(base);
     return 0;
 }
 
@@ -67,11 +73,12 @@ int dc_py_restore_exception(void)
     return 1;
 }
 
-PyObject *dc_py_raise(dc_status st)
+PyObject *dc_py_raise(dc_py_state *S, dc_status st)
 {
     if (st == DC_ERR_CALLBACK && dc_py_restore_exception()) return NULL;
     if (PyErr_Occurred()) return NULL;
-    PyObject *e = (unsigned)st < DC_STATUS_COUNT && exc_by_status[st] ? exc_by_status[st] : PyExc_RuntimeError;
+    PyObject *e =
+        S && (unsigned)st < DC_STATUS_COUNT && S->exc_by_status[st] ? S->exc_by_status[st] : PyExc_RuntimeError;
     const char *msg = dc_last_error();
     PyErr_SetString(e, msg && *msg ? msg : dc_strerror(st));
     return NULL;
@@ -79,7 +86,7 @@ PyObject *dc_py_raise(dc_status st)
 
 /* --- wrapping ------------------------------------------------------------------------------ */
 
-PyObject *dc_py_wrap(dc_tensor *t)
+PyObject *dc_py_wrap(dc_py_state *S, dc_tensor *t)
 {
     if (!t) return NULL;
     if (t->pyobj) {
@@ -88,7 +95,7 @@ PyObject *dc_py_wrap(dc_tensor *t)
         dc_tensor_decref(t);
         return o;
     }
-    PyTypeObject *cls = dc_py_tensor_cls ? dc_py_tensor_cls : dc_py_tensor_base;
+    PyTypeObject *cls = S->tensor_cls ? S->tensor_cls : S->tensor_base;
     TensorObject *o = (TensorObject *)cls->tp_alloc(cls, 0);
     if (!o) {
         dc_tensor_decref(t);
@@ -99,9 +106,13 @@ PyObject *dc_py_wrap(dc_tensor *t)
     return (PyObject *)o;
 }
 
+/* The type check goes through the object's type to the module that made it: a type none of our
+ * modules made is not a tensor, and a dutycycle type is checked against that module's TensorBase. */
 dc_tensor *dc_py_tensor(PyObject *o, const char *what)
 {
-    if (!PyObject_TypeCheck(o, dc_py_tensor_base)) {
+    PyObject *m = PyType_GetModuleByDef(Py_TYPE(o), &dc_py_module_def);
+    if (!m) PyErr_Clear();
+    if (!m || !PyObject_TypeCheck(o, dc_py_state_of(m)->tensor_base)) {
         PyErr_Format(PyExc_TypeError, "%s must be a dutycycle.Tensor, not %.100s", what, Py_TYPE(o)->tp_name);
         return NULL;
     }
@@ -117,16 +128,14 @@ static void tensor_dealloc(TensorObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     if (tp->tp_flags & Py_TPFLAGS_HAVE_GC) PyObject_GC_UnTrack(self);
+    /* Detach from the C tensor first: a weakref callback below may run code that wraps this C
+     * tensor again (p.grad, a graph's output), which must build a new wrapper instead of reviving
+     * this dying one. */
+    dc_tensor *t = self->t;
+    if (t && t->pyobj == self) t->pyobj = NULL;
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->t) {
-        if (self->t->pyobj == self) self->t->pyobj = NULL;
-        dc_tensor *t = self->t;
-        self->t = NULL;
-        dc_tensor_decref(t);
-    }
-    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE && tp != dc_py_tensor_base) {
-        /* a Python subclass: let its machinery clear __dict__ */
-    }
+    self->t = NULL;
+    dc_tensor_decref(t);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -231,8 +240,10 @@ static PyObject *get_grad(PyObject *self, void *c)
     (void)c;
     dc_tensor *g = SELF_T(self)->grad;
     if (!g) Py_RETURN_NONE;
+    dc_py_state *S = dc_py_state_of_type(Py_TYPE(self));
+    if (!S) return NULL;
     dc_tensor_incref(g);
-    return dc_py_wrap(g);
+    return dc_py_wrap(S, g);
 }
 static int set_grad(PyObject *self, PyObject *v, void *c)
 {
@@ -250,14 +261,48 @@ static int set_grad(PyObject *self, PyObject *v, void *c)
                          dc_dtype_name(g->dtype), dc_device_str(g->device), dc_dtype_name(t->dtype));
             return -1;
         }
-        dc_tensor_incref(g);
     }
-    dc_tensor_decref(t->grad);
-    t->grad = g;
-    return 0;
+    Py_BEGIN_ALLOW_THREADS dc_tensor_set_grad(t, g); /* waits for ops of other threads in flight */
+    Py_END_ALLOW_THREADS return 0;
 }
 
-/* NumPy's array interface: numpy.asarray(t) shares memory and keeps `t` alive. */
+/* _C._StorageRef: a reference to a dc_storage, exporting its bytes through the buffer protocol.
+ * __array_interface__ hands one to NumPy as the array's data, so the array keeps the *storage*
+ * alive: `t.data = other` (which drops t's reference to its old storage) can't free memory a NumPy
+ * view still uses, and the view keeps seeing the old data, as in PyTorch. */
+typedef struct {
+    PyObject_HEAD dc_storage *s; /* owned reference */
+} StorageRefObject;
+
+static int storage_ref_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    dc_storage *s = ((StorageRefObject *)self)->s;
+    return PyBuffer_FillInfo(view, self, s->data, (Py_ssize_t)s->nbytes, 0, flags);
+}
+
+static void storage_ref_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    dc_storage_decref(((StorageRefObject *)self)->s);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot storage_ref_slots[] = {
+    { Py_bf_getbuffer, storage_ref_getbuffer },
+    { Py_tp_dealloc, storage_ref_dealloc },
+    { Py_tp_doc, "a reference to a tensor's storage, exported as a buffer (for NumPy views)" },
+    { 0, NULL },
+};
+
+static PyType_Spec storage_ref_spec = {
+    .name = "dutycycle._C._StorageRef",
+    .basicsize = sizeof(StorageRefObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = storage_ref_slots,
+};
+
+/* NumPy's array interface: numpy.asarray(t) shares memory and keeps t's storage alive. */
 static PyObject *get_array_interface(PyObject *self, void *c)
 {
     (void)c;
@@ -276,12 +321,17 @@ static PyObject *get_array_interface(PyObject *self, void *c)
     int64_t bstr[DC_MAX_DIMS];
     for (int d = 0; d < t->ndim; d++) bstr[d] = t->strides[d] * (int64_t)isz;
     PyObject *shape = shape_tuple(t->ndim, t->shape), *strides = shape_tuple(t->ndim, bstr);
+    dc_py_state *S = dc_py_state_of_type(Py_TYPE(self));
+    if (!S) return NULL;
+    StorageRefObject *ref = PyObject_New(StorageRefObject, S->storage_ref);
     PyObject *r = NULL;
-    if (shape && strides)
-        r = Py_BuildValue("{s:O,s:s,s:(nO),s:O,s:i}", "shape", shape, "typestr", typestr[t->dtype], "data",
-                          (Py_ssize_t)(uintptr_t)dc_data(t), Py_False, "strides", strides, "version", 3);
+    if (ref) ref->s = dc_tensor_storage_ref(t);
+    if (shape && strides && ref)
+        r = Py_BuildValue("{s:O,s:s,s:O,s:n,s:O,s:i}", "shape", shape, "typestr", typestr[t->dtype], "data", ref,
+                          "offset", (Py_ssize_t)(t->offset * (int64_t)isz), "strides", strides, "version", 3);
     Py_XDECREF(shape);
     Py_XDECREF(strides);
+    Py_XDECREF(ref);
     return r;
 }
 
@@ -339,8 +389,8 @@ static PyObject *m_item(PyObject *self, PyObject *noargs)
     dc_status st;
     /* note: for device tensors this is a sync point (copy to host) */
     dc_dtype want = t->dtype == DC_BOOL ? DC_BOOL : dc_dtype_is_float(t->dtype) ? DC_FLOAT64 : DC_INT64;
-    Py_BEGIN_ALLOW_THREADS st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
-    Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
+    DC_BEGIN_OP st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
+    DC_END_OP if (st) return dc_py_raise(dc_py_state_of_type(Py_TYPE(self)), st);
     PyObject *r;
     if (want == DC_FLOAT64)
         r = PyFloat_FromDouble(*(double *)dc_data(c));
@@ -352,14 +402,20 @@ static PyObject *m_item(PyObject *self, PyObject *noargs)
     return r;
 }
 
-/* Python post-accumulate-grad hooks: ctx is the callable. Runs on the backward thread, which
- * does not hold the GIL. */
+/* Python post-accumulate-grad hooks. Runs on the backward thread, which does not hold the GIL;
+ * the hook keeps the module whose state wraps the parameter. */
+typedef struct {
+    PyObject *fn;     /* owned: the callable */
+    PyObject *module; /* owned: the _C module that registered it */
+} py_hook_ctx;
+
 static dc_status py_hook(void *ctx, dc_tensor *param)
 {
+    py_hook_ctx *h = ctx;
     PyGILState_STATE g = PyGILState_Ensure();
     dc_tensor_incref(param);
-    PyObject *p = dc_py_wrap(param);
-    PyObject *r = p ? PyObject_CallOneArg((PyObject *)ctx, p) : NULL;
+    PyObject *p = dc_py_wrap(dc_py_state_of(h->module), param);
+    PyObject *r = p ? PyObject_CallOneArg(h->fn, p) : NULL;
     Py_XDECREF(p);
     dc_status st = DC_OK;
     if (!r) {
@@ -372,9 +428,12 @@ static dc_status py_hook(void *ctx, dc_tensor *param)
 }
 static void py_hook_free(void *ctx)
 {
+    py_hook_ctx *h = ctx;
     PyGILState_STATE g = PyGILState_Ensure();
-    Py_DECREF((PyObject *)ctx);
+    Py_DECREF(h->fn);
+    Py_DECREF(h->module);
     PyGILState_Release(g);
+    free(h);
 }
 
 /* Garbage collection: a hook's closure often refers back to its parameter (or to an optimizer
@@ -387,7 +446,7 @@ static int tensor_traverse(PyObject *self, visitproc visit, void *arg)
     dc_tensor *t = SELF_T(self);
     if (t && atomic_load(&t->refcount) == 1)
         for (dc_hook *h = t->hooks; h; h = h->next)
-            if (h->fn == py_hook) Py_VISIT((PyObject *)h->ctx);
+            if (h->fn == py_hook) Py_VISIT(((py_hook_ctx *)h->ctx)->fn);
     return 0;
 }
 
@@ -427,10 +486,17 @@ static PyObject *m_add_hook(PyObject *self, PyObject *fn)
                         "post-accumulate-grad hooks can only be registered on leaf tensors that require grad");
         return NULL;
     }
-    Py_INCREF(fn);
-    int id = dc_tensor_add_hook(t, py_hook, fn, py_hook_free);
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &dc_py_module_def);
+    if (!module) return NULL;
+    py_hook_ctx *h = malloc(sizeof *h);
+    if (!h) return PyErr_NoMemory();
+    h->fn = Py_NewRef(fn);
+    h->module = Py_NewRef(module);
+    int id = dc_tensor_add_hook(t, py_hook, h, py_hook_free);
     if (id < 0) {
-        Py_DECREF(fn);
+        Py_DECREF(h->fn);
+        Py_DECREF(h->module);
+        free(h);
         return PyErr_NoMemory();
     }
     return PyLong_FromLong(id);
@@ -454,21 +520,17 @@ static PyObject *m_set_data(PyObject *self, PyObject *arg)
         PyErr_Format(PyExc_TypeError, "can't assign %s data to a tensor that requires grad", dc_dtype_name(s->dtype));
         return NULL;
     }
-    dc_storage_incref(s->storage);
-    dc_storage_decref(t->storage);
-    t->storage = s->storage;
-    t->offset = s->offset;
-    t->ndim = s->ndim;
-    memcpy(t->shape, s->shape, sizeof t->shape);
-    memcpy(t->strides, s->strides, sizeof t->strides);
-    t->dtype = s->dtype;
-    t->device = s->device;
-    dc_tensor *g = t->grad;
-    if (g && (g->dtype != t->dtype || !dc_device_eq(g->device, t->device) || g->ndim != t->ndim ||
-              memcmp(g->shape, t->shape, sizeof(int64_t) * t->ndim))) {
-        t->grad = NULL;
-        dc_tensor_decref(g);
-    }
+    /* `s` stays alive without the GIL: the caller's argument holds it */
+    Py_BEGIN_ALLOW_THREADS dc_tensor_set_data(t, s); /* waits for ops of other threads in flight */
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+/* t._bump_version(): count a write made behind the core's back (NumPy writing through
+ * np.asarray(t) for index assignment), so autograd notices it like any in-place op. */
+static PyObject *m_bump_version(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    atomic_fetch_add(&SELF_T(self)->storage->version, 1);
     Py_RETURN_NONE;
 }
 
@@ -479,14 +541,16 @@ static PyObject *m_make_subclass(PyObject *unused, PyObject *args)
     PyObject *cls, *data;
     int rg = 0;
     if (!PyArg_ParseTuple(args, "OO|p:_make_subclass", &cls, &data, &rg)) return NULL;
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, dc_py_tensor_base)) {
+    dc_py_state *S = PyType_Check(cls) ? dc_py_state_of_type((PyTypeObject *)cls) : NULL;
+    if (!S || !PyType_IsSubtype((PyTypeObject *)cls, S->tensor_base)) {
+        PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "_make_subclass: cls must be a subclass of dutycycle.Tensor");
         return NULL;
     }
     dc_tensor *src = dc_py_tensor(data, "data"), *t;
     if (!src) return NULL;
     dc_status st = dc_detach(&t, src);
-    if (st) return dc_py_raise(st);
+    if (st) return dc_py_raise(S, st);
     if (rg && !dc_dtype_is_float(t->dtype)) {
         dc_tensor_decref(t);
         PyErr_Format(PyExc_RuntimeError, "only floating-point tensors can require gradients (got %s)",
@@ -546,12 +610,12 @@ typedef struct {
     DLManagedTensorVersioned mv;
     int versioned;
     int64_t shape[DC_MAX_DIMS], strides[DC_MAX_DIMS];
-    dc_tensor *t;
+    dc_storage *storage; /* the storage, not the tensor: `t.data = x` must not free it under the consumer */
 } dl_export;
 
 static void dl_export_free(dl_export *e)
 {
-    dc_tensor_decref(e->t);
+    dc_storage_decref(e->storage);
     free(e);
 }
 static void dl_export_deleter(DLManagedTensor *m)
@@ -616,8 +680,8 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
     if (copied) { /* the consumer asked for its own copy */
         dc_tensor *c;
         dc_status st;
-        Py_BEGIN_ALLOW_THREADS st = dc_clone(&c, t);
-        Py_END_ALLOW_THREADS if (st) return dc_py_raise(st);
+        DC_BEGIN_OP st = dc_clone(&c, t);
+        DC_END_OP if (st) return dc_py_raise(dc_py_state_of_type(Py_TYPE(self)), st);
         t = c;
     } else {
         dc_tensor_incref(t);
@@ -627,7 +691,7 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
         dc_tensor_decref(t);
         return PyErr_NoMemory();
     }
-    e->t = t;
+    e->storage = dc_tensor_storage_ref(t);
     e->versioned = versioned;
     for (int d = 0; d < t->ndim; d++) {
         e->shape[d] = t->shape[d];
@@ -653,6 +717,7 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
         e->m.deleter = dl_export_deleter;
         if (!(cap = PyCapsule_New(&e->m, "dltensor", dl_capsule_destructor))) dl_export_free(e);
     }
+    dc_tensor_decref(t); /* the export holds the storage; the geometry was copied above */
     return cap;
 }
 
@@ -670,7 +735,7 @@ static void dl_import_deleter(void *ctx)
 }
 
 /* _C.from_dlpack_capsule(capsule) */
-PyObject *dc_py_from_dlpack_capsule(PyObject *cap)
+PyObject *dc_py_from_dlpack_capsule(dc_py_state *S, PyObject *cap)
 {
     DLManagedTensor *m = PyCapsule_GetPointer(cap, "dltensor");
     if (!m) {
@@ -729,8 +794,8 @@ PyObject *dc_py_from_dlpack_capsule(PyObject *cap)
     dc_tensor *t;
     dc_status st = dc_from_blob(&t, data, (size_t)extent * dc_dtype_size(dt), dl->ndim, dl->shape, strides, dt, dev,
                                 dl_import_deleter, m);
-    if (st) return dc_py_raise(st);
-    return dc_py_wrap(t);
+    if (st) return dc_py_raise(S, st);
+    return dc_py_wrap(S, t);
 bad_dtype:
     PyErr_Format(PyExc_TypeError, "from_dlpack: unsupported dtype (code %d, %d bits, %d lanes)", ty.code, ty.bits,
                  ty.lanes);
@@ -747,6 +812,7 @@ static PyMethodDef tensor_methods[] = {
     { "_add_post_accumulate_grad_hook", m_add_hook, METH_O, NULL },
     { "_remove_post_accumulate_grad_hook", m_remove_hook, METH_O, NULL },
     { "_set_data", m_set_data, METH_O, NULL },
+    { "_bump_version", m_bump_version, METH_NOARGS, NULL },
     { "_make_subclass", m_make_subclass, METH_VARARGS | METH_STATIC, NULL },
     { "__dlpack__", (PyCFunction)(void (*)(void))m_dlpack, METH_VARARGS | METH_KEYWORDS, "export via DLPack" },
     { "__dlpack_device__", m_dlpack_device, METH_NOARGS, "(device_type, device_id) for DLPack" },
@@ -779,7 +845,10 @@ static PyType_Spec tensor_spec = {
 
 int dc_py_init_tensor_type(PyObject *m)
 {
-    dc_py_tensor_base = (PyTypeObject *)PyType_FromSpec(&tensor_spec);
-    if (!dc_py_tensor_base) return -1;
-    return PyModule_AddObjectRef(m, "TensorBase", (PyObject *)dc_py_tensor_base);
+    dc_py_state *S = dc_py_state_of(m);
+    S->storage_ref = (PyTypeObject *)PyType_FromModuleAndSpec(m, &storage_ref_spec, NULL);
+    if (!S->storage_ref) return -1;
+    S->tensor_base = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tensor_spec, NULL);
+    if (!S->tensor_base) return -1;
+    return PyModule_AddObjectRef(m, "TensorBase", (PyObject *)S->tensor_base);
 }

@@ -406,6 +406,8 @@ class Tensor(_C.TensorBase):
     def __getitem__(self, idx):
         if not isinstance(idx, tuple):
             idx = (idx,)
+        if _needs_joint_indexing(idx):
+            return self._getitem_joint(idx)
         n_real = builtins.sum(1 for i in idx if i is not None and i is not Ellipsis)
         if n_real > self.ndim:
             raise IndexError(f"too many indices for a tensor of shape {self.shape}: got {n_real}")
@@ -486,9 +488,95 @@ class Tensor(_C.TensorBase):
                                 f"got {type(item).__name__}")
         return out
 
+    def _getitem_joint(self, idx):
+        """Several advanced indices (index lists/tensors, and ints beside them) pair up element by
+        element, broadcast together, as in NumPy and PyTorch: x[[0, 1], [0, 1]] is [x00, x11].
+        The broadcast index dims replace the indexed dims where they were when the advanced
+        indices are adjacent, and go first otherwise (NumPy's rule)."""
+        import numpy as np
+
+        # 1. basic indexing first (slices, None, Ellipsis), keeping each advanced dim whole
+        n_real = builtins.sum(1 for i in idx if i is not None and i is not Ellipsis)
+        items = []
+        for item in idx:
+            if type(item).__module__ == "numpy":
+                item = operator.index(item) if isinstance(item, np.integer) else \
+                    _tensor_from(item, device=self.device) if isinstance(item, np.ndarray) else item
+            if isinstance(item, list):
+                item = _tensor_from(item, dtype=int64, device=self.device) if item else \
+                    _tensor_from(np.zeros(0, np.int64), dtype=int64, device=self.device)
+            if isinstance(item, Tensor) and item.dtype == bool_:  # a mask is the indices of its True entries
+                nz = np.nonzero(item.cpu().numpy())
+                items.extend(_tensor_from(a.astype("int64"), dtype=int64, device=self.device) for a in nz)
+                n_real += len(nz) - 1
+                continue
+            items.append(item)
+        if n_real > self.ndim:
+            raise IndexError(f"too many indices for a tensor of shape {self.shape}: got {n_real}")
+        basic, adv, pos = [], [], []  # adv: (dim in the basic result, index); pos: item positions
+        dim = 0
+        for k, item in enumerate(items):
+            if item is None:
+                basic.append(None)
+                dim += 1
+            elif item is Ellipsis:
+                basic.append(Ellipsis)
+                dim += self.ndim - n_real
+            elif isinstance(item, bool):
+                raise TypeError("indexing with a Python bool is not supported")
+            elif isinstance(item, (int, Tensor)):
+                if isinstance(item, Tensor) and item.dtype.is_floating_point:
+                    raise IndexError(f"tensors used as indices must be integer or bool tensors, got {item.dtype.name}")
+                basic.append(slice(None))
+                adv.append((dim, item))
+                pos.append(k)
+                dim += 1
+            elif isinstance(item, slice):
+                basic.append(item)
+                dim += 1
+            else:
+                raise TypeError(f"tensor indices must be ints, slices, None, Ellipsis or int64 tensors, "
+                                f"got {type(item).__name__}")
+        out = self[tuple(basic)]
+        # 2. one flat index into the advanced dims, moved to the front
+        sizes = [out.shape[d] for d, _ in adv]
+        idxs = []
+        for (d, item), size in zip(adv, sizes):
+            t = item if isinstance(item, Tensor) else _tensor_from(item, dtype=int64, device=self.device)
+            t = t.long() if t.dtype != int64 else t
+            if t.numel():
+                a = t.cpu().numpy()
+                bad = (a < -size) | (a >= size)
+                if bad.any():
+                    raise IndexError(f"index {a[bad].flat[0]} is out of bounds for dimension {d} with size {size}")
+                t = _C.where(t < 0, t + size, t)
+            idxs.append(t)
+        try:
+            bshape = np.broadcast_shapes(*[tuple(t.shape) for t in idxs])
+        except ValueError:
+            raise IndexError("shape mismatch: indexing tensors could not be broadcast together with shapes " +
+                             " ".join(str(list(t.shape)) for t in idxs)) from None
+        flat = None
+        for t, size in zip(idxs, sizes):
+            t = t.expand(*bshape) if tuple(t.shape) != bshape else t
+            flat = t if flat is None else flat * size + t
+        adims = [d for d, _ in adv]
+        rest = [d for d in range(out.ndim) if d not in adims]
+        moved = out.permute(*adims, *rest) if adims + rest != list(range(out.ndim)) else out
+        rest_shape = tuple(out.shape[d] for d in rest)
+        moved = moved.reshape((math.prod(sizes),) + rest_shape)
+        res = _C.gather(moved, 0, flat.reshape(-1).contiguous(), True).reshape(tuple(bshape) + rest_shape)
+        # 3. adjacent advanced indices: their result dims go where the first of them was
+        if pos == list(range(pos[0], pos[0] + len(pos))) and adims[0] > 0:
+            nb, first = len(bshape), adims[0]
+            order = list(range(nb, nb + first)) + list(range(nb)) + list(range(nb + first, res.ndim))
+            res = res.permute(*order)
+        return res
+
     def __setitem__(self, idx, value):
         items = idx if isinstance(idx, tuple) else (idx,)
-        if builtins.any(isinstance(i, (Tensor, list)) for i in items):
+        if builtins.any(isinstance(i, (Tensor, list)) or (type(i).__module__ == "numpy" and getattr(i, "ndim", 0) > 0)
+                        for i in items):  # an index array: NumPy's rules (a basic view would be a copy)
             self._setitem_advanced(items, value)
             return
         target = self[idx]  # a view sharing storage with self
@@ -514,6 +602,7 @@ class Tensor(_C.TensorBase):
             value = value.detach().cpu().to(self.dtype).numpy()
         view = np.asarray(self)  # shares memory with self
         view[np_items] = value
+        self._bump_version()  # a write NumPy made: autograd must see it as an in-place op
 
     # --- in place -----------------------------------------------------------------------------------
     def masked_fill_(self, mask, value):
@@ -1145,6 +1234,18 @@ class Tensor(_C.TensorBase):
 
 def _unsupported(op):
     raise TypeError(f"operator {op} is only supported on bool tensors")
+
+
+def _needs_joint_indexing(idx):
+    """True when an index tuple has an index list/tensor and another advanced index (a second list
+    or tensor, or an int) that must pair up with it instead of being applied one after the other."""
+    n_arr = n_int = 0
+    for i in idx:
+        if isinstance(i, (list, Tensor)) or (type(i).__module__ == "numpy" and hasattr(i, "ndim") and i.ndim > 0):
+            n_arr += 1 + (i.ndim - 1 if isinstance(i, Tensor) and i.dtype == bool_ and i.ndim > 1 else 0)
+        elif isinstance(i, int) and not isinstance(i, bool) or type(i).__module__ == "numpy":
+            n_int += 1
+    return n_arr >= 2 or (n_arr == 1 and n_int >= 1)
 
 
 def _scalar(value, like):

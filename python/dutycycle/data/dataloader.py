@@ -13,8 +13,9 @@ runs, with the GIL released; no processes, nothing pickled. Three ways a batch g
                      ``__dc_columns__``): the calling thread turns each index list into row numbers
                      and submits it; the C threads gather the rows from the tensors' memory into
                      new batch tensors, keeping ``prefetch_factor * num_workers`` batches in
-                     flight. No Python code runs per item. Sources are made contiguous once (the
-                     loader snapshots this layout at its first iteration).
+                     flight. No Python code runs per item. The rows are read from the dataset's
+                     own tensors, so in-place changes are seen; a non-contiguous one (``t.T``) is
+                     copied to a contiguous one at the start of each epoch.
   generic path       any other dataset with num_workers > 0: Python code (``__getitem__``,
                      ``__iter__``, a custom collate_fn) must hold the GIL, so ONE daemon Python
                      thread fetches items ahead (up to ``prefetch_factor * num_workers`` batches)
@@ -124,8 +125,9 @@ def _next_items(it, count, seen):
 # --- the column fast path ----------------------------------------------------------------------
 
 class _ColumnPlan:
-    """Where the rows of a column dataset live: per column a list of contiguous CPU tensors (the
-    parts, one after the other), and an optional map from dataset index to part row."""
+    """Where the rows of a column dataset live: per column a list of CPU tensors (the parts, one
+    after the other: the dataset's own tensors, so later in-place changes are seen), and an
+    optional map from dataset index to part row."""
 
     def __init__(self, parts, length, index_map):
         self.parts = parts  # [[Tensor, ...] per column]
@@ -152,16 +154,22 @@ class _ColumnPlan:
         return np.ascontiguousarray(self.map[a] if self.map is not None else a)
 
     def gather(self, rows):
-        """The batch in the calling thread (num_workers=0; single-part columns only)."""
+        """The batch in the calling thread (num_workers=0; single-part columns only), read from the
+        live tensors whatever their strides."""
         idx = _C.from_buffer(rows)
         return [_C.gather(p[0], 0, idx, True) for p in self.parts]
+
+    def contiguous_parts(self):
+        """The parts as the C workers need them: contiguous. A non-contiguous part (a transposed
+        tensor) is copied here, once per epoch, so in-place changes between epochs are seen."""
+        return [[x if x.is_contiguous() else x.contiguous() for x in col] for col in self.parts]
 
 
 def _as_column(c):
     if isinstance(c, Tensor):
         if c.device.type != "cpu" or c.requires_grad or c.dim() == 0:
             return None
-        return c if c.is_contiguous() else c.contiguous()
+        return c  # the live tensor, even when not contiguous (see _ColumnPlan.contiguous_parts)
     if isinstance(c, np.ndarray):
         if c.ndim == 0 or c.dtype.kind in "USOV":
             return None
@@ -329,6 +337,7 @@ class _GatherIter(_BaseIter):
     def __init__(self, loader, resume, plan):
         super().__init__(loader, resume)
         self._plan = plan
+        self._parts = plan.contiguous_parts()
         self._ahead = loader.prefetch_factor * loader.num_workers
         self._cloader = _C.Loader(loader.num_workers, self._ahead)
         self._pending = collections.deque()  # (batch id or None, error or None), oldest first
@@ -346,7 +355,7 @@ class _GatherIter(_BaseIter):
             try:
                 rows = self._plan.row_numbers(idx)
                 bid = self._next_id
-                self._cloader.submit(bid, len(rows), [(parts, rows, False) for parts in self._plan.parts])
+                self._cloader.submit(bid, len(rows), [(parts, rows, False) for parts in self._parts])
                 self._next_id += 1
                 self._pending.append((bid, None))
             except Exception as e:
