@@ -198,7 +198,10 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
                   Bm.data + batch_offset(&Bm, nb, b) * (int64_t)es, ldb, o->data + b * M * N * (int64_t)es);
         blas_serial_end(saved);
     } else if (Bn >= nt || macs < GEMM_SMALL) {
-#pragma omp parallel for schedule(static) num_threads(nt)
+        /* Dynamic: a thread whose core is shared with another process (or with NumPy's spinning BLAS
+         * threads) takes fewer matrices instead of holding the whole team up; one atomic per
+         * matrix is nothing next to its GEMM. */
+#pragma omp parallel for schedule(dynamic) num_threads(nt)
         for (int64_t b = 0; b < Bn; b++)
             gemm1(dt, ta, tb, M, N, K, A.data + batch_offset(&A, nb, b) * (int64_t)es, lda,
                   Bm.data + batch_offset(&Bm, nb, b) * (int64_t)es, ldb, o->data + b * M * N * (int64_t)es);
