@@ -115,7 +115,10 @@ dc_status dc_cpu_softmax(const dc_kargs *a)
     }
     const int64_t rows = numel / L;
     const dc_kview *vv[2] = { x, o };
-#pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
+    /* Rows are handed out ~4K elements at a time, so a thread on a core shared with another process
+     * does less of the work rather than holding the team up (each row is still one thread's). */
+    const int64_t grab = L >= 4096 ? 1 : 4096 / L;
+#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[2];
         cpu_row_offsets(2, vv, dim, r, off);
@@ -152,7 +155,8 @@ dc_status dc_cpu_softmax_bwd(const dc_kargs *a)
     }
     const int64_t rows = numel / L;
     const dc_kview *vv[3] = { dx, dy, y };
-#pragma omp parallel for schedule(static) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
+    const int64_t grab = L >= 4096 ? 1 : 4096 / L; /* as in the forward */
+#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         int64_t off[3];
         cpu_row_offsets(3, vv, dim, r, off);
