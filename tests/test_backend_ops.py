@@ -78,6 +78,13 @@ def _np_layer_norm(x, w, b, eps=1e-5):
     return (x - m) / np.sqrt(v + eps) * w + b
 
 
+def _np_attn(x, scale, causal):
+    z = x * scale
+    if causal:  # torch's is_causal: key j > query i masked (top-left aligned)
+        z = np.where(np.triu(np.ones(z.shape[-2:], bool), 1), -np.inf, z)
+    return _np_softmax(z, -1)
+
+
 def _check_rand(kind):
     def check(out, inputs, device):
         a = out.cpu().numpy()
@@ -259,6 +266,9 @@ CASES = {
                     covers=("softmax_backward",), rtol=1e-7),
     "log_softmax": Case(inputs=_x(3, 5), fn=lambda x: x.log_softmax(dim=0), ref=lambda x: np.log(_np_softmax(x, 0)),
                         grad=True, covers=("log_softmax_backward",), rtol=1e-7),
+    "attn_softmax": Case(inputs=_x(2, 3, 5, 6), fn=lambda x: dc._C.attn_softmax(x, 0.7, True),
+                         ref=lambda x: _np_attn(x, 0.7, True), grad=True, covers=("attn_softmax_backward",),
+                         rtol=1e-7, atol=1e-12),
     "layer_norm": Case(inputs=lambda rng: [rng.uniform(-2, 2, (3, 6)), rng.uniform(0.5, 1.5, (6,)),
                                            rng.uniform(-1, 1, (6,))],
                        fn=lambda x, w, b: dc.nn.functional.layer_norm(x, (6,), w, b), ref=_np_layer_norm, grad=True,

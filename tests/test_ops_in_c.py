@@ -260,3 +260,38 @@ def test_randperm_and_multinomial_values():
         dc.multinomial(dc.tensor([1.0, -1.0]), 1)
     with pytest.raises(RuntimeError, match="sum of probabilities"):
         dc.multinomial(dc.tensor([0.0, 0.0]), 1)
+
+
+@pytest.mark.parametrize("tq, tk", [(5, 5), (3, 7), (7, 3)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_fused_softmax_matches_the_composed_formula(rng, tq, tk, causal):
+    """scaled_dot_product_attention without a mask runs scale + causal mask + softmax as one C op
+    (attn_softmax); values and gradients equal the composed ops it replaced."""
+    F = dc.nn.functional
+    q, k, v = (dc.tensor(rng.standard_normal(s), dtype=dc.float64, requires_grad=True)
+               for s in ((2, 3, tq, 4), (2, 3, tk, 4), (2, 3, tk, 5)))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    g = dc.tensor(rng.standard_normal(out.shape), dtype=dc.float64)
+    (out * g).sum().backward()
+    grads = [t.grad.numpy().copy() for t in (q, k, v)]
+    q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    att = (q2 @ k2.transpose(-2, -1)) * 0.5
+    if causal:
+        att = att.masked_fill(dc.ones(tq, tk).triu(1) > 0.5, float("-inf"))
+    ref = att.softmax(-1) @ v2
+    (ref * g).sum().backward()
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(grads, (q2.grad, k2.grad, v2.grad)):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-10, atol=1e-12)
+    assert out.grad_fn is not None
+
+
+def test_attn_softmax_checks_its_input():
+    with pytest.raises(ValueError, match="scalar"):
+        dc._C.attn_softmax(dc.tensor(1.0), 1.0)
+    with pytest.raises(TypeError):
+        dc._C.attn_softmax(dc.tensor([1, 2]), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        dc._C.attn_softmax(dc.ones(2, 2), math.inf)
+    t = dc.randn(4, 6).t()  # non-contiguous scores are fine
+    np.testing.assert_allclose(dc._C.attn_softmax(t, 1.0).numpy(), t.softmax(-1).numpy(), rtol=1e-6)

@@ -35,6 +35,11 @@ struct dc_dim_params {
     int64_t dim; /* non-negative, < ndim */
 };
 
+struct dc_attn_params {
+    double scale; /* applied to the scores before the softmax */
+    int causal;   /* mask keys j > i of query row i */
+};
+
 struct dc_layernorm_params {
     double eps;
     int has_w, has_b;
@@ -83,6 +88,7 @@ typedef union {
     struct dc_clamp_params clamp;
     struct dc_scalar_params scalar;
     struct dc_dim_params dim;
+    struct dc_attn_params attn;
     struct dc_layernorm_params layernorm;
     struct dc_tril_params tril;
     struct dc_scan_params scan;

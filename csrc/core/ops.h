@@ -75,6 +75,8 @@ dc_status dc_mean(dc_tensor **out, dc_tensor *x, int n, const int *dims, int kee
 dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim, int is_min);
 dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_min); /* dim DC_ALL_DIMS: flat */
 dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log);
+/* softmax(scale * x) over the last dim; causal: keys j > i of query row i (dim -2) get weight 0 */
+dc_status dc_attn_softmax(dc_tensor **out, dc_tensor *x, double scale, int causal);
 dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, double eps);
 
 /* --- linear algebra and indexing -------------------------------------------------------------- */

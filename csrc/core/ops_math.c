@@ -804,6 +804,61 @@ dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log)
     return DC_OK;
 }
 
+/* Attention weights: softmax(scale * x) over the last dim in one pass, keys in the future of each
+ * query masked when causal. Replaces scale, masked_fill and softmax (three passes over the
+ * (..., Tq, Tk) scores, forward and backward) in scaled_dot_product_attention. */
+static dc_status attn_softmax_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, y);
+    dc_tensor *gc, *dx;
+    DC_TRY(dc_contiguous(&gc, g));
+    dc_status st = dc_empty(&dx, y->ndim, y->shape, y->dtype, y->device);
+    if (st) {
+        dc_tensor_decref(gc);
+        return st;
+    }
+    dc_kargs k = kargs_of(DC_OP_ATTN_SOFTMAX_BWD);
+    kargs_add(&k, dx);
+    kargs_add(&k, gc);
+    kargs_add(&k, y);
+    k.p.attn = (struct dc_attn_params){ .scale = n->f[0], .causal = (int)n->i[0] };
+    st = dc_launch_or_free(dx, &k);
+    dc_tensor_decref(gc);
+    if (st) return st;
+    gin[0] = dx;
+    return DC_OK;
+}
+
+dc_status dc_attn_softmax(dc_tensor **out, dc_tensor *x, double scale, int causal)
+{
+    DC_TRY(need_float(x, "attn_softmax"));
+    if (x->ndim < 1) return dc_error(DC_ERR_SHAPE, "attn_softmax: expected scores of at least 1 dim, got a scalar");
+    if (!isfinite(scale)) return dc_error(DC_ERR_VALUE, "attn_softmax: scale must be finite, got %g", scale);
+    dc_tensor *xc, *y;
+    DC_TRY(dc_contiguous(&xc, x));
+    dc_status st = dc_empty(&y, x->ndim, x->shape, x->dtype, x->device);
+    if (st) {
+        dc_tensor_decref(xc);
+        return st;
+    }
+    dc_kargs k = kargs_of(DC_OP_ATTN_SOFTMAX);
+    kargs_add(&k, y);
+    kargs_add(&k, xc);
+    k.p.attn = (struct dc_attn_params){ .scale = scale, .causal = causal != 0 };
+    st = dc_launch_or_free(y, &k);
+    dc_tensor_decref(xc);
+    if (st) return st;
+    dc_node *n;
+    DC_TRY(dc_record(y, dc_op_info[DC_OP_ATTN_SOFTMAX].node, attn_softmax_backward, 1, &x, &n));
+    if (n) {
+        dc_save_output(n, y);
+        n->f[0] = scale;
+        n->i[0] = causal != 0;
+    }
+    *out = y;
+    return DC_OK;
+}
+
 static dc_status layer_norm_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 {
     SAVED(n, 0, x);    /* (N, D) contiguous */

@@ -325,6 +325,8 @@ dc_status dc_cpu_argreduce(const dc_kargs *a);
 /* nn.c */
 dc_status dc_cpu_softmax(const dc_kargs *a);
 dc_status dc_cpu_softmax_bwd(const dc_kargs *a);
+dc_status dc_cpu_attn_softmax(const dc_kargs *a);
+dc_status dc_cpu_attn_softmax_bwd(const dc_kargs *a);
 dc_status dc_cpu_layernorm(const dc_kargs *a);
 dc_status dc_cpu_layernorm_bwd(const dc_kargs *a);
 /* linalg.c */

@@ -334,6 +334,25 @@ dc_status dc_cpu_index_select(const dc_kargs *a)
     if (x->ndim && n != o->shape[dim])
         return dc_error(DC_ERR_SHAPE, "index_select: %lld indices for an output of size %lld at dim %d", (long long)n,
                         (long long)o->shape[dim], dim);
+    if (x->ndim && cpu_is_contig(x) && cpu_is_contig(o) && x->dtype == o->dtype) {
+        /* contiguous: (outer, size, inner) views, one memcpy of `inner` elements per index (an
+         * embedding lookup copies whole rows instead of gathering element by element) */
+        DC_TRY(check_indices(a->op, idx, x->shape[dim], dim));
+        int64_t outer = 1, inner = 1;
+        for (int d = 0; d < dim; d++) outer *= x->shape[d];
+        for (int d = dim + 1; d < x->ndim; d++) inner *= x->shape[d];
+        const int64_t V = x->shape[dim], is = idx->ndim ? idx->strides[0] : 0;
+        const size_t es = cpu_esize(x), row = (size_t)inner * es;
+        const int64_t *ix = (const int64_t *)idx->data;
+        const char *src = x->data;
+        char *dst = o->data;
+#pragma omp parallel for schedule(static) if (outer * n * inner >= DC_CPU_PAR_MIN && outer * n > 1)
+        for (int64_t t = 0; t < outer * n; t++) {
+            int64_t ob = t / n, j = t % n;
+            memcpy(dst + (size_t)t * row, src + ((size_t)ob * (size_t)V + (size_t)ix[j * is]) * row, row);
+        }
+        return DC_OK;
+    }
     dc_kview iv = *idx; /* the 1-d index broadcast to out's shape */
     iv.ndim = o->ndim;
     for (int d = 0; d < o->ndim; d++) {

@@ -170,6 +170,104 @@ dc_status dc_cpu_softmax_bwd(const dc_kargs *a)
     return DC_OK;
 }
 
+/* ================================ attention softmax ========================================== */
+
+/* One row of softmax(scale * x) over its first n (unmasked) entries; the rest of the row (masked
+ * keys) is 0. Contiguous rows (the scores of q @ k^T are). */
+#define DEF_ATTN_ROW(NAME, T)                                                  \
+    CPU_SIMD static void NAME(T *y, const T *x, int64_t n, int64_t L, T scale) \
+    {                                                                          \
+        T m = -INFINITY;                                                       \
+        _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < n; i++) \
+        {                                                                      \
+            T z = scale * x[i];                                                \
+            m = z > m ? z : m;                                                 \
+        }                                                                      \
+        double s = 0;                                                          \
+        _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < n; i++)   \
+        {                                                                      \
+            T e = cpu_exp(scale * x[i] - m);                                   \
+            y[i] = e;                                                          \
+            s += (double)e;                                                    \
+        }                                                                      \
+        const T inv = (T)(1.0 / s);                                            \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) y[i] *= inv;       \
+        for (int64_t i = n; i < L; i++) y[i] = 0;                              \
+    }
+DEF_ATTN_ROW(attn_row_f32, float)
+DEF_ATTN_ROW(attn_row_f64, double)
+
+/* dx = scale * y * (dy - sum(dy * y)) over the first n entries; masked keys get 0. */
+#define DEF_ATTN_BWD_ROW(NAME, T)                                                                         \
+    CPU_SIMD static void NAME(T *dx, const T *dy, const T *y, int64_t n, int64_t L, T scale)              \
+    {                                                                                                     \
+        double s = 0;                                                                                     \
+        _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < n; i++) s += (double)(dy[i] * y[i]); \
+        const T ts = (T)s;                                                                                \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) dx[i] = scale * y[i] * (dy[i] - ts);          \
+        for (int64_t i = n; i < L; i++) dx[i] = 0;                                                        \
+    }
+DEF_ATTN_BWD_ROW(attn_bwd_row_f32, float)
+DEF_ATTN_BWD_ROW(attn_bwd_row_f64, double)
+
+/* The operands of the attention softmax: same dtype, same shape, contiguous, at least 1-d. */
+static dc_status attn_check(const dc_kargs *a, int n)
+{
+    const dc_dtype dt = a->t[0].dtype;
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
+    for (int k = 0; k < n; k++) {
+        if (a->t[k].dtype != dt) return cpu_bad_dtype(a->op, a->t[k].dtype);
+        if (!cpu_is_contig(&a->t[k]) || a->t[k].ndim < 1 || a->t[k].ndim != a->t[0].ndim)
+            return dc_error(DC_ERR_INTERNAL, "%s: operand %d must be contiguous and at least 1-d", dc_op_names[a->op],
+                            k);
+    }
+    return DC_OK;
+}
+
+dc_status dc_cpu_attn_softmax(const dc_kargs *a)
+{
+    DC_TRY(attn_check(a, 2));
+    const dc_kview *o = &a->t[0], *x = &a->t[1];
+    const int nd = x->ndim;
+    const int64_t L = x->shape[nd - 1], Tq = nd >= 2 ? x->shape[nd - 2] : 1, numel = cpu_numel(x);
+    if (numel == 0) return DC_OK;
+    const int64_t rows = numel / L, grab = L >= 4096 ? 1 : 4096 / L;
+    const int causal = a->p.attn.causal;
+    const double scale = a->p.attn.scale;
+#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = r % Tq, n = causal ? (i + 1 < L ? i + 1 : L) : L;
+        if (x->dtype == DC_FLOAT32)
+            attn_row_f32((float *)o->data + r * L, (const float *)x->data + r * L, n, L, (float)scale);
+        else
+            attn_row_f64((double *)o->data + r * L, (const double *)x->data + r * L, n, L, scale);
+    }
+    return DC_OK;
+}
+
+dc_status dc_cpu_attn_softmax_bwd(const dc_kargs *a)
+{
+    DC_TRY(attn_check(a, 3));
+    const dc_kview *dx = &a->t[0], *dy = &a->t[1], *y = &a->t[2];
+    const int nd = dx->ndim;
+    const int64_t L = dx->shape[nd - 1], Tq = nd >= 2 ? dx->shape[nd - 2] : 1, numel = cpu_numel(dx);
+    if (numel == 0) return DC_OK;
+    const int64_t rows = numel / L, grab = L >= 4096 ? 1 : 4096 / L;
+    const int causal = a->p.attn.causal;
+    const double scale = a->p.attn.scale;
+#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i = r % Tq, n = causal ? (i + 1 < L ? i + 1 : L) : L;
+        if (dx->dtype == DC_FLOAT32)
+            attn_bwd_row_f32((float *)dx->data + r * L, (const float *)dy->data + r * L, (const float *)y->data + r * L,
+                             n, L, (float)scale);
+        else
+            attn_bwd_row_f64((double *)dx->data + r * L, (const double *)dy->data + r * L,
+                             (const double *)y->data + r * L, n, L, scale);
+    }
+    return DC_OK;
+}
+
 /* ================================ layer norm ================================================= */
 
 static void ln_dims(const dc_kview *x, int64_t *N, int64_t *D)

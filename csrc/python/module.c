@@ -631,6 +631,15 @@ static PyObject *f_tril(PyObject *m, PyObject *args)
 
 /* --- scans, sort orders, nonzero -------------------------------------------------------------- */
 
+static PyObject *f_attn_softmax(PyObject *m, PyObject *args)
+{
+    dc_tensor *x, *out;
+    double scale;
+    int causal = 0;
+    if (!PyArg_ParseTuple(args, "O&d|p:attn_softmax", conv_tensor, &x, &scale, &causal)) return NULL;
+    RUN_WRAP(dc_attn_softmax(&out, x, scale, causal), out);
+}
+
 static PyObject *f_cumsum(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -886,6 +895,7 @@ static PyMethodDef module_methods[] = {
     F(gather, METH_VARARGS),
     F(tril, METH_VARARGS),
     F(cumsum, METH_VARARGS),
+    F(attn_softmax, METH_VARARGS),
     F(argsort, METH_VARARGS),
     F(nonzero, METH_O),
     F(sgd_step, METH_VARARGS),

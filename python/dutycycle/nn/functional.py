@@ -310,11 +310,6 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     return loss.sum() / count
 
 
-def _causal_future_mask(tq, tk, device):
-    # (tq, tk) bool, True where key j lies in the future of query i (j > i), as torch's is_causal.
-    return dc.ones(tq, tk, device=device).triu(1) > 0.5
-
-
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """softmax(q @ k^T * scale + mask) @ v for q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv).
 
@@ -329,17 +324,16 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
         )
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal, not both")
-    tq, tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    att = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
-    if is_causal:
-        att = att.masked_fill(_causal_future_mask(tq, tk, q.device), float("-inf"))
-    elif attn_mask is not None:
+    if attn_mask is None:  # scale, causal mask and softmax in one C pass over the (..., Tq, Tk) scores
+        att = dc._C.attn_softmax(q @ k.transpose(-2, -1), scale, is_causal)
+    else:
+        att = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
         if attn_mask.dtype == dc.bool:
             att = att.masked_fill(attn_mask.to(att.dtype) == 0, float("-inf"))
         else:
             att = att + attn_mask
-    att = att.softmax(-1)
+        att = att.softmax(-1)
     if dropout_p > 0.0:
         att = dc._C.dropout(att, dropout_p, True)
     return att @ v  # (..., Tq, Dv)
