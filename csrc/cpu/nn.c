@@ -224,19 +224,40 @@ static dc_status attn_check(const dc_kargs *a, int n)
     return DC_OK;
 }
 
+/* Rows of the (..., Tq, L) scores: row r is query r % Tq; with causal it sees its first
+ * min(L, query + 1) keys. Rows are handed out ~4K elements at a time, as in softmax. */
+typedef struct {
+    int64_t L, Tq, rows, grab, numel;
+    int causal;
+} attn_geom;
+
+static attn_geom attn_geom_of(const dc_kargs *a)
+{
+    const dc_kview *v = &a->t[0];
+    attn_geom g = { v->shape[v->ndim - 1], v->ndim >= 2 ? v->shape[v->ndim - 2] : 1, 0, 0, cpu_numel(v),
+                    a->p.attn.causal };
+    g.rows = g.L ? g.numel / g.L : 0;
+    g.grab = g.L >= 4096 ? 1 : 4096 / (g.L ? g.L : 1);
+    return g;
+}
+
+static inline int64_t attn_keys(const attn_geom *g, int64_t r)
+{
+    const int64_t i = r % g->Tq;
+    return g->causal && i + 1 < g->L ? i + 1 : g->L;
+}
+
 dc_status dc_cpu_attn_softmax(const dc_kargs *a)
 {
     DC_TRY(attn_check(a, 2));
     const dc_kview *o = &a->t[0], *x = &a->t[1];
-    const int nd = x->ndim;
-    const int64_t L = x->shape[nd - 1], Tq = nd >= 2 ? x->shape[nd - 2] : 1, numel = cpu_numel(x);
-    if (numel == 0) return DC_OK;
-    const int64_t rows = numel / L, grab = L >= 4096 ? 1 : 4096 / L;
-    const int causal = a->p.attn.causal;
+    const attn_geom g = attn_geom_of(a);
+    if (g.numel == 0) return DC_OK;
+    const int64_t L = g.L;
     const double scale = a->p.attn.scale;
-#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t i = r % Tq, n = causal ? (i + 1 < L ? i + 1 : L) : L;
+#pragma omp parallel for schedule(dynamic, g.grab) if (g.numel >= DC_CPU_PAR_MIN / 4 && g.rows > 1)
+    for (int64_t r = 0; r < g.rows; r++) {
+        const int64_t n = attn_keys(&g, r);
         if (x->dtype == DC_FLOAT32)
             attn_row_f32((float *)o->data + r * L, (const float *)x->data + r * L, n, L, (float)scale);
         else
@@ -249,15 +270,13 @@ dc_status dc_cpu_attn_softmax_bwd(const dc_kargs *a)
 {
     DC_TRY(attn_check(a, 3));
     const dc_kview *dx = &a->t[0], *dy = &a->t[1], *y = &a->t[2];
-    const int nd = dx->ndim;
-    const int64_t L = dx->shape[nd - 1], Tq = nd >= 2 ? dx->shape[nd - 2] : 1, numel = cpu_numel(dx);
-    if (numel == 0) return DC_OK;
-    const int64_t rows = numel / L, grab = L >= 4096 ? 1 : 4096 / L;
-    const int causal = a->p.attn.causal;
+    const attn_geom g = attn_geom_of(a);
+    if (g.numel == 0) return DC_OK;
+    const int64_t L = g.L;
     const double scale = a->p.attn.scale;
-#pragma omp parallel for schedule(dynamic, grab) if (numel >= DC_CPU_PAR_MIN / 4 && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t i = r % Tq, n = causal ? (i + 1 < L ? i + 1 : L) : L;
+#pragma omp parallel for schedule(dynamic, g.grab) if (g.numel >= DC_CPU_PAR_MIN / 4 && g.rows > 1)
+    for (int64_t r = 0; r < g.rows; r++) {
+        const int64_t n = attn_keys(&g, r);
         if (dx->dtype == DC_FLOAT32)
             attn_bwd_row_f32((float *)dx->data + r * L, (const float *)dy->data + r * L, (const float *)y->data + r * L,
                              n, L, (float)scale);
