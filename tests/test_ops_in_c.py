@@ -114,6 +114,9 @@ def test_nonzero_forms(rng):
     for got, want in zip(x.nonzero(as_tuple=True), np.nonzero(a)):
         np.testing.assert_array_equal(got.numpy(), want)
     assert dc.zeros(3).nonzero().shape == (0, 1)
+    assert dc.tensor(3.0).nonzero().shape == (1, 0)
+    assert [t.tolist() for t in dc.tensor(3.0).nonzero(as_tuple=True)] == [[0]]
+    assert [t.tolist() for t in dc.tensor(0.0).nonzero(as_tuple=True)] == [[]]
     assert dc.tensor([0.0, math.nan]).nonzero().tolist() == [[1]]  # NaN is not zero
     assert dc.argwhere(dc.tensor([[True, False], [False, True]])).tolist() == [[0, 0], [1, 1]]
 
@@ -256,6 +259,8 @@ def test_randperm_and_multinomial_values():
     assert sorted(s.tolist()) == [0, 1, 2]  # without replacement: every non-zero category once
     with pytest.raises(RuntimeError, match="cannot sample"):
         dc.multinomial(dc.tensor([1.0, 1.0]), 3)
+    with pytest.raises(RuntimeError, match="n_sample <= 0"):
+        dc.multinomial(dc.tensor([1.0, 1.0]), 0, replacement=True)
     with pytest.raises(RuntimeError, match="inf, nan or element < 0"):
         dc.multinomial(dc.tensor([1.0, -1.0]), 1)
     with pytest.raises(RuntimeError, match="sum of probabilities"):

@@ -759,6 +759,8 @@ def multinomial(input, num_samples, replacement=False, generator=None):
     if bool((total <= 0).any()):
         raise RuntimeError("multinomial: invalid multinomial distribution (sum of probabilities <= 0)")
     n_rows, n_cat = w.shape
+    if num_samples <= 0:
+        raise RuntimeError(f"multinomial: cannot sample n_sample <= 0 samples (got {num_samples})")
     if not replacement and num_samples > n_cat:
         raise RuntimeError(f"multinomial: cannot sample n_sample={num_samples} > prob_dist.size(-1)={n_cat} samples "
                            "without replacement")

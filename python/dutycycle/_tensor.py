@@ -950,7 +950,9 @@ class Tensor(_C.TensorBase):
     def nonzero(self, as_tuple=False):
         nz = _C.nonzero(self)  # (count, ndim); counting the elements is a sync point on a GPU, as in torch
         if as_tuple:
-            return tuple(nz[:, d] for d in range(self.ndim)) if self.ndim else (nz.reshape(-1),)
+            if not self.ndim:  # a 0-d tensor counts as 1-d, as in torch: index 0 once if it is non-zero
+                return (_C.full((nz.shape[0],), 0, int64.id, *self._device_tuple),)
+            return tuple(nz[:, d] for d in range(self.ndim))
         return nz
 
     argwhere = nonzero
