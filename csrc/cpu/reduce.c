@@ -314,25 +314,41 @@ static void reduce_columns(const red_ctx *c, const dimset *k, const dimset *r, c
     for (int d = 0; d < kn - 1; d++) outer *= k->shape[d];
     dimset ko = *k; /* kept dims without the inner one */
     ko.nd = kn - 1;
-    const int64_t nblk = (L + COLS - 1) / COLS, ntask = outer * nblk;
+    /* column blocks: at most COLS wide, and at least two per thread when there are few outputs, so
+     * a (rows, 1152) bias-gradient sum splits evenly over the team */
+    const int nthr = cpu_max_threads();
+    int64_t bw = outer >= 2 * nthr ? COLS : (L + 2 * nthr - 1) / (2 * nthr);
+    bw = bw < 16 ? 16 : bw > COLS ? COLS : (bw + 15) / 16 * 16;
+    const int64_t nblk = (L + bw - 1) / bw, ntask = outer * nblk;
     const int par = outer * L * R >= DC_CPU_PAR_MIN && ntask > 1;
+    const int f32_sum = c->in == DC_FLOAT32 && c->op == DC_OP_SUM && r->nd == 1;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t t = 0; t < ntask; t++) {
         acc_t acc[COLS];
-        int64_t o = t / nblk, c0 = (t % nblk) * COLS, w = L - c0 < COLS ? L - c0 : COLS;
+        int64_t o = t / nblk, c0 = (t % nblk) * bw, w = L - c0 < bw ? L - c0 : bw;
         int64_t ioff = 0, ooff = 0;
         if (ko.nd) kept_offsets(&ko, o, &ioff, &ooff);
         const char *base = in + (ioff + c0) * (int64_t)ies;
-        acc_t init = acc_init(c);
-        for (int64_t j = 0; j < w; j++) acc[j] = init;
-        int64_t idx[DC_MAX_DIMS] = { 0 };
-        for (int64_t ri = 0; ri < R; ri++) {
-            int64_t roff = 0;
-            for (int d = 0; d < r->nd; d++) roff += idx[d] * r->in_st[d];
-            fold_row(c, acc, base + roff * (int64_t)ies, w);
-            for (int d = r->nd - 1; d >= 0; d--) {
-                if (++idx[d] < r->shape[d]) break;
-                idx[d] = 0;
+        if (f32_sum) { /* the common case (bias gradients): one tight loop, double accumulators */
+            double sum[COLS];
+            for (int64_t j = 0; j < w; j++) sum[j] = 0;
+            for (int64_t ri = 0; ri < R; ri++) {
+                const float *x = (const float *)base + ri * r->in_st[0];
+                _Pragma("omp simd") for (int64_t j = 0; j < w; j++) sum[j] += (double)x[j];
+            }
+            for (int64_t j = 0; j < w; j++) acc[j].d = sum[j];
+        } else {
+            acc_t init = acc_init(c);
+            for (int64_t j = 0; j < w; j++) acc[j] = init;
+            int64_t idx[DC_MAX_DIMS] = { 0 };
+            for (int64_t ri = 0; ri < R; ri++) {
+                int64_t roff = 0;
+                for (int d = 0; d < r->nd; d++) roff += idx[d] * r->in_st[d];
+                fold_row(c, acc, base + roff * (int64_t)ies, w);
+                for (int d = r->nd - 1; d >= 0; d--) {
+                    if (++idx[d] < r->shape[d]) break;
+                    idx[d] = 0;
+                }
             }
         }
         char *op = out + (ooff + c0 * ost) * (int64_t)oes;
