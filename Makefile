@@ -45,7 +45,7 @@ test-py:
 test-c: build/test_cpu_kernels
 	./build/test_cpu_kernels
 
-build/test_cpu_kernels: tests/c/test_cpu_kernels.c $(CORE_C) $(wildcard csrc/cpu/*.h csrc/core/*.h)
+build/test_cpu_kernels: tests/c/test_cpu_kernels.c tests/c/harness.h $(CORE_C) $(wildcard csrc/cpu/*.h csrc/core/*.h)
 	@mkdir -p build
 	gcc $(CFLAGS_TEST) -o $@ tests/c/test_cpu_kernels.c $(CORE_C) $(BLAS_LIB) -lm
 

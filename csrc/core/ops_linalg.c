@@ -6,10 +6,6 @@
 
 #include "ops-impl.h"
 
-#define SAVED(n, k, var) \
-    dc_tensor *var;      \
-    DC_TRY(dc_node_saved((n), (k), &var))
-
 /* --- matmul ------------------------------------------------------------------------------------ */
 
 /* t (batch..., R, C) expanded to the broadcast batch shape bs: a view, never a copy. */

@@ -766,8 +766,8 @@ def multinomial(input, num_samples, replacement=False, generator=None):
                            "without replacement")
     u = rand(n_rows, num_samples if replacement else n_cat, dtype=float64, generator=generator).to(device=w.device)
     if replacement:  # inverse CDF: the index is how many CDF entries are <= u (searchsorted, side="right")
-        cdf = w.cumsum(1) / _C.gather(w.cumsum(1), 1, _C.full((n_rows, 1), n_cat - 1, int64.id,
-                                                              *w._device_tuple))  # (N, C)
+        run = w.cumsum(1)  # (N, C)
+        cdf = run / run[:, n_cat - 1:]  # normalised by the running sum's last entry, as before
         step = builtins.max(1, (1 << 24) // builtins.max(1, n_rows * n_cat))  # chunk: bounded (N, S, C) temporaries
         parts = [(cdf.unsqueeze(1) <= u[:, s:s + step].unsqueeze(2)).long().sum(2)
                  for s in range(0, num_samples, step)]

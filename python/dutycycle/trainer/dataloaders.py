@@ -21,7 +21,7 @@ def source(trainer, kind):
         if fn is not None and callable(fn):
             try:
                 return fn()
-            except NotImplementedError:
+            except NotImplementedError:  # LightningModule's default *_dataloader(): "none defined here"
                 continue
     return None
 
