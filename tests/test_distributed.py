@@ -150,22 +150,19 @@ def test_failure_hook_prefixes_the_rank_and_aborts(capsys):
         assert err.startswith("[rank 3] Traceback (most recent call last):")
         assert "[rank 3] KeyError: 'lost'" in err
         assert "dutycycle: rank 3 (host hostA) failed: KeyError: 'lost'" in err
-        assert comm.aborted == ["rank 3 (host hostA) failed: KeyError: 'lost'"]
+        assert comm.aborted == ["uncaught KeyError (traceback above)"]
 
         def boom():
             raise ValueError("in a thread")
 
         _failure.install()
-        old = threading.excepthook
-        threading.excepthook = _failure._threading_excepthook
-        try:
-            th = threading.Thread(target=boom, name="loader")
-            th.start()
-            th.join()
-        finally:
-            threading.excepthook = old
-        assert comm.aborted[-1] == "rank 3 (host hostA) failed in thread 'loader': ValueError: in a thread"
-        assert "[rank 3] ValueError: in a thread" in capsys.readouterr().err
+        th = threading.Thread(target=boom, name="loader")
+        th.start()
+        th.join()
+        assert comm.aborted[-1] == "uncaught ValueError in thread 'loader' (traceback above)"
+        err = capsys.readouterr().err
+        assert "[rank 3] ValueError: in a thread" in err
+        assert "dutycycle: rank 3 (host hostA) failed in thread 'loader': ValueError: in a thread" in err
     finally:
         _failure.uninstall()
         _failure._state.clear()
