@@ -199,6 +199,12 @@ class Tensor(_C.TensorBase):
             raise TypeError("only integer tensors of a single element can be converted to an index")
         return int(self.item())
 
+    def __format__(self, spec):
+        """f"{loss:.4f}" of a 0-d tensor formats its value, as in torch. # note: sync point (.item())"""
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __repr__(self):
         suffix = []
         if self.dtype not in (float32, int64, bool_):

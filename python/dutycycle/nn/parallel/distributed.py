@@ -108,7 +108,12 @@ class DistributedDataParallel(Module):
 
     @property
     def require_backward_grad_sync(self):
+        """False: the next backward passes accumulate locally (nanoGPT sets it per micro-step)."""
         return self.reducer.sync_enabled
+
+    @require_backward_grad_sync.setter
+    def require_backward_grad_sync(self, value):
+        self.reducer.sync_enabled = bool(value)
 
     def forward(self, *args, **kwargs):
         if self.broadcast_buffers and self.reducer.sync_enabled:
