@@ -1,3 +1,4 @@
+# ruff: noqa: I001, B007  (nanoGPT's own import order and loop, kept so the two files diff cleanly)
 """
 A training script with the shape of nanoGPT's train.py, on dutycycle: only the imports differ
 (marked "dutycycle:"). It runs on a single CPU process or in DDP under a launcher:

@@ -64,19 +64,21 @@ class _Bucket:
 
 
 def _plan_buckets(params, order, bucket_cap_bytes, first_bucket_bytes):
-    """Lists of parameter indices: `order` cut into buckets (first <= first_bucket_bytes, then <=
-    bucket_cap_bytes; a parameter larger than the cap gets a bucket of its own; one dtype each)."""
+    """Lists of parameter indices: `order` cut into buckets the way torch does
+    (compute_bucket_assignment_by_size): a parameter joins the open bucket, which closes once it
+    holds >= its limit (first_bucket_bytes for the first, bucket_cap_bytes after); one dtype each."""
     out, cur, cur_bytes, cur_dtype = [], [], 0, None
     for i in order:
         p = params[i]
-        nb = p.numel() * p.element_size()
-        cap = first_bucket_bytes if not out else bucket_cap_bytes
-        if cur and (cur_bytes + nb > cap or p.dtype != cur_dtype):
+        if cur and p.dtype != cur_dtype:
             out.append(cur)
             cur, cur_bytes = [], 0
         cur.append(i)
-        cur_bytes += nb
+        cur_bytes += p.numel() * p.element_size()
         cur_dtype = p.dtype
+        if cur_bytes >= (first_bucket_bytes if not out else bucket_cap_bytes):
+            out.append(cur)
+            cur, cur_bytes = [], 0
     if cur:
         out.append(cur)
     return out
