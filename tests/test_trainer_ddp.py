@@ -286,3 +286,30 @@ def test_nanogpt_train_py_under_dutycycle_run(tmp_path):
     assert ckpt["iter_num"] == 10 and not any(k.startswith("module.") for k in ckpt["model"])
     losses = [float(ln.split("loss ")[1].split(",")[0]) for ln in out.splitlines() if ln.startswith("iter ")]
     assert losses[-1] < losses[0]
+
+
+def test_rank_zero_writes_logs_and_checkpoints(tmp_path):
+    models = [Regressor() for _ in range(2)]
+
+    def rank(comm):
+        s = DDPStrategy()
+        s._dc_comm = comm
+        t = L.Trainer(
+            strategy=s,
+            max_epochs=1,
+            logger=L.loggers.CSVLogger(str(tmp_path / "logs")),
+            callbacks=[L.callbacks.ModelCheckpoint(monitor="train_loss", save_last=True)],
+            enable_progress_bar=False,
+            log_every_n_steps=1,
+            default_root_dir=str(tmp_path),
+        )
+        t.fit(models[comm.rank], DataLoader(dataset(), batch_size=4))
+        return t.logger.version, t.checkpoint_callback.dirpath
+
+    (v0, d0), (v1, d1) = run_ranks(2, rank)
+    assert v0 == v1 == 0 and d0 == d1
+    assert os.listdir(tmp_path / "logs" / "lightning_logs") == ["version_0"]
+    files = sorted(os.listdir(d0))
+    assert "last.ckpt" in files and not any(f.endswith(".tmp") for f in files)
+    ckpt = dc.load(os.path.join(d0, "last.ckpt"))
+    assert "state_dict" in ckpt
