@@ -354,3 +354,31 @@ def test_mpi_first_bucket_all_reduce_starts_before_backward_ends(n):
     )
     assert r["started_before_end"], r
     assert len(r["buckets"]) >= 3
+
+
+class WithBuffer(dc.nn.Module):
+    def __init__(self, fill):
+        super().__init__()
+        dc.manual_seed(0)
+        self.lin = dc.nn.Linear(4, 4)
+        self.register_buffer("scale", dc.full((4,), float(fill)))
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+def test_buffers_come_from_rank_0_and_no_grad_forward_issues_nothing():
+    def rank(comm):
+        m = WithBuffer(fill=comm.rank + 1)
+        ddp = DDP(m, comm=comm)
+        at_wrap = m.scale.numpy().copy()
+        with dc.no_grad():
+            n = len(comm.events())
+            if comm.rank == 0:  # a forward on one rank only (nanoGPT's evaluation) must not communicate
+                ddp(dc.randn(2, 4))
+            silent = len(comm.events()) == n
+        ddp(dc.randn(2, 4)).sum().backward()
+        return at_wrap, silent
+
+    for at_wrap, silent in run_ranks(2, rank):
+        assert at_wrap.tolist() == [1.0] * 4 and silent

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 
+import dutycycle as dc
+
 from ..module import Module
 
 
@@ -116,7 +118,9 @@ class DistributedDataParallel(Module):
         self.reducer.sync_enabled = bool(value)
 
     def forward(self, *args, **kwargs):
-        if self.broadcast_buffers and self.reducer.sync_enabled:
+        # as torch: buffers are synced only before a forward whose backward will reduce (grad mode
+        # on, sync on), so a no-grad forward on rank 0 alone (nanoGPT's evaluation) issues nothing
+        if self.broadcast_buffers and self.reducer.sync_enabled and dc.is_grad_enabled():
             bufs = [b for b in self.module.buffers() if b is not None]
             if bufs:
 
@@ -127,7 +131,7 @@ class DistributedDataParallel(Module):
                     def buffers(self):
                         return bufs
 
-                self.reducer.broadcast_parameters(_Only(), 0)
+                self.reducer.broadcast_parameters(_Only(), 0)  # note: one broadcast per buffer
         return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
