@@ -570,9 +570,10 @@ class Trainer:
             return True
         if self.num_training_batches == 0 or self.limit_train_batches == 0:
             return True
+        stop = self.should_stop or self._time_up()
         if self.world_size > 1:  # one rank's stop (EarlyStopping, max_time) stops all: same collectives after
-            self.should_stop = self.strategy.reduce_boolean_decision(self.should_stop or self._time_up(), all=False)
-        if (self.should_stop or self._time_up()) and self._can_stop_early():
+            stop = self.should_stop = self.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self._can_stop_early():
             return True
         if self.should_stop and not self._can_stop_early():
             _warn_once(
