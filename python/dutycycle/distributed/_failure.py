@@ -41,7 +41,8 @@ def report(exc_type, exc, tb, where=""):
         pass
     comm = _state["comm"]
     if comm is not None and _state["size"] > 1:
-        comm.abort(reason)
+        # The comm prints "dutycycle: rank R (host H): aborting the job: <this>" and ends every rank.
+        comm.abort(f"uncaught {exc_type.__name__}{' ' + where if where else ''} (traceback above)")
 
 
 def _excepthook(exc_type, exc, tb):

@@ -97,7 +97,7 @@ _ABORT = re.compile(r"MPI_ABORT was invoked on rank (\d+)")
 _SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
 _PROCNAME = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]")
 _EXITCODE = re.compile(r"Exit code:\s*(-?\d+)")
-_OURS = re.compile(r"(rank \d+ \(host [^)]*\) failed.*)$")  # the reason our failure hook passes to abort
+_OURS = re.compile(r"(rank \d+ \(host [^)]*\) failed.*)$")  # the last line of our failure hook's report
 
 
 class FailureSummary:
