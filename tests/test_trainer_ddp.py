@@ -221,6 +221,22 @@ def test_launchers_give_the_parameters_of_one_process(tmp_path):
 
 
 @needs_mpi
+def test_mpirun_4_ranks_with_accumulation(tmp_path):
+    N, B, A = 4, 3, 2
+    want, ref = single_process(N * B, accumulate=A)
+    check(
+        run(
+            ["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(N), sys.executable, SCRIPT]
+            + ["--devices", str(N), "--batch", str(B), "--accumulate", str(A), "--out", str(tmp_path)]
+        )
+    )
+    info, params = load(str(tmp_path), 0)
+    assert info["world_size"] == N and info["global_step"] == ref.global_step
+    assert rel_err(params, want) <= 1e-5
+    assert info["rank_mean"] == 1.5 and info["rank_max"] == 3.0
+
+
+@needs_mpi
 def test_world_size_must_match_devices(tmp_path):
     p = run(
         [
