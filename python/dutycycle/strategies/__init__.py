@@ -17,6 +17,7 @@ subclass API). `from_name(name)` builds the strategy a name in STRATEGIES stands
 """
 
 import importlib
+import inspect
 
 from .ddp import DDPStrategy
 from .parallel import ParallelStrategy
@@ -28,6 +29,7 @@ STRATEGIES = {
     "auto": "one process, one device",
     "single_device": "one process, one device",
     "ddp": "data parallel: bucketed gradient all-reduce overlapped with backward",
+    "ddp_find_unused_parameters_true": "= DDPStrategy(find_unused_parameters=True) (Lightning's name)",
     "zero1": "ZeRO stage 1: optimizer state sharded across ranks",
     "zero2": "ZeRO stage 2: optimizer state and gradients sharded across ranks",
     "deepspeed_stage_1": "= zero1 (Lightning's name)",
@@ -38,6 +40,7 @@ STRATEGIES = {
 # name -> (module in this package, class name, keyword arguments)
 _FACTORIES = {
     "ddp": (".ddp", "DDPStrategy", {}),
+    "ddp_find_unused_parameters_true": (".ddp", "DDPStrategy", {"find_unused_parameters": True}),
     "zero1": (".zero", "ZeroStrategy", {"stage": 1}),
     "zero2": (".zero", "ZeroStrategy", {"stage": 2}),
     "deepspeed_stage_1": (".zero", "ZeroStrategy", {"stage": 1}),
@@ -60,7 +63,12 @@ def from_name(name, **kwargs):
     cls = getattr(mod, cls_name, None)
     if cls is None:
         raise ValueError(f"strategy={name!r}: dutycycle.strategies{mod_name} has no {cls_name}")
-    return cls(**{**defaults, **kwargs})
+    kwargs = {**defaults, **kwargs}
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_any and "accelerator" not in params and kwargs.get("accelerator") in (None, "auto", "cpu"):
+        kwargs.pop("accelerator", None)  # a CPU-only strategy without the argument
+    return cls(**kwargs)
 
 
 __all__ = [

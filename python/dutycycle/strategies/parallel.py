@@ -234,21 +234,10 @@ class ParallelStrategy(Strategy):
         if m is not None:
             self.broadcast_module(m)
 
-    def connect_optimizers(self, optimizers):
-        """Called by the Trainer right after configure_optimizers (before the first training
-        forward). Nothing to do for ddp; ZeRO shards optimizer state here."""
-        return None
-
     def teardown(self):
         """Nothing to free per entry point: the process group lives until the interpreter exits
         (a later fit in the same process reuses it), as torch's default group does."""
         return None
-
-    @contextlib.contextmanager
-    def block_backward_sync(self):
-        """A context in which backward does not communicate (gradient accumulation's early
-        micro-batches). The base class has no gradient communication to block."""
-        yield
 
     # ---- duty cycle ---------------------------------------------------------------------------------
     def comm_wait(self):
