@@ -6,6 +6,9 @@ Environment:
   CUDA_HOME              CUDA toolkit root (default /usr/local/cuda)
   DUTYCYCLE_CUDA_ARCH    e.g. "80;90" (default); compute capabilities to compile for
   DUTYCYCLE_SANITIZE=1   build with -fsanitize=address,undefined (make sanitize)
+  DUTYCYCLE_MPI=0/1      build without / insist on MPI (default: with it when mpicc is found); the
+                         flags come from `mpicc --showme:compile` / `--showme:link` (Open MPI), or
+                         `mpicc -show` (MPICH); MPICC names another wrapper
 """
 import glob
 import os
@@ -36,12 +39,37 @@ def want_cuda():
     return shutil.which("nvcc") is not None or os.path.exists(os.path.join(cuda_home(), "bin", "nvcc"))
 
 
+def mpi_flags():
+    """(compile flags, link flags) of the MPI the mpicc wrapper names, or None to build without MPI."""
+    flag = os.environ.get("DUTYCYCLE_MPI")
+    if flag is not None and flag in ("0", "", "false", "no"):
+        return None
+    mpicc = os.environ.get("MPICC") or shutil.which("mpicc")
+    try:
+        if not mpicc:
+            raise OSError("no mpicc on PATH")
+        try:  # Open MPI
+            comp = subprocess.check_output([mpicc, "--showme:compile"], text=True, stderr=subprocess.DEVNULL)
+            link = subprocess.check_output([mpicc, "--showme:link"], text=True, stderr=subprocess.DEVNULL)
+        except subprocess.CalledProcessError:  # MPICH: one line with the compiler first
+            words = subprocess.check_output([mpicc, "-show"], text=True).split()[1:]
+            comp = " ".join(w for w in words if w.startswith(("-I", "-D")))
+            link = " ".join(w for w in words if w.startswith(("-L", "-l", "-Wl")))
+        return comp.split(), link.split()
+    except (OSError, subprocess.CalledProcessError) as e:
+        if flag == "1":
+            raise SystemExit(f"DUTYCYCLE_MPI=1 but MPI's flags are unavailable ({e}); install libopenmpi-dev")
+        print(f"dutycycle: building without MPI ({e}): _C.Comm will raise DistributedError", flush=True)
+        return None
+
+
 SANITIZE = os.environ.get("DUTYCYCLE_SANITIZE") == "1"
 WITH_CUDA = want_cuda()
+MPI = mpi_flags()
 
 sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
-    + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c")
+    + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c") + glob.glob("csrc/comm/*.c")
 )
 cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]
@@ -62,6 +90,20 @@ if os.path.exists(os.path.join(OPENBLAS_OMP, "libopenblas.so")):
     library_dirs.append(OPENBLAS_OMP)
     runtime_dirs.append(OPENBLAS_OMP)
     include_dirs.insert(0, "/usr/include/x86_64-linux-gnu/openblas-openmp")
+
+if MPI:
+    comp, link = MPI
+    define_macros.append(("DC_WITH_MPI", "1"))
+    include_dirs += [w[2:] for w in comp if w.startswith("-I")]
+    cflags += [w for w in comp if not w.startswith("-I")]
+    for w in link:
+        if w.startswith("-L"):
+            library_dirs.append(w[2:])
+            runtime_dirs.append(w[2:])
+        elif w.startswith("-l"):
+            libraries.append(w[2:])
+        else:
+            ldflags.append(w)
 
 if WITH_CUDA:
     home = cuda_home()

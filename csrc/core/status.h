@@ -25,6 +25,9 @@ typedef enum {
     DC_ERR_CUDA = 9,        /* error from the CUDA runtime or a CUDA library */
     DC_ERR_INTERNAL = 10,   /* broken invariant; a bug in dutycycle */
     DC_ERR_CALLBACK = 11,   /* a user callback (e.g. a Python hook) failed */
+    DC_ERR_COMM = 12,       /* communication failed: a peer died, the job aborted, an MPI/NCCL error */
+    DC_ERR_TIMEOUT = 13,    /* a collective outlived the watchdog's timeout (or a wait's own timeout) */
+    DC_ERR_DESYNC = 14,     /* the ranks issued different collectives (fingerprint mismatch) */
     DC_STATUS_COUNT
 } dc_status;
 

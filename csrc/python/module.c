@@ -926,6 +926,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(S->tensor_cls);
     Py_VISIT(S->storage_ref);
     Py_VISIT(S->loader_type);
+    Py_VISIT(S->comm_type);
+    Py_VISIT(S->work_type);
     Py_VISIT(S->base_error);
     for (int k = 0; k < DC_STATUS_COUNT; k++) Py_VISIT(S->exc_by_status[k]);
     return 0;
@@ -939,6 +941,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(S->tensor_cls);
     Py_CLEAR(S->storage_ref);
     Py_CLEAR(S->loader_type);
+    Py_CLEAR(S->comm_type);
+    Py_CLEAR(S->work_type);
     Py_CLEAR(S->base_error);
     for (int k = 0; k < DC_STATUS_COUNT; k++) Py_CLEAR(S->exc_by_status[k]);
     return 0;
@@ -960,6 +964,7 @@ static int module_exec(PyObject *m)
     if (dc_py_init_tensor_type(m) < 0) return -1;
     if (dc_py_init_ops(m) < 0) return -1;
     if (dc_py_init_loader(m) < 0) return -1;
+    if (dc_py_init_comm(m) < 0) return -1;
     return 0;
 }
 

@@ -33,6 +33,8 @@ typedef struct {
     PyTypeObject *tensor_cls;  /* dutycycle.Tensor, registered from Python (NULL until then) */
     PyTypeObject *storage_ref; /* _C._StorageRef (NumPy views' owner) */
     PyTypeObject *loader_type; /* _C.Loader */
+    PyTypeObject *comm_type;   /* _C.Comm (comm_py.c) */
+    PyTypeObject *work_type;   /* _C.Work */
     PyObject *base_error;      /* dutycycle.DutycycleError */
     PyObject *exc_by_status[DC_STATUS_COUNT];
 } dc_py_state;
@@ -57,6 +59,7 @@ int dc_py_init_tensor_type(PyObject *module);
 int dc_py_init_ops(PyObject *module); /* ops_py.c: the _C.ops submodule */
 int dc_py_init_errors(PyObject *module);
 int dc_py_init_loader(PyObject *module);
+int dc_py_init_comm(PyObject *module); /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
 void dc_py_stash_exception(void);
 int dc_py_restore_exception(void); /* 1 if one was restored */

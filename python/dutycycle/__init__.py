@@ -56,5 +56,6 @@ from . import models, nn, optim  # they build on everything above
 from . import callbacks, data, loggers, utils  # the trainer's parts
 from .trainer import LightningDataModule, LightningModule, Trainer, seed_everything
 from . import strategies  # after the trainer: Trainer(strategy=...) and dutycycle.strategies.Strategy
+from . import distributed
 
 __version__ = "0.1.0"

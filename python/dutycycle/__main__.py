@@ -1,19 +1,43 @@
-"""The `dutycycle` command: `dutycycle demo [options]` runs the main job (see dutycycle.demo)."""
+"""The `dutycycle` command:
+
+    dutycycle demo [options]              train the demo GPT on a word list (dutycycle.demo)
+    dutycycle run -n N [opts] script.py   run a script on N ranks under mpirun (dutycycle.distributed.launch)
+    dutycycle simulate [options]          the scaling model (dutycycle.simulate)
+
+Each subcommand's module is imported only when it runs."""
 
 import sys
+
+USAGE = """usage: dutycycle demo [options]                 train the demo GPT on a word list and print new words
+       dutycycle run -n N [options] script.py   run a training script on N ranks (under Open MPI's mpirun)
+       dutycycle simulate [options]             model data-parallel scaling (parameter server, ring, tree, ZeRO)
+       dutycycle COMMAND --help                 a command's options"""
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: dutycycle demo [options]   train the demo GPT on a word list and print new words\n"
-              "       dutycycle demo --help      the demo's options")
+        print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "demo":
         from .demo import main as demo_main
 
         return demo_main(rest)
+    if cmd == "run":
+        from .distributed.launch import main as run_main
+
+        return run_main(rest)
+    if cmd == "simulate":
+        try:
+            from .simulate import main as simulate_main
+        except ImportError as e:
+            if getattr(e, "name", None) not in ("dutycycle.simulate",) and "simulate" not in str(e):
+                raise
+            print(f"dutycycle simulate: not available in this installation (dutycycle.simulate: {e})",
+                  file=sys.stderr)
+            return 2
+        return simulate_main(rest)
     print(f"dutycycle: unknown command {cmd!r} (try 'dutycycle --help')", file=sys.stderr)
     return 2
 

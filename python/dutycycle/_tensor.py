@@ -7,6 +7,7 @@ import builtins
 import collections
 import math
 import operator
+import threading
 
 from . import _C
 from ._dtype import (
@@ -43,6 +44,44 @@ def _norm_size(size, what="size"):
             raise TypeError(f"{what} must be ints, got {type(s).__name__} in {size!r}")
         out.append(operator.index(s))
     return tuple(out)
+
+
+# End-of-backward callbacks (torch's Variable._execution_engine.queue_callback): a hook that runs
+# during backward (e.g. DDP's reducer marking a gradient ready) queues fn(ok) to run once the
+# outermost backward() of this thread has returned; ok is False when that backward raised.
+_backward_state = threading.local()
+
+
+def _queue_backward_callback(fn):
+    """Run fn(ok) when the backward() now running on this thread returns (ok: it did not raise).
+    Outside a backward it runs at the end of the next one on this thread."""
+    cbs = getattr(_backward_state, "callbacks", None)
+    if cbs is None:
+        cbs = _backward_state.callbacks = []
+    cbs.append(fn)
+
+
+def _run_backward(fn):
+    """fn() (one engine pass), then the queued end-of-backward callbacks if this is the outermost pass."""
+    depth = getattr(_backward_state, "depth", 0)
+    _backward_state.depth = depth + 1
+    ok = False
+    try:
+        fn()
+        ok = True
+    finally:
+        _backward_state.depth = depth
+        if depth == 0:
+            cbs = getattr(_backward_state, "callbacks", None)
+            _backward_state.callbacks = []
+            for cb in cbs or ():
+                if ok:
+                    cb(True)
+                else:
+                    try:
+                        cb(False)
+                    except Exception:  # the backward's own exception is the one to see
+                        pass
 
 
 class GradFn:
@@ -159,6 +198,12 @@ class Tensor(_C.TensorBase):
         if self.dtype.is_floating_point or self.numel() != 1:
             raise TypeError("only integer tensors of a single element can be converted to an index")
         return int(self.item())
+
+    def __format__(self, spec):
+        """f"{loss:.4f}" of a 0-d tensor formats its value, as in torch. # note: sync point (.item())"""
+        if self.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
 
     def __repr__(self):
         suffix = []
@@ -302,7 +347,7 @@ class Tensor(_C.TensorBase):
             raise NotImplementedError("backward(inputs=...) is not supported")
         if gradient is not None and not isinstance(gradient, Tensor):
             gradient = _scalar_or_tensor(gradient, self)
-        _C.backward(self, gradient, bool(retain_graph))
+        _run_backward(lambda: _C.backward(self, gradient, bool(retain_graph)))
 
     def register_post_accumulate_grad_hook(self, hook):
         """Call ``hook(param)`` the moment this leaf's .grad is final in each backward pass."""

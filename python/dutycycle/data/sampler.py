@@ -224,3 +224,73 @@ class BatchSampler(Sampler):
     def load_state_dict(self, state, replay=True):
         if state is not None and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state, replay)
+
+
+class DistributedSampler(Sampler):
+    """This rank's share of the dataset (torch.utils.data.distributed.DistributedSampler).
+
+    Every rank builds the same epoch order (a permutation from (seed, epoch) when shuffle, else
+    0..n-1), pads it by repeating its start until it divides by num_replicas (or, with drop_last,
+    cuts the tail), and takes every num_replicas-th index from position `rank`. So the ranks'
+    shares are disjoint (but for the padding), of equal length — every rank runs the same number of
+    batches, so no rank waits forever at the end of an epoch — and `set_epoch(e)` reshuffles.
+    num_replicas / rank default to the default process group's."""
+
+    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False):
+        if num_replicas is None or rank is None:
+            from .. import distributed
+
+            if not distributed.is_initialized():
+                raise RuntimeError(
+                    "DistributedSampler: pass num_replicas and rank, or call "
+                    "dutycycle.distributed.init_process_group() first"
+                )
+            num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = distributed.get_rank() if rank is None else rank
+        if not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"DistributedSampler: num_replicas must be an int >= 1, got {num_replicas!r}")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]")
+        self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        n = len(dataset)
+        if self.drop_last and n % num_replicas:
+            self.num_samples = n // num_replicas
+        else:
+            self.num_samples = -(-n // num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def _indices(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng(_epoch_seed(self.seed, self.epoch)).permutation(n)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        if not self.drop_last:
+            pad = self.total_size - n
+            if pad > 0:
+                reps = -(-pad // n) if n else 0
+                order = np.concatenate([order] + [order] * reps)[: self.total_size]
+        else:
+            order = order[: self.total_size]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self):
+        return iter(self._indices().tolist())
+
+    def __len__(self):
+        return self.num_samples
+
+    def state_dict(self):
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state, replay=True):
+        self.epoch = int(state.get("epoch", 0))

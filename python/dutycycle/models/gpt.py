@@ -166,13 +166,22 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95)):
-        """AdamW with weight decay on matrices (dim >= 2) only; biases and norms are not decayed."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), device_type=None):
+        """AdamW with weight decay on matrices (dim >= 2) only; biases and norms are not decayed.
+        device_type: accepted as nanoGPT passes it (our AdamW is one fused C call on every device)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return AdamW(groups, lr=learning_rate, betas=betas)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model flops utilization (nanoGPT's estimate, PaLM appendix B): achieved flops per second
+        over peak_flops (default: an A100's bf16 peak, as nanoGPT)."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * self.num_params() + 12 * L * H * Q * T
+        return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Append max_new_tokens sampled tokens to idx (B, T) int64; returns (B, T + max_new_tokens).

@@ -12,6 +12,7 @@ Trainer's one hook dispatcher, so `self.log` inside it and the hook order are un
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 
 # reduce_op names every strategy accepts ("avg" is Lightning's alias for "mean").
@@ -59,6 +60,11 @@ class Strategy(abc.ABC):
         return self._trainer.lightning_module if self._trainer is not None else None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
+    def setup_environment(self):
+        """Called first by every entry point (fit/validate/test/predict), before any hook: a
+        multi-process strategy checks its launch and joins its process group here."""
+        return None
+
     def setup(self, trainer):
         """Called once per fit/validate/test/predict, after configure_model: attach to the trainer
         and put the model on root_device."""
@@ -78,7 +84,18 @@ class Strategy(abc.ABC):
         release for one process; a multi-process strategy frees its process group here."""
         return None
 
+    def connect_optimizers(self, optimizers):
+        """Called by fit right after configure_optimizers (before any training forward): a
+        sharded strategy builds its flat buffers / optimizer shards here."""
+        return None
+
     # ---- the step ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def block_backward_sync(self):
+        """The Trainer runs the backward of a micro-batch that does not step (gradient
+        accumulation) inside this: a data-parallel strategy skips its gradient communication."""
+        yield
+
     def backward(self, loss, *args, **kwargs):
         """loss.backward() by way of the LightningModule's `backward` hook (the user may override
         it). The Trainer calls on_before_backward / on_after_backward around this."""

@@ -104,7 +104,7 @@ class TrainerConfig:
 
     # ---- hardware: accelerator, strategy, devices, precision --------------------------------------
     def _parse_hardware(self):
-        from ..strategies import STRATEGIES, SingleDeviceStrategy, Strategy
+        from ..strategies import STRATEGIES, ParallelStrategy, SingleDeviceStrategy, Strategy, from_name
 
         strategy, accelerator = self.strategy, self.accelerator
         given = strategy if isinstance(strategy, Strategy) else None
@@ -136,19 +136,43 @@ class TrainerConfig:
         if acc == "auto":
             acc = "cuda" if dc.cuda.is_available() else "cpu"
         self.accelerator = acc
+        if given is None and strategy == "auto" and (int(self.num_nodes) > 1 or self._parse_devices(self.devices) > 1):
+            strategy = "ddp"  # Lightning: "auto" with several devices is ddp
+        if given is None and strategy not in ("auto", "single_device"):
+            given = from_name(strategy, accelerator=acc)  # ddp, zero1, ...: a ParallelStrategy
+        if isinstance(given, ParallelStrategy):
+            self.num_devices = self._parse_parallel_devices(self.devices, given)
+            self.num_nodes = int(self.num_nodes)
+            given.num_devices, given.num_nodes = self.num_devices, self.num_nodes
+            self.strategy = given
+            self.precision = self._parse_precision(self.precision)
+            return
         self.num_devices = self._parse_devices(self.devices)
         one_process = given is None or given.world_size == 1
         if (int(self.num_nodes) != 1 or self.num_devices != 1) and one_process:
             raise ValueError(
                 f"devices={self.devices!r}, num_nodes={self.num_nodes!r} ask for more than one process; "
-                f"strategy={strategy!r} runs one (multi-process strategies such as 'ddp' arrive with the "
-                "distributed issue)"
+                f"strategy={strategy!r} runs one; use strategy='ddp' (or another multi-process strategy)"
             )
         self.num_nodes = int(self.num_nodes)
         if given is None:
             given = SingleDeviceStrategy(dc.device("cuda", 0) if acc == "cuda" else dc.device("cpu"))
         self.strategy = given
         self.precision = self._parse_precision(self.precision)
+
+    def _parse_parallel_devices(self, devices, strategy):
+        """Ranks per node for a multi-process strategy. devices="auto": what the launcher started
+        (world size / num_nodes), or 1 for a plain `python train.py` (Lightning: 1 CPU device)."""
+        if devices in ("auto", None, -1, "-1"):
+            from ..strategies.parallel import launcher_env
+
+            env = launcher_env()
+            if env["launcher"] is None:
+                return 1
+            return max(1, int(env["world_size"] or 1) // max(1, int(self.num_nodes)))
+        if self.accelerator == "cpu" and isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+            return devices  # CPU ranks: any number of processes
+        return self._parse_devices(devices)
 
     def _parse_devices(self, devices):
         if devices in ("auto", None, -1, "-1"):

@@ -1,12 +1,77 @@
 """Which dataloader each stage runs and how many of its batches: the dataloaders passed to the
 entry point, else the datamodule's, else the LightningModule's `*_dataloader()`; limit_*_batches
 as a count or a fraction; the batch at which validation runs inside an epoch (val_check_batch).
+With a multi-process strategy (world_size > 1) and use_distributed_sampler=True, every
+DataLoader with a plain sampler is rebuilt with a DistributedSampler (Lightning's behaviour):
+shuffled loaders get shuffle=True with the seed of seed_everything (PL_GLOBAL_SEED, the same on
+every rank), the others shuffle=False; each rank then sees its disjoint, equally long share.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 
 def source(trainer, kind):
+    """The dataloader(s) for kind (with a DistributedSampler when the run has several ranks)."""
+    return distribute(trainer, _source(trainer, kind), kind)
+
+
+def distribute(trainer, loaders, kind):
+    """loaders (one, a list/tuple, or None) with their samplers replaced by DistributedSamplers
+    when the strategy runs several processes; unchanged otherwise."""
+    strategy = trainer.strategy
+    if loaders is None or not trainer.config.use_distributed_sampler or strategy.world_size <= 1:
+        return loaders
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(_with_distributed_sampler(trainer, dl, kind) for dl in loaders)
+    return _with_distributed_sampler(trainer, loaders, kind)
+
+
+def _with_distributed_sampler(trainer, loader, kind):
+    from ..data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader  # an IterableDataset shards itself (get_worker_info / the rank), as in Lightning
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
+        warnings.warn(
+            f"the {kind} DataLoader has a custom batch_sampler ({type(loader.batch_sampler).__name__}); it is used as "
+            "is on every rank, so make it shard by rank itself (or pass use_distributed_sampler=False)",
+            stacklevel=3,
+        )
+        return loader
+    if type(loader.sampler) not in (RandomSampler, SequentialSampler):
+        warnings.warn(
+            f"the {kind} DataLoader has a custom sampler ({type(loader.sampler).__name__}); it is used as is on every "
+            "rank, so each rank sees the same samples (wrap it in a DistributedSampler yourself)",
+            stacklevel=3,
+        )
+        return loader
+    shuffle = kind == "train" and isinstance(loader.sampler, RandomSampler)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    if shuffle and loader.sampler.seed is not None:
+        seed = loader.sampler.seed
+    kwargs = trainer.strategy.distributed_sampler_kwargs
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, **kwargs)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+    )
+
+
+def _source(trainer, kind):
     """The dataloader(s) for kind: passed to the entry point, else the datamodule's, else the module's."""
     passed = {
         "train": trainer.__dict__.get("_train_source"),

@@ -41,6 +41,7 @@ class DutyCycle:
         self.reset()
 
     def reset(self):
+        self.ranks = None  # every rank's split() after gather_ranks (several processes)
         self._totals = dict.fromkeys(BUCKETS, 0.0)
         self._step = dict.fromkeys(BUCKETS, 0.0)
         self._interval = dict.fromkeys(BUCKETS, 0.0)
@@ -150,9 +151,45 @@ class DutyCycle:
             out[f"duty/{b}_frac"] = split[b] / total if total > 0 else 0.0
         return out
 
+    def gather_ranks(self, strategy):
+        """Every rank's split of the run, gathered through strategy (a collective: call it on
+        every rank); kept in `self.ranks` (a list, rank order) for table() and reduced()."""
+        import dutycycle as dc
+
+        s = self.split()
+        mine = dc.tensor([s[k] for k in ALL + ("total",)], dtype=dc.float64)
+        rows = strategy.all_gather(mine).numpy()  # (world_size, len(ALL) + 1)
+        self.ranks = [dict(zip(ALL + ("total",), (float(x) for x in row))) for row in rows]
+        return self.ranks
+
+    def reduced(self):
+        """{"mean": split, "max": split} over the gathered ranks (None before gather_ranks)."""
+        if not self.ranks:
+            return None
+        keys = ALL + ("total",)
+        n = len(self.ranks)
+        return {
+            "mean": {k: sum(r[k] for r in self.ranks) / n for k in keys},
+            "max": {k: max(r[k] for r in self.ranks) for k in keys},
+        }
+
     def table(self, title="duty cycle"):
         s = self.split()
         tot = s["total"]
+        red = self.reduced()
+        if red is not None:  # several ranks: mean and max seconds over ranks, % of the mean wall time
+            mean, mx = red["mean"], red["max"]
+            tot = mean["total"]
+            lines = [
+                f"{title} ({tot:.2f} s wall, mean over ranks)",
+                f"  {'':<12}{'mean s':>10}{'max s':>10}{'%':>8}",
+            ]
+            for b in ALL:
+                pct = 100.0 * mean[b] / tot if tot > 0 else 0.0
+                lines.append(f"  {LABELS[b]:<12}{mean[b]:>10.3f}{mx[b]:>10.3f}{pct:>8.1f}")
+            waits = " ".join(f"{r['comm_wait']:.3f}" for r in self.ranks)
+            lines.append(f"  comm wait per rank (s): {waits}")
+            return "\n".join(lines)
         lines = [f"{title} ({tot:.2f} s wall)", f"  {'':<12}{'seconds':>10}{'%':>8}"]
         for b in ALL:
             pct = 100.0 * s[b] / tot if tot > 0 else 0.0

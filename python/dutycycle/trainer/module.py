@@ -172,11 +172,13 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
     @property
     def local_rank(self):
-        return 0
+        t = self.__dict__.get("_trainer")
+        return t.local_rank if t is not None else 0
 
     @property
     def global_rank(self):
-        return 0
+        t = self.__dict__.get("_trainer")
+        return t.global_rank if t is not None else 0
 
     # ---- logging -----------------------------------------------------------------------------
     def log(

@@ -170,7 +170,10 @@ class Results:
         if reduce_fx not in _REDUCE:
             raise ValueError(f"self.log({name!r}): reduce_fx must be one of {sorted(_REDUCE)}, got {reduce_fx!r}")
         value = self._check_value(name, value)
-        # sync_dist: one process for now; the distributed issue reduces here.
+        if sync_dist and self.trainer.world_size > 1:
+            # the value reduced over ranks with reduce_fx's op (mean of the ranks' values for "mean").
+            # note: sync point: one blocking all-reduce per synced log call (timed as comm wait)
+            value = self.trainer.strategy.reduce(value, reduce_op=reduce_fx)
         if add_dataloader_idx and self.dataloader_idx is not None:
             name = f"{name}/dataloader_idx_{self.dataloader_idx}"
         key = (self.stage, name)

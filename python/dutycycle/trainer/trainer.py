@@ -357,6 +357,7 @@ class Trainer:
         finalised as "failed", teardown, re-raise)."""
         self.state.status = "running"
         try:
+            self.strategy.setup_environment()  # multi-process: launch check / self-launch, process group
             out = fn(*args)
             self.state.status = "finished"
             return out
@@ -367,7 +368,7 @@ class Trainer:
             self._in_exception = True
             try:
                 self._call_hook("on_exception", exc)
-                for lg in self.loggers:
+                for lg in self._rank_zero_loggers():
                     if hasattr(lg, "finalize"):
                         lg.finalize("failed")
             except Exception as hook_exc:  # a failing handler must not hide the real error
@@ -444,11 +445,27 @@ class Trainer:
         if self.datamodule is not None:
             self.datamodule.prepare_data()
         self._call_hook("prepare_data", callbacks=False)
-        for lg in self.loggers:  # create the experiment (directories) before callbacks resolve paths
+        self._agree_logger_versions()
+        for lg in self._rank_zero_loggers():  # create the experiment (directories) before callbacks resolve paths
             getattr(lg, "experiment", None)
         self._call_hook("setup", stage=stage, datamodule=True)
         self._call_hook("configure_model", callbacks=False)
         self.strategy.setup(self)  # note: host -> device copy of the parameters (on a GPU)
+
+    def _rank_zero_loggers(self):
+        """The loggers that write: all of them on global rank 0, none on the other ranks."""
+        return self.loggers if self.is_global_zero else []
+
+    def _agree_logger_versions(self):
+        """Several ranks: rank 0 picks each file logger's version (version_N), the others take it,
+        so ModelCheckpoint resolves the same directory on every rank. # note: one broadcast."""
+        if self.world_size <= 1 or not self.loggers:
+            return
+        mine = [getattr(lg, "version", None) if hasattr(lg, "_version") else None for lg in self.loggers]
+        agreed = self.strategy.broadcast(mine, src=0)
+        for lg, v in zip(self.loggers, agreed):
+            if v is not None and hasattr(lg, "_version"):
+                lg._version = v
 
     def _teardown_stage(self, stage):
         self._call_hook("teardown", stage=stage, datamodule=True)
@@ -459,7 +476,7 @@ class Trainer:
         hp = dict(m.hparams) if m.__dict__.get("_log_hyperparams", True) else {}
         if self.datamodule is not None and "_hparams" in self.datamodule.__dict__:
             hp.update(self.datamodule.hparams)
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             if hasattr(lg, "log_hyperparams"):
                 lg.log_hyperparams(hp)
 
@@ -485,6 +502,7 @@ class Trainer:
         if ckpt is not None:
             self._restore_module_and_callbacks(ckpt)
         self._configure_optimizers()
+        self.strategy.connect_optimizers(self.optimizers)
         if ckpt is not None:
             checkpoint_io.restore_training_state(self, ckpt)  # -> self.position knows where to start
         self._log_hyperparams()
@@ -501,7 +519,7 @@ class Trainer:
             self._fit_loop()
 
         self._call_hook("on_fit_end")
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             if hasattr(lg, "save"):
                 lg.save()
             if hasattr(lg, "finalize"):
@@ -510,8 +528,12 @@ class Trainer:
         self.duty_cycle.sync()  # note: sync point (CUDA): the table includes the queued device work
         self.duty_cycle.stop()
         self._set_flags(None)
+        title = "duty cycle (fit)"
+        if self.world_size > 1:  # every rank's split, gathered: the table shows mean and max over ranks
+            self.duty_cycle.gather_ranks(self.strategy)
+            title = f"duty cycle (fit, {self.world_size} ranks)"
         if self.is_global_zero and not self.barebones:
-            print(self.duty_cycle.table("duty cycle (fit)"))
+            print(self.duty_cycle.table(title))
 
     def _fit_loop(self):
         """Epochs. See the module docstring for the whole loop in pseudo-code."""
@@ -548,7 +570,10 @@ class Trainer:
             return True
         if self.num_training_batches == 0 or self.limit_train_batches == 0:
             return True
-        if (self.should_stop or self._time_up()) and self._can_stop_early():
+        stop = self.should_stop or self._time_up()
+        if self.world_size > 1:  # one rank's stop (EarlyStopping, max_time) stops all: same collectives after
+            stop = self.should_stop = self.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self._can_stop_early():
             return True
         if self.should_stop and not self._can_stop_early():
             _warn_once(
@@ -559,10 +584,15 @@ class Trainer:
         return False
 
     def _epoch_should_stop(self):
-        """Checked after every batch: end the epoch (and fit) now?"""
+        """Checked after every batch: end the epoch (and fit) now? With several ranks, one rank's
+        should_stop / max_time stops every rank (else the others would wait in the next
+        all-reduce forever). # note: one tiny all-reduce per batch when world_size > 1."""
         if self._max_steps_reached():
             return True
-        if self._time_up():
+        stop = self.should_stop or self._time_up()
+        if self.world_size > 1:
+            stop = self.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
             self.should_stop = True
         return self.should_stop and self._can_stop_early()
 
@@ -714,7 +744,8 @@ class Trainer:
             self.global_step += 1
             self._update_lr_schedulers("step")
         else:
-            closure()
+            with self.strategy.block_backward_sync():  # accumulation: only the stepping micro-batch communicates
+                closure()
         self._stepped = stepping
         if last_in_epoch:  # Lightning steps epoch-interval schedulers at the last batch of the epoch
             self._update_lr_schedulers("epoch")
@@ -842,10 +873,10 @@ class Trainer:
             return
         scalars = {k: to_float(v) for k, v in metrics.items()}
         self.logged_metrics.update(scalars)
-        if not self.loggers:
+        if not self._rank_zero_loggers():
             return
         scalars.setdefault("epoch", self.current_epoch)
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             lg.log_metrics(scalars, step=step)
 
     # ================================================================================================
