@@ -16,16 +16,11 @@ a flat gradient buffer, made in `setup` before the first forward.
 from __future__ import annotations
 
 import contextlib
-import datetime
 
 import dutycycle as dc
 
+from .parallel import ParallelStrategy
 from .zero import FlatBuffers, ShardLayout, _nbytes, check_params, format_memory
-
-try:  # the ddp branch provides it
-    from .parallel import ParallelStrategy
-except ImportError:  # pragma: no cover - until parallel.py lands
-    from .strategy import Strategy as ParallelStrategy
 
 GRAD_TAG, PARAM_TAG = 71, 72
 
@@ -107,40 +102,35 @@ class ParameterServerStrategy(ParallelStrategy):
 
     strategy_name = "parameter_server"
 
-    def __init__(self, timeout=datetime.timedelta(minutes=10), **kwargs):
-        try:
-            super().__init__(timeout=timeout, **kwargs)
-        except TypeError:  # a base without the timeout argument
-            super().__init__(**kwargs)
+    def __init__(self, accelerator=None, timeout=None, process_group_backend=None, num_nodes=1):
+        super().__init__(
+            accelerator=accelerator, timeout=timeout, process_group_backend=process_group_backend, num_nodes=num_nodes
+        )
         self._engine = None
         self._memory_logged = False
 
     def setup(self, trainer):
+        """Join the group and take rank 0's weights (ParallelStrategy), then, for fit, the flat
+        buffers (before the first forward)."""
         super().setup(trainer)
-        named = [(n, p) for n, p in self.lightning_module.named_parameters() if p.requires_grad]
+        self._engine = None
+        m = self.lightning_module
+        if m is None or getattr(getattr(trainer, "state", None), "fn", "fit") != "fit":
+            return
+        named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
         self._engine = ParameterServerEngine(
-            [p for _, p in named], self._comm(), names=[n for n, _ in named], waiting=self._comm_wait
+            [p for _, p in named], self.comm, names=[n for n, _ in named], waiting=self.comm_wait
         )
-        self._engine.broadcast_params()
         self._memory_logged = False
 
-    def _comm(self):
-        comm = getattr(self, "comm", None)
-        if comm is None:
-            from .. import distributed
-
-            comm = distributed._default_comm()
-        return comm
-
-    def _comm_wait(self):
-        t = self.trainer
-        duty = getattr(t, "duty_cycle", None) if t is not None else None
-        return duty.track("comm_wait") if duty is not None else contextlib.nullcontext()
+    def _require_engine(self, what):
+        if self._engine is None:
+            raise RuntimeError(f"ParameterServerStrategy.{what}(): the strategy is not set up for fit yet")
+        return self._engine
 
     def backward(self, loss, *args, **kwargs):
-        self._engine.before_backward()
-        trainer = self._require_trainer("backward")
-        trainer._call_hook("backward", loss, *args, callbacks=False, **kwargs)
+        self._require_engine("backward").before_backward()
+        super().backward(loss, *args, **kwargs)
 
     def optimizer_step(self, optimizer, closure=None, model=None, **kwargs):
         optimizer = getattr(optimizer, "optimizer", optimizer)
@@ -148,7 +138,7 @@ class ParameterServerStrategy(ParallelStrategy):
         if closure is not None:
             with dc.enable_grad():
                 loss = closure()
-        self._engine.step(optimizer)
+        self._require_engine("optimizer_step").step(optimizer)
         if not self._memory_logged:
             self._memory_logged = True
             print(format_memory(self.memory_per_rank()), flush=True)
@@ -156,9 +146,7 @@ class ParameterServerStrategy(ParallelStrategy):
 
     def memory_per_rank(self):
         """{'parameters', 'gradients', 'optimizer_state', 'total', ...} in bytes on this rank."""
-        if self._engine is None:
-            raise RuntimeError("ParameterServerStrategy.memory_per_rank(): the strategy is not set up yet")
-        return self._engine.memory_per_rank()
+        return self._require_engine("memory_per_rank").memory_per_rank()
 
     def lightning_module_state_dict(self):
         return self.lightning_module.state_dict()  # every rank has rank 0's parameters after the step
@@ -168,4 +156,4 @@ class ParameterServerStrategy(ParallelStrategy):
         return getattr(optimizer, "optimizer", optimizer).state_dict()
 
     def __repr__(self):
-        return f"ParameterServerStrategy(world_size={self.world_size})"
+        return f"ParameterServerStrategy(rank={self.global_rank}/{self.world_size}, root_device={self.root_device})"

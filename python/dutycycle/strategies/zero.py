@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
 
 import dutycycle as dc
 
-try:  # the ddp branch provides it; the sharding core below does not need it
-    from .parallel import ParallelStrategy
-except ImportError:  # pragma: no cover - until parallel.py lands
-    from .strategy import Strategy as ParallelStrategy
+from .parallel import ParallelStrategy
 
 MB = 1 << 20
 
@@ -638,67 +634,89 @@ class ZeroStrategy(ParallelStrategy):
 
     strategy_name = "zero"
 
-    def __init__(self, stage=1, bucket_cap_mb=25, timeout=datetime.timedelta(minutes=10), max_inflight=2, **kwargs):
-        try:
-            super().__init__(timeout=timeout, **kwargs)
-        except TypeError:  # a base without the timeout argument
-            super().__init__(**kwargs)
+    def __init__(
+        self,
+        stage=1,
+        accelerator=None,
+        timeout=None,
+        bucket_cap_mb=25,
+        max_inflight=2,
+        process_group_backend=None,
+        num_nodes=1,
+    ):
+        super().__init__(
+            accelerator=accelerator, timeout=timeout, process_group_backend=process_group_backend, num_nodes=num_nodes
+        )
         if stage not in (1, 2):
             raise ValueError(f"ZeroStrategy(stage={stage!r}): stage must be 1 or 2")
+        if bucket_cap_mb is None or bucket_cap_mb <= 0:
+            raise ValueError(f"ZeroStrategy(bucket_cap_mb={bucket_cap_mb!r}): must be > 0")
         self.stage = stage
         self.strategy_name = f"zero{stage}"
         self.bucket_cap_mb = bucket_cap_mb
         self.max_inflight = max_inflight
         self._engine = None
+        self._memory_logged = False
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def setup(self, trainer):
+        """Join the group and take rank 0's weights (ParallelStrategy), then, for fit, make the
+        parameters views of the flat buffer: here, before the first forward saves any of them."""
         super().setup(trainer)
+        self._close_engine()
+        m = self.lightning_module
+        if m is None or getattr(getattr(trainer, "state", None), "fn", "fit") != "fit":
+            return
         if getattr(trainer, "gradient_clip_val", None):
             raise ValueError(
                 f"strategy={self.strategy_name!r} does not support gradient_clip_val: the full averaged gradient "
                 "never exists on one rank (use strategy='ddp' to clip)"
             )
-        m = self.lightning_module
         named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
         self._engine = ZeroEngine(
             [p for _, p in named],
-            self._comm(),
+            self.comm,
             stage=self.stage,
             bucket_cap_mb=self.bucket_cap_mb,
             names=[n for n, _ in named],
-            waiting=self._comm_wait,
+            waiting=self.comm_wait,
             max_inflight=self.max_inflight,
         )
-        self._engine.broadcast_params(0)  # every rank starts from rank 0's weights
         self._memory_logged = False
 
+    def connect_optimizers(self, optimizers):
+        """Check at once that the optimizer is one ZeRO can shard (AdamW/Adam over the module's parameters)."""
+        if self._engine is not None:
+            for o in optimizers:
+                self._engine._groups(getattr(o, "optimizer", o))
+
     def teardown(self):
+        """Remove the stage-2 hooks. The engine (the shards) stays until the next setup, so a
+        checkpoint saved after fit and memory_per_rank() still see the optimizer state."""
         if self._engine is not None:
             self._engine.close()
         return super().teardown()
 
-    def _comm(self):
-        comm = getattr(self, "comm", None)
-        if comm is None:
-            from .. import distributed
+    def _close_engine(self):
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
-            comm = distributed._default_comm()
-        return comm
-
-    def _comm_wait(self):
-        t = self.trainer
-        duty = getattr(t, "duty_cycle", None) if t is not None else None
-        return duty.track("comm_wait") if duty is not None else contextlib.nullcontext()
+    def _require_engine(self, what):
+        if self._engine is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}(): the strategy is not set up for fit yet")
+        return self._engine
 
     # ---- the step ---------------------------------------------------------------------------------------------
     def backward(self, loss, *args, **kwargs):
-        self._engine.before_backward()
+        """The module's backward hook, between the engine's before/after (stage 2: the hooks reduce
+        full buckets during it, and the rest are launched at its end)."""
+        engine = self._require_engine("backward")
+        engine.before_backward()
         try:
-            trainer = self._require_trainer("backward")
-            trainer._call_hook("backward", loss, *args, callbacks=False, **kwargs)
+            super().backward(loss, *args, **kwargs)
         finally:
-            self._engine.after_backward()
+            engine.after_backward()
 
     def optimizer_step(self, optimizer, closure=None, model=None, **kwargs):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's optimizer
@@ -706,8 +724,9 @@ class ZeroStrategy(ParallelStrategy):
         if closure is not None:
             with dc.enable_grad():
                 loss = closure()
-        self._engine.reduce_gradients()
-        self._engine.step(optimizer)
+        engine = self._require_engine("optimizer_step")
+        engine.reduce_gradients()
+        engine.step(optimizer)
         if not self._memory_logged:
             self._memory_logged = True
             print(format_memory(self.memory_per_rank()), flush=True)
@@ -715,9 +734,7 @@ class ZeroStrategy(ParallelStrategy):
 
     def memory_per_rank(self):
         """{'parameters', 'gradients', 'optimizer_state', 'total', ...} in bytes on this rank."""
-        if self._engine is None:
-            raise RuntimeError(f"{type(self).__name__}.memory_per_rank(): the strategy is not set up yet")
-        return self._engine.memory_per_rank()
+        return self._require_engine("memory_per_rank").memory_per_rank()
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def lightning_module_state_dict(self):
@@ -727,7 +744,12 @@ class ZeroStrategy(ParallelStrategy):
     def optimizer_state(self, optimizer):
         """AdamW's ordinary state_dict, consolidated from the shards (a collective: every rank calls it)."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
+        if self._engine is None:  # not set up for fit (or torn down): the optimizer holds what there is
+            return optimizer.state_dict()
         return self._engine.consolidated_state_dict(optimizer)
 
     def __repr__(self):
-        return f"ZeroStrategy(stage={self.stage}, world_size={self.world_size})"
+        return (
+            f"ZeroStrategy(stage={self.stage}, rank={self.global_rank}/{self.world_size}, "
+            f"root_device={self.root_device})"
+        )

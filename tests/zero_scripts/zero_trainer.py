@@ -1,0 +1,132 @@
+"""One rank of the ZeRO / parameter-server Trainer tests (tests/test_zero.py starts it under mpirun,
+or with --threads N as N thread ranks of one process).
+
+A GPT LightningModule (LayerNorm + Linear + tied Embedding, an odd parameter count, AdamW with two
+param groups) is fit for a few steps with each strategy in turn, in this one process (the process
+group is reused); rank 0 writes, per strategy, the final parameters (<strategy>.npz) and every rank
+its memory_per_rank() (mem-<strategy>-<rank>.json). With --ckpt, the zero2 run also saves a
+checkpoint (out/zero2.ckpt) through the Trainer, for a single-process run to load.
+
+    zero_trainer.py --out DIR [--strategies ddp,zero1,zero2,parameter_server] [--batch B] [--steps K]
+                    [--accumulate A] [--ckpt] [--devices N] [--n-embd C --n-layer L]
+    zero_trainer.py --reference --world N --out DIR      one process, batch N*B: reference.npz"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+import dutycycle as L  # noqa: E402
+import dutycycle as torch  # noqa: E402
+from dutycycle.data import DataLoader, TensorDataset  # noqa: E402
+
+
+class GPTModule(L.LightningModule):
+    def __init__(self, n_embd=11, n_layer=1, n_head=1):
+        super().__init__()
+        self.gpt = common.make_model(n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+
+    def training_step(self, batch, batch_idx):
+        (xy,) = batch
+        _, loss = self.gpt(xy[:, :-1], xy[:, 1:])
+        return loss
+
+    def configure_optimizers(self):
+        return common.make_optimizer(self.gpt)
+
+
+def dataset(n):
+    g = np.random.default_rng(3)
+    return TensorDataset(torch.from_numpy(g.integers(0, common.VOCAB, size=(n, common.BLOCK + 1)).astype(np.int64)))
+
+
+def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=None):
+    model = GPTModule(**model_kw)
+    if comm is not None:  # thread ranks: the strategy object with the thread world's comm
+        strategy = L.strategies.from_name(strategy, **({"max_inflight": 1 << 20} if "zero" in strategy else {}))
+        strategy._dc_comm = comm
+    n = steps * accumulate * batch * devices
+    trainer = L.Trainer(
+        strategy=strategy,
+        devices=devices if comm is None else "auto",
+        accelerator="cpu",
+        max_steps=steps,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        barebones=True,
+    )
+    trainer.fit(model, DataLoader(dataset(n), batch_size=batch, shuffle=False))
+    if ckpt:
+        trainer.save_checkpoint(ckpt)
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    mem = trainer.strategy.memory_per_rank() if hasattr(trainer.strategy, "memory_per_rank") else None
+    return params, mem, trainer
+
+
+def ddp_memory(trainer, model_params):
+    """What ddp holds per rank, counted from the live tensors: parameters, .grad (+ the reducer's
+    bucket buffers when it keeps them apart) and AdamW's state."""
+    params = sum(p.numel() * p.element_size() for p in model_params)
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model_params if p.grad is not None)
+    opt = trainer.optimizers[0]
+    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if hasattr(v, "numel"))
+    return {"strategy": "ddp", "world_size": trainer.world_size, "rank": trainer.global_rank,
+            "num_params": sum(p.numel() for p in model_params), "parameters": params, "gradients": grads,
+            "optimizer_state": state, "total": params + grads + state}  # fmt: skip
+
+
+def run(args, comm=None):
+    model_kw = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.strategies.split(","):
+        ckpt = os.path.join(args.out, f"{name}.ckpt") if args.ckpt and name != "ddp" else None
+        params, mem, trainer = fit(name, args.devices, args.batch, args.steps, args.accumulate, model_kw, ckpt, comm)
+        rank = trainer.global_rank
+        if mem is None:
+            mem = ddp_memory(trainer, [p for p in trainer.lightning_module.parameters()])
+        with open(os.path.join(args.out, f"mem-{name}-{rank}.json"), "w") as f:
+            json.dump(mem, f)
+        if rank == 0:
+            np.savez(os.path.join(args.out, f"{name}.npz"), **params)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--strategies", default="ddp,zero1,zero2,parameter_server")
+    ap.add_argument("--devices", type=int, default=None)
+    ap.add_argument("--world", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--accumulate", type=int, default=1)
+    ap.add_argument("--n-embd", type=int, default=11)
+    ap.add_argument("--n-layer", type=int, default=1)
+    ap.add_argument("--n-head", type=int, default=1)
+    ap.add_argument("--ckpt", action="store_true")
+    ap.add_argument("--reference", action="store_true")
+    args = ap.parse_args()
+    if args.reference:
+        model_kw = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
+        params, _, _ = fit("auto", 1, args.batch * args.world, args.steps, args.accumulate, model_kw)
+        os.makedirs(args.out, exist_ok=True)
+        np.savez(os.path.join(args.out, "reference.npz"), **params)
+        return
+    if args.devices is None:
+        args.devices = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
