@@ -217,3 +217,140 @@ def test_engine_adopts_a_loaded_state_and_frees_it():
     _, _, eng, opt, _ = out[0]
     assert not any(opt.state.values())  # the full state went into the shard and was dropped
     assert eng.group_steps == {0: 3, 1: 3}
+
+
+# ---- through the Trainer, on thread ranks ----------------------------------------------------------------
+def _args(**kw):
+    ns = {"out": None, "strategies": "", "devices": 1, "batch": 2, "steps": 3, "accumulate": 1, "n_embd": 11,
+          "n_layer": 1, "n_head": 1, "ckpt": False, "bucket_cap_mb": 0.002}  # fmt: skip
+    ns.update(kw)
+    return type("Args", (), ns)
+
+
+def _thread_fits(N, strategies, tmp_path, **kw):
+    import zero_trainer
+
+    args = _args(out=str(tmp_path), strategies=",".join(strategies), devices=N, **kw)
+    run_ranks(N, lambda comm: zero_trainer.run(args, comm))
+    return {s: dict(np.load(tmp_path / f"{s}.npz")) for s in strategies}
+
+
+def _reference_fit(N, tmp_path, **kw):
+    import zero_trainer
+
+    a = _args(**kw)
+    model_kw = {"n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head}
+    ckpt = str(tmp_path / "reference.ckpt") if a.ckpt else None
+    params, _, trainer = zero_trainer.fit("auto", 1, a.batch * N, a.steps, a.accumulate, model_kw, ckpt)
+    return params, trainer
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_trainer_strategies_equal_one_process_on_thread_ranks(tmp_path, accumulate):
+    N = 2
+    got = _thread_fits(N, ["zero1", "zero2", "parameter_server"], tmp_path, accumulate=accumulate)
+    ref, _ = _reference_fit(N, tmp_path, accumulate=accumulate)
+    for name, params in got.items():
+        assert common.rel_err(params, ref) <= TOL, name
+
+
+def test_zero_rejects_what_it_cannot_shard():
+    from dutycycle.strategies import from_name
+
+    with pytest.raises(ValueError, match="stage"):
+        from_name("zero1", stage=3)
+    m = common.make_model()
+    (eng,) = run_ranks(1, lambda comm: ZeroEngine(list(m.parameters()), comm))
+    with pytest.raises(TypeError, match="AdamW"):
+        eng._groups(dc.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="not a trainable parameter"):
+        eng._groups(dc.optim.AdamW([dc.nn.Parameter(dc.zeros(3))]))
+    with dc.no_grad():
+        m.lm_head.weight.data = dc.zeros(m.lm_head.weight.shape)
+    with pytest.raises(RuntimeError, match="no longer a view"):
+        eng.before_backward()
+
+
+# ---- under mpirun: the real comm layer -------------------------------------------------------------------
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "zero_scripts", "zero_trainer.py")
+STRATEGIES = ["ddp", "zero1", "zero2", "parameter_server"]
+
+
+def _has_mpi():
+    import shutil
+
+    return getattr(dc._C, "Comm", None) is not None and shutil.which("mpirun") is not None
+
+
+needs_mpi = pytest.mark.skipif(not _has_mpi(), reason="needs the comm layer (_C.Comm, built with Open MPI) and mpirun")
+
+
+def _mpirun(n, *args, timeout=120):
+    import subprocess
+
+    env = dict(os.environ)
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "python"), env.get("PYTHONPATH", "")]),
+    )
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(n), sys.executable, WORKER, *args]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@needs_mpi
+@pytest.mark.parametrize("N", [2, 4])
+def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
+    import json
+
+    # several buckets (~1 KB each): uneven chunks, stage 2's in-flight bound, in-order launches
+    p = _mpirun(N, "--out", str(tmp_path), "--ckpt", "--bucket-cap-mb", "0.001")
+    ref, ref_trainer = _reference_fit(N, tmp_path, ckpt=True)
+    got = {s: dict(np.load(tmp_path / f"{s}.npz")) for s in STRATEGIES}
+    assert common.rel_err(got["ddp"], ref) <= TOL
+    for s in STRATEGIES[1:]:
+        assert common.rel_err(got[s], got["ddp"]) <= TOL, s
+        assert common.rel_err(got[s], ref) <= TOL, s
+    for r in range(N):  # the memory line is logged once on every rank
+        assert f"zero2 rank {r}/{N}:" in p.stdout and f"parameter_server rank {r}/{N}:" in p.stdout
+
+    # ---- memory per rank: zero1's state is ddp's / N, zero2's gradients too; the parameter server's
+    # state all on rank 0
+    mem = {(s, r): json.load(open(tmp_path / f"mem-{s}-{r}.json")) for s in STRATEGIES for r in range(N)}
+    P, f = mem["ddp", 0]["num_params"], 4
+    for r in range(N):
+        ddp, z1, z2, ps = (mem[s, r] for s in STRATEGIES)
+        assert ddp["optimizer_state"] == 2 * P * f and ddp["gradients"] == P * f
+        for z in (z1, z2):
+            assert z["optimizer_state"] == 2 * z["padded_numel"] * f // N
+            assert abs(z["optimizer_state"] - ddp["optimizer_state"] / N) <= 2 * f * z["buckets"] * N
+        assert z2["gradients"] == z2["padded_numel"] * f // N
+        # backward's order is the buckets' order here: max_inflight=2 in flight + the one filling
+        assert z2["buckets"] >= 4 and z2["gradient_buckets_peak"] <= 3 * z2["largest_bucket"]
+        assert z2["gradient_buckets_peak"] < z2["padded_numel"] * f
+        assert z1["gradients"] >= ddp["gradients"]  # stage 1 keeps the full gradient (and its shard)
+        assert ps["optimizer_state"] == (2 * P * f if r == 0 else 0)
+
+    # ---- checkpoints: full weights + AdamW's state consolidated, as one process writes them
+    from dutycycle.trainer import checkpoint_io
+
+    want = checkpoint_io.load_checkpoint(str(tmp_path / "reference.ckpt"))
+    for s in ("zero1", "zero2", "parameter_server"):
+        ck = checkpoint_io.load_checkpoint(str(tmp_path / f"{s}.ckpt"))
+        sd = {k: v.numpy() for k, v in ck["state_dict"].items()}
+        assert common.rel_err(sd, {k: v.numpy() for k, v in want["state_dict"].items()}) <= TOL, s
+        (opt,), (ref_opt,) = ck["optimizer_states"], want["optimizer_states"]
+        assert opt["param_groups"] == ref_opt["param_groups"], s
+        assert sorted(opt["state"]) == sorted(ref_opt["state"]), s
+        for i, st in ref_opt["state"].items():
+            assert int(opt["state"][i]["step"]) == int(st["step"])
+            for name in ("exp_avg", "exp_avg_sq"):
+                np.testing.assert_allclose(opt["state"][i][name].numpy(), st[name].numpy(), rtol=1e-3, atol=1e-8)
+        # and it loads into a single-process model + AdamW
+        m = common.make_model()
+        m.load_state_dict({k[len("gpt."):]: v for k, v in ck["state_dict"].items()})
+        common.make_optimizer(m).load_state_dict(opt)

@@ -8,8 +8,9 @@ its memory_per_rank() (mem-<strategy>-<rank>.json). With --ckpt, the zero2 run a
 checkpoint (out/zero2.ckpt) through the Trainer, for a single-process run to load.
 
     zero_trainer.py --out DIR [--strategies ddp,zero1,zero2,parameter_server] [--batch B] [--steps K]
-                    [--accumulate A] [--ckpt] [--devices N] [--n-embd C --n-layer L]
-    zero_trainer.py --reference --world N --out DIR      one process, batch N*B: reference.npz"""
+                    [--accumulate A] [--ckpt] [--bucket-cap-mb MB] [--n-embd C --n-layer L --n-head H]
+    zero_trainer.py --reference --world N --out DIR [--ckpt]   one process, batch N*B: reference.npz
+                                                                (and reference.ckpt)"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -27,6 +29,8 @@ import common  # noqa: E402
 import dutycycle as L  # noqa: E402
 import dutycycle as torch  # noqa: E402
 from dutycycle.data import DataLoader, TensorDataset  # noqa: E402
+
+_BUILD = threading.Lock()  # thread ranks: seed + init of one model at a time (one global RNG)
 
 
 class GPTModule(L.LightningModule):
@@ -48,11 +52,18 @@ def dataset(n):
     return TensorDataset(torch.from_numpy(g.integers(0, common.VOCAB, size=(n, common.BLOCK + 1)).astype(np.int64)))
 
 
-def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=None):
-    model = GPTModule(**model_kw)
-    if comm is not None:  # thread ranks: the strategy object with the thread world's comm
-        strategy = L.strategies.from_name(strategy, **({"max_inflight": 1 << 20} if "zero" in strategy else {}))
-        strategy._dc_comm = comm
+def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=None, bucket_cap_mb=None):
+    with _BUILD:
+        model = GPTModule(**model_kw)
+    if strategy != "auto":
+        kw = {}
+        if strategy in ("ddp", "zero1", "zero2") and bucket_cap_mb:
+            kw["bucket_cap_mb"] = bucket_cap_mb
+        if comm is not None and strategy in ("zero1", "zero2"):
+            kw["max_inflight"] = 1 << 20  # thread ranks run one backward at a time: never wait inside one
+        strategy = L.strategies.from_name(strategy, **kw)
+        if comm is not None:  # thread ranks: the thread world's comm instead of MPI's
+            strategy._dc_comm = comm
     n = steps * accumulate * batch * devices
     trainer = L.Trainer(
         strategy=strategy,
@@ -92,7 +103,9 @@ def run(args, comm=None):
     os.makedirs(args.out, exist_ok=True)
     for name in args.strategies.split(","):
         ckpt = os.path.join(args.out, f"{name}.ckpt") if args.ckpt and name != "ddp" else None
-        params, mem, trainer = fit(name, args.devices, args.batch, args.steps, args.accumulate, model_kw, ckpt, comm)
+        params, mem, trainer = fit(
+            name, args.devices, args.batch, args.steps, args.accumulate, model_kw, ckpt, comm, args.bucket_cap_mb
+        )
         rank = trainer.global_rank
         if mem is None:
             mem = ddp_memory(trainer, [p for p in trainer.lightning_module.parameters()])
@@ -115,12 +128,14 @@ def main():
     ap.add_argument("--n-layer", type=int, default=1)
     ap.add_argument("--n-head", type=int, default=1)
     ap.add_argument("--ckpt", action="store_true")
+    ap.add_argument("--bucket-cap-mb", type=float, default=None)
     ap.add_argument("--reference", action="store_true")
     args = ap.parse_args()
     if args.reference:
         model_kw = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
-        params, _, _ = fit("auto", 1, args.batch * args.world, args.steps, args.accumulate, model_kw)
         os.makedirs(args.out, exist_ok=True)
+        ckpt = os.path.join(args.out, "reference.ckpt") if args.ckpt else None
+        params, _, _ = fit("auto", 1, args.batch * args.world, args.steps, args.accumulate, model_kw, ckpt)
         np.savez(os.path.join(args.out, "reference.npz"), **params)
         return
     if args.devices is None:

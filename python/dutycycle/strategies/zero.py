@@ -604,8 +604,10 @@ class ZeroEngine:
             "gradients": grads,
             "optimizer_state": state,
         }
-        if self.stage == 2:  # the bucket buffers alive at once during backward (measured; 0 before the first)
+        if self.stage == 2:  # the bucket buffers alive at once during backward (measured; 0 before the first):
+            # at most max_inflight buckets in flight plus the ones filling while an earlier one is not yet full
             out["gradient_buckets_peak"] = self.peak_bucket_bytes
+            out["largest_bucket"] = max(b.padded for b in self.layout.buckets) * self.itemsize
         out["total"] = params + grads + state + out.get("gradient_buckets_peak", 0)
         return out
 
@@ -678,6 +680,7 @@ class ZeroStrategy(ParallelStrategy):
             self.comm,
             stage=self.stage,
             bucket_cap_mb=self.bucket_cap_mb,
+            first_bucket_mb=min(1, self.bucket_cap_mb),  # ddp's first bucket: 1 MB, communication starts early
             names=[n for n, _ in named],
             waiting=self.comm_wait,
             max_inflight=self.max_inflight,
