@@ -55,6 +55,7 @@ def dataset(n):
 def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=None, bucket_cap_mb=None):
     with _BUILD:
         model = GPTModule(**model_kw)
+    memory = MemoryAtTrainEnd()
     if strategy != "auto":
         kw = {}
         if strategy in ("ddp", "zero1", "zero2") and bucket_cap_mb:
@@ -74,6 +75,7 @@ def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=N
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
+        callbacks=[memory],
         enable_model_summary=False,
         num_sanity_val_steps=0,
         barebones=True,
@@ -82,20 +84,33 @@ def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=N
     if ckpt:
         trainer.save_checkpoint(ckpt)
     params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    mem = trainer.strategy.memory_per_rank() if hasattr(trainer.strategy, "memory_per_rank") else None
-    return params, mem, trainer
+    return params, memory.mem, trainer
 
 
-def ddp_memory(trainer, model_params):
-    """What ddp holds per rank, counted from the live tensors: parameters, .grad (+ the reducer's
-    bucket buffers when it keeps them apart) and AdamW's state."""
+class MemoryAtTrainEnd(L.callbacks.Callback):
+    """memory_per_rank() at the end of training (ddp: counted from the live tensors)."""
+
+    mem = None
+
+    def on_train_end(self, trainer, pl_module):
+        s = trainer.strategy
+        self.mem = s.memory_per_rank() if hasattr(s, "memory_per_rank") else ddp_memory(trainer)
+
+
+def ddp_memory(trainer):
+    """What ddp holds per rank, counted from the live tensors: parameters, .grad, the reducer's
+    bucket buffers (apart from .grad unless gradient_as_bucket_view) and AdamW's state."""
+    model_params = list(trainer.lightning_module.parameters())
     params = sum(p.numel() * p.element_size() for p in model_params)
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model_params if p.grad is not None)
+    reducer = getattr(trainer.strategy, "reducer", None)
+    buckets = sum(reducer.bucket_sizes()) if reducer is not None and not reducer.gradient_as_bucket_view else 0
     opt = trainer.optimizers[0]
     state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if hasattr(v, "numel"))
     return {"strategy": "ddp", "world_size": trainer.world_size, "rank": trainer.global_rank,
             "num_params": sum(p.numel() for p in model_params), "parameters": params, "gradients": grads,
-            "optimizer_state": state, "total": params + grads + state}  # fmt: skip
+            "gradient_buckets": buckets, "optimizer_state": state,
+            "total": params + grads + buckets + state}  # fmt: skip
 
 
 def run(args, comm=None):
@@ -107,8 +122,6 @@ def run(args, comm=None):
             name, args.devices, args.batch, args.steps, args.accumulate, model_kw, ckpt, comm, args.bucket_cap_mb
         )
         rank = trainer.global_rank
-        if mem is None:
-            mem = ddp_memory(trainer, [p for p in trainer.lightning_module.parameters()])
         with open(os.path.join(args.out, f"mem-{name}-{rank}.json"), "w") as f:
             json.dump(mem, f)
         if rank == 0:
