@@ -6,7 +6,7 @@ mean over ranks), the share of communication hidden behind backward (the comm la
 timestamps against the end of backward) and ddp's speed-up over parameter_server at each N.
 Writes benchmarks/results/scaling-cpu.{md,json}; `dutycycle simulate calibrate` reads the JSON.
 
-    python benchmarks/scaling.py [--steps 20] [--warmup 5] [--shm 2,4] [--netns 8] [--rate 1gbit]
+    python benchmarks/scaling.py [--steps 20] [--warmup 5] [--shm 2,4] [--netns 4,8] [--rate 1gbit]
                                  [--strategies ddp,zero1,parameter_server] [--out benchmarks/results]
 
 Needs root for the namespace rows (skipped with the reason otherwise). Each rank runs this file
@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -202,6 +203,15 @@ def aggregate(files):
     return row
 
 
+def _failure(p):
+    """The one line that says why a run failed: the last Python exception line, else the tail."""
+    lines = [x.strip() for x in (p.stderr + "\n" + p.stdout).splitlines() if x.strip()]
+    exc = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", x)]
+    if exc:
+        return exc[-1][:400]
+    return (f"exit {p.returncode}: " + " | ".join(lines[-4:]))[:400]
+
+
 def run_one(strategy, n, network, args, env):
     """Launch one configuration; return its row (or a row with 'error')."""
     outdir = tempfile.mkdtemp(prefix="dc-scaling-out-")
@@ -243,8 +253,7 @@ def run_one(strategy, n, network, args, env):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
         files = sorted(glob.glob(os.path.join(outdir, "rank*.json")))
         if p.returncode != 0 or not files:
-            tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
-            return {"strategy": strategy, "n": n, "network": network, "error": " | ".join(tail)[-600:]}
+            return {"strategy": strategy, "n": n, "network": network, "error": _failure(p)}
         row = aggregate(files)
     except subprocess.TimeoutExpired:
         return {"strategy": strategy, "n": n, "network": network, "error": f"timed out after {args.timeout} s"}
@@ -324,7 +333,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="measured steps per run (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="steps dropped first (default 5)")
     p.add_argument("--shm", default="2,4", help="rank counts on this host (default 2,4)")
-    p.add_argument("--netns", default="8", help="rank counts in the namespace cluster (default 8; '' = none)")
+    p.add_argument("--netns", default="4,8", help="rank counts in the namespace cluster (default 4,8; '' = none)")
     p.add_argument("--rate", default="1gbit", help="namespace link rate (default 1gbit)")
     p.add_argument("--strategies", default="ddp,zero1,parameter_server")
     p.add_argument("--timeout", type=int, default=300, help="seconds per run (default 300)")
