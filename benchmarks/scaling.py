@@ -1,5 +1,5 @@
 """Scaling benchmark: the GPT workload through Trainer(strategy=...) for ddp, zero1 and
-parameter_server on N = 1, 2, 4 ranks of this machine (Open MPI over shared memory) and N = 8
+parameter_server on N = 1, 2, 4 ranks of this machine (Open MPI over shared memory) and N = 4, 8
 ranks in the network-namespace cluster (scripts/netns-cluster: one rank per namespace, MPI over
 TCP on tbf-shaped 1 Gbit/s links). Per row: step time, duty cycle (the trainer's duty-cycle split,
 mean over ranks), the share of communication hidden behind backward (the comm layer's event
