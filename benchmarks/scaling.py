@@ -411,12 +411,14 @@ def main(argv=None):
     for r in data["rows"]:
         if "error" in r:
             continue
+        # buckets of 25 MiB after a first one of 1 MiB (ddp and ZeRO); ddp and zero2 reduce during
+        # backward, zero1 reduce-scatters at the step, the parameter server sends after backward
         r.update(
             grad_bytes=data["grad_bytes"],
             param_bytes=data["grad_bytes"],
-            bucket_mb=25.0,
-            first_bucket_mb=1.0,
-            overlap=r["strategy"] == "ddp",
+            bucket_mb=25 * 1.048576,
+            first_bucket_mb=1.048576,
+            overlap=r["strategy"] in ("ddp", "zero2"),
             optimizer_single_s=data["single"]["optimizer_s"],
         )
     data["rows"] = [r for r in data["rows"] if r["strategy"] != "single_device"]
