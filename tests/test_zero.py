@@ -79,10 +79,10 @@ def test_layout_first_bucket_is_small_and_a_big_parameter_gets_its_own():
 
 
 # ---- the engines on in-process ranks -------------------------------------------------------------------
-def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None):
-    """K steps of `kind` on N thread ranks; returns per-rank (params, memory, engine, optimizer)."""
+def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None, make_opt=common.make_optimizer):
+    """K steps of `kind` on N thread ranks; returns per-rank (params, memory, engine, optimizer, comm)."""
     models = [common.make_model() for _ in range(N)]
-    opts = [common.make_optimizer(m) for m in models]
+    opts = [make_opt(m) for m in models]
     if resume_state is not None:
         for o in opts:
             o.load_state_dict(resume_state)
@@ -118,9 +118,9 @@ def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None):
     return run_ranks(N, fn, comms)
 
 
-def _reference(steps=3, global_batch=4, accumulate=1):
+def _reference(steps=3, global_batch=4, accumulate=1, make_opt=common.make_optimizer):
     model = common.make_model()
-    opt = common.make_optimizer(model)
+    opt = make_opt(model)
     data = common.batches(steps * accumulate, global_batch)
     for s in range(steps):
         opt.zero_grad()
@@ -139,6 +139,18 @@ def test_engine_equals_one_process_with_the_whole_batch(kind, N):
         assert common.rel_err(out[r][0], ref) <= TOL, (kind, N, r)
     for r in range(1, N):  # every rank holds exactly the same parameters
         assert all(np.array_equal(out[r][0][k], out[0][0][k]) for k in ref)
+
+
+@pytest.mark.parametrize("kind", [1, 2])
+def test_engine_adam_with_l2_decay_and_maximize(kind):
+    def adam(m):  # torch.optim.Adam's coupled decay (grad + wd * param) on one group, maximize on the other
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        rest = [p for p in m.parameters() if p.dim() < 2]
+        return dc.optim.Adam([{"params": decay, "weight_decay": 0.1}, {"params": rest, "maximize": True}], lr=1e-2)
+
+    ref, _, _ = _reference(global_batch=6, make_opt=adam)
+    out = _train(kind, 3, make_opt=adam)
+    assert common.rel_err(out[0][0], ref) <= TOL
 
 
 @pytest.mark.parametrize("kind", [1, 2])
