@@ -221,6 +221,22 @@ def test_launchers_give_the_parameters_of_one_process(tmp_path):
 
 
 @needs_mpi
+def test_mpirun_4_ranks_with_accumulation(tmp_path):
+    N, B, A = 4, 3, 2
+    want, ref = single_process(N * B, accumulate=A)
+    check(
+        run(
+            ["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(N), sys.executable, SCRIPT]
+            + ["--devices", str(N), "--batch", str(B), "--accumulate", str(A), "--out", str(tmp_path)]
+        )
+    )
+    info, params = load(str(tmp_path), 0)
+    assert info["world_size"] == N and info["global_step"] == ref.global_step
+    assert rel_err(params, want) <= 1e-5
+    assert info["rank_mean"] == 1.5 and info["rank_max"] == 3.0
+
+
+@needs_mpi
 def test_world_size_must_match_devices(tmp_path):
     p = run(
         [
@@ -313,3 +329,56 @@ def test_rank_zero_writes_logs_and_checkpoints(tmp_path):
     assert "last.ckpt" in files and not any(f.endswith(".tmp") for f in files)
     ckpt = dc.load(os.path.join(d0, "last.ckpt"))
     assert "state_dict" in ckpt
+
+
+def test_validation_with_sync_dist_and_a_monitored_checkpoint(tmp_path):
+    class WithVal(Regressor):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", dc.nn.functional.mse_loss(self.net(x), y), sync_dist=True)
+            self.log("val_rank", float(self.global_rank), sync_dist=True)
+
+    models = [WithVal() for _ in range(2)]
+
+    def rank(comm):
+        s = DDPStrategy()
+        s._dc_comm = comm
+        t = L.Trainer(
+            strategy=s,
+            max_epochs=2,
+            logger=False,
+            callbacks=[L.callbacks.ModelCheckpoint(dirpath=str(tmp_path), monitor="val_loss", save_top_k=1)],
+            enable_progress_bar=False,
+        )
+        loader = DataLoader(dataset(), batch_size=4)
+        t.fit(models[comm.rank], loader, DataLoader(dataset(), batch_size=5))  # 96 / 2 / 5: a short last batch
+        return float(t.callback_metrics["val_loss"]), float(t.callback_metrics["val_rank"]), t.num_val_batches
+
+    (v0, r0, n0), (v1, r1, n1) = run_ranks(2, rank)
+    assert v0 == pytest.approx(v1, rel=1e-6) and r0 == r1 == 0.5 and n0 == n1 == [10]
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".ckpt")]) == 1
+
+
+def test_mid_epoch_resume_continues_exactly(tmp_path):
+    def fit(comm, model, max_steps, ckpt_dir=None, ckpt_path=None):
+        s = DDPStrategy()
+        s._dc_comm = comm
+        cbs = [L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=7, save_last=True)] if ckpt_dir else []
+        t = L.Trainer(
+            strategy=s,
+            max_steps=max_steps,
+            logger=False,
+            enable_checkpointing=bool(ckpt_dir),
+            callbacks=cbs,
+            enable_progress_bar=False,
+        )
+        t.fit(model, DataLoader(dataset(), batch_size=4, shuffle=True), ckpt_path=ckpt_path)
+        return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+    whole = run_ranks(2, lambda comm: fit(comm, Regressor(), 18))
+    run_ranks(2, lambda comm: fit(comm, Regressor(), 7, ckpt_dir=str(tmp_path)))
+    resumed = run_ranks(
+        2, lambda comm: fit(comm, Regressor(), 18, ckpt_dir=str(tmp_path), ckpt_path=str(tmp_path / "last.ckpt"))
+    )
+    for r in range(2):
+        assert rel_err(resumed[r], whole[r]) == 0.0

@@ -85,6 +85,13 @@ const char *dc_comm_who(dc_comm *c, int rank, char *buf, size_t n)
     return buf;
 }
 
+/* "rank 3 (host h, pid 123)" */
+static const char *who_pid(dc_comm *c, int rank, char *buf, size_t n)
+{
+    snprintf(buf, n, "rank %d (host %s, pid %d)", rank, c->peers[rank].host, (int)c->peers[rank].pid);
+    return buf;
+}
+
 const char *dc_comm_describe(const dc_fingerprint *fp, char *buf, size_t n)
 {
     const char *op = dc_coll_op_name((dc_coll_op)fp->op);
@@ -175,12 +182,23 @@ static void work_unref_locked(dc_work *w)
 /* Validate, number and enqueue w (allocated by the caller, refs = 2); wait for it when !out. */
 static dc_status submit(dc_comm *c, dc_work *w, dc_work **out)
 {
+    if (c->be->issue) {
+        dc_status ist = c->be->issue(c, w);
+        if (ist) {
+            char m[DC_COMM_ERRMAX];
+            snprintf(m, sizeof m, "%s", dc_last_error());
+            free(w);
+            if (out) *out = NULL;
+            return arg_error(c, ist, "%s", m);
+        }
+    }
     pthread_mutex_lock(&c->mu);
     if (c->err || c->closed) {
         dc_status st = c->err ? c->err : DC_ERR_COMM;
         char msg[DC_COMM_ERRMAX], who[96];
         if (c->err)
-            snprintf(msg, sizeof msg, "%s (communicator already failed: %.900s)", dc_coll_op_name(w->op), c->errbuf);
+            snprintf(msg, sizeof msg, "%s: %s: the communicator already failed: %.900s",
+                     dc_comm_who(c, c->rank, who, sizeof who), dc_coll_op_name(w->op), c->errbuf);
         else
             snprintf(msg, sizeof msg, "%s: %s: the communicator is closed", dc_comm_who(c, c->rank, who, sizeof who),
                      dc_coll_op_name(w->op));
@@ -689,20 +707,22 @@ static void hb_got(dc_comm *c, int rank, const dc_hb_msg *m)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* What rank r does, from its heartbeat: "waits in all_reduce #42 (for 6.1 s)". */
+/* What a rank does, from its heartbeat: "waiting in all_reduce #42", "in no collective (last
+ * issued all_reduce #41)". */
 static void state_phrase(const dc_hb_msg *m, char *buf, size_t n)
 {
     if (m->pending_seq >= 0) {
         if (m->pending_op == DC_COLL_SEND || m->pending_op == DC_COLL_RECV)
-            snprintf(buf, n, "wait in %s #%lld (peer %d)", dc_coll_op_name((dc_coll_op)m->pending_op),
+            snprintf(buf, n, "waiting in %s #%lld (peer %d)", dc_coll_op_name((dc_coll_op)m->pending_op),
                      (long long)m->pending_seq, m->pending_peer);
         else
-            snprintf(buf, n, "wait in %s #%lld", dc_coll_op_name((dc_coll_op)m->pending_op), (long long)m->pending_seq);
+            snprintf(buf, n, "waiting in %s #%lld", dc_coll_op_name((dc_coll_op)m->pending_op),
+                     (long long)m->pending_seq);
     } else if (m->issued > 0) {
-        snprintf(buf, n, "last issued %s #%lld and are in no collective", dc_coll_op_name((dc_coll_op)m->last_op),
+        snprintf(buf, n, "in no collective (last issued %s #%lld)", dc_coll_op_name((dc_coll_op)m->last_op),
                  (long long)m->issued - 1);
     } else {
-        snprintf(buf, n, "have issued no collective yet");
+        snprintf(buf, n, "in no collective (issued none yet)");
     }
 }
 
@@ -733,11 +753,11 @@ static void timeout_message(dc_comm *c, dc_work *w, int64_t now, char *msg, size
             char ph[160];
             state_phrase(&st[r], ph, sizeof ph);
             int64_t age = c->peer_heard_ns[r] ? (now - c->peer_heard_ns[r]) / 1000000 : -1;
-            const char *busy = st[r].in_wait ? "" : "; its caller is busy outside the collectives";
-            len += (size_t)snprintf(msg + len, n - len, "%s %s (pid %d) %s%s",
-                                    nlag ? ";" : "; lagging:", dc_comm_who(c, r, who2, sizeof who2),
-                                    (int)c->peers[r].pid, ph + 0, busy);
-            if (st[r].issued == 0 && st[r].pending_seq < 0 && ph[0] == 'h') (void)0;
+            len += (size_t)snprintf(msg + len, n - len, "%s %s is %s",
+                                    nlag ? ";" : "; lagging:", who_pid(c, r, who2, sizeof who2), ph);
+            if (!st[r].in_wait && st[r].idle_ms >= 0 && len < n)
+                len += (size_t)snprintf(msg + len, n - len, ", its caller busy elsewhere for %.1f s",
+                                        st[r].idle_ms * 1e-3);
             if (age > 3000 && r != c->rank && len < n)
                 len += (size_t)snprintf(msg + len, n - len, " (status %.1f s old)", age * 1e-3);
             nlag++;
@@ -761,7 +781,8 @@ static void timeout_message(dc_comm *c, dc_work *w, int64_t now, char *msg, size
             nr++;
             if (rl < sizeof ranks - 16) rl += (size_t)snprintf(ranks + rl, sizeof ranks - rl, ",%d", q);
         }
-        len += (size_t)snprintf(msg + len, n - len, "; %s %s %s", nr > 1 ? "ranks" : "rank", ranks, ph);
+        len += (size_t)snprintf(msg + len, n - len, "; %s %s %s %s", nr > 1 ? "ranks" : "rank", ranks,
+                                nr > 1 ? "are" : "is", ph);
     }
     if (!is_p2p && nlag == 0 && len < n)
         snprintf(msg + len, n - len,
@@ -834,24 +855,12 @@ static void *watchdog_main(void *arg)
                     how = "no heartbeat";
                 }
                 if (!dead) continue;
-                char ph[160];
                 dc_hb_msg self;
                 hb_fill_locked(c, &self, now);
+                char ph[160];
                 state_phrase(&self, ph, sizeof ph);
-                snprintf(msg, sizeof msg, "%s: peer %s (pid %d) died (%s%s); this rank was about to %s", WHO,
-                         dc_comm_who(c, r, who2, sizeof who2), (int)c->peers[r].pid, how, c->peer_heard_ns[r] ? "" : "",
-                         ph);
-                /* "wait in X" reads "about to wait in X" only loosely; say it plainly */
-                if (self.pending_seq >= 0) {
-                    char d[96];
-                    snprintf(d, sizeof d, "%s #%lld", dc_coll_op_name((dc_coll_op)self.pending_op),
-                             (long long)self.pending_seq);
-                    snprintf(msg, sizeof msg, "%s: peer %s (pid %d) died (%s) while this rank waits in %s", WHO,
-                             dc_comm_who(c, r, who2, sizeof who2), (int)c->peers[r].pid, how, d);
-                } else {
-                    snprintf(msg, sizeof msg, "%s: peer %s (pid %d) died (%s)", WHO,
-                             dc_comm_who(c, r, who2, sizeof who2), (int)c->peers[r].pid, how);
-                }
+                snprintf(msg, sizeof msg, "%s: peer %s died (%s) while this rank is %s", WHO,
+                         who_pid(c, r, who2, sizeof who2), how, ph);
                 c->peer_dead[r] = 1;
                 dc_comm_break_locked(c, DC_ERR_COMM, msg);
                 fprintf(stderr, "dutycycle: %s\n", msg); /* the job may be killed before a caller sees it */
@@ -1002,7 +1011,9 @@ dc_status dc_comm_close(dc_comm *c)
     int stuck = 0;
     for (dc_work *w = c->head; w; w = w->next) stuck |= w->busy;
     c->be->free(c);
-    dc_ctl_free(c, broken || stuck);
+    /* a desync fails before any data moved: MPI itself is fine. Stuck works (timeout, dead peer)
+     * leave MPI unusable: then its communicators are not freed nor MPI finalised */
+    dc_ctl_free(c, stuck || (broken && c->err != DC_ERR_DESYNC));
     return c->err;
 }
 

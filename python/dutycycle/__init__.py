@@ -9,8 +9,11 @@ _C = load_core()  # first: picks the BLAS kernels before the C core's BLAS initi
 
 from ._C import (
     AutogradError,
+    CollectiveTimeoutError,
     CudaError,
+    DesyncError,
     DeviceError,
+    DistributedError,
     DTypeError,
     DutycycleError,
     IndexError_,

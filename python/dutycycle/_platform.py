@@ -60,6 +60,28 @@ def omp_spincount():
     return str(GOMP_SPINS)
 
 
+# Open MPI opens its components (transports, launchers) with dlopen; some of them resolve symbols of
+# libmpi itself, which they find only if libmpi was loaded RTLD_GLOBAL. Python loads _C (and so the
+# libmpi it links) RTLD_LOCAL, so we load libmpi globally first, as mpi4py does.
+MPI_LIBS = ("libmpi.so.40", "libmpi.so.12", "libmpi.so")
+
+
+def preload_mpi():
+    """Load libmpi with RTLD_GLOBAL before the core links it; the loaded name, or None (no MPI, or
+    DUTYCYCLE_MPI_PRELOAD=0)."""
+    if os.environ.get("DUTYCYCLE_MPI_PRELOAD", "1") == "0":
+        return None
+    import ctypes
+
+    for name in MPI_LIBS:
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            return name
+        except OSError:
+            continue
+    return None
+
+
 def load_core():
     """Import dutycycle._C with the BLAS kernel choice and the OpenMP spin count applied only while
     its BLAS and OpenMP runtime initialise (both read them once, at load; libgomp is loaded with the
@@ -72,6 +94,7 @@ def load_core():
     if spins:
         env["GOMP_SPINCOUNT"] = spins
     os.environ.update(env)
+    preload_mpi()
     try:
         from . import _C
     finally:

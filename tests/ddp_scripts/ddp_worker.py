@@ -136,15 +136,19 @@ def main():
             out["rel_err"] = rel_err(params_of(m), _ref_sgd(X, Y, K))
 
     elif mode == "overlap":
+        # A collective starts once every rank has issued it (the comm's fingerprint exchange), so
+        # a rank that runs ahead sees its first bucket start late; the job overlaps when the first
+        # bucket started before the backward of the last rank to finish had ended. Both the
+        # per-rank margins and that job-level one are reported.
         steps = int(sys.argv[2])
         comm = dist._default_comm()
         dc.manual_seed(0)
         width = 512  # 1 MB per weight matrix: several buckets, backward long enough to overlap
         m = dc.nn.Sequential(*[dc.nn.Sequential(dc.nn.Linear(width, width), dc.nn.GELU()) for _ in range(8)])
-        ddp = DDP(m)
+        ddp = DDP(m, bucket_cap_mb=2)
         opt = dc.optim.SGD(ddp.parameters(), lr=1e-3)
         x = dc.randn(256, width)
-        margins, fracs, bwd = [], [], []
+        rows = []  # per step: t0, first bucket enqueued, started, finished, backward end, backward returned
         for step in range(steps):
             opt.zero_grad()
             loss = ddp(x).pow(2).mean()
@@ -155,18 +159,25 @@ def main():
             lp = ddp.reducer.last_pass
             ars = [e for e in comm.events() if e["op"] == "all_reduce" and e["enqueued_ns"] >= t0]
             first = min(ars, key=lambda e: e["seq"])
+            opt.step()
             if step == 0:
                 continue  # the first pass rebuilds the buckets
-            margins.append((lp["backward_end_ns"] - first["started_ns"]) / 1e6)
-            fracs.append((lp["backward_end_ns"] - first["started_ns"]) / max(1, lp["backward_end_ns"] - t0))
-            bwd.append((t_ret - t0) / 1e6)
-            opt.step()
+            rows.append([t0, first["enqueued_ns"], first["started_ns"], first["finished_ns"],
+                         lp["backward_end_ns"], t_ret])
+        mine = np.array(rows, dtype=np.int64)  # (steps - 1, 6)
+        every = np.zeros((world,) + mine.shape, dtype=np.int64)
+        comm.all_gather(mine, every)  # same CLOCK_MONOTONIC on one machine
+        t0, enq, start, _, end, ret = (every[:, :, i] for i in range(6))  # each (world, steps - 1)
+        job_margin = (end.max(0) - start.min(0)) / 1e6  # (steps - 1,)
         out.update(
             buckets=ddp.reducer.bucket_sizes(),
-            margin_ms=margins,
-            frac_of_backward=fracs,
-            backward_ms=bwd,
-            started_before_end=all(x > 0 for x in margins),
+            margin_ms_per_rank=((end - start) / 1e6).round(3).tolist(),
+            enqueued_margin_ms_per_rank=((end - enq) / 1e6).round(3).tolist(),
+            backward_ms_per_rank=((end - t0) / 1e6).round(3).tolist(),
+            job_margin_ms=job_margin.round(3).tolist(),
+            frac_of_backward=(job_margin / ((end.max(0) - t0.min(0)) / 1e6)).round(3).tolist(),
+            started_before_end=bool((job_margin > 0).all()),
+            enqueued_before_end=bool((end > enq).all()),
         )
     else:
         raise SystemExit(f"unknown mode {mode!r}")
