@@ -105,6 +105,8 @@ def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None, make_opt=comm
             o.zero_grad()
             for a in range(accumulate):
                 xy = data[s * accumulate + a][r * B : (r + 1) * B]
+                if kind != "ps":
+                    eng.sync = a == accumulate - 1  # stage 1: only the last micro-batch communicates
                 eng.before_backward()
                 (common.loss_of(m, xy) / accumulate).backward()
                 if kind != "ps":
@@ -158,6 +160,10 @@ def test_engine_accumulation_equals_the_large_batch(kind):
     ref, _, _ = _reference(global_batch=8, accumulate=2)
     out = _train(kind, 2, B=4, accumulate=2)
     assert common.rel_err(out[0][0], ref) <= TOL
+    eng, comm = out[0][2], out[0][4]
+    reductions = sum(1 for r, op, _ in comm.world.ops if r == 0 and op.startswith("reduce_scatter"))
+    # 3 steps x buckets: stage 1 reduces once per step, stage 2 once per micro-batch
+    assert reductions == 3 * len(eng.layout.buckets) * (1 if kind == 1 else 2)
 
 
 def test_memory_per_rank_shards_state_and_gradients():
@@ -366,3 +372,29 @@ def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
         m = common.make_model()
         m.load_state_dict({k[len("gpt."):]: v for k, v in ck["state_dict"].items()})
         common.make_optimizer(m).load_state_dict(opt)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_buckets_are_reduced_while_backward_runs(stage):
+    """Full buckets are launched from the post-accumulate-grad hooks, in bucket order, before
+    backward returns (the rest at its end)."""
+    m = common.make_model()
+    (comm,) = ThreadComm.make(1)
+    eng = ZeroEngine(list(m.parameters()), comm, stage=stage, bucket_cap_mb=0.001, first_bucket_mb=0.001)
+    launched, phase = [], ["before"]
+    rs = comm.reduce_scatter
+
+    def spy(send, recv, op="sum", async_op=False):
+        launched.append(phase[0])
+        return rs(send, recv, op=op, async_op=async_op)
+
+    comm.reduce_scatter = spy
+    eng.before_backward()
+    phase[0] = "during"
+    common.loss_of(m, common.batches(1, 2)[0]).backward()
+    phase[0] = "after"
+    eng.after_backward()
+    eng.reduce_gradients()
+    nb = len(eng.layout.buckets)
+    assert nb >= 4 and len(launched) == nb
+    assert launched.count("during") >= nb - 1  # the last bucket holds wte, final only at the very end
