@@ -79,10 +79,10 @@ def test_layout_first_bucket_is_small_and_a_big_parameter_gets_its_own():
 
 
 # ---- the engines on in-process ranks -------------------------------------------------------------------
-def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None):
-    """K steps of `kind` on N thread ranks; returns per-rank (params, memory, engine, optimizer)."""
+def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None, make_opt=common.make_optimizer):
+    """K steps of `kind` on N thread ranks; returns per-rank (params, memory, engine, optimizer, comm)."""
     models = [common.make_model() for _ in range(N)]
-    opts = [common.make_optimizer(m) for m in models]
+    opts = [make_opt(m) for m in models]
     if resume_state is not None:
         for o in opts:
             o.load_state_dict(resume_state)
@@ -105,6 +105,8 @@ def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None):
             o.zero_grad()
             for a in range(accumulate):
                 xy = data[s * accumulate + a][r * B : (r + 1) * B]
+                if kind != "ps":
+                    eng.sync = a == accumulate - 1  # stage 1: only the last micro-batch communicates
                 eng.before_backward()
                 (common.loss_of(m, xy) / accumulate).backward()
                 if kind != "ps":
@@ -118,9 +120,9 @@ def _train(kind, N, steps=3, B=2, accumulate=1, resume_state=None):
     return run_ranks(N, fn, comms)
 
 
-def _reference(steps=3, global_batch=4, accumulate=1):
+def _reference(steps=3, global_batch=4, accumulate=1, make_opt=common.make_optimizer):
     model = common.make_model()
-    opt = common.make_optimizer(model)
+    opt = make_opt(model)
     data = common.batches(steps * accumulate, global_batch)
     for s in range(steps):
         opt.zero_grad()
@@ -142,10 +144,26 @@ def test_engine_equals_one_process_with_the_whole_batch(kind, N):
 
 
 @pytest.mark.parametrize("kind", [1, 2])
+def test_engine_adam_with_l2_decay_and_maximize(kind):
+    def adam(m):  # torch.optim.Adam's coupled decay (grad + wd * param) on one group, maximize on the other
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        rest = [p for p in m.parameters() if p.dim() < 2]
+        return dc.optim.Adam([{"params": decay, "weight_decay": 0.1}, {"params": rest, "maximize": True}], lr=1e-2)
+
+    ref, _, _ = _reference(global_batch=6, make_opt=adam)
+    out = _train(kind, 3, make_opt=adam)
+    assert common.rel_err(out[0][0], ref) <= TOL
+
+
+@pytest.mark.parametrize("kind", [1, 2])
 def test_engine_accumulation_equals_the_large_batch(kind):
     ref, _, _ = _reference(global_batch=8, accumulate=2)
     out = _train(kind, 2, B=4, accumulate=2)
     assert common.rel_err(out[0][0], ref) <= TOL
+    eng, comm = out[0][2], out[0][4]
+    reductions = sum(1 for r, op, _ in comm.world.ops if r == 0 and op.startswith("reduce_scatter"))
+    # 3 steps x buckets: stage 1 reduces once per step, stage 2 once per micro-batch
+    assert reductions == 3 * len(eng.layout.buckets) * (1 if kind == 1 else 2)
 
 
 def test_memory_per_rank_shards_state_and_gradients():
@@ -354,3 +372,29 @@ def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
         m = common.make_model()
         m.load_state_dict({k[len("gpt."):]: v for k, v in ck["state_dict"].items()})
         common.make_optimizer(m).load_state_dict(opt)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_buckets_are_reduced_while_backward_runs(stage):
+    """Full buckets are launched from the post-accumulate-grad hooks, in bucket order, before
+    backward returns (the rest at its end)."""
+    m = common.make_model()
+    (comm,) = ThreadComm.make(1)
+    eng = ZeroEngine(list(m.parameters()), comm, stage=stage, bucket_cap_mb=0.001, first_bucket_mb=0.001)
+    launched, phase = [], ["before"]
+    rs = comm.reduce_scatter
+
+    def spy(send, recv, op="sum", async_op=False):
+        launched.append(phase[0])
+        return rs(send, recv, op=op, async_op=async_op)
+
+    comm.reduce_scatter = spy
+    eng.before_backward()
+    phase[0] = "during"
+    common.loss_of(m, common.batches(1, 2)[0]).backward()
+    phase[0] = "after"
+    eng.after_backward()
+    eng.reduce_gradients()
+    nb = len(eng.layout.buckets)
+    assert nb >= 4 and len(launched) == nb
+    assert launched.count("during") >= nb - 1  # the last bucket holds wte, final only at the very end

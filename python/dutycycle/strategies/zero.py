@@ -16,7 +16,9 @@ end to end: any parameter count works and every rank's shard has the same size.
 One optimizer step (ZeroEngine):
 
     stage 1: backward accumulates into views of a flat gradient buffer (full gradients, as ddp);
-             at the step, reduce_scatter(avg) bucket by bucket -> this rank's gradient shard
+             a post-accumulate-grad hook counts each bucket's final gradients and a full bucket
+             is reduce-scattered (avg) into this rank's gradient shard while backward continues;
+             with gradient accumulation only the last micro-batch communicates
     stage 2: a post-accumulate-grad hook copies each gradient into its bucket's buffer and frees
              it; a full bucket is reduce-scattered (avg) at once while backward continues, buckets
              in index order on every rank; the rank keeps only its shard (accumulated over
@@ -280,8 +282,10 @@ class ZeroEngine:
         self._group_cache = None  # (key, [(group, views)])
         self._index = {id(p): i for i, p in enumerate(params)}
 
-        # ---- stage 2: bucket buffers filled by post-accumulate-grad hooks ---------------------------
+        # ---- post-accumulate-grad hooks: full buckets reduced during backward ----------------------
         nb = len(L.buckets)
+        self.sync = True  # stage 1: False inside block_backward_sync (accumulation: reduce only at the last)
+        self._reduced = False  # stage 1: this step's buckets were launched during a backward
         self._bucket_buf = [None] * nb
         self._ready = [0] * nb
         self._seen = [False] * len(params)
@@ -290,10 +294,7 @@ class ZeroEngine:
         self._shard_fresh = [True] * nb  # the bucket's gradient chunk is zero (nothing reduced since the step)
         self._bucket_bytes = 0
         self.peak_bucket_bytes = 0
-        self._hooks = []
-        if stage == 2:
-            for i, p in enumerate(params):
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(i)))
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(params)]
 
     # ---- helpers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -334,15 +335,31 @@ class ZeroEngine:
         return hook
 
     def _grad_ready(self, i):
-        """Stage 2, on the backward thread: parameter i's gradient is final for this backward."""
+        """On the backward thread: parameter i's gradient is final for this backward. Stage 1: it
+        is already in the flat gradient buffer; stage 2: copy it into its bucket and free it. A
+        bucket whose gradients are all final is launched (in bucket order)."""
         L, p = self.layout, self.params[i]
         b = L.param_bucket[i]
         bucket = L.buckets[b]
+        if self.stage == 1 and not self.sync:
+            return
         if b < self._next_launch:
             raise RuntimeError(
-                f"ZeRO stage 2: parameter {self._name(self.names, i)} got a second gradient in one backward after "
-                "its bucket was already reduced (backward through the same graph twice needs strategy='zero1')"
+                f"ZeRO stage {self.stage}: parameter {self._name(self.names, i)} got a second gradient in one "
+                "backward after its bucket was already reduced (backward through the same graph twice is not "
+                "supported with ZeRO)"
             )
+        if self.stage == 1:
+            if p.grad.data_ptr() != self.flat._grad_ptr[i]:  # a hook replaced .grad: back into the flat buffer
+                v = self._flat_view(self.flat_grad, i)
+                with dc.no_grad():
+                    v.copy_(p.grad)
+                p.grad = v
+            if not self._seen[i]:
+                self._seen[i] = True
+                self._ready[b] += 1
+            self._launch_ready()
+            return
         buf = self._bucket_buf[b]
         if buf is None:
             buf = self._bucket_buf[b] = dc.zeros(bucket.padded, dtype=p.dtype, device=p.device)  # (padded,)
@@ -373,6 +390,11 @@ class ZeroEngine:
     def _launch(self, b):
         L = self.layout
         bucket = L.buckets[b]
+        if self.stage == 1:  # the flat gradient buffer is the send buffer; no in-flight bound is needed
+            send = self.flat_grad[bucket.offset : bucket.offset + bucket.padded]
+            recv = self.grad_shard[bucket.shard_offset : bucket.shard_offset + bucket.chunk]
+            self._inflight.append((self.comm.reduce_scatter(send, recv, op="avg", async_op=True), b, None, 0))
+            return
         buf = self._bucket_buf[b]
         if buf is None:  # no parameter of it got a gradient: reduce zeros, as every rank must take part
             buf = dc.zeros(bucket.padded, dtype=self.flat_param.dtype, device=self.flat_param.device)
@@ -401,35 +423,28 @@ class ZeroEngine:
         self._bucket_bytes -= nbytes
 
     def after_backward(self):
-        """Stage 2: launch the buckets that are still waiting (parameters that got no gradient count
-        as zeros), then get ready for the next backward."""
-        if self.stage != 2:
-            return
+        """Launch the buckets that are still waiting (parameters that got no gradient count as
+        zeros), then get ready for the next backward. Stage 1 inside block_backward_sync: nothing."""
         L = self.layout
-        for b in range(self._next_launch, len(L.buckets)):
-            self._launch(b)
+        if self.stage == 2 or self.sync:
+            for b in range(self._next_launch, len(L.buckets)):
+                self._launch(b)
+            self._reduced = True
         self._next_launch = 0
         self._ready = [0] * len(L.buckets)
         self._seen = [False] * len(self.params)
 
     # ---- the step -------------------------------------------------------------------------------------------
     def reduce_gradients(self):
-        """This rank's shard of the averaged gradients, complete. Stage 1: reduce-scatter the flat
-        gradient buffer, bucket by bucket (all launched, then waited). Stage 2: wait for what the
-        hooks launched."""
-        if self.stage == 1:
-            L = self.layout
-            works = []
-            for bucket in L.buckets:
-                send = self.flat_grad[bucket.offset : bucket.offset + bucket.padded]
-                recv = self.grad_shard[bucket.shard_offset : bucket.shard_offset + bucket.chunk]
-                works.append(self.comm.reduce_scatter(send, recv, op="avg", async_op=True))
-            with self._waiting():
-                for w in works:
-                    w.wait()
-            return
+        """This rank's shard of the averaged gradients, complete: wait for what backward launched.
+        Stage 1 when no backward reduced this step (every one ran under block_backward_sync, or
+        backward did not go through the strategy): reduce-scatter the flat gradient buffer now."""
+        if self.stage == 1 and not self._reduced:
+            for b in range(len(self.layout.buckets)):
+                self._launch(b)
         while self._inflight:
             self._finish_oldest()
+        self._reduced = False
 
     def _groups(self, optimizer):
         """[(group, (params, grads, exp_avgs, exp_avg_sqs))] of views into this rank's shard, per
@@ -686,6 +701,20 @@ class ZeroStrategy(ParallelStrategy):
             max_inflight=self.max_inflight,
         )
         self._memory_logged = False
+
+    @contextlib.contextmanager
+    def block_backward_sync(self):
+        """Gradient accumulation's early micro-batches: stage 1 accumulates locally and reduces at
+        the last one; stage 2 still reduces every micro-batch (it keeps no full gradient to add to)."""
+        engine = self._engine
+        if engine is None:
+            yield
+            return
+        prev, engine.sync = engine.sync, False
+        try:
+            yield
+        finally:
+            engine.sync = prev
 
     def connect_optimizers(self, optimizers):
         """Check at once that the optimizer is one ZeRO can shard (AdamW/Adam over the module's parameters)."""
