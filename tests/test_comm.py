@@ -106,10 +106,13 @@ def test_singleton_without_launcher():
     code = (
         "import numpy as np\nfrom dutycycle import _C\nc = _C.Comm()\nassert (c.rank, c.size) == (0, 1)\n"
         "a = np.arange(4.0); c.all_reduce(a, op='avg'); assert (a == np.arange(4.0)).all()\n"
-        "g = np.zeros(4); c.all_gather(a, g); assert (g == a).all()\nc.barrier(); c.close(); print('SINGLE OK')\n"
+        "g = np.zeros(4); c.all_gather(a, g); assert (g == a).all()\nc.barrier(); c.close()\n"
+        "assert c.timeout == 2.5, c.timeout  # DUTYCYCLE_COMM_TIMEOUT\n"
+        "c2 = _C.Comm(timeout=7); assert c2.timeout == 7.0; c2.all_reduce(a); c2.close()  # a second one after close\n"
+        "print('SINGLE OK')\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env(),
-                       start_new_session=True)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=_env({"DUTYCYCLE_COMM_TIMEOUT": "2.5"}), start_new_session=True)
     assert p.returncode == 0 and "SINGLE OK" in p.stdout, p.stdout + p.stderr
 
 
@@ -161,6 +164,8 @@ def test_async_all_reduce_overlaps_compute():
 DESYNC_CASES = {
     "desync-size": (4, ["all_reduce #1 (float32 x 4, sum)", "rank 1 issued all_reduce #1 (float32 x 5, sum)",
                         "ranks 0,2,3 issued"]),
+    "desync-big": (2, ["rank 0 issued all_reduce #1 (float32 x 4, sum)",
+                       "rank 1 issued all_reduce #1 (float32 x 65536, sum)"]),
     "desync-op": (2, ["rank 0 issued broadcast #1", "rank 1 issued all_reduce #1"]),
     "desync-dtype": (2, ["rank 0 issued all_reduce #1 (float32 x 4", "rank 1 issued all_reduce #1 (float64 x 4"]),
     "desync-skip": (3, ["ranks 0,2 issued all_reduce #1", "rank 1 issued all_gather #1"]),

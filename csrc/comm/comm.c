@@ -1213,6 +1213,14 @@ size_t dc_comm_events(dc_comm *c, dc_comm_event *out, size_t max, int clear)
     return n;
 }
 
+size_t dc_comm_event_count(dc_comm *c)
+{
+    pthread_mutex_lock(&c->mu);
+    size_t n = c->ev_count;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
 void dc_comm_get_stats(dc_comm *c, dc_comm_stats *out)
 {
     pthread_mutex_lock(&c->mu);
