@@ -140,6 +140,7 @@ struct dc_comm {
     double timeout_s;
     double dead_after_s; /* a silent remote peer counts as dead after this */
     double hb_period_s;
+    int64_t spin_ns, sleep_max_ns; /* the progress thread's polling: yields first, then sleeps up to this */
     int check_desync;
     int host_buffers; /* the data backend works on host memory (payloads may ride in the fp slot) */
 

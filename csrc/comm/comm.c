@@ -777,16 +777,17 @@ static void *progress_main(void *arg)
             backoff_ns = 0;
             continue;
         }
-        /* Nothing moved: poll again after a growing pause. The first ones are yields (the
-         * transport progresses only inside our test calls), then sleeps up to 200 us so a rank
-         * that waits long does not take the cores its compute threads need. */
+        /* Nothing moved: poll again after a growing pause. For the first 200 us yields (the
+         * transport progresses only inside our test calls, and a collective's partner is usually
+         * that close), then sleeps up to 50 us, so a rank that waits long leaves the cores to its
+         * compute threads (DUTYCYCLE_COMM_SPIN_US / _SLEEP_MAX_US tune both). */
         pthread_mutex_unlock(&c->mu);
-        if (backoff_ns < 20000) {
+        if (backoff_ns < c->spin_ns) {
             sched_yield();
             backoff_ns += 1000;
         } else {
             sleep_ns(backoff_ns);
-            backoff_ns = backoff_ns * 2 > 200000 ? 200000 : backoff_ns * 2;
+            backoff_ns = backoff_ns * 2 > c->sleep_max_ns ? c->sleep_max_ns : backoff_ns * 2;
         }
         pthread_mutex_lock(&c->mu);
     }
@@ -1052,6 +1053,8 @@ dc_status dc_comm_init(dc_comm **out, const char *backend, double timeout_s)
     c->timeout_s = timeout_s > 0 ? timeout_s : env_seconds("DUTYCYCLE_COMM_TIMEOUT", 600.0);
     c->dead_after_s = env_seconds("DUTYCYCLE_COMM_DEAD_AFTER", 30.0);
     c->hb_period_s = env_seconds("DUTYCYCLE_COMM_HEARTBEAT", 1.0);
+    c->spin_ns = (int64_t)(env_seconds("DUTYCYCLE_COMM_SPIN_US", 200) * 1e3);
+    c->sleep_max_ns = (int64_t)(env_seconds("DUTYCYCLE_COMM_SLEEP_MAX_US", 50) * 1e3);
     const char *chk = getenv("DUTYCYCLE_COMM_DESYNC_CHECK"); /* for measuring its cost only */
     c->check_desync = !(chk && !strcmp(chk, "0"));
     c->st.desync_check_enabled = c->check_desync;
