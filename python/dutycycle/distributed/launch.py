@@ -52,8 +52,10 @@ def build_command(nprocs, target, *, hosts=None, timeout=None, threads=None, mpi
                   env=None, is_root=None, cores=None, mpirun="mpirun"):
     """(argv, env) that start `target` (["script.py", args...] or ["-m", "module", args...]) on
     `nprocs` ranks under mpirun. env is a full environment: `env` (os.environ by default) plus
-    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (unless already set), DUTYCYCLE_COMM_TIMEOUT (with
-    `timeout`) and PYTHONUNBUFFERED; each is exported to remote hosts with -x."""
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (unless already set) and DUTYCYCLE_COMM_TIMEOUT (with
+    `timeout`); each is exported to remote hosts with -x. (No PYTHONUNBUFFERED: it makes print()
+    write the text and its newline separately, and two ranks' lines then merge; the shim makes
+    stdout/stderr line-buffered instead.)"""
     if not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"number of ranks must be a positive integer, got {nprocs!r}")
     if not target:
@@ -82,7 +84,6 @@ def build_command(nprocs, target, *, hosts=None, timeout=None, threads=None, mpi
         if float(timeout) <= 0:
             raise ValueError(f"--timeout must be positive seconds, got {timeout!r}")
         exports["DUTYCYCLE_COMM_TIMEOUT"] = f"{float(timeout):g}"
-    env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(exports)
     for name in sorted(set(exports) | {"PYTHONUNBUFFERED", "PYTHONPATH", "OMP_NUM_THREADS", "DUTYCYCLE_COMM_TIMEOUT",
                                         SELF_LAUNCH_MARKER}):
