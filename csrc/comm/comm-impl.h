@@ -32,6 +32,27 @@ typedef struct {
     int64_t seq, count;
 } dc_fingerprint;
 
+/* The fingerprint exchange: one fixed-size slot per rank, reduced by dc_fp_slot_combine (an
+ * all-reduce on the control communicator). Every rank sends the same size whatever its collective,
+ * so the exchange itself can't desynchronise. Small host all_reduce/broadcast payloads travel in the
+ * slot (has_data), so for them the check and the collective are one round trip; a barrier is the
+ * exchange alone (an all-reduce synchronises). */
+#define DC_FP_SLOT 1024
+typedef struct {
+    dc_fingerprint fp;
+    int32_t mismatch; /* set by the combine when two fingerprints differed */
+    int32_t has_data; /* data holds a payload (all_reduce: every rank; broadcast: the root) */
+    int32_t nbytes, pad;
+    unsigned char data[DC_FP_SLOT - sizeof(dc_fingerprint) - 16];
+} dc_fp_slot;
+_Static_assert(sizeof(dc_fp_slot) == DC_FP_SLOT, "dc_fp_slot must be DC_FP_SLOT bytes");
+#define DC_FP_INLINE (sizeof(((dc_fp_slot *)0)->data))
+
+/* inout = combine(in, inout): flags a mismatch, else reduces (or, broadcast, carries) the payload. */
+void dc_fp_slot_combine(const dc_fp_slot *in, dc_fp_slot *inout);
+/* buf[k] /= by, for the float dtypes (avg = sum / size). */
+void dc_comm_divide(void *buf, size_t n, dc_dtype dt, double by);
+
 /* What a rank's watchdog tells the others, every heartbeat period and at once on a change. */
 typedef struct {
     int64_t issued;      /* collectives issued: the last one is #issued-1 */
@@ -78,7 +99,8 @@ struct dc_work {
     int busy; /* the transport may still touch the buffers */
     dc_status status;
     dc_fingerprint fp;
-    uint64_t fp_words[2], fp_red[2];
+    int fp_inline; /* the payload travels in the fingerprint slot: no data operation */
+    dc_fp_slot fp_in, fp_out;
     char errmsg[DC_COMM_ERRMAX];
     alignas(16) unsigned char be[128]; /* the backend's per-work state (requests, events) */
 };
@@ -119,6 +141,7 @@ struct dc_comm {
     double dead_after_s; /* a silent remote peer counts as dead after this */
     double hb_period_s;
     int check_desync;
+    int host_buffers; /* the data backend works on host memory (payloads may ride in the fp slot) */
 
     dc_work *head, *tail;
     int64_t coll_seq, p2p_seq, coll_done;
@@ -158,7 +181,7 @@ const char *dc_comm_describe(const dc_fingerprint *fp, char *buf, size_t n);
 /* MPI up (init or adopt), communicators duplicated, rank/size/peers filled. */
 dc_status dc_ctl_init(dc_comm *c, char *err, size_t errn);
 void dc_ctl_free(dc_comm *c, int broken);
-/* Fingerprint exchange of one collective (nonblocking): w->fp_words in, w->fp_red out. */
+/* Fingerprint exchange of one collective (nonblocking): w->fp_in in, w->fp_out out. */
 dc_status dc_ctl_fp_start(dc_comm *c, dc_work *w);
 dc_status dc_ctl_fp_test(dc_comm *c, dc_work *w, int *done);
 /* After a mismatch: every rank's fingerprint into all[size] (polls; bounded by the caller). */

@@ -43,7 +43,8 @@ _Static_assert(sizeof(mpi_work) <= sizeof(((dc_work *)0)->be), "mpi_work must fi
 /* Process-wide MPI state: MPI is initialised once per process and finalised at exit. */
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_owns, g_live, g_broken, g_types_up;
-static MPI_Datatype g_half;
+static MPI_Datatype g_half, g_slot;
+static MPI_Op g_slot_op;
 static MPI_Op g_half_ops[2][3]; /* [float16, bfloat16][sum, max, min] */
 
 static void mpi_errstr(int code, char *buf, size_t n)
@@ -75,11 +76,20 @@ HALF_OP(bf16_sum, dc_bf16_to_f32, dc_f32_to_bf16, x + y)
 HALF_OP(bf16_max, dc_bf16_to_f32, dc_f32_to_bf16, x > y || y != y ? (x != x ? x : (x > y ? x : y)) : y)
 HALF_OP(bf16_min, dc_bf16_to_f32, dc_f32_to_bf16, x < y || y != y ? (x != x ? x : (x < y ? x : y)) : y)
 
+static void slot_combine(void *in, void *inout, int *len, MPI_Datatype *dt)
+{
+    (void)dt;
+    for (int k = 0; k < *len; k++) dc_fp_slot_combine((const dc_fp_slot *)in + k, (dc_fp_slot *)inout + k);
+}
+
 static int types_up_locked(void)
 {
     if (g_types_up) return MPI_SUCCESS;
     int rc = MPI_Type_contiguous(2, MPI_BYTE, &g_half);
     if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&g_half);
+    if (rc == MPI_SUCCESS) rc = MPI_Type_contiguous(DC_FP_SLOT, MPI_BYTE, &g_slot);
+    if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&g_slot);
+    if (rc == MPI_SUCCESS) rc = MPI_Op_create(slot_combine, 1, &g_slot_op);
     MPI_User_function *fns[2][3] = { { f16_sum, f16_max, f16_min }, { bf16_sum, bf16_max, bf16_min } };
     for (int k = 0; k < 2 && rc == MPI_SUCCESS; k++)
         for (int j = 0; j < 3 && rc == MPI_SUCCESS; j++) rc = MPI_Op_create(fns[k][j], 1, &g_half_ops[k][j]);
@@ -269,7 +279,7 @@ static void work_mpi_error(dc_comm *c, dc_work *w, const char *what, int rc)
 
 dc_status dc_ctl_fp_start(dc_comm *c, dc_work *w)
 {
-    int rc = MPI_Iallreduce(w->fp_words, w->fp_red, 2, MPI_UINT64_T, MPI_MAX, CTL(c)->fp, &MW(w)->fpreq);
+    int rc = MPI_Iallreduce(&w->fp_in, &w->fp_out, 1, g_slot, g_slot_op, CTL(c)->fp, &MW(w)->fpreq);
     if (rc == MPI_SUCCESS) return DC_OK;
     work_mpi_error(c, w, "the fingerprint exchange", rc);
     return DC_ERR_COMM;
@@ -395,7 +405,7 @@ void dc_ctl_abort(dc_comm *c)
 
 static dc_status mpi_init(dc_comm *c)
 {
-    (void)c;
+    c->host_buffers = 1;
     return DC_OK;
 }
 static void mpi_free(dc_comm *c)
@@ -464,27 +474,6 @@ nomem : {
 }
 }
 
-static void divide(void *buf, size_t n, dc_dtype dt, double by)
-{
-    switch ((int)dt) {
-    case DC_FLOAT32:
-        for (size_t k = 0; k < n; k++) ((float *)buf)[k] = (float)(((float *)buf)[k] / by);
-        break;
-    case DC_FLOAT64:
-        for (size_t k = 0; k < n; k++) ((double *)buf)[k] /= by;
-        break;
-    case DC_FLOAT16:
-        for (size_t k = 0; k < n; k++)
-            ((uint16_t *)buf)[k] = dc_f32_to_f16((float)(dc_f16_to_f32(((uint16_t *)buf)[k]) / by));
-        break;
-    case DC_BFLOAT16:
-        for (size_t k = 0; k < n; k++)
-            ((uint16_t *)buf)[k] = dc_f32_to_bf16((float)(dc_bf16_to_f32(((uint16_t *)buf)[k]) / by));
-        break;
-    default: break;
-    }
-}
-
 static dc_status mpi_test(dc_comm *c, dc_work *w, int *done)
 {
     mpi_work *m = MW(w);
@@ -526,7 +515,7 @@ static dc_status mpi_test(dc_comm *c, dc_work *w, int *done)
         }
     }
     if (w->red == DC_RED_AVG && (w->op == DC_COLL_ALL_REDUCE || w->op == DC_COLL_REDUCE_SCATTER))
-        divide(w->buf, w->count, w->dt, (double)c->size);
+        dc_comm_divide(w->buf, w->count, w->dt, (double)c->size);
     return DC_OK;
 }
 

@@ -139,6 +139,7 @@ typedef struct {
 /* Copy up to max of the retained events (oldest first, at most the last 65536) into out; returns
  * the number copied. clear != 0 drops the retained events. */
 size_t dc_comm_events(dc_comm *c, dc_comm_event *out, size_t max, int clear);
+size_t dc_comm_event_count(dc_comm *c);
 
 typedef struct {
     int64_t ops; /* operations finished */

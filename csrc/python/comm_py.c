@@ -745,9 +745,11 @@ static PyObject *comm_events(CommObject *self, PyObject *args, PyObject *kw)
     int clear = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:events", kwlist, &clear)) return NULL;
     if (!self->c) return PyList_New(0);
-    dc_comm_event *ev = PyMem_RawMalloc(DC_COMM_EVENTS_MAX * sizeof *ev);
+    size_t cap = dc_comm_event_count(self->c) + 64; /* a few more may finish meanwhile */
+    if (cap > DC_COMM_EVENTS_MAX) cap = DC_COMM_EVENTS_MAX;
+    dc_comm_event *ev = PyMem_RawMalloc(cap * sizeof *ev);
     if (!ev) return PyErr_NoMemory();
-    size_t n = dc_comm_events(self->c, ev, DC_COMM_EVENTS_MAX, clear);
+    size_t n = dc_comm_events(self->c, ev, cap, clear);
     PyObject *list = PyList_New((Py_ssize_t)n);
     for (size_t k = 0; list && k < n; k++) {
         PyObject *d =

@@ -2,6 +2,7 @@
 "<TAG> <rank> <message>" for the test to check, flushed at once (the job may end right after).
 
   desync-size   rank 1 all-reduces 5 elements, the others 4     -> DesyncError on every rank
+  desync-big    rank 1 all-reduces 65536 elements, the others 4
   desync-op     rank 0 broadcasts, the others all-reduce         -> DesyncError on every rank
   desync-dtype  rank 1 all-reduces float64, the others float32   -> DesyncError
   desync-skip   rank 1 skips a collective (then issues the next) -> DesyncError (its #1 is the others' #2)
@@ -18,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+from _say import say as _say
 
 import dutycycle as dc
 from dutycycle import _C
@@ -28,7 +30,7 @@ r, n = c.rank, c.size
 
 
 def say(tag, msg):
-    print(f"{tag} {r} {msg}", flush=True)
+    _say(tag, r, msg)
 
 
 a = np.ones(4, np.float32)
@@ -37,6 +39,8 @@ c.all_reduce(a)  # #0: everyone is up
 try:
     if mode == "desync-size":
         c.all_reduce(np.ones(5 if r == 1 else 4, np.float32))
+    elif mode == "desync-big":  # one side small (rides in the fingerprint slot), the other large
+        c.all_reduce(np.ones(1 << 16 if r == 1 else 4, np.float32))
     elif mode == "desync-op":
         if r == 0:
             c.broadcast(np.ones(4, np.float32), root=0)
