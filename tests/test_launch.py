@@ -93,7 +93,7 @@ def test_command_and_threads_per_rank():
     assert cmd[-6:] == ["/py", "-m", "dutycycle.distributed._shim", "train.py", "--lr", "3"]
     assert env["OMP_NUM_THREADS"] == "2" and env["OPENBLAS_NUM_THREADS"] == "2"  # 8 cores / 4 ranks
     assert "OMP_NUM_THREADS" in cmd and "DUTYCYCLE_COMM_TIMEOUT" not in env
-    assert env["PATH"] == "/usr/bin" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"] == "/usr/bin" and "PYTHONUNBUFFERED" not in env
     assert build(16, ["t.py"])[1]["OMP_NUM_THREADS"] == "1"  # at least one
     assert build(3, ["t.py"], cores=8)[1]["OMP_NUM_THREADS"] == "2"  # floor
 
@@ -180,6 +180,10 @@ def test_failure_summary_names_the_rank():
     ours = "[rank 1] ValueError: x\ndutycycle: rank 1 (host vm) failed: ValueError: x\nMPI_ABORT was invoked on rank 1"
     assert summary(ours) == "dutycycle run: job failed (exit code 1): rank 1 (host vm) failed: ValueError: x"
     assert summary("") == "dutycycle run: job failed (exit code 1)"
+    killed = ("dutycycle: rank 0 (host vm) failed: DistributedError: peer rank 1 (host vm) died\n"
+              "mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 9 (Killed).")
+    assert summary(killed) == \
+        "dutycycle run: job failed (exit code 1): rank 1 on host vm was killed by signal 9 (Killed)"
 
 
 # ---- self_launch's guards -------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ def job_env(**extra):
                                                                 "DUTYCYCLE_SELF_LAUNCHED"):
             del env[k]
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+               OPENBLAS_NUM_THREADS="1")
+    env.pop("PYTHONUNBUFFERED", None)  # print() would write text and newline apart: two ranks' lines merge
     env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -59,15 +60,18 @@ class Result:
         self.rc, self.out, self.err, self.seconds, self.timed_out = rc, out, err, seconds, timed_out
 
     def json_lines(self):
-        """Every stdout line that is a JSON object (the scripts report with print(json.dumps(...)))."""
-        rows = []
+        """Every JSON object printed on stdout (the scripts report with print(json.dumps(...)))."""
+        dec, rows = json.JSONDecoder(), []
         for line in self.out.splitlines():
-            line = line.strip()
-            if line.startswith("{"):
+            i = line.find("{")
+            while i >= 0:
                 try:
-                    rows.append(json.loads(line))
+                    obj, end = dec.raw_decode(line, i)
                 except ValueError:
-                    pass
+                    i = line.find("{", i + 1)
+                    continue
+                rows.append(obj)
+                i = line.find("{", end)
         return rows
 
     def __repr__(self):

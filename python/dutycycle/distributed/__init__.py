@@ -96,6 +96,21 @@ _state = types.SimpleNamespace(comm=None, backend=None)
 _BACKENDS = {"mpi": "mpi", "gloo": "mpi", "nccl": "nccl"}
 
 
+def _install_hooks_for_the_job():
+    """In a multi-rank job, a traceback names its rank even before init_process_group (with no
+    comm yet, the rank exits non-zero and the launcher ends the job)."""
+    try:
+        info = launcher_env()
+    except ValueError:
+        return
+    if info["launcher"] in ("mpirun", "srun") and info["world_size"] > 1 and _failure._state["rank"] is None:
+        _failure.set_job(info["rank"], info["world_size"])
+        _failure.install()
+
+
+_install_hooks_for_the_job()
+
+
 def _check_group(group_arg, fn):
     if group_arg is not None and group_arg is not group.WORLD:
         raise NotImplementedError(f"{fn}: only the default (world) process group exists; pass group=None")

@@ -38,6 +38,11 @@ def main(argv=None):
     os.environ.update(RANK=str(info["rank"]), WORLD_SIZE=str(info["world_size"]),
                       LOCAL_RANK=str(info["local_rank"]), LOCAL_WORLD_SIZE=str(info["local_world_size"]))
     rank_zero_only.rank = info["rank"]
+    for f in (sys.stdout, sys.stderr):  # whole lines reach mpirun as they are printed (one write each)
+        try:
+            f.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
     _failure.set_job(info["rank"], info["world_size"])
     _failure.install()
     try:

@@ -52,8 +52,10 @@ def build_command(nprocs, target, *, hosts=None, timeout=None, threads=None, mpi
                   env=None, is_root=None, cores=None, mpirun="mpirun"):
     """(argv, env) that start `target` (["script.py", args...] or ["-m", "module", args...]) on
     `nprocs` ranks under mpirun. env is a full environment: `env` (os.environ by default) plus
-    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (unless already set), DUTYCYCLE_COMM_TIMEOUT (with
-    `timeout`) and PYTHONUNBUFFERED; each is exported to remote hosts with -x."""
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (unless already set) and DUTYCYCLE_COMM_TIMEOUT (with
+    `timeout`); each is exported to remote hosts with -x. (No PYTHONUNBUFFERED: it makes print()
+    write the text and its newline separately, and two ranks' lines then merge; the shim makes
+    stdout/stderr line-buffered instead.)"""
     if not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"number of ranks must be a positive integer, got {nprocs!r}")
     if not target:
@@ -82,7 +84,6 @@ def build_command(nprocs, target, *, hosts=None, timeout=None, threads=None, mpi
         if float(timeout) <= 0:
             raise ValueError(f"--timeout must be positive seconds, got {timeout!r}")
         exports["DUTYCYCLE_COMM_TIMEOUT"] = f"{float(timeout):g}"
-    env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(exports)
     for name in sorted(set(exports) | {"PYTHONUNBUFFERED", "PYTHONPATH", "OMP_NUM_THREADS", "DUTYCYCLE_COMM_TIMEOUT",
                                         SELF_LAUNCH_MARKER}):
@@ -108,6 +109,7 @@ class FailureSummary:
         self.rank = None
         self.what = None
         self._await_code = None
+        self.killed = None  # (rank, what) of a rank that died of a signal
 
     def feed(self, line):
         m = _OURS.search(line)
@@ -117,9 +119,9 @@ class FailureSummary:
         if m and self.rank is None:
             self.rank, self.what = int(m.group(1)), "called MPI_Abort"
         m = _SIGNAL.search(line)
-        if m and self.rank is None:
+        if m and self.killed is None:
             sig = m.group(3) + (f" ({m.group(4)})" if m.group(4) else "")
-            self.rank, self.what = int(m.group(1)), f"on host {m.group(2)} was killed by signal {sig}"
+            self.killed = (int(m.group(1)), f"on host {m.group(2)} was killed by signal {sig}")
         m = _PROCNAME.search(line)
         if m and self.rank is None:
             self._await_code = int(m.group(1))
@@ -128,6 +130,9 @@ class FailureSummary:
             self.rank, self.what = self._await_code, f"exited with code {m.group(1)}"
 
     def text(self, returncode):
+        # A rank killed by a signal is the root cause: the others then fail with "peer died" reports.
+        if self.killed:
+            return f"dutycycle run: job failed (exit code {returncode}): rank {self.killed[0]} {self.killed[1]}"
         if self.reason:
             return f"dutycycle run: job failed (exit code {returncode}): {self.reason}"
         if self.rank is not None:
