@@ -375,10 +375,12 @@ def test_mid_epoch_resume_continues_exactly(tmp_path):
         t.fit(model, DataLoader(dataset(), batch_size=4, shuffle=True), ckpt_path=ckpt_path)
         return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
 
-    whole = run_ranks(2, lambda comm: fit(comm, Regressor(), 18))
-    run_ranks(2, lambda comm: fit(comm, Regressor(), 7, ckpt_dir=str(tmp_path)))
+    # models are built here, not on the rank threads: their init draws from the one global generator
+    m = [Regressor() for _ in range(6)]
+    whole = run_ranks(2, lambda comm: fit(comm, m[comm.rank], 18))
+    run_ranks(2, lambda comm: fit(comm, m[2 + comm.rank], 7, ckpt_dir=str(tmp_path)))
     resumed = run_ranks(
-        2, lambda comm: fit(comm, Regressor(), 18, ckpt_dir=str(tmp_path), ckpt_path=str(tmp_path / "last.ckpt"))
+        2, lambda comm: fit(comm, m[4 + comm.rank], 18, ckpt_dir=str(tmp_path), ckpt_path=str(tmp_path / "last.ckpt"))
     )
     for r in range(2):
         assert rel_err(resumed[r], whole[r]) == 0.0
