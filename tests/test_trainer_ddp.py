@@ -384,3 +384,24 @@ def test_mid_epoch_resume_continues_exactly(tmp_path):
     )
     for r in range(2):
         assert rel_err(resumed[r], whole[r]) == 0.0
+
+
+def test_checkpoint_decisions_agree_when_the_monitored_metric_differs_per_rank(tmp_path):
+    """`local_loss` is not synced: the ranks disagree on the top-k; they must still call
+    save_checkpoint (a barrier) together, and only rank 0 writes."""
+    models = [Regressor() for _ in range(2)]
+
+    def rank(comm):
+        s = DDPStrategy()
+        s._dc_comm = comm
+        ck = L.callbacks.ModelCheckpoint(
+            dirpath=str(tmp_path), monitor="local_loss", save_top_k=2, every_n_train_steps=1, save_last="link"
+        )
+        t = L.Trainer(strategy=s, max_steps=10, logger=False, callbacks=[ck], enable_progress_bar=False)
+        t.fit(models[comm.rank], DataLoader(dataset(), batch_size=4))
+        return ck._last_global_step_saved
+
+    saved = run_ranks(2, rank)
+    assert saved[0] == saved[1] > 0, saved
+    files = sorted(os.listdir(tmp_path))
+    assert "last.ckpt" in files and len([f for f in files if f.startswith("epoch=")]) == 2
