@@ -4,8 +4,8 @@ PyTorch's DDP reducer, in Python over `_C.Comm` (the collectives themselves run 
 comm's progress thread, so they advance while backward keeps computing):
 
 - Buckets. Parameters are grouped, in REVERSE registration order (the last layers' gradients are
-  ready first), into flat buffers: the first bucket holds up to 1 MB, the others up to
-  `bucket_cap_mb` (25 MB). A bucket holds one dtype. After the first backward the buckets are
+  ready first), into flat buffers: as in torch, a bucket closes once it holds >= 1 MB (the first)
+  or >= `bucket_cap_mb` (25 MB, the others). A bucket holds one dtype. After the first backward the buckets are
   rebuilt once, in the order the gradients really became ready (rank 0's order, broadcast, so
   every rank has the same layout), unless find_unused_parameters is on without static_graph.
 - Readiness. Each parameter's post-accumulate-grad hook (the engine calls it the moment .grad is
