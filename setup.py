@@ -109,6 +109,7 @@ if WITH_CUDA:
     home = cuda_home()
     define_macros.append(("DC_WITH_CUDA", "1"))
     lib64 = os.path.join(home, "lib64")
+    include_dirs.append(os.path.join(home, "include"))  # cuda_runtime.h, nccl.h (csrc/comm/comm-nccl.c)
     library_dirs.append(lib64)
     runtime_dirs.append(lib64)
     libraries += ["cudart", "cublasLt", "cudnn", "nccl", "stdc++"]

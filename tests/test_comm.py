@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,27 +36,37 @@ def _env(extra=None):
     return env
 
 
+class Out(str):
+    """mpirun's combined output, plus `.results`: the workers' result lines (from their files)."""
+
+    results = ""
+
+
 def run_mpi(n, script, *args, timeout=120, env=None):
     """Run `mpirun -n n python script args` in its own process group; kill the group on timeout.
-    Returns (returncode, combined output, seconds)."""
+    Returns (returncode, output, seconds); output.results holds the ranks' result lines."""
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(n), sys.executable,
            os.path.join(WORKERS, script), *args]
-    t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(env),
-                         start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"{script} {args} under mpirun -n {n} did not end within {timeout} s:\n{out[-4000:]}")
-    return p.returncode, out, time.monotonic() - t0
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=_env(dict(env or {}, COMM_OUT=d)), start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            pytest.fail(f"{script} {args} under mpirun -n {n} did not end within {timeout} s:\n{out[-4000:]}")
+        secs = time.monotonic() - t0
+        out = Out(out)
+        out.results = "".join(open(os.path.join(d, f)).read() for f in sorted(os.listdir(d)))
+    return p.returncode, out, secs
 
 
 def lines(out, tag):
-    """{rank: message} of the worker lines "TAG rank message"."""
+    """{rank: message} of the workers' result lines "TAG rank message"."""
     got = {}
-    for m in re.finditer(rf"^{tag} (\d+) ?(.*)$", out, re.M):
+    for m in re.finditer(rf"^{tag} (\d+) ?(.*)$", out.results, re.M):
         got[int(m.group(1))] = m.group(2)
     return got
 
@@ -169,7 +180,7 @@ def test_desync_is_reported_with_both_sides(mode):
             assert w in msg, (w, msg)
     assert sorted(lines(out, "STILL")) == list(range(n)), out[-4000:]  # the comm stays failed
     assert sorted(lines(out, "CLOSED")) == list(range(n)), out[-4000:]
-    assert "NOERROR" not in out
+    assert "NOERROR" not in out.results
     assert secs < 60
 
 
@@ -207,4 +218,4 @@ def test_killed_rank_is_named_and_nobody_hangs():
     ours = re.search(r"peer rank 1 \(host [^,]+, pid \d+\) died", out)
     mpiruns = re.search(r"process rank 1 .* exited on signal 9", out)
     assert ours or mpiruns, out[-4000:]
-    assert "NOERROR" not in out
+    assert "NOERROR" not in out.results

@@ -210,3 +210,36 @@ def test_default_comm_is_initialised_lazily_under_a_launcher():
     r = harness.run(harness.mpirun_cmd(2, "-c", code), timeout=60)
     assert r.rc == 0, r
     assert r.json_lines() == [{"size": 2, "v": 2.0}] * 2
+
+
+@needs_job
+def test_pytorch_tensors_through_dlpack():
+    pytest.importorskip("torch")
+    r = harness.run(harness.mpirun_cmd(2, harness.script("torch_plain.py")), timeout=120)
+    assert r.rc == 0, r
+    rows = sorted(r.json_lines(), key=lambda x: x["rank"])
+    # d(sum(Wx + b))/dW = sum of the batch's x: 8 * (rank + 1) per weight, averaged over ranks 1 and 2
+    for x in rows:
+        assert x["grad"] == [[12.0] * 4] and x["bias"] == [8.0]
+        assert x["gathered"] == [[0.0, 1.0], [1.0, 1.0]]
+
+
+@needs_job
+def test_one_process_without_a_launcher_is_a_world_of_one():
+    code = ("import datetime, numpy as np, dutycycle.distributed as d\n"
+            "c = d._default_comm()\n"
+            "a = np.ones(2); d.all_reduce(a); assert a.tolist() == [1.0, 1.0]\n"
+            "assert (d.get_rank(), d.get_world_size(), d.get_local_rank()) == (0, 1, 0)\n"
+            "assert c.timeout == 600.0\n"
+            "d.destroy_process_group(); assert not d.is_initialized()\n"
+            "d.init_process_group('gloo', timeout=datetime.timedelta(seconds=42))\n"
+            "assert d._default_comm().timeout == 42.0 and d.get_backend() == 'gloo'\n"
+            "d.destroy_process_group()\n"
+            "print('{\"ok\": 1}')\n")
+    r = harness.run([sys.executable, "-c", code], timeout=60)
+    assert r.rc == 0, r
+    assert r.json_lines() == [{"ok": 1}]
+    r = harness.run([sys.executable, "-c", "import dutycycle.distributed as d; d.init_process_group(); "
+                     "print('{\"t\": %g}' % d._default_comm().timeout)"], timeout=60,
+                    env=harness.job_env(DUTYCYCLE_COMM_TIMEOUT=7))
+    assert r.rc == 0 and r.json_lines() == [{"t": 7.0}], r

@@ -47,8 +47,9 @@ def test_an_exception_in_a_thread_ends_the_job():
 @pytest.mark.parametrize("launcher", ["mpirun", "dutycycle run"])
 def test_a_killed_rank_ends_the_job(launcher):
     r, host = job("kill", 1, launcher=launcher)
-    assert re.search(rf"rank 1\b.*{re.escape(host[1])}|{re.escape(host[1])}.*rank 1\b", r.err), r
-    assert "signal 9" in r.err or "died" in r.err or "Killed" in r.err, r
+    # mpirun's report, and (when the comm noticed first) the surviving rank's "peer rank 1 (host H) died"
+    assert re.search(rf"process rank 1 with PID \d+ on node {re.escape(host[1])} exited on signal 9", r.err) or \
+        f"peer rank 1 (host {host[1]}" in r.err, r
     if launcher == "dutycycle run":
         last = r.err.strip().splitlines()[-1]
         want = f"rank 1 on host {host[1]} was killed by signal 9 (Killed)"
@@ -57,17 +58,17 @@ def test_a_killed_rank_ends_the_job(launcher):
 
 def test_a_hanging_rank_is_named_by_the_watchdog():
     r, host = job("hang", 1, n=3, DUTYCYCLE_COMM_TIMEOUT=5)
-    assert "CollectiveTimeoutError" in r.err, r
-    # the lagging rank, the collective and its sequence number (the 4th collective: #3 from 0, #4 from 1)
-    m = re.search(r"rank 1\b[^\n]*all_reduce #(\d+)|all_reduce #(\d+)[^\n]*rank 1\b", r.err)
-    assert m, r
-    assert int(m.group(1) or m.group(2)) in (3, 4), r
+    line = next((ln for ln in r.err.splitlines() if "CollectiveTimeoutError:" in ln), None)
+    assert line, r
+    # the collective and its sequence number (the 4th: #3), the lagging rank and its host, what the others wait in
+    assert "all_reduce #3" in line and f"lagging: rank 1 (host {host[1]}" in line, line
+    assert "ranks 0,2 are waiting in all_reduce #3" in line, line
     assert r.seconds < 5 + 30, r
 
 
 def test_a_desync_is_reported_with_both_sides():
     r, host = job("desync", 1)
     assert "DesyncError" in r.err, r
-    line = next(ln for ln in r.err.splitlines() if "DesyncError" in ln)
-    assert "1000" in line and "1001" in line, line
-    assert "all_reduce" in line, line
+    line = next(ln for ln in r.err.splitlines() if "DesyncError:" in ln)
+    assert "rank 0 issued all_reduce #3 (float32 x 1000, sum)" in line, line
+    assert "rank 1 issued all_reduce #3 (float32 x 1001, sum)" in line, line

@@ -180,6 +180,10 @@ def test_failure_summary_names_the_rank():
     ours = "[rank 1] ValueError: x\ndutycycle: rank 1 (host vm) failed: ValueError: x\nMPI_ABORT was invoked on rank 1"
     assert summary(ours) == "dutycycle run: job failed (exit code 1): rank 1 (host vm) failed: ValueError: x"
     assert summary("") == "dutycycle run: job failed (exit code 1)"
+    killed = ("dutycycle: rank 0 (host vm) failed: DistributedError: peer rank 1 (host vm) died\n"
+              "mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 9 (Killed).")
+    assert summary(killed) == \
+        "dutycycle run: job failed (exit code 1): rank 1 on host vm was killed by signal 9 (Killed)"
 
 
 # ---- self_launch's guards -------------------------------------------------------------------------------

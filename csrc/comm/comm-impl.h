@@ -87,7 +87,10 @@ struct dc_work {
 typedef struct {
     const char *name;
     dc_status (*init)(dc_comm *c); /* after the control plane is up */
-    void (*free)(dc_comm *c);      /* broken != 0: the transport may be stuck; release what is safe */
+    void (*free)(dc_comm *c);      /* c->err set: the transport may be stuck; release what is safe */
+    /* In the caller's thread when the work is issued (may be NULL): e.g. mark the compute stream.
+     * Called without c->mu, before the work is queued; a failure fails the call, nothing queued. */
+    dc_status (*issue)(dc_comm *c, dc_work *w);
     dc_status (*start)(dc_comm *c, dc_work *w);
     dc_status (*test)(dc_comm *c, dc_work *w, int *done);
     void (*abort)(dc_comm *c); /* unblock stuck operations after the communicator broke; may be NULL */

@@ -182,6 +182,16 @@ static void work_unref_locked(dc_work *w)
 /* Validate, number and enqueue w (allocated by the caller, refs = 2); wait for it when !out. */
 static dc_status submit(dc_comm *c, dc_work *w, dc_work **out)
 {
+    if (c->be->issue) {
+        dc_status ist = c->be->issue(c, w);
+        if (ist) {
+            char m[DC_COMM_ERRMAX];
+            snprintf(m, sizeof m, "%s", dc_last_error());
+            free(w);
+            if (out) *out = NULL;
+            return arg_error(c, ist, "%s", m);
+        }
+    }
     pthread_mutex_lock(&c->mu);
     if (c->err || c->closed) {
         dc_status st = c->err ? c->err : DC_ERR_COMM;

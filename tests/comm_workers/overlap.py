@@ -5,6 +5,7 @@ import json
 import time
 
 import numpy as np
+from _say import say
 
 from dutycycle import _C
 
@@ -26,6 +27,6 @@ completed_during = w.is_completed()
 w.wait()
 ev = [e for e in c.events() if e["seq"] == w.seq and e["op"] == "all_reduce"][0]
 assert (a == c.size * (c.size + 1) / 2).all()
-print("OVERLAP", r, json.dumps(dict(ev, t0=t0, compute_end=t_end, completed_during=completed_during,
-                                    w_started=w.started_ns, w_finished=w.finished_ns)), flush=True)
+say("OVERLAP", r, json.dumps(dict(ev, t0=t0, compute_end=t_end, completed_during=completed_during,
+                                    w_started=w.started_ns, w_finished=w.finished_ns)))
 c.close()

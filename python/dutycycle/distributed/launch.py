@@ -108,6 +108,7 @@ class FailureSummary:
         self.rank = None
         self.what = None
         self._await_code = None
+        self.killed = None  # (rank, what) of a rank that died of a signal
 
     def feed(self, line):
         m = _OURS.search(line)
@@ -117,9 +118,9 @@ class FailureSummary:
         if m and self.rank is None:
             self.rank, self.what = int(m.group(1)), "called MPI_Abort"
         m = _SIGNAL.search(line)
-        if m and self.rank is None:
+        if m and self.killed is None:
             sig = m.group(3) + (f" ({m.group(4)})" if m.group(4) else "")
-            self.rank, self.what = int(m.group(1)), f"on host {m.group(2)} was killed by signal {sig}"
+            self.killed = (int(m.group(1)), f"on host {m.group(2)} was killed by signal {sig}")
         m = _PROCNAME.search(line)
         if m and self.rank is None:
             self._await_code = int(m.group(1))
@@ -128,6 +129,9 @@ class FailureSummary:
             self.rank, self.what = self._await_code, f"exited with code {m.group(1)}"
 
     def text(self, returncode):
+        # A rank killed by a signal is the root cause: the others then fail with "peer died" reports.
+        if self.killed:
+            return f"dutycycle run: job failed (exit code {returncode}): rank {self.killed[0]} {self.killed[1]}"
         if self.reason:
             return f"dutycycle run: job failed (exit code {returncode}): {self.reason}"
         if self.rank is not None:
