@@ -350,7 +350,8 @@ def test_mpi_first_bucket_all_reduce_starts_before_backward_ends(n):
     r = result_of(mpirun(n, WORKER, "overlap", "6", timeout=240))
     print(
         f"\noverlap n={n}: first bucket started {r['job_margin_ms']} ms before the last rank's backward ended "
-        f"({r['frac_of_backward']} of backward); per rank {r['margin_ms_per_rank']}; buckets {r['buckets']}"
+        f"({r['frac_of_backward']} of backward); per rank {r['margin_ms_per_rank']}; buckets {r['buckets']}; "
+        f"share of rank 0's all-reduce time hidden behind backward {r['hidden_share_rank0']}"
     )
     assert r["enqueued_before_end"], r  # every rank issues its first bucket during its backward
     assert r["started_before_end"], r  # and it runs while backward is still going on somewhere

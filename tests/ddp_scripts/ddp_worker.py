@@ -149,6 +149,7 @@ def main():
         opt = dc.optim.SGD(ddp.parameters(), lr=1e-3)
         x = dc.randn(256, width)
         rows = []  # per step: t0, first bucket enqueued, started, finished, backward end, backward returned
+        hidden = []  # per step: the share of this rank's all-reduce time that ran before backward ended
         for step in range(steps):
             opt.zero_grad()
             loss = ddp(x).pow(2).mean()
@@ -162,6 +163,7 @@ def main():
             opt.step()
             if step == 0:
                 continue  # the first pass rebuilds the buckets
+            hidden.append(lp["hidden_share"])
             rows.append([t0, first["enqueued_ns"], first["started_ns"], first["finished_ns"],
                          lp["backward_end_ns"], t_ret])
         mine = np.array(rows, dtype=np.int64)  # (steps - 1, 6)
@@ -176,6 +178,7 @@ def main():
             backward_ms_per_rank=((end - t0) / 1e6).round(3).tolist(),
             job_margin_ms=job_margin.round(3).tolist(),
             frac_of_backward=(job_margin / ((end.max(0) - t0.min(0)) / 1e6)).round(3).tolist(),
+            hidden_share_rank0=[round(h, 3) for h in hidden],
             started_before_end=bool((job_margin > 0).all()),
             enqueued_before_end=bool((end > enq).all()),
         )

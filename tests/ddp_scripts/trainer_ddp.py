@@ -67,6 +67,7 @@ def main():
         accumulate_grad_batches=args.accumulate,
         logger=L.loggers.CSVLogger(os.path.join(args.out, "logs")),
         enable_checkpointing=True,
+        callbacks=[L.callbacks.LearningRateMonitor(logging_interval="step")],  # logs from every rank
         default_root_dir=args.out,
         log_every_n_steps=1,
         enable_progress_bar=False,

@@ -283,7 +283,10 @@ class ModelCheckpoint(Checkpoint):
             return True
         kth = to_float(self.best_k_models[self.kth_best_model_path])
         cur = to_float(current)
-        return cur < kth if self.mode == "min" else cur > kth
+        better = cur < kth if self.mode == "min" else cur > kth
+        # several ranks: every rank must take the same decision (trainer.save_checkpoint is a
+        # collective: a barrier), so all ranks agree to save only when all of them would (Lightning)
+        return _agree(trainer, better)
 
     def _monitor_candidates(self, trainer):
         """callback_metrics plus "epoch" and "step" (ints)."""
@@ -376,7 +379,11 @@ class ModelCheckpoint(Checkpoint):
                 version += 1
         previous, self.last_model_path = self.last_model_path, filepath
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
-            self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
+            if getattr(trainer, "is_global_zero", True):  # rank 0 owns the files
+                self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
+            strategy = getattr(trainer, "strategy", None)
+            if strategy is not None:
+                strategy.barrier("ModelCheckpoint._link_checkpoint")
         else:
             self._save_checkpoint(trainer, filepath)
         if previous and self._should_remove_checkpoint(trainer, previous, filepath):
@@ -540,7 +547,12 @@ class ModelCheckpoint(Checkpoint):
             rank_zero_warn(f"Checkpoint directory {dirpath} exists and is not empty.")
 
     def file_exists(self, filepath, trainer):
-        return os.path.lexists(filepath)
+        """Whether filepath exists, as rank 0 sees it (so every rank picks the same file name)."""
+        exists = os.path.lexists(filepath)
+        strategy = getattr(trainer, "strategy", None)
+        if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+            exists = bool(strategy.broadcast(exists))
+        return exists
 
     def to_yaml(self, filepath=None):
         """Write ``best_k_models`` (path -> score) to ``<dirpath>/best_k_models.yaml``."""
@@ -559,3 +571,11 @@ def _metric_value(v):
         x = v.item()
         return x
     return to_float(v)
+
+
+def _agree(trainer, decision):
+    """decision, reduced over ranks (True only when every rank decided True); one process: itself."""
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None or getattr(strategy, "world_size", 1) <= 1:
+        return bool(decision)
+    return strategy.reduce_boolean_decision(bool(decision), all=True)

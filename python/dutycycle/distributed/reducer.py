@@ -4,8 +4,8 @@ PyTorch's DDP reducer, in Python over `_C.Comm` (the collectives themselves run 
 comm's progress thread, so they advance while backward keeps computing):
 
 - Buckets. Parameters are grouped, in REVERSE registration order (the last layers' gradients are
-  ready first), into flat buffers: the first bucket holds up to 1 MB, the others up to
-  `bucket_cap_mb` (25 MB). A bucket holds one dtype. After the first backward the buckets are
+  ready first), into flat buffers: as in torch, a bucket closes once it holds >= 1 MB (the first)
+  or >= `bucket_cap_mb` (25 MB, the others). A bucket holds one dtype. After the first backward the buckets are
   rebuilt once, in the order the gradients really became ready (rank 0's order, broadcast, so
   every rank has the same layout), unless find_unused_parameters is on without static_graph.
 - Readiness. Each parameter's post-accumulate-grad hook (the engine calls it the moment .grad is
@@ -23,8 +23,9 @@ comm's progress thread, so they advance while backward keeps computing):
   "comm wait") and copies the averages back into .grad (or leaves them in place: bucket views).
 - no_sync(): hooks only record use; the gradients accumulate locally and the first backward
   outside the context reduces the accumulated .grad.
-- Timestamps (time.monotonic_ns, the comm's clock) of every launch and of the end of the backward
-  pass are kept per pass (`last_pass`), for the overlap test and the benchmark.
+- Timestamps (time.monotonic_ns, the comm's clock) of every launch, of each bucket's all-reduce
+  (started, finished) and of the end of the backward pass are kept per pass (`last_pass`), with
+  `hidden_share`: the share of the all-reduce time that ran before backward ended.
 """
 
 from __future__ import annotations
@@ -273,10 +274,12 @@ class Reducer:
             used_work = self.comm.all_reduce(used_map, op="max", async_op=True)
         else:
             used_work = None
+        spans = []
         with self._wait_ctx():
             t_wait = time.monotonic_ns()
             for b in self.buckets:
                 b.work.wait()
+                spans.append((getattr(b.work, "started_ns", 0), getattr(b.work, "finished_ns", 0)))
                 b.work = None
             if used_work is not None:
                 used_work.wait()
@@ -302,6 +305,8 @@ class Reducer:
             "wait_start_ns": t_wait,
             "wait_end_ns": t_done,
             "buckets": len(self.buckets),
+            "bucket_spans_ns": spans,  # (started, finished) of each bucket's all-reduce (comm clock)
+            "hidden_share": _hidden_share(spans, t_end),
         }
         self.passes += 1
         self._maybe_rebuild()
@@ -344,3 +349,22 @@ class Reducer:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _hidden_share(spans, t_end):
+    """Share of the time the buckets' all-reduces ran (union of their spans) that lay before the end
+    of backward, i.e. was hidden behind compute; None without timestamps."""
+    spans = sorted((a, b) for a, b in spans if a and b and b >= a)
+    if not spans:
+        return None
+    busy = hidden = 0
+    cur_a, cur_b = spans[0]
+    for a, b in spans[1:] + [(None, None)]:
+        if a is not None and a <= cur_b:
+            cur_b = max(cur_b, b)
+            continue
+        busy += cur_b - cur_a
+        hidden += max(0, min(cur_b, t_end) - cur_a)
+        if a is not None:
+            cur_a, cur_b = a, b
+    return hidden / busy if busy > 0 else None

@@ -17,6 +17,7 @@ from .logger import (
     _VersionedFolderLogger,
     _warn,
     rank_zero_experiment,
+    rank_zero_only,
 )
 
 
@@ -110,9 +111,11 @@ class CSVLogger(_VersionedFolderLogger):
             self._experiment = ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
+    @rank_zero_only
     def log_hyperparams(self, params=None, *args, **kwargs):
         self.experiment.log_hparams(_convert_params(params))
 
+    @rank_zero_only
     def log_metrics(self, metrics, step=None):
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         if step is None:
@@ -121,10 +124,12 @@ class CSVLogger(_VersionedFolderLogger):
         if (step + 1) % self._flush_logs_every_n_steps == 0:
             self.save()
 
+    @rank_zero_only
     def save(self):
         super().save()
         self.experiment.save()
 
+    @rank_zero_only
     def finalize(self, status):
         if self._experiment is None:
             return  # nothing was logged: create no folder

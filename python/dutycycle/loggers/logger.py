@@ -13,11 +13,50 @@ from argparse import Namespace
 from enum import Enum
 
 
+def _global_rank():
+    """This process's global rank (dutycycle.distributed.rank_zero_only.rank: from the launcher's
+    environment, then from the process group); 0 when there is no distributed layer."""
+    try:
+        from ..distributed.rank_zero import rank_zero_only
+    except ImportError:
+        return 0
+    return getattr(rank_zero_only, "rank", 0) or 0
+
+
+def rank_zero_only(fn):
+    """Lightning's decorator for logger methods: run on global rank 0, return None on the others
+    (several ranks would otherwise write the same files)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        if _global_rank() == 0:
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapped
+
+
+class _DummyExperiment:
+    """What ``experiment`` is on ranks other than 0: every method call does nothing."""
+
+    def nop(self, *args, **kwargs):
+        return None
+
+    def __getattr__(self, _):
+        return self.nop
+
+    def __getitem__(self, idx):
+        return self
+
+
 def rank_zero_experiment(fn):
-    """Lightning's decorator for the ``experiment`` property; one process here, so it is the identity."""
+    """Lightning's decorator for the ``experiment`` property: the real one on global rank 0, a
+    do-nothing stand-in on the others."""
 
     @functools.wraps(fn)
     def experiment(self):
+        if _global_rank() != 0:
+            return _DummyExperiment()
         return fn(self)
 
     return experiment

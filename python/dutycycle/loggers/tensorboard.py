@@ -29,6 +29,7 @@ from .logger import (
     _to_python_scalar,
     _VersionedFolderLogger,
     rank_zero_experiment,
+    rank_zero_only,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +318,7 @@ class TensorBoardLogger(_VersionedFolderLogger):
             self._experiment = SummaryWriter(self.log_dir, self._flush_secs, self._filename_suffix)
         return self._experiment
 
+    @rank_zero_only
     def log_hyperparams(self, params, metrics=None):
         """Record hyper-parameters: hparams.yaml at ``save()`` and the hparams plugin summaries now;
         ``hp_metric = -1`` is logged at step 0 unless ``default_hp_metric=False`` (as Lightning)."""
@@ -333,6 +335,7 @@ class TensorBoardLogger(_VersionedFolderLogger):
         for s in hparams_summaries(flat, list(metrics)):
             writer.add_summary(s, 0)
 
+    @rank_zero_only
     def log_metrics(self, metrics, step=None):
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         for k, v in metrics.items():
@@ -348,6 +351,7 @@ class TensorBoardLogger(_VersionedFolderLogger):
                     "tensor or a dict of those"
                 ) from ex
 
+    @rank_zero_only
     def save(self):
         super().save()
         if self._experiment is not None:
@@ -357,6 +361,7 @@ class TensorBoardLogger(_VersionedFolderLogger):
         if os.path.isdir(log_dir) and not os.path.isfile(hparams_file):
             save_hparams_to_yaml(hparams_file, self.hparams)
 
+    @rank_zero_only
     def finalize(self, status):
         if self._experiment is not None:
             self._experiment.flush()

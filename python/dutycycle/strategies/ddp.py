@@ -63,6 +63,8 @@ class DDPStrategy(ParallelStrategy):
         m = self.lightning_module
         if m is None or getattr(getattr(trainer, "state", None), "fn", "fit") != "fit":
             return
+        if self.world_size == 1:
+            return  # one rank: its gradients are the average already; no hooks, no collectives
         from ..distributed.reducer import Reducer
 
         named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]

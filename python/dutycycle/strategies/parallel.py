@@ -220,6 +220,7 @@ class ParallelStrategy(Strategy):
                 kwargs["timeout"] = datetime.timedelta(seconds=self._timeout)
             dist.init_process_group(**kwargs)
         self._dc_comm = dist._default_comm()
+        dist.rank_zero_only.rank = self._dc_comm.rank  # loggers and rank_zero_* helpers write on rank 0 only
         if self._timeout is not None:
             self._dc_comm.timeout = self._timeout
         self._env = None  # the comm answers from now on

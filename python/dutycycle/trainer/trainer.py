@@ -10,9 +10,10 @@ dutycycle.strategies (backward, optimizer step and checkpoint writes go through 
 One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` below):
 
     fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+      strategy.setup_environment()                         # ddp & co: launch check / self-launch, process group
       configure_callbacks, prepare_data, setup("fit"), configure_model
       restore model + callbacks from ckpt_path             (on_load_checkpoint)
-      configure_optimizers; restore optimizers, schedulers, loop position
+      configure_optimizers, strategy.connect_optimizers; restore optimizers, schedulers, loop position
       on_fit_start
       sanity check: num_sanity_val_steps validation batches
       on_train_start
@@ -30,15 +31,17 @@ One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` bel
                   global_step += 1; lr schedulers with interval="step" (not ReduceLROnPlateau)
                   last batch of the epoch: lr schedulers with interval="epoch" (not ReduceLROnPlateau)
               else:
-                  closure without the optimizer step       # duty: compute
+                  closure without the optimizer step       # duty: compute; in strategy.block_backward_sync()
               on_train_batch_end                           # checkpoints here: duty checkpoint_stall
               every log_every_n_steps: write step metrics + duty split to the loggers  # note: sync point
               validation when this batch is a val-check batch (val_check_interval, check_val_every_n_epoch)
               ReduceLROnPlateau with interval="step", stepped with its monitored metric
               stop if max_steps / max_time / should_stop (and min_epochs / min_steps are met)
+              several ranks: should_stop / max_time agreed over ranks (one rank's stop stops all)
           on_train_epoch_end (callbacks, module, then monitoring callbacks); epoch metrics to loggers
           ReduceLROnPlateau with interval="epoch" (after validation), when the epoch ran to its end
-      on_train_end, on_fit_end, teardown("fit"); the duty-cycle table is printed
+      on_train_end, on_fit_end, teardown("fit"); the duty-cycle table is printed (several ranks:
+      gathered, mean and max over ranks; loggers and checkpoints are written by rank 0 only)
 
 Hooks are called from one place (`_call_hook`: callbacks first, then the LightningModule, as
 Lightning does), and every exception raised inside fit/validate/test/predict funnels through
