@@ -5,6 +5,7 @@ what); the engines on N in-process ranks (threads behind `_C.Comm`'s interface: 
 process with the whole batch, memory per rank, consolidated checkpoints); and the strategies
 under mpirun with the real communicator (equal to ddp and to one process)."""
 
+import json
 import os
 import sys
 
@@ -399,6 +400,26 @@ def test_trainer_gradient_clipping_on_thread_ranks(tmp_path, algo, val):
         assert common.rel_err(params, ref) <= TOL, name
 
 
+def _check_resumed(tmp_path, strategies, K, accumulate=1):
+    for s in strategies:
+        full, resumed = (dict(np.load(tmp_path / f"{s}-{w}.npz")) for w in ("full", "resumed"))
+        info = json.load(open(tmp_path / f"{s}-resumed.json"))
+        assert info["global_step"] == 2 * K, s
+        assert info["batches_run"] == K * accumulate, s  # the resumed fit ran only the second half
+        assert common.rel_err(resumed, full) <= TOL, s
+
+
+def test_trainer_resume_on_thread_ranks_with_accumulation(tmp_path):
+    """fit K steps + checkpoint, then fit(ckpt_path=...) to 2K == one fit of 2K steps, with gradient
+    accumulation (stage 2 sums micro-batches in the shard)."""
+    strategies = ["zero1", "zero2", "parameter_server"]
+    args = _args(out=str(tmp_path), strategies=",".join(strategies), devices=2, resume_at=2, accumulate=2)
+    import zero_trainer
+
+    run_ranks(2, lambda comm: zero_trainer.run(args, comm))
+    _check_resumed(tmp_path, strategies, 2, accumulate=2)
+
+
 def test_zero_rejects_what_it_cannot_shard():
     from dutycycle.strategies import from_name
 
@@ -450,7 +471,6 @@ def _mpirun(n, *args, timeout=120):
 @needs_mpi
 @pytest.mark.parametrize("N", [2, 4])
 def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
-    import json
 
     # several buckets (~1 KB each): uneven chunks, stage 2's in-flight bound, in-order launches
     p = _mpirun(N, "--out", str(tmp_path), "--ckpt", "--bucket-cap-mb", "0.001")
@@ -513,6 +533,18 @@ def test_mpi_gradient_clipping_equals_ddp(tmp_path, algo, val):
     assert common.rel_err(got["ddp"], unclipped) > 1e-3  # the clipping acted
     for s in STRATEGIES[1:]:
         assert common.rel_err(got[s], got["ddp"]) <= TOL, s
+
+
+@needs_mpi
+def test_mpi_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """N=2 under mpirun, through the Trainer: zero1/zero2 (and the parameter server) fit K=3 steps
+    and save a checkpoint (the shards consolidated), then a fresh fit(model, ckpt_path=...) resumes
+    it to 2K (the state moved back into the shards) and reaches the parameters of one 2K-step fit."""
+    strategies = ["zero1", "zero2", "parameter_server"]
+    K = 3
+    _mpirun(2, "--out", str(tmp_path), "--bucket-cap-mb", "0.001", "--resume-at", str(K),
+            "--strategies", ",".join(strategies))  # fmt: skip
+    _check_resumed(tmp_path, strategies, K)
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -40,8 +40,10 @@ class GPTModule(L.LightningModule):
     def __init__(self, n_embd=11, n_layer=1, n_head=1):
         super().__init__()
         self.gpt = common.make_model(n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+        self.batches_run = 0  # training_step calls in this fit (a resumed fit runs only the rest)
 
     def training_step(self, batch, batch_idx):
+        self.batches_run += 1
         (xy,) = batch
         _, loss = self.gpt(xy[:, :-1], xy[:, 1:])
         return loss
@@ -103,6 +105,7 @@ def fit(
     if ckpt:
         trainer.save_checkpoint(ckpt)
     params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    trainer.batches_run = model.batches_run
     return params, memory.mem, trainer
 
 
@@ -172,7 +175,7 @@ def run_resume(args, comm, model_kw, clip):
             np.savez(os.path.join(args.out, f"{name}-full.npz"), **full)
             np.savez(os.path.join(args.out, f"{name}-resumed.npz"), **resumed)
             with open(os.path.join(args.out, f"{name}-resumed.json"), "w") as f:
-                json.dump({"global_step": trainer.global_step}, f)
+                json.dump({"global_step": trainer.global_step, "batches_run": trainer.batches_run}, f)
 
 
 def main():
