@@ -5,6 +5,7 @@ what); the engines on N in-process ranks (threads behind `_C.Comm`'s interface: 
 process with the whole batch, memory per rank, consolidated checkpoints); and the strategies
 under mpirun with the real communicator (equal to ddp and to one process)."""
 
+import json
 import os
 import sys
 
@@ -234,13 +235,125 @@ def test_engine_adopts_a_loaded_state_and_frees_it():
     out = _train(1, N, steps=1, resume_state=sd)
     _, _, eng, opt, _ = out[0]
     assert not any(opt.state.values())  # the full state went into the shard and was dropped
-    assert eng.group_steps == {0: 3, 1: 3}
+    assert eng.param_steps == [3] * len(eng.params)
+
+
+@pytest.mark.parametrize("kind", [1, 2])
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+def test_engine_clip_grad_norm_over_the_shards(kind, norm_type):
+    """The norm from the shards (padding excluded, one scalar all_reduce) is the full gradient's,
+    and the clipped step equals one process's clip_grad_norm_ + step (N=3: every bucket padded)."""
+    N, B, steps = 3, 2, 2
+    data = common.batches(steps, N * B)
+    ref = common.make_model()
+    ref_opt = common.make_optimizer(ref)
+    ref_norms = []
+    for xy in data:
+        ref_opt.zero_grad()
+        common.loss_of(ref, xy).backward()
+        ref_norms.append(float(dc.nn.utils.clip_grad_norm_(list(ref.parameters()), 0.05, norm_type)))
+        ref_opt.step()
+    want = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
+    models = [common.make_model() for _ in range(N)]
+    opts = [common.make_optimizer(m) for m in models]
+    comms = ThreadComm.make(N)
+    engines = [ZeroEngine(list(m.parameters()), c, stage=kind, bucket_cap_mb=0.003, first_bucket_mb=0.001,
+                          max_inflight=1 << 20) for m, c in zip(models, comms)]  # fmt: skip
+
+    def fn(comm):
+        r = comm.rank
+        m, o, eng = models[r], opts[r], engines[r]
+        norms = []
+        for xy in data:
+            o.zero_grad()
+            eng.before_backward()
+            common.loss_of(m, xy[r * B : (r + 1) * B]).backward()
+            eng.after_backward()
+            eng.reduce_gradients()
+            norms.append(eng.clip_grad_norm_(0.05, norm_type))
+            eng.step(o)
+        return norms, {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+
+    out = run_ranks(N, fn, comms)
+    for norms, params in out:
+        np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
+        assert common.rel_err(params, want) <= TOL
+    assert min(ref_norms) > 0.05  # the clipping acted at every step
+
+
+@pytest.mark.parametrize("kind", [1, 2, "ps"])
+def test_parameters_without_a_gradient_are_skipped(kind):
+    """As torch's AdamW: a parameter with no gradient in a step (on any rank) is not stepped (no
+    decay, state not advanced); one that never gets a gradient has no state in the checkpoint."""
+    N, B, steps = 2, 2, 3
+    data = common.batches(steps, N * B)
+
+    def build():
+        m = common.make_model()
+        dc.manual_seed(5)
+        extra = dc.nn.Parameter(dc.randn(5))  # gets a gradient at steps 0 and 2 only
+        never = dc.nn.Parameter(dc.randn(7))  # never gets one
+        decay = [p for p in m.parameters() if p.dim() >= 2]
+        rest = [p for p in m.parameters() if p.dim() < 2]
+        opt = dc.optim.AdamW([{"params": decay + [never], "weight_decay": 0.1},
+                              {"params": rest + [extra], "weight_decay": 0.1}], lr=1e-2)  # fmt: skip
+        return m, extra, never, opt
+
+    def loss(m, extra, xy, s):
+        out = common.loss_of(m, xy)
+        return out + (extra * extra).sum() * 0.01 if s != 1 else out
+
+    def snap(m, extra, never):
+        d = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+        d["extra"], d["never"] = extra.detach().numpy().copy(), never.detach().numpy().copy()
+        return d
+
+    rm, rextra, rnever, ropt = build()
+    never0 = rnever.detach().numpy().copy()
+    for s, xy in enumerate(data):
+        ropt.zero_grad()
+        loss(rm, rextra, xy, s).backward()
+        ropt.step()
+    want, want_sd = snap(rm, rextra, rnever), ropt.state_dict()
+    built = [build() for _ in range(N)]
+    comms = ThreadComm.make(N)
+    engines = []
+    for (m, extra, never, _), c in zip(built, comms):
+        params = list(m.parameters()) + [extra, never]
+        engines.append(ParameterServerEngine(params, c) if kind == "ps" else
+                       ZeroEngine(params, c, stage=kind, bucket_cap_mb=0.003, first_bucket_mb=0.001,
+                                  max_inflight=1 << 20))  # fmt: skip
+
+    def fn(comm):
+        r = comm.rank
+        (m, extra, never, o), eng = built[r], engines[r]
+        for s, xy in enumerate(data):
+            o.zero_grad()
+            eng.before_backward()
+            loss(m, extra, xy[r * B : (r + 1) * B], s).backward()
+            if kind != "ps":
+                eng.after_backward()
+                eng.reduce_gradients()
+            eng.step(o)
+        sd = eng.consolidated_state_dict(o) if kind != "ps" else (o.state_dict() if r == 0 else None)
+        return snap(m, extra, never), sd
+
+    out = run_ranks(N, fn, comms)
+    for params, _ in out:
+        np.testing.assert_array_equal(params["never"], never0)  # no decay: not stepped at all
+        assert common.rel_err(params, want) <= TOL
+    sd = out[0][1]
+    assert sorted(sd["state"]) == sorted(want_sd["state"])  # the never-used parameter has no state
+    for i, st in want_sd["state"].items():
+        assert int(sd["state"][i]["step"]) == int(st["step"])
+    assert {int(st["step"]) for st in sd["state"].values()} == {2, 3}  # extra: 2 steps, the rest 3
 
 
 # ---- through the Trainer, on thread ranks ----------------------------------------------------------------
 def _args(**kw):
     ns = {"out": None, "strategies": "", "devices": 1, "batch": 2, "steps": 3, "accumulate": 1, "n_embd": 11,
-          "n_layer": 1, "n_head": 1, "ckpt": False, "bucket_cap_mb": 0.002}  # fmt: skip
+          "n_layer": 1, "n_head": 1, "ckpt": False, "bucket_cap_mb": 0.002, "clip": None,
+          "clip_algorithm": None, "resume_at": None}  # fmt: skip
     ns.update(kw)
     return type("Args", (), ns)
 
@@ -259,7 +372,9 @@ def _reference_fit(N, tmp_path, **kw):
     a = _args(**kw)
     model_kw = {"n_embd": a.n_embd, "n_layer": a.n_layer, "n_head": a.n_head}
     ckpt = str(tmp_path / "reference.ckpt") if a.ckpt else None
-    params, _, trainer = zero_trainer.fit("auto", 1, a.batch * N, a.steps, a.accumulate, model_kw, ckpt)
+    params, _, trainer = zero_trainer.fit(
+        "auto", 1, a.batch * N, a.steps, a.accumulate, model_kw, ckpt, clip=a.clip, clip_algorithm=a.clip_algorithm
+    )
     return params, trainer
 
 
@@ -270,6 +385,39 @@ def test_trainer_strategies_equal_one_process_on_thread_ranks(tmp_path, accumula
     ref, _ = _reference_fit(N, tmp_path, accumulate=accumulate)
     for name, params in got.items():
         assert common.rel_err(params, ref) <= TOL, name
+
+
+@pytest.mark.parametrize("algo,val", [("norm", 0.05), ("value", 0.002)])
+def test_trainer_gradient_clipping_on_thread_ranks(tmp_path, algo, val):
+    """Trainer(gradient_clip_val=...) under zero1/zero2 (clipped on the shards) and the parameter
+    server (on rank 0) reaches one process's clipped run; the clipping really acts."""
+    N = 2
+    got = _thread_fits(N, ["zero1", "zero2", "parameter_server"], tmp_path, clip=val, clip_algorithm=algo)
+    ref, _ = _reference_fit(N, tmp_path, clip=val, clip_algorithm=algo)
+    unclipped, _ = _reference_fit(N, tmp_path)
+    assert common.rel_err(ref, unclipped) > 1e-3
+    for name, params in got.items():
+        assert common.rel_err(params, ref) <= TOL, name
+
+
+def _check_resumed(tmp_path, strategies, K, accumulate=1):
+    for s in strategies:
+        full, resumed = (dict(np.load(tmp_path / f"{s}-{w}.npz")) for w in ("full", "resumed"))
+        info = json.load(open(tmp_path / f"{s}-resumed.json"))
+        assert info["global_step"] == 2 * K, s
+        assert info["batches_run"] == K * accumulate, s  # the resumed fit ran only the second half
+        assert common.rel_err(resumed, full) <= TOL, s
+
+
+def test_trainer_resume_on_thread_ranks_with_accumulation(tmp_path):
+    """fit K steps + checkpoint, then fit(ckpt_path=...) to 2K == one fit of 2K steps, with gradient
+    accumulation (stage 2 sums micro-batches in the shard)."""
+    strategies = ["zero1", "zero2", "parameter_server"]
+    args = _args(out=str(tmp_path), strategies=",".join(strategies), devices=2, resume_at=2, accumulate=2)
+    import zero_trainer
+
+    run_ranks(2, lambda comm: zero_trainer.run(args, comm))
+    _check_resumed(tmp_path, strategies, 2, accumulate=2)
 
 
 def test_zero_rejects_what_it_cannot_shard():
@@ -323,7 +471,6 @@ def _mpirun(n, *args, timeout=120):
 @needs_mpi
 @pytest.mark.parametrize("N", [2, 4])
 def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
-    import json
 
     # several buckets (~1 KB each): uneven chunks, stage 2's in-flight bound, in-order launches
     p = _mpirun(N, "--out", str(tmp_path), "--ckpt", "--bucket-cap-mb", "0.001")
@@ -370,8 +517,34 @@ def test_mpi_strategies_equal_ddp_and_one_process(tmp_path, N):
                 np.testing.assert_allclose(opt["state"][i][name].numpy(), st[name].numpy(), rtol=1e-3, atol=1e-8)
         # and it loads into a single-process model + AdamW
         m = common.make_model()
-        m.load_state_dict({k[len("gpt."):]: v for k, v in ck["state_dict"].items()})
+        m.load_state_dict({k[len("gpt.") :]: v for k, v in ck["state_dict"].items()})
         common.make_optimizer(m).load_state_dict(opt)
+
+
+@needs_mpi
+@pytest.mark.parametrize("algo,val", [("norm", 0.05), ("value", 0.002)])
+def test_mpi_gradient_clipping_equals_ddp(tmp_path, algo, val):
+    """Trainer(gradient_clip_val=val, gradient_clip_algorithm=algo), N=2 under mpirun: zero1/zero2
+    clip on the shards, the parameter server on rank 0, and all reach ddp's clipped parameters."""
+    N = 2
+    _mpirun(N, "--out", str(tmp_path), "--bucket-cap-mb", "0.001", "--clip", str(val), "--clip-algorithm", algo)
+    got = {s: dict(np.load(tmp_path / f"{s}.npz")) for s in STRATEGIES}
+    unclipped, _ = _reference_fit(N, tmp_path)
+    assert common.rel_err(got["ddp"], unclipped) > 1e-3  # the clipping acted
+    for s in STRATEGIES[1:]:
+        assert common.rel_err(got[s], got["ddp"]) <= TOL, s
+
+
+@needs_mpi
+def test_mpi_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """N=2 under mpirun, through the Trainer: zero1/zero2 (and the parameter server) fit K=3 steps
+    and save a checkpoint (the shards consolidated), then a fresh fit(model, ckpt_path=...) resumes
+    it to 2K (the state moved back into the shards) and reaches the parameters of one 2K-step fit."""
+    strategies = ["zero1", "zero2", "parameter_server"]
+    K = 3
+    _mpirun(2, "--out", str(tmp_path), "--bucket-cap-mb", "0.001", "--resume-at", str(K),
+            "--strategies", ",".join(strategies))  # fmt: skip
+    _check_resumed(tmp_path, strategies, K)
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -93,7 +93,7 @@ class ThreadComm:
             for r in ranks:
                 recv = _arr(slot[r][1][1])
                 k = recv.size
-                recv[...] = total.reshape(-1)[r * k:(r + 1) * k].reshape(recv.shape).astype(recv.dtype)
+                recv[...] = total.reshape(-1)[r * k : (r + 1) * k].reshape(recv.shape).astype(recv.dtype)
         elif op == "all_gather":
             parts = [_arr(slot[r][1][0]).reshape(-1).copy() for r in ranks]
             for r in ranks:

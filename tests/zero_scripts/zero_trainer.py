@@ -9,6 +9,9 @@ checkpoint (out/zero2.ckpt) through the Trainer, for a single-process run to loa
 
     zero_trainer.py --out DIR [--strategies ddp,zero1,zero2,parameter_server] [--batch B] [--steps K]
                     [--accumulate A] [--ckpt] [--bucket-cap-mb MB] [--n-embd C --n-layer L --n-head H]
+                    [--clip VAL [--clip-algorithm norm|value]]    (Trainer(gradient_clip_val=...))
+                    [--resume-at K]   per strategy: 2K steps straight (<s>-full.npz); K steps + checkpoint,
+                                      then a second fit from it to 2K (<s>-resumed.npz)
     zero_trainer.py --reference --world N --out DIR [--ckpt]   one process, batch N*B: reference.npz
                                                                 (and reference.ckpt)"""
 
@@ -37,8 +40,10 @@ class GPTModule(L.LightningModule):
     def __init__(self, n_embd=11, n_layer=1, n_head=1):
         super().__init__()
         self.gpt = common.make_model(n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+        self.batches_run = 0  # training_step calls in this fit (a resumed fit runs only the rest)
 
     def training_step(self, batch, batch_idx):
+        self.batches_run += 1
         (xy,) = batch
         _, loss = self.gpt(xy[:, :-1], xy[:, 1:])
         return loss
@@ -52,7 +57,21 @@ def dataset(n):
     return TensorDataset(torch.from_numpy(g.integers(0, common.VOCAB, size=(n, common.BLOCK + 1)).astype(np.int64)))
 
 
-def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=None, bucket_cap_mb=None):
+def fit(
+    strategy,
+    devices,
+    batch,
+    steps,
+    accumulate,
+    model_kw,
+    ckpt=None,
+    comm=None,
+    bucket_cap_mb=None,
+    clip=None,
+    clip_algorithm=None,
+    data_steps=None,
+    ckpt_path=None,
+):
     with _BUILD:
         model = GPTModule(**model_kw)
     memory = MemoryAtTrainEnd()
@@ -65,7 +84,7 @@ def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=N
         strategy = L.strategies.from_name(strategy, **kw)
         if comm is not None:  # thread ranks: the thread world's comm instead of MPI's
             strategy._dc_comm = comm
-    n = steps * accumulate * batch * devices
+    n = (data_steps or steps) * accumulate * batch * devices
     trainer = L.Trainer(
         strategy=strategy,
         devices=devices if comm is None else "auto",
@@ -79,11 +98,14 @@ def fit(strategy, devices, batch, steps, accumulate, model_kw, ckpt=None, comm=N
         enable_model_summary=False,
         num_sanity_val_steps=0,
         barebones=True,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=clip_algorithm,
     )
-    trainer.fit(model, DataLoader(dataset(n), batch_size=batch, shuffle=False))
+    trainer.fit(model, DataLoader(dataset(n), batch_size=batch, shuffle=False), ckpt_path=ckpt_path)
     if ckpt:
         trainer.save_checkpoint(ckpt)
     params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    trainer.batches_run = model.batches_run
     return params, memory.mem, trainer
 
 
@@ -116,16 +138,44 @@ def ddp_memory(trainer):
 def run(args, comm=None):
     model_kw = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
     os.makedirs(args.out, exist_ok=True)
+    clip = {"clip": getattr(args, "clip", None), "clip_algorithm": getattr(args, "clip_algorithm", None)}
+    if getattr(args, "resume_at", None):
+        return run_resume(args, comm, model_kw, clip)
     for name in args.strategies.split(","):
         ckpt = os.path.join(args.out, f"{name}.ckpt") if args.ckpt and name != "ddp" else None
         params, mem, trainer = fit(
-            name, args.devices, args.batch, args.steps, args.accumulate, model_kw, ckpt, comm, args.bucket_cap_mb
+            name,
+            args.devices,
+            args.batch,
+            args.steps,
+            args.accumulate,
+            model_kw,
+            ckpt,
+            comm,
+            args.bucket_cap_mb,
+            **clip,
         )
         rank = trainer.global_rank
         with open(os.path.join(args.out, f"mem-{name}-{rank}.json"), "w") as f:
             json.dump(mem, f)
         if rank == 0:
             np.savez(os.path.join(args.out, f"{name}.npz"), **params)
+
+
+def run_resume(args, comm, model_kw, clip):
+    """Per strategy: 2K steps in one fit; K steps and a checkpoint, then a fit resumed from it to 2K."""
+    K = args.resume_at
+    for name in args.strategies.split(","):
+        ckpt = os.path.join(args.out, f"{name}-step{K}.ckpt")
+        common_kw = dict(model_kw=model_kw, comm=comm, bucket_cap_mb=args.bucket_cap_mb, data_steps=2 * K, **clip)
+        full, _, trainer = fit(name, args.devices, args.batch, 2 * K, args.accumulate, **common_kw)
+        fit(name, args.devices, args.batch, K, args.accumulate, ckpt=ckpt, **common_kw)
+        resumed, _, trainer = fit(name, args.devices, args.batch, 2 * K, args.accumulate, ckpt_path=ckpt, **common_kw)
+        if trainer.global_rank == 0:
+            np.savez(os.path.join(args.out, f"{name}-full.npz"), **full)
+            np.savez(os.path.join(args.out, f"{name}-resumed.npz"), **resumed)
+            with open(os.path.join(args.out, f"{name}-resumed.json"), "w") as f:
+                json.dump({"global_step": trainer.global_step, "batches_run": trainer.batches_run}, f)
 
 
 def main():
@@ -143,12 +193,25 @@ def main():
     ap.add_argument("--ckpt", action="store_true")
     ap.add_argument("--bucket-cap-mb", type=float, default=None)
     ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--clip", type=float, default=None)
+    ap.add_argument("--clip-algorithm", default=None)
+    ap.add_argument("--resume-at", type=int, default=None)
     args = ap.parse_args()
     if args.reference:
         model_kw = {"n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head}
         os.makedirs(args.out, exist_ok=True)
         ckpt = os.path.join(args.out, "reference.ckpt") if args.ckpt else None
-        params, _, _ = fit("auto", 1, args.batch * args.world, args.steps, args.accumulate, model_kw, ckpt)
+        params, _, _ = fit(
+            "auto",
+            1,
+            args.batch * args.world,
+            args.steps,
+            args.accumulate,
+            model_kw,
+            ckpt,
+            clip=args.clip,
+            clip_algorithm=args.clip_algorithm,
+        )
         np.savez(os.path.join(args.out, "reference.npz"), **params)
         return
     if args.devices is None:

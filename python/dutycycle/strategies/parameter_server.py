@@ -20,9 +20,18 @@ import contextlib
 import dutycycle as dc
 
 from .parallel import ParallelStrategy
-from .zero import FlatBuffers, ShardLayout, _nbytes, check_params, format_memory
+from .zero import (
+    FlatBuffers,
+    ShardLayout,
+    _nbytes,
+    check_params,
+    format_memory,
+    install_clip_capture,
+    queue_clip,
+    remove_clip_capture,
+)
 
-GRAD_TAG, PARAM_TAG = 71, 72
+GRAD_TAG, PARAM_TAG, MASK_TAG = 71, 72, 73
 
 
 class ParameterServerEngine:
@@ -42,6 +51,22 @@ class ParameterServerEngine:
         # rank 0 receives one gradient at a time into this buffer (total,)
         self.recv_buf = dc.empty(self.layout.total, dtype=p0.dtype, device=p0.device) if self.rank == 0 else None
         self.optimizer_state_bytes = 0
+        # which parameters got a gradient this step (post-accumulate-grad hooks): sent to rank 0 with the
+        # gradient, so a parameter with a gradient on no rank is skipped by the step (its .grad None)
+        self._got_grad = dc.zeros(len(self.params), dtype=dc.float32)  # (num_params,) 1.0 = got one
+        self._mask_buf = dc.empty(len(self.params), dtype=dc.float32) if self.rank == 0 else None
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self.params)]
+
+    def _make_hook(self, i):
+        def hook(_param):
+            self._got_grad[i] = 1.0
+
+        return hook
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     def broadcast_params(self):
         """Rank 0's parameters to every rank, one send per rank (the hot link, as every step)."""
@@ -55,22 +80,33 @@ class ParameterServerEngine:
     def before_backward(self):
         self.flat.attach_grads()
 
-    def step(self, optimizer):
-        """Gradients to rank 0, averaged; optimizer.step() there; parameters back."""
+    def step(self, optimizer, clip=None):
+        """Gradients to rank 0, averaged; (clip(optimizer) there, on the averaged gradients);
+        optimizer.step() there; parameters back."""
         comm, flat = self.comm, self.flat
+        got = self._got_grad
+        self._got_grad = dc.zeros(len(self.params), dtype=dc.float32)
         if self.rank != 0:
             optimizer.state.clear()  # the state lives on rank 0 (one a resumed checkpoint gave us is dropped)
             with self._waiting():
                 comm.send(flat.grad, 0, tag=GRAD_TAG)  # note: the whole gradient crosses rank 0's link
+                comm.send(got, 0, tag=MASK_TAG)
                 comm.recv(flat.param, 0, tag=PARAM_TAG)
             return
         with dc.no_grad():
             for src in range(1, self.world_size):
                 with self._waiting():
                     comm.recv(self.recv_buf, src, tag=GRAD_TAG)
+                    comm.recv(self._mask_buf, src, tag=MASK_TAG)
                 flat.grad.add_(self.recv_buf)
+                got.add_(self._mask_buf)
             if self.world_size > 1:
                 flat.grad.div_(self.world_size)
+        for i, g in enumerate(got.tolist()):  # no gradient on any rank: skipped by the step, as torch does
+            if not g:
+                self.params[i].grad = None  # (attach_grads gives it a zeroed view again before the next backward)
+        if clip is not None:
+            clip(optimizer)
         optimizer.step()  # rank 0 alone: .grad are views of the averaged flat gradient
         self.optimizer_state_bytes = sum(
             _nbytes(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, dc.Tensor)
@@ -113,6 +149,8 @@ class ParameterServerStrategy(ParallelStrategy):
         """Join the group and take rank 0's weights (ParallelStrategy), then, for fit, the flat
         buffers (before the first forward)."""
         super().setup(trainer)
+        if self._engine is not None:
+            self._engine.close()
         self._engine = None
         m = self.lightning_module
         if m is None or getattr(getattr(trainer, "state", None), "fn", "fit") != "fit":
@@ -122,6 +160,18 @@ class ParameterServerStrategy(ParallelStrategy):
             [p for _, p in named], self.comm, names=[n for n, _ in named], waiting=self.comm_wait
         )
         self._memory_logged = False
+        install_clip_capture(self, m)
+
+    def teardown(self):
+        if self._engine is not None:
+            self._engine.close()
+        remove_clip_capture(self, self.lightning_module)
+        return super().teardown()
+
+    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """LightningModule.clip_gradients under this strategy: queued, and done by rank 0 in the
+        step on the averaged gradients (the module's own clip_gradients, nn.utils)."""
+        queue_clip(self, gradient_clip_val, gradient_clip_algorithm)
 
     def _require_engine(self, what):
         if self._engine is None:
@@ -138,7 +188,14 @@ class ParameterServerStrategy(ParallelStrategy):
         if closure is not None:
             with dc.enable_grad():
                 loss = closure()
-        self._require_engine("optimizer_step").step(optimizer)
+        clips, self._clips = getattr(self, "_clips", []), []
+        module = self.lightning_module
+
+        def clip(opt):  # rank 0, on the averaged gradients: the module's own (unshadowed) clip_gradients
+            for val, algo in clips:
+                type(module).clip_gradients(module, opt, val, algo)
+
+        self._require_engine("optimizer_step").step(optimizer, clip if clips else None)
         if not self._memory_logged:
             self._memory_logged = True
             print(format_memory(self.memory_per_rank()), flush=True)

@@ -277,7 +277,8 @@ class ZeroEngine:
         self.grad_shard = dc.zeros(L.shard_numel, dtype=dtype, device=device)  # (shard,) averaged gradients
         self.exp_avg = dc.zeros(L.shard_numel, dtype=dtype, device=device)  # (shard,) AdamW's m
         self.exp_avg_sq = dc.zeros(L.shard_numel, dtype=dtype, device=device)  # (shard,) AdamW's v
-        self.group_steps = {}  # param group index -> steps taken
+        self.param_steps = [0] * len(params)  # steps taken by each parameter (torch's per-parameter state["step"])
+        self._got_grad = [False] * len(params)  # this step: parameter i got a gradient in a backward on this rank
         self._pieces = L.pieces(self.rank)
         self._group_cache = None  # (key, [(group, views)])
         self._index = {id(p): i for i, p in enumerate(params)}
@@ -341,6 +342,7 @@ class ZeroEngine:
         L, p = self.layout, self.params[i]
         b = L.param_bucket[i]
         bucket = L.buckets[b]
+        self._got_grad[i] = True
         if self.stage == 1 and not self.sync:
             return
         if b < self._next_launch:
@@ -480,18 +482,78 @@ class ZeroEngine:
                 runs[-1][1] += n
             else:
                 runs.append([pc.flat_lo, pc.flat_lo + n, pc.shard_lo, self.layout.param_bucket[pc.param]])
-        out = []
+        out, members, pieces = [], [[] for _ in optimizer.param_groups], [[] for _ in optimizer.param_groups]
+        for i, gi in group_of.items():
+            members[gi].append(i)
+        for pc in self._pieces:  # unmerged, for steps where some parameters are skipped
+            gi = group_of.get(pc.param)
+            if gi is not None:
+                pieces[gi].append((pc.param, self._piece_views(pc.flat_lo, pc.flat_lo + pc.hi - pc.lo, pc.shard_lo)))
         for gi in range(len(optimizer.param_groups)):
             views = ([], [], [], [])
             for f_lo, f_hi, s_lo, _ in merged[gi]:
-                s_hi = s_lo + f_hi - f_lo
-                views[0].append(self.flat_param[f_lo:f_hi])
-                views[1].append(self.grad_shard[s_lo:s_hi])
-                views[2].append(self.exp_avg[s_lo:s_hi])
-                views[3].append(self.exp_avg_sq[s_lo:s_hi])
+                for acc, v in zip(views, self._piece_views(f_lo, f_hi, s_lo)):
+                    acc.append(v)
             out.append((gi, views))
         self._group_cache = (key, out)
+        self._group_members, self._group_pieces = members, pieces
         return out
+
+    def _piece_views(self, f_lo, f_hi, s_lo):
+        s_hi = s_lo + f_hi - f_lo
+        return (self.flat_param[f_lo:f_hi], self.grad_shard[s_lo:s_hi], self.exp_avg[s_lo:s_hi],
+                self.exp_avg_sq[s_lo:s_hi])  # fmt: skip
+
+    def _stepping(self):
+        """Which parameters got a gradient in this step on any rank (one small all_reduce(max)):
+        the others are skipped by the step, as torch's AdamW skips a parameter whose .grad is None."""
+        got = self._got_grad
+        self._got_grad = [False] * len(self.params)
+        if self.world_size > 1:
+            mask = dc.tensor([1.0 if g else 0.0 for g in got], dtype=dc.float32)  # (num_params,)
+            w = self.comm.all_reduce(mask, op="max", async_op=True)
+            with self._waiting():
+                w.wait()
+            got = [v > 0 for v in mask.tolist()]
+        return got
+
+    def _grad_views(self):
+        """This rank's gradient shard without the padding: per bucket, the real part of its chunk
+        (a prefix of it: a bucket's padding is at its end)."""
+        L, out = self.layout, []
+        for b in L.buckets:
+            lo, hi = L.chunk_range(b, self.rank)
+            n = max(0, min(hi, b.offset + b.numel) - lo)
+            if n:
+                out.append(self.grad_shard[b.shard_offset : b.shard_offset + n])
+        return out
+
+    def clip_grad_norm_(self, max_norm, norm_type=2.0):
+        """nn.utils.clip_grad_norm_ over the sharded averaged gradients (after reduce_gradients):
+        the norm of the full gradient from every rank's shard (padding excluded; one all_reduce of a
+        scalar), and every rank scales its own shard. A collective. Returns the norm before clipping."""
+        import math
+
+        norm_type = float(norm_type)
+        views = self._grad_views()
+        local = float(dc._C.grad_norm(views, norm_type)) if views else 0.0
+        inf = math.isinf(norm_type)
+        part = dc.tensor([local if inf else local**norm_type], dtype=dc.float64)  # (1,)
+        if self.world_size > 1:
+            w = self.comm.all_reduce(part, op="max" if inf else "sum", async_op=True)
+            with self._waiting():
+                w.wait()
+        total = float(part.tolist()[0])
+        total = total if inf else total ** (1.0 / norm_type)
+        coef = float(max_norm) / (total + 1e-6)
+        if views and (math.isnan(coef) or coef < 1.0):
+            dc._C.scale_(views, coef)
+        return total
+
+    def clip_grad_value_(self, clip_value):
+        """nn.utils.clip_grad_value_ on this rank's gradient shard (elementwise: no communication)."""
+        with dc.no_grad():
+            self.grad_shard.copy_(self.grad_shard.clamp(-clip_value, clip_value))
 
     def step(self, optimizer):
         """AdamW on this rank's shard (one fused call per param group), then all_gather the
@@ -499,22 +561,38 @@ class ZeroEngine:
         groups = self._groups(optimizer)
         self._adopt_state(optimizer)
         decoupled = optimizer._decoupled_weight_decay
+        stepping = self._stepping()
         with dc.no_grad():
-            for gi, (params, grads, ms, vs) in groups:
+            for gi, views in groups:
                 g = optimizer.param_groups[gi]
-                step = self.group_steps.get(gi, 0) + 1
-                self.group_steps[gi] = step
-                if not params:
+                members = [i for i in self._group_members[gi] if stepping[i]]
+                if not members:
                     continue
+                counts = {self.param_steps[i] for i in members}
+                if len(members) == len(self._group_members[gi]) and len(counts) == 1:
+                    runs = [(counts.pop() + 1, views)]  # the usual case: the whole group, merged pieces
+                else:  # some parameters skipped, or steps differ: per-piece views, one call per step count
+                    by_step = {}
+                    for i, pv in self._group_pieces[gi]:
+                        if stepping[i]:
+                            acc = by_step.setdefault(self.param_steps[i] + 1, ([], [], [], []))
+                            for a, v in zip(acc, pv):
+                                a.append(v)
+                    runs = list(by_step.items())
+                for i in members:
+                    self.param_steps[i] += 1
                 beta1, beta2 = g["betas"]
                 wd, maximize = g["weight_decay"], bool(g["maximize"])
                 coupled = wd != 0 and not decoupled
-                if coupled:  # torch.optim.Adam: g = (-grad if maximize else grad) + wd * param
-                    grads = [(-gr if maximize else gr) + p * wd for gr, p in zip(grads, params)]
-                dc._C.adamw_step(
-                    params, grads, ms, vs, step, g["lr"], beta1, beta2, g["eps"],
-                    0.0 if coupled else wd, maximize and not coupled,
-                )  # fmt: skip
+                for step, (params, grads, ms, vs) in runs:
+                    if not params:
+                        continue
+                    if coupled:  # torch.optim.Adam: g = (-grad if maximize else grad) + wd * param
+                        grads = [(-gr if maximize else gr) + p * wd for gr, p in zip(grads, params)]
+                    dc._C.adamw_step(
+                        params, grads, ms, vs, step, g["lr"], beta1, beta2, g["eps"],
+                        0.0 if coupled else wd, maximize and not coupled,
+                    )  # fmt: skip
         self.gather_params()
         if self.stage == 2:
             with dc.no_grad():
@@ -541,18 +619,10 @@ class ZeroEngine:
         held = [(i, s) for i, s in held if s]
         if not held:
             return
-        group_of = {self._index[id(p)]: gi for gi, g in enumerate(optimizer.param_groups)
-                    for p in g["params"] if id(p) in self._index}  # fmt: skip
         steps = {}
         for i, s in held:
             st = s.get("step", 0)
-            st = int(st.item()) if isinstance(st, dc.Tensor) else int(st)
-            gi = group_of.get(i)
-            if steps.setdefault(gi, st) != st:
-                raise ValueError(
-                    f"ZeRO keeps one step count per param group, but group {gi} of the loaded optimizer state "
-                    f"has parameters at steps {steps[gi]} and {st}"
-                )
+            steps[i] = int(st.item()) if isinstance(st, dc.Tensor) else int(st)
         with dc.no_grad():
             for pc in self._pieces:
                 s = optimizer.state.get(self.params[pc.param])
@@ -562,7 +632,8 @@ class ZeroEngine:
                 for name, shard in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                     src = s[name].detach().reshape(-1)[pc.lo : pc.hi]
                     shard[pc.shard_lo : pc.shard_lo + n].copy_(src.to(shard.device).to(shard.dtype))
-        self.group_steps.update({gi: st for gi, st in steps.items() if gi is not None})
+        for i, st in steps.items():
+            self.param_steps[i] = st
         for i, _ in held:
             del optimizer.state[self.params[i]]
 
@@ -585,13 +656,12 @@ class ZeroEngine:
                     w.wait()
         sd = optimizer.state_dict()  # the param groups (hyperparameters, indices) as the optimizer numbers them
         state, index = {}, 0
-        for gi, g in enumerate(optimizer.param_groups):
-            step = self.group_steps.get(gi, 0)
+        for g in optimizer.param_groups:
             for p in g["params"]:
                 i = self._index.get(id(p))
-                if i is not None and step > 0:
+                if i is not None and self.param_steps[i] > 0:  # a parameter never stepped has no state (torch)
                     state[index] = {
-                        "step": step,
+                        "step": self.param_steps[i],
                         "exp_avg": self._flat_view(full["exp_avg"], i).clone(),
                         "exp_avg_sq": self._flat_view(full["exp_avg_sq"], i).clone(),
                     }
@@ -627,6 +697,44 @@ class ZeroEngine:
         return out
 
 
+# ---- gradient clipping through the strategy ---------------------------------------------------------------
+# The Trainer clips inside the optimizer closure (configure_gradient_clipping -> module.clip_gradients ->
+# nn.utils on every .grad), right after backward. Under zero1/zero2/parameter_server the averaged gradient
+# does not exist in .grad then (zero2 frees it; zero1's reductions are still in flight; the parameter
+# server averages on rank 0 inside the step). So during fit the module's clip_gradients is shadowed by an
+# instance attribute that hands the request to strategy.clip_gradients, which queues it; optimizer_step
+# applies it to the reduced gradients. A configure_gradient_clipping override that calls
+# self.clip_gradients(...) is honoured; one that calls nn.utils directly clips local gradients (unsupported).
+_CLIP_ALGORITHMS = ("norm", "value")
+
+
+def queue_clip(strategy, gradient_clip_val, gradient_clip_algorithm):
+    if gradient_clip_val is None or gradient_clip_val == 0:
+        return
+    algo = gradient_clip_algorithm or "norm"
+    if algo not in _CLIP_ALGORITHMS:
+        raise ValueError(f"gradient_clip_algorithm {algo!r} is not one of 'norm', 'value'")
+    if not hasattr(strategy, "_clips"):
+        strategy._clips = []
+    strategy._clips.append((float(gradient_clip_val), algo))
+
+
+def install_clip_capture(strategy, module):
+    remove_clip_capture(strategy, module)
+    strategy._clips = []
+
+    def clip_gradients(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        return strategy.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    clip_gradients._dc_strategy_clip = True
+    object.__setattr__(module, "clip_gradients", clip_gradients)
+
+
+def remove_clip_capture(strategy, module):
+    if module is not None and getattr(module.__dict__.get("clip_gradients"), "_dc_strategy_clip", False):
+        del module.__dict__["clip_gradients"]
+
+
 def format_memory(mem):
     """One line for the log: 'zero2 rank 0/4: params 9.2 MB, grads 2.3 MB, optimizer state 4.6 MB'."""
 
@@ -646,8 +754,8 @@ class ZeroStrategy(ParallelStrategy):
     """ZeRO data parallelism: Trainer(strategy="zero1" | "zero2") or ZeroStrategy(stage=2, ...).
 
     stage 1 shards AdamW's state, stage 2 also the gradients (see the module docstring). Works with
-    dutycycle.optim.AdamW / Adam; gradient clipping is not supported (the full gradient never exists
-    in one place after the reduction)."""
+    dutycycle.optim.AdamW / Adam. Gradient clipping (gradient_clip_val, "norm" or "value") is done
+    on the shards after the reduction: the norm from every rank's shard (one scalar all_reduce)."""
 
     strategy_name = "zero"
 
@@ -684,11 +792,6 @@ class ZeroStrategy(ParallelStrategy):
         m = self.lightning_module
         if m is None or getattr(getattr(trainer, "state", None), "fn", "fit") != "fit":
             return
-        if getattr(trainer, "gradient_clip_val", None):
-            raise ValueError(
-                f"strategy={self.strategy_name!r} does not support gradient_clip_val: the full averaged gradient "
-                "never exists on one rank (use strategy='ddp' to clip)"
-            )
         named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
         self._engine = ZeroEngine(
             [p for _, p in named],
@@ -701,6 +804,7 @@ class ZeroStrategy(ParallelStrategy):
             max_inflight=self.max_inflight,
         )
         self._memory_logged = False
+        install_clip_capture(self, m)
 
     @contextlib.contextmanager
     def block_backward_sync(self):
@@ -727,6 +831,7 @@ class ZeroStrategy(ParallelStrategy):
         checkpoint saved after fit and memory_per_rank() still see the optimizer state."""
         if self._engine is not None:
             self._engine.close()
+        remove_clip_capture(self, self.lightning_module)
         return super().teardown()
 
     def _close_engine(self):
@@ -758,11 +863,25 @@ class ZeroStrategy(ParallelStrategy):
                 loss = closure()
         engine = self._require_engine("optimizer_step")
         engine.reduce_gradients()
+        for val, algo in self._take_clips():  # gradient clipping, on the sharded averaged gradients
+            if algo == "norm":
+                engine.clip_grad_norm_(val)
+            else:
+                engine.clip_grad_value_(val)
         engine.step(optimizer)
         if not self._memory_logged:
             self._memory_logged = True
             print(format_memory(self.memory_per_rank()), flush=True)
         return loss
+
+    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """LightningModule.clip_gradients under this strategy: the clipping is queued and done in
+        optimizer_step, once the averaged gradients are reduced (into the shards)."""
+        queue_clip(self, gradient_clip_val, gradient_clip_algorithm)
+
+    def _take_clips(self):
+        clips, self._clips = getattr(self, "_clips", []), []
+        return clips
 
     def memory_per_rank(self):
         """{'parameters', 'gradients', 'optimizer_state', 'total', ...} in bytes on this rank."""
