@@ -540,18 +540,19 @@ def fit(rows, fixed=None):
     return theta, math.sqrt(best[1] / max(1, len(rows)))
 
 
-def calibrate(data, loo=True):
-    """Fit on all rows; predict each row; leave-one-out: refit without the row, predict it."""
-    rows = [r for r in data["rows"] if int(r["n"]) > 1]
+def calibrate(data, loo=True, fixed=None):
+    """Fit on all rows; predict each row; leave-one-out: refit without the row, predict it.
+    fixed: {name: value} of CAL_PARAMS held at a known value (e.g. beta_tcp from the link rate)."""
+    rows = [r for r in data["rows"] if int(r["n"]) > 1 and "error" not in r]
     if not rows:
         raise ValueError("no measured rows with n > 1 to calibrate on")
-    theta, rms = fit(rows)
+    theta, rms = fit(rows, fixed)
     out = []
     for i, r in enumerate(rows):
         pred = predict_step(r, theta)
         loo_pred = None
         if loo and len(rows) > 2:
-            th_i, _ = fit(rows[:i] + rows[i + 1 :])
+            th_i, _ = fit(rows[:i] + rows[i + 1 :], fixed)
             loo_pred = predict_step(r, th_i)
         out.append({**r, "pred_step_s": pred, "loo_pred_step_s": loo_pred, "pred_exposed_s": predict_exposed(r, theta)})
     return theta, rms, out
@@ -588,8 +589,9 @@ def format_calibration(theta, rms, out):
             + (f"{1e3 * loo:>9.1f}{100 * le:>10.1f}" if le is not None else f"{'-':>9}{'-':>10}")
             + f"{1e3 * r.get('comm_wait_s', 0.0):>13.1f}{1e3 * r['pred_exposed_s']:>11.1f}"
         )
+    wait_errs = [abs(r["pred_exposed_s"] - r["comm_wait_s"]) / r["comm_wait_s"] for r in out if r.get("comm_wait_s")]
     lines.append(
-        f"mean |error| {100 * sum(errs) / len(errs):.1f}% (max {100 * max(errs):.1f}%), "
+        f"step time: mean |error| {100 * sum(errs) / len(errs):.1f}% (max {100 * max(errs):.1f}%), "
         f"{sum(e <= 0.15 for e in errs)}/{len(errs)} rows within 15%"
         + (
             f"; leave-one-out mean |error| {100 * sum(loo_errs) / len(loo_errs):.1f}% "
@@ -598,6 +600,12 @@ def format_calibration(theta, rms, out):
             else ""
         )
     )
+    if wait_errs:
+        lines.append(
+            f"comm wait alone (the part the model predicts; compute is measured): mean |error| "
+            f"{100 * sum(wait_errs) / len(wait_errs):.1f}% (max {100 * max(wait_errs):.1f}%), "
+            f"{sum(e <= 0.15 for e in wait_errs)}/{len(wait_errs)} rows within 15%"
+        )
     return "\n".join(lines)
 
 
@@ -644,6 +652,14 @@ def _cal_parser():
     )
     p.add_argument("results", help="JSON written by benchmarks/scaling.py")
     p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
+    p.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"hold a term at a known value instead of fitting it (names: {', '.join(CAL_PARAMS)}; "
+        "seconds, beta in s/byte; e.g. beta_tcp=8.5e-9 for a 1 Gbit/s link's TCP goodput)",
+    )
     p.add_argument("--json", metavar="PATH", help="write fitted terms and per-row predictions as JSON")
     return p
 
@@ -681,7 +697,15 @@ def main(argv=None):
         args = _cal_parser().parse_args(argv[1:])
         with open(args.results) as f:
             data = json.load(f)
-        theta, rms, out = calibrate(data, loo=not args.no_loo)
+        fixed = {}
+        for item in args.fix:
+            name, _, value = item.partition("=")
+            if name not in CAL_PARAMS or not value:
+                raise SystemExit(f"--fix {item!r}: expected NAME=VALUE with NAME one of {', '.join(CAL_PARAMS)}")
+            fixed[name] = float(value)
+        theta, rms, out = calibrate(data, loo=not args.no_loo, fixed=fixed)
+        if fixed:
+            print("held fixed: " + ", ".join(f"{k}={v:g}" for k, v in fixed.items()))
         if data.get("machine"):
             print(f"measured on: {data['machine']}")
         print(format_calibration(theta, rms, out))
