@@ -420,6 +420,50 @@ def test_trainer_resume_on_thread_ranks_with_accumulation(tmp_path):
     _check_resumed(tmp_path, strategies, 2, accumulate=2)
 
 
+@pytest.mark.parametrize("strategy", ["zero1", "zero2", "parameter_server"])
+def test_manual_optimization_clip_gradients_on_thread_ranks(strategy):
+    """Manual optimization: self.clip_gradients(...) before opt.step() is done on the reduced
+    gradients at the step, and matches one process's manual loop."""
+    import zero_trainer
+
+    import dutycycle as L
+
+    class Manual(zero_trainer.GPTModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            (xy,) = batch
+            _, loss = self.gpt(xy[:, :-1], xy[:, 1:])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
+            opt.step()
+            return loss
+
+    def fit(strat, devices, batch, comm=None):
+        with zero_trainer._BUILD:
+            model = Manual()
+        if comm is not None:
+            strat = L.strategies.from_name(strat, **({} if strat == "parameter_server" else {"max_inflight": 1 << 20}))
+            strat._dc_comm = comm
+        trainer = L.Trainer(strategy=strat, devices="auto", accelerator="cpu", max_steps=3, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, barebones=True)  # fmt: skip
+        data = zero_trainer.dataset(3 * batch * devices)
+        trainer.fit(model, zero_trainer.DataLoader(data, batch_size=batch, shuffle=False))
+        return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    ref = fit("auto", 1, 4)
+    got = run_ranks(2, lambda comm: fit(strategy, 2, 2, comm))
+    assert common.rel_err(got[0], ref) <= TOL
+    init = {k: v.detach().numpy() for k, v in zero_trainer.GPTModule().state_dict().items()}
+    unclipped, _ = _reference_fit(2, None)
+    assert common.rel_err(ref, init) > 1e-3 and common.rel_err(ref, unclipped) > 1e-3  # it trained, clipped
+
+
 def test_zero_rejects_what_it_cannot_shard():
     from dutycycle.strategies import from_name
 

@@ -23,8 +23,12 @@ One optimizer step (ZeroEngine):
              it; a full bucket is reduce-scattered (avg) at once while backward continues, buckets
              in index order on every rank; the rank keeps only its shard (accumulated over
              micro-batches) and at most `max_inflight` bucket buffers
-    both:    the fused AdamW (_C.adamw_step) on this rank's pieces of each parameter group, then
-             all_gather of the updated chunks, bucket by bucket, into the flat parameter buffer
+    both:    (gradient clipping on the shards: the norm from every rank's shard, padding
+             excluded, one scalar all_reduce), then the fused AdamW (_C.adamw_step) on this rank's
+             pieces of each parameter group, skipping parameters that got no gradient on any rank
+             this step (one small all_reduce(max) of a per-parameter flag; step counts are per
+             parameter, as torch's), then all_gather of the updated chunks, bucket by bucket, into
+             the flat parameter buffer
 
 Checkpoints hold the full model (every rank has it) and the optimizer state consolidated into
 AdamW's ordinary state_dict (the shards all-gathered), so a checkpoint written by zero1/zero2
