@@ -324,6 +324,16 @@ def to_markdown(data):
             continue
         cw = f"{v['comm_wait_ratio']:.2f}x" if v["comm_wait_ratio"] is not None else "-"
         lines.append(f"| {n[2:]} | {net} | {v['step_ratio']:.2f}x | {v['equal_compute_ratio']:.2f}x | {cw} |")
+    runs = data.get("all_runs", [])
+    if runs:
+        failed = [r for r in runs if r.get("error")]
+        lines += [
+            "",
+            f"Each configuration ran {data.get('repeats', 1)} times round-robin; the fastest run is shown "
+            f"({len(runs) - len(failed)} of {len(runs)} runs succeeded; every run's step time is in the JSON).",
+        ]
+        for r in failed:
+            lines.append(f"- failed: {r['strategy']} N={r['n']} {r['network']}: {r['error'][:160]}")
     if data.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(data["skipped"])]
     return "\n".join(lines) + "\n"
@@ -391,6 +401,7 @@ def main(argv=None):
         "steps": args.steps,
         "warmup": args.warmup,
         "rate": args.rate,
+        "repeats": args.repeats,
         "workload": {"B": B, "T": T, "V": V, "L": L, "H": H, "C": C},
         "rows": [],
         "all_runs": [],
