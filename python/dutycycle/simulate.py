@@ -568,6 +568,10 @@ def format_calibration(theta, rms, out):
             for k, v in theta.items()
             if k in CAL_PARAMS
         ),
+        "at a bound of the search (not identifiable from these rows): "
+        + (
+            ", ".join(k for k in CAL_PARAMS if theta[k] <= _CAL_LO[k] * 1.01 or theta[k] >= _CAL_HI[k] * 0.99) or "none"
+        ),
         "",
     ]
     hdr = (
