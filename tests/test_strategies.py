@@ -133,6 +133,27 @@ def test_a_custom_strategy_sees_backward_steps_and_checkpoint_writes(data, tmp_p
     assert s2.calls[-1] == ("save_checkpoint", str(tmp_path / "mine.ckpt"))
 
 
+def test_gradient_clipping_goes_through_the_strategy(data):
+    """LightningModule.clip_gradients asks strategy.clip_gradients (the seam a sharded strategy uses to
+    clip its reduced gradients); the base strategy clips the local .grad, as before."""
+    x, y = data
+    seen = []
+
+    class Clipping(SingleDeviceStrategy):
+        def clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm="norm"):
+            seen.append((gradient_clip_val, gradient_clip_algorithm))
+            out = super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            norm = np.sqrt(sum(float((p.grad * p.grad).sum()) for g in optimizer.param_groups for p in g["params"]))
+            assert norm <= gradient_clip_val * (1 + 1e-5)
+            return out
+
+    trainer = Trainer(**quiet(strategy=Clipping(), max_steps=3, gradient_clip_val=1e-3))
+    trainer.fit(Regressor(), loader(x, y))
+    assert seen == [(1e-3, "norm")] * 3
+    with pytest.raises(ValueError, match="gradient_clip_algorithm 'l3'"):
+        Regressor().clip_gradients(dc.optim.SGD([dc.nn.Parameter(dc.ones(2))], lr=0.1), 1.0, "l3")
+
+
 def test_optimizer_step_override_and_manual_optimization_go_through_the_strategy(data):
     x, y = data
     seen = []

@@ -26,9 +26,7 @@ from .zero import (
     _nbytes,
     check_params,
     format_memory,
-    install_clip_capture,
     queue_clip,
-    remove_clip_capture,
 )
 
 GRAD_TAG, PARAM_TAG, MASK_TAG = 71, 72, 73
@@ -160,12 +158,11 @@ class ParameterServerStrategy(ParallelStrategy):
             [p for _, p in named], self.comm, names=[n for n, _ in named], waiting=self.comm_wait
         )
         self._memory_logged = False
-        install_clip_capture(self, m)
+        self._clips = []
 
     def teardown(self):
         if self._engine is not None:
             self._engine.close()
-        remove_clip_capture(self, self.lightning_module)
         return super().teardown()
 
     def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
@@ -189,11 +186,11 @@ class ParameterServerStrategy(ParallelStrategy):
             with dc.enable_grad():
                 loss = closure()
         clips, self._clips = getattr(self, "_clips", []), []
-        module = self.lightning_module
+        from ..trainer.module import clip_local_gradients
 
-        def clip(opt):  # rank 0, on the averaged gradients: the module's own (unshadowed) clip_gradients
+        def clip(opt):  # rank 0, on the averaged gradients: a local clip, as one process would
             for val, algo in clips:
-                type(module).clip_gradients(module, opt, val, algo)
+                clip_local_gradients(opt, val, algo)
 
         self._require_engine("optimizer_step").step(optimizer, clip if clips else None)
         if not self._memory_logged:

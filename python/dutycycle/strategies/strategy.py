@@ -106,6 +106,14 @@ class Strategy(abc.ABC):
         """Run closure (training_step + backward) and step optimizer: optimizer.step(closure)."""
         return optimizer.step(closure=closure, **kwargs)
 
+    def clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm="norm"):
+        """LightningModule.clip_gradients comes here (inside the closure, right after backward).
+        Default: clip this process's .grad (for ddp they are already averaged). A sharded strategy
+        overrides it to clip the reduced gradients in its optimizer step."""
+        from ..trainer.module import clip_local_gradients
+
+        return clip_local_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # ---- collectives (identity for one process) ----------------------------------------------------
     def reduce(self, tensor, group=None, reduce_op="mean"):
         """Reduce tensor across processes with reduce_op ('mean', 'sum', 'max', 'min'). One

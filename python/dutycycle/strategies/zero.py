@@ -702,13 +702,11 @@ class ZeroEngine:
 
 
 # ---- gradient clipping through the strategy ---------------------------------------------------------------
-# The Trainer clips inside the optimizer closure (configure_gradient_clipping -> module.clip_gradients ->
-# nn.utils on every .grad), right after backward. Under zero1/zero2/parameter_server the averaged gradient
-# does not exist in .grad then (zero2 frees it; zero1's reductions are still in flight; the parameter
-# server averages on rank 0 inside the step). So during fit the module's clip_gradients is shadowed by an
-# instance attribute that hands the request to strategy.clip_gradients, which queues it; optimizer_step
-# applies it to the reduced gradients. A configure_gradient_clipping override that calls
-# self.clip_gradients(...) is honoured; one that calls nn.utils directly clips local gradients (unsupported).
+# LightningModule.clip_gradients hands the request to strategy.clip_gradients, inside the optimizer closure
+# right after backward. Under zero1/zero2/parameter_server the averaged gradient is not in .grad then (zero2
+# frees it; zero1's reductions are still in flight; the parameter server averages on rank 0 inside the step),
+# so the strategies queue the request and optimizer_step applies it to the reduced gradients. A
+# configure_gradient_clipping override that calls nn.utils directly clips local gradients (unsupported).
 _CLIP_ALGORITHMS = ("norm", "value")
 
 
@@ -721,22 +719,6 @@ def queue_clip(strategy, gradient_clip_val, gradient_clip_algorithm):
     if not hasattr(strategy, "_clips"):
         strategy._clips = []
     strategy._clips.append((float(gradient_clip_val), algo))
-
-
-def install_clip_capture(strategy, module):
-    remove_clip_capture(strategy, module)
-    strategy._clips = []
-
-    def clip_gradients(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        return strategy.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    clip_gradients._dc_strategy_clip = True
-    object.__setattr__(module, "clip_gradients", clip_gradients)
-
-
-def remove_clip_capture(strategy, module):
-    if module is not None and getattr(module.__dict__.get("clip_gradients"), "_dc_strategy_clip", False):
-        del module.__dict__["clip_gradients"]
 
 
 def format_memory(mem):
@@ -808,7 +790,7 @@ class ZeroStrategy(ParallelStrategy):
             max_inflight=self.max_inflight,
         )
         self._memory_logged = False
-        install_clip_capture(self, m)
+        self._clips = []
 
     @contextlib.contextmanager
     def block_backward_sync(self):
@@ -835,7 +817,6 @@ class ZeroStrategy(ParallelStrategy):
         checkpoint saved after fit and memory_per_rank() still see the optimizer state."""
         if self._engine is not None:
             self._engine.close()
-        remove_clip_capture(self, self.lightning_module)
         return super().teardown()
 
     def _close_engine(self):

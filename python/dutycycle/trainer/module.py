@@ -352,13 +352,12 @@ class LightningModule(HyperparametersMixin, nn.Module):
         if gradient_clip_val is None or gradient_clip_val == 0:
             return
         algo = gradient_clip_algorithm or "norm"
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if algo == "norm":
-            nn.utils.clip_grad_norm_(params, gradient_clip_val)  # note: sync point (the norm is read)
-        elif algo == "value":
-            nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
+        if algo not in ("norm", "value"):
             raise ValueError(f"gradient_clip_algorithm {algo!r} is not one of 'norm', 'value'")
+        trainer = self.__dict__.get("_trainer")
+        if trainer is not None:  # the strategy clips: a sharded one waits for the reduced gradients
+            return trainer.strategy.clip_gradients(optimizer, gradient_clip_val, algo)
+        return clip_local_gradients(optimizer, gradient_clip_val, algo)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -577,3 +576,13 @@ def move_data_to_device(batch, device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_data_to_device(v, device) for v in batch)
     return batch
+
+
+def clip_local_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm="norm"):
+    """Clip this process's .grad of optimizer's parameters (what one device, and ddp after its
+    all-reduce, clips): by global norm or by value."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if gradient_clip_algorithm == "norm":
+        nn.utils.clip_grad_norm_(params, gradient_clip_val)  # note: sync point (the norm is read)
+    else:
+        nn.utils.clip_grad_value_(params, gradient_clip_val)
