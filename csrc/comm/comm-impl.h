@@ -175,6 +175,14 @@ void dc_comm_break(dc_comm *c, dc_status st, const char *msg);
 void dc_comm_break_locked(dc_comm *c, dc_status st, const char *msg);
 /* "rank 3 (host h)" */
 const char *dc_comm_who(dc_comm *c, int rank, char *buf, size_t n);
+/* This rank as "rank 3 (host h)", in a function that declares `char who_[96]` and has `c`. */
+#define WHO (dc_comm_who(c, c->rank, who_, sizeof who_))
+/* "rank 3 (host h, pid 123)" */
+const char *dc_comm_who_pid(dc_comm *c, int rank, char *buf, size_t n);
+/* ts = CLOCK_MONOTONIC now + s seconds (for pthread_cond_timedwait on a monotonic condvar). */
+void dc_comm_abs_deadline(struct timespec *ts, double s);
+/* watchdog.c: the watchdog thread's body (arg: the dc_comm). */
+void *dc_comm_watchdog_main(void *arg);
 /* "all_reduce #42 (float32 x 1024, sum)" */
 const char *dc_comm_describe(const dc_fingerprint *fp, char *buf, size_t n);
 
