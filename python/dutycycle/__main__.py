@@ -29,14 +29,8 @@ def main(argv=None):
 
         return run_main(rest)
     if cmd == "simulate":
-        try:
-            from .simulate import main as simulate_main
-        except ImportError as e:
-            if getattr(e, "name", None) not in ("dutycycle.simulate",) and "simulate" not in str(e):
-                raise
-            print(f"dutycycle simulate: not available in this installation (dutycycle.simulate: {e})",
-                  file=sys.stderr)
-            return 2
+        from .simulate import main as simulate_main
+
         return simulate_main(rest)
     print(f"dutycycle: unknown command {cmd!r} (try 'dutycycle --help')", file=sys.stderr)
     return 2
