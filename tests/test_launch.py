@@ -30,6 +30,21 @@ def test_no_launcher_is_rank_zero_of_one():
     assert launcher_env({}) == dict(rank=0, world_size=1, local_rank=0, local_world_size=1, launcher=None)
 
 
+def test_torchrun_variables_set_under_open_mpi_at_import():
+    """A script that tests RANK (nanoGPT) sees the job under a plain mpirun too: importing dutycycle
+    under Open MPI's variables sets torchrun's (unless they are set already)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env.update(OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_LOCAL_RANK="1",
+               OMPI_COMM_WORLD_LOCAL_SIZE="2")
+    code = "import os, dutycycle; print([os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE')])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['1', '2', '1', '2']"
+    env["RANK"] = "7"  # a value the user set is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().startswith("['7', '2'")
+
+
 def test_open_mpi_variables():
     assert launcher_env(OMPI) == dict(rank=3, world_size=4, local_rank=1, local_world_size=2, launcher="mpirun")
 

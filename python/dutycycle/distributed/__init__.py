@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import os
 import pickle
 import types
 
@@ -97,12 +98,19 @@ _BACKENDS = {"mpi": "mpi", "gloo": "mpi", "nccl": "nccl"}
 
 
 def _install_hooks_for_the_job():
-    """In a multi-rank job, a traceback names its rank even before init_process_group (with no
-    comm yet, the rank exits non-zero and the launcher ends the job)."""
+    """Under mpirun/srun: torchrun's RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE are set (unless set
+    already), and in a multi-rank job a traceback names its rank even before init_process_group
+    (with no comm yet, the rank exits non-zero and the launcher ends the job)."""
     try:
         info = launcher_env()
     except ValueError:
         return
+    if info["launcher"] in ("mpirun", "srun"):
+        # torchrun's variables too, so a script that tests RANK (nanoGPT) sees the job under a plain
+        # mpirun/srun as it does under `dutycycle run`; a value already set is kept
+        for k, v in (("RANK", "rank"), ("WORLD_SIZE", "world_size"), ("LOCAL_RANK", "local_rank"),
+                     ("LOCAL_WORLD_SIZE", "local_world_size")):
+            os.environ.setdefault(k, str(info[v]))
     if info["launcher"] in ("mpirun", "srun") and info["world_size"] > 1 and _failure._state["rank"] is None:
         _failure.set_job(info["rank"], info["world_size"])
         _failure.install()
