@@ -45,7 +45,7 @@ def chars_data(cwd):
     ids[27000:].tofile(d / "val.bin")
     with open(d / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars)}, f)
-    (cwd / "configurator.py").write_text(open(os.path.join(PORTS, "nanogpt", "configurator.py")).read())
+    (cwd / "configurator.py").write_text(open(os.path.join(ROOT, "tests", "ddp_scripts", "configurator.py")).read())
 
 
 # name: (script, args, losses(stdout, logged values, cwd), setup(cwd) or None)
