@@ -50,7 +50,7 @@ def chars_data(cwd):
 
 # name: (script, args, losses(stdout, logged values, cwd), setup(cwd) or None)
 CASES = {
-    "pytorch_quickstart": ("quickstart.py", ["3"], lambda out, log, cwd: floats(r"loss: ([\d.]+)  \[", out), None),
+    "pytorch_quickstart": ("quickstart.py", ["4"], lambda out, log, cwd: floats(r"Avg loss: ([\d.]+)", out), None),
     "pytorch_vae": ("vae.py", ["--epochs", "3", "--log-interval", "4"],
                     lambda out, log, cwd: floats(r"Average loss: ([\d.]+)", out), None),
     "pytorch_mnist_cnn": ("mnist_cnn.py", ["--epochs", "2", "--log-interval", "2", "--test-batch-size", "256"],

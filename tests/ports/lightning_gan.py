@@ -20,8 +20,8 @@ from synthetic import images  # synthetic: was the demo's MNIST download
 
 from dutycycle.pytorch import cli_lightning_logo  # dutycycle: was from lightning.pytorch import cli_lightning_logo
 from dutycycle.pytorch.core import LightningModule  # dutycycle: was from lightning.pytorch.core import LightningModule
-from dutycycle.pytorch import LightningDataModule  # synthetic: the datamodule below stands in for the demo's MNIST
-from dutycycle.utils.data import DataLoader, TensorDataset  # synthetic: (the download is replaced)
+from dutycycle.pytorch import LightningDataModule  # dutycycle: (synthetic: for the datamodule below)
+from dutycycle.utils.data import DataLoader, TensorDataset  # dutycycle: (synthetic: for the datamodule below)
 from dutycycle.pytorch.trainer import Trainer  # dutycycle: was from lightning.pytorch.trainer import Trainer
 
 
@@ -179,7 +179,7 @@ class GAN(LightningModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(b1, b2))
         return opt_g, opt_d
 
-    def on_train_epoch_end(self):
+    def on_validation_epoch_end(self):
         z = self.validation_z.type_as(self.generator.model[0].weight)
 
         # log sampled images
