@@ -50,6 +50,20 @@ static void on_fork_child(void)
 #endif
 }
 
+void dc_cpu_set_num_threads(int n)
+{
+#ifdef _OPENMP
+    if (n >= 1 && !dc_cpu_forked_child) omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+int dc_cpu_get_num_threads(void)
+{
+    return cpu_max_threads();
+}
+
 static void install_fork_handler(void)
 {
     pthread_atfork(NULL, NULL, on_fork_child);

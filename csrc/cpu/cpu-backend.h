@@ -18,4 +18,9 @@ void dc_cpu_free(dc_device dev, void *p);
 void dc_cpu_cache_info(size_t *cached, size_t *limit);
 void dc_cpu_empty_cache(void);
 
+/* The thread count of the kernels (and OpenBLAS's GEMMs) started from the calling thread: OpenMP's
+ * per-thread nthreads setting, as torch.set_num_threads. n < 1 is ignored; a forked child stays at 1. */
+void dc_cpu_set_num_threads(int n);
+int dc_cpu_get_num_threads(void);
+
 #endif

@@ -855,6 +855,26 @@ static PyObject *f_cpu_empty_cache(PyObject *m, PyObject *noargs)
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+static PyObject *f_set_num_threads(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads expects a positive integer, got %ld", n);
+        return NULL;
+    }
+    dc_cpu_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *f_get_num_threads(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    return PyLong_FromLong(dc_cpu_get_num_threads());
+}
+
 #define F(name, flags)                                            \
     {                                                             \
 #name, (PyCFunction)(void (*)(void))f_##name, flags, NULL \
@@ -913,6 +933,8 @@ static PyMethodDef module_methods[] = {
     F(synchronize, METH_VARARGS),
     F(cpu_cache_info, METH_NOARGS),
     F(cpu_empty_cache, METH_NOARGS),
+    F(set_num_threads, METH_O),
+    F(get_num_threads, METH_NOARGS),
     { NULL, NULL, 0, NULL },
 };
 

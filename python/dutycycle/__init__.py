@@ -61,4 +61,17 @@ from .trainer import LightningDataModule, LightningModule, Trainer, seed_everyth
 from . import strategies  # after the trainer: Trainer(strategy=...) and dutycycle.strategies.Strategy
 from . import distributed
 
+# PyTorch names scripts import around the model (README "PyTorch names")
+from . import accelerator, amp, backends
+from .amp import autocast, get_autocast_dtype, is_autocast_enabled
+from ._torch_names import compile, get_float32_matmul_precision, get_num_threads, seed
+from ._torch_names import set_float32_matmul_precision, set_num_threads
+from ._torch_names import seed_fresh_at_import as _seed_fresh_at_import
+
+_seed_fresh_at_import()  # a fresh seed per process, as torch (manual_seed makes runs reproducible)
+
 __version__ = "0.1.0"
+
+from ._missing import missing_names as _missing_names
+
+__getattr__ = _missing_names(__name__, "torch")

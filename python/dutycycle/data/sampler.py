@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 _SEED_HIGH = 1 << 62
+_CHUNK = 1 << 15  # indices drawn at a time by a RandomSampler with replacement
 
 
 def _draw_seed(generator):
@@ -121,15 +122,25 @@ class RandomSampler(Sampler):
         return _draw_seed(self.generator)
 
     def _order(self, seed):
+        """The epoch's indices, drawn lazily: `_CHUNK` draws at a time with replacement, one
+        permutation of len(data_source) at a time without. Memory stays O(len(data_source) +
+        _CHUNK) whatever num_samples is (minGPT asks for 10**10 draws)."""
         n = len(self.data_source)
+        total = self.num_samples
         rng = np.random.default_rng(seed)
         if self.replacement:
-            return rng.integers(0, n, size=self.num_samples, dtype=np.int64)
-        full, rest = divmod(self.num_samples, n)
-        perms = [rng.permutation(n) for _ in range(full)]
-        if rest:
-            perms.append(rng.permutation(n)[:rest])
-        return np.concatenate(perms) if perms else np.zeros(0, np.int64)
+            done = 0
+            while done < total:
+                k = min(_CHUNK, total - done)
+                yield from rng.integers(0, n, size=k, dtype=np.int64).tolist()
+                done += k
+            return
+        done = 0
+        while done < total:
+            perm = rng.permutation(n)
+            k = min(n, total - done)
+            yield from perm[:k].tolist()
+            done += k
 
     def __iter__(self):
         # eager: the seed is drawn here, in the thread that calls iter(), not at the first next()
@@ -137,7 +148,7 @@ class RandomSampler(Sampler):
         self._seed_used = s
         self._iters += 1
         self._epoch_set = False
-        return iter(self._order(s).tolist())
+        return self._order(s)
 
     def __len__(self):
         return self.num_samples
@@ -176,6 +187,51 @@ class SubsetRandomSampler(Sampler):
 
     def load_state_dict(self, state, replay=True):
         self._inner.load_state_dict(state, replay)
+
+
+class WeightedRandomSampler(Sampler):
+    """`num_samples` indices drawn with probability proportional to `weights` (with or without
+    replacement), as torch.utils.data.WeightedRandomSampler; the epoch's seed comes from the
+    generator as for RandomSampler (see the module docstring)."""
+
+    def __init__(self, weights, num_samples, replacement=True, generator=None):
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
+            raise ValueError(f"num_samples should be a positive integer value, but got num_samples={num_samples}")
+        if not isinstance(replacement, bool):
+            raise ValueError(f"replacement should be a boolean value, but got replacement={replacement}")
+        from .._tensor import Tensor
+
+        w = weights.detach().numpy() if isinstance(weights, Tensor) else np.asarray(weights)
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 1:
+            raise ValueError(f"weights should be a 1d sequence but given weights have shape {tuple(w.shape)}")
+        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        if not replacement and num_samples > int((w > 0).sum()):
+            raise ValueError(f"WeightedRandomSampler: cannot draw {num_samples} samples without replacement from "
+                             f"{int((w > 0).sum())} indices of non-zero weight")
+        self.weights = w
+        self.num_samples = num_samples
+        self.replacement = replacement
+        self.generator = _as_generator(generator)
+
+    def _draws(self, seed):
+        rng = np.random.default_rng(seed)
+        p = self.weights / self.weights.sum()
+        if not self.replacement:
+            yield from rng.choice(len(p), size=self.num_samples, replace=False, p=p).tolist()
+            return
+        done = 0
+        while done < self.num_samples:
+            k = min(_CHUNK, self.num_samples - done)
+            yield from rng.choice(len(p), size=k, replace=True, p=p).tolist()
+            done += k
+
+    def __iter__(self):
+        return self._draws(_draw_seed(self.generator))  # seed drawn now, as RandomSampler
+
+    def __len__(self):
+        return self.num_samples
 
 
 class BatchSampler(Sampler):

@@ -35,6 +35,24 @@ from .modules import (
 )
 from .parameter import Parameter
 
+# isort: split
+# PyTorch names scripts import (README "PyTorch names")
+from . import transformer
+from .modules import (
+    CELU,
+    ELU,
+    SELU,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LogSigmoid,
+    Mish,
+    ReLU6,
+    Softsign,
+    Tanhshrink,
+)
+from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer
+
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
@@ -70,4 +88,23 @@ __all__ = [
     "functional",
     "init",
     "utils",
+    "CELU",
+    "ELU",
+    "SELU",
+    "Hardsigmoid",
+    "Hardswish",
+    "Hardtanh",
+    "LogSigmoid",
+    "Mish",
+    "MultiheadAttention",
+    "ReLU6",
+    "Softsign",
+    "Tanhshrink",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "transformer",
 ]
+
+from .._missing import missing_names  # noqa: E402
+
+__getattr__ = missing_names(__name__, "torch.nn")

@@ -29,12 +29,12 @@ def linear(x, weight, bias=None):
     return y.view(*lead, weight.shape[0])
 
 
-def relu(x):
-    return x.relu()
+def relu(x, inplace=False):
+    return _maybe_inplace(x, x.relu(), inplace)
 
 
-def silu(x):
-    return dc._C.ops.silu(x)
+def silu(x, inplace=False):
+    return _maybe_inplace(x, dc._C.ops.silu(x), inplace)
 
 
 def gelu(x, approximate="none"):
@@ -44,7 +44,7 @@ def gelu(x, approximate="none"):
 
 
 def leaky_relu(x, negative_slope=0.01, inplace=False):
-    return dc.where(x > 0, x, x * negative_slope)
+    return _maybe_inplace(x, dc.where(x > 0, x, x * negative_slope), inplace)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
@@ -85,12 +85,12 @@ def one_hot(tensor, num_classes=-1):
     return (tensor.unsqueeze(-1) == classes).long()
 
 
-def dropout(x, p=0.5, training=True):
+def dropout(x, p=0.5, training=True, inplace=False):
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return x
-    return dc._C.dropout(x, p, training)
+    return _maybe_inplace(x, dc._C.dropout(x, p, training), inplace)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -337,3 +337,76 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if dropout_p > 0.0:
         att = dc._C.dropout(att, dropout_p, True)
     return att @ v  # (..., Tq, Dv)
+
+
+# --- activations with torch's inplace= argument, and more of torch's activations ------------------
+# inplace=True writes the result into the input when autograd does not track it (no_grad, or an
+# input that does not require grad). Under autograd the engine refuses in-place writes into a
+# tensor that requires grad, so the result is returned out of place: the same numbers and the same
+# gradients as torch's in-place version; only the input tensor is left unchanged.
+
+def _maybe_inplace(x, out, inplace):
+    if not inplace or (x.requires_grad and dc.is_grad_enabled()):
+        return out
+    with dc.no_grad():
+        x.copy_(out)
+    return x
+
+
+def elu(x, alpha=1.0, inplace=False):
+    """x where x > 0, alpha * (exp(x) - 1) elsewhere."""
+    return _maybe_inplace(x, dc.where(x > 0, x, x.expm1() * alpha), inplace)
+
+
+def selu(x, inplace=False):
+    """scale * elu(x, alpha) with torch's SELU constants."""
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return _maybe_inplace(x, dc.where(x > 0, x * scale, x.expm1() * (alpha * scale)), inplace)
+
+
+def celu(x, alpha=1.0, inplace=False):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    return _maybe_inplace(x, dc.where(x > 0, x, (x / alpha).expm1() * alpha), inplace)
+
+
+def mish(x, inplace=False):
+    """x * tanh(softplus(x))."""
+    return _maybe_inplace(x, x * softplus(x).tanh(), inplace)
+
+
+def hardsigmoid(x, inplace=False):
+    """clamp(x / 6 + 1/2, 0, 1)."""
+    return _maybe_inplace(x, (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0), inplace)
+
+
+def hardswish(x, inplace=False):
+    """x * relu6(x + 3) / 6."""
+    return _maybe_inplace(x, x * (x + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0), inplace)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+    if min_val > max_val:
+        raise ValueError("hardtanh: min_val cannot be greater than max_val")
+    return _maybe_inplace(x, x.clamp(min_val, max_val), inplace)
+
+
+def relu6(x, inplace=False):
+    return hardtanh(x, 0.0, 6.0, inplace)
+
+
+def logsigmoid(x):
+    """log(sigmoid(x)), computed stably as -softplus(-x)."""
+    return -((-x).clamp(min=0) + ((-x.abs()).exp() + 1.0).log())
+
+
+def softsign(x):
+    return x / (x.abs() + 1.0)
+
+
+def tanhshrink(x):
+    return x - x.tanh()
+
+
+from .._missing import missing_names  # noqa: E402
+
+__getattr__ = missing_names(__name__, "torch.nn.functional")

@@ -1,12 +1,20 @@
-"""nn.init: in-place weight initialisers (run under no_grad), with PyTorch's fan/gain rules."""
+"""nn.init: in-place weight initialisers (run under no_grad), with PyTorch's fan/gain rules.
+
+Fans as torch computes them: for a weight (out, in, *kernel) fan_in = in * prod(kernel) and
+fan_out = out * prod(kernel) (a conv weight (out, in/groups, kH, kW) included; a ConvTranspose
+weight (in, out/groups, kH, kW) gets torch's same — swapped — reading). Random draws come from
+dutycycle's generator, so manual_seed makes them reproducible."""
 
 import math
+
+import numpy as np
 
 import dutycycle as dc
 
 
 def calculate_gain(nonlinearity, param=None):
-    linear_fns = ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "identity")
+    linear_fns = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                  "sigmoid", "identity")
     if nonlinearity in linear_fns:
         return 1.0
     if nonlinearity == "tanh":
@@ -109,3 +117,88 @@ def trunc_normal_(t, mean=0.0, std=1.0, a=-2.0, b=2.0):
             t.copy_(dc.where(outside, dc.empty_like(t).normal_(mean, std), t))
         t.copy_(t.clamp(a, b))
     return t
+
+
+
+def _calculate_correct_fan(t, mode):
+    return _fan(t, mode)
+
+
+def eye_(t):
+    """The identity in a 2-D tensor (ones on the diagonal of a possibly non-square matrix)."""
+    if t.dim() != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    with dc.no_grad():
+        t.copy_(dc.eye(t.shape[0], t.shape[1], dtype=t.dtype, device=t.device))
+    return t
+
+
+def dirac_(t, groups=1):
+    """The Dirac delta in a 3-, 4- or 5-d conv weight (out, in, *kernel): each of the first
+    min(out/groups, in) output channels of a group passes its input channel through unchanged."""
+    if t.dim() not in (3, 4, 5):
+        raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
+    out_per_group = t.shape[0] // groups
+    if t.shape[0] % groups != 0:
+        raise ValueError("dim 0 must be divisible by groups")
+    w = np.zeros(tuple(t.shape), dtype=np.float64)  # built on the host, copied in once
+    centre = tuple(k // 2 for k in t.shape[2:])
+    for g in range(groups):
+        for d in range(min(out_per_group, t.shape[1])):
+            w[(g * out_per_group + d, d) + centre] = 1.0
+    with dc.no_grad():
+        t.copy_(dc.tensor(w, dtype=t.dtype, device=t.device))
+    return t
+
+
+def orthogonal_(t, gain=1.0):
+    """A (semi-)orthogonal matrix (rows x prod(other dims)), as torch: QR of a standard normal draw,
+    signs fixed by R's diagonal so the result is uniform over orthogonal matrices, times gain. The
+    normal draw comes from dutycycle's generator; the QR runs in NumPy on the host (a round trip
+    of one weight, at initialisation only)."""
+    if t.dim() < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    if t.numel() == 0:
+        return t
+    rows = t.shape[0]
+    cols = t.numel() // rows
+    flat = dc.randn(rows, cols, dtype=dc.float64).numpy()
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    with dc.no_grad():
+        t.copy_(dc.tensor(np.ascontiguousarray(q * gain).reshape(tuple(t.shape)), dtype=t.dtype, device=t.device))
+    return t
+
+
+def sparse_(t, sparsity, std=0.01):
+    """A 2-D tensor N(0, std) with a fraction `sparsity` of each column's entries zeroed."""
+    if t.dim() != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    rows, cols = t.shape
+    nz = int(math.ceil(sparsity * rows))
+    with dc.no_grad():
+        t.normal_(0.0, std)
+        keep = np.ones((rows, cols), dtype=bool)
+        for c in range(cols):
+            keep[dc.randperm(rows).numpy()[:nz], c] = False
+        t.copy_(t * dc.tensor(keep.astype(np.float64), dtype=t.dtype, device=t.device))
+    return t
+
+
+# torch's pre-underscore spellings (deprecated there, still seen in older scripts)
+uniform = uniform_
+normal = normal_
+constant = constant_
+xavier_uniform = xavier_uniform_
+xavier_normal = xavier_normal_
+kaiming_uniform = kaiming_uniform_
+kaiming_normal = kaiming_normal_
+orthogonal = orthogonal_
+
+from .._missing import missing_names  # noqa: E402
+
+__getattr__ = missing_names(__name__, "torch.nn.init")

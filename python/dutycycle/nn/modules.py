@@ -129,17 +129,20 @@ class RMSNorm(Module):
 
 
 class Dropout(Module):
-    def __init__(self, p=0.5):
+    """Zeroes each element with probability p in training mode (scaling the rest by 1/(1-p)).
+    inplace: see nn.functional's note on in-place activations."""
+
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
+        self.p, self.inplace = p, inplace
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training)
+        return F.dropout(x, self.p, self.training, self.inplace)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class GELU(Module):
@@ -156,14 +159,97 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(Module):
-    def forward(self, x):
-        return F.silu(x)
+class _InplaceActivation(Module):
+    """An activation taking torch's inplace= flag (see nn.functional's note: under autograd the
+    result is computed out of place, with the same numbers and gradients)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
-class ReLU(Module):
+class SiLU(_InplaceActivation):
     def forward(self, x):
-        return F.relu(x)
+        return F.silu(x, self.inplace)
+
+
+class ReLU(_InplaceActivation):
+    def forward(self, x):
+        return F.relu(x, self.inplace)
+
+
+class ReLU6(_InplaceActivation):
+    def forward(self, x):
+        return F.relu6(x, self.inplace)
+
+
+class Mish(_InplaceActivation):
+    def forward(self, x):
+        return F.mish(x, self.inplace)
+
+
+class Hardswish(_InplaceActivation):
+    def forward(self, x):
+        return F.hardswish(x, self.inplace)
+
+
+class Hardsigmoid(_InplaceActivation):
+    def forward(self, x):
+        return F.hardsigmoid(x, self.inplace)
+
+
+class SELU(_InplaceActivation):
+    def forward(self, x):
+        return F.selu(x, self.inplace)
+
+
+class ELU(Module):
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha, self.inplace = alpha, inplace
+
+    def forward(self, x):
+        return F.elu(x, self.alpha, self.inplace)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class CELU(ELU):
+    def forward(self, x):
+        return F.celu(x, self.alpha, self.inplace)
+
+
+class Hardtanh(Module):
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        if min_val > max_val:
+            raise ValueError("Hardtanh: min_val cannot be greater than max_val")
+        self.min_val, self.max_val, self.inplace = min_val, max_val, inplace
+
+    def forward(self, x):
+        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}" + (", inplace=True" if self.inplace else "")
+
+
+class LogSigmoid(Module):
+    def forward(self, x):
+        return F.logsigmoid(x)
+
+
+class Softsign(Module):
+    def forward(self, x):
+        return F.softsign(x)
+
+
+class Tanhshrink(Module):
+    def forward(self, x):
+        return F.tanhshrink(x)
 
 
 class Tanh(Module):
@@ -179,13 +265,13 @@ class Sigmoid(Module):
 class LeakyReLU(Module):
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope, self.inplace = negative_slope, inplace
 
     def forward(self, x):
-        return F.leaky_relu(x, self.negative_slope)
+        return F.leaky_relu(x, self.negative_slope, self.inplace)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
 class Softplus(Module):
@@ -197,15 +283,25 @@ class Softplus(Module):
         return F.softplus(x, self.beta, self.threshold)
 
 
+def _legacy_softmax_dim(name, ndim):
+    """torch's implicit softmax dim (deprecated there too): 0 for 0-, 1- and 3-d input, else 1."""
+    import warnings
+
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X "
+                  "as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
 class Softmax(Module):
     def __init__(self, dim=None):
         super().__init__()
-        if dim is None:
-            raise TypeError("Softmax: pass dim explicitly (torch's implicit-dim choice is deprecated)")
         self.dim = dim
 
+    def _dim(self, x):
+        return _legacy_softmax_dim(type(self).__name__.lower(), x.dim()) if self.dim is None else self.dim
+
     def forward(self, x):
-        return x.softmax(self.dim)
+        return x.softmax(self._dim(x))
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -213,7 +309,7 @@ class Softmax(Module):
 
 class LogSoftmax(Softmax):
     def forward(self, x):
-        return x.log_softmax(self.dim)
+        return x.log_softmax(self._dim(x))
 
 
 class Flatten(Module):

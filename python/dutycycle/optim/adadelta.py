@@ -1,0 +1,45 @@
+"""Adadelta with torch.optim.Adadelta's update:
+
+    v = rho * v + (1 - rho) * g^2
+    delta = sqrt(u + eps) / sqrt(v + eps) * g
+    u = rho * u + (1 - rho) * delta^2;  p -= lr * delta
+"""
+
+import dutycycle as dc
+
+from ._elementwise import check_nonnegative, grad_of
+from .optimizer import Optimizer
+
+
+class Adadelta(Optimizer):
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=None, *, capturable=False,
+                 maximize=False, differentiable=False):
+        check_nonnegative("lr", lr, "learning rate")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
+        check_nonnegative("eps", eps, "epsilon")
+        check_nonnegative("weight_decay", weight_decay)
+        defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def step(self, closure=None):
+        loss = self._closure_loss(closure)
+        with dc.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, group)
+        return loss
+
+    def _update(self, p, group):
+        s = self.state[p]
+        if not s:
+            s.update(step=0, square_avg=dc.zeros_like(p), acc_delta=dc.zeros_like(p))
+        s["step"] += 1
+        g = grad_of(p, group)
+        rho, eps = group["rho"], group["eps"]
+        v, u = s["square_avg"], s["acc_delta"]
+        v.mul_(rho).add_(g * g * (1 - rho))
+        delta = (u + eps).sqrt() / (v + eps).sqrt() * g
+        u.mul_(rho).add_(delta * delta * (1 - rho))
+        p.sub_(delta * group["lr"])
