@@ -124,7 +124,7 @@ def test_repr_like_torch():
         "Sequential(\n"
         "  (0): Linear(in_features=4, out_features=8, bias=True)\n"
         "  (1): GELU(approximate='tanh')\n"
-        "  (2): Dropout(p=0.1)\n"
+        "  (2): Dropout(p=0.1, inplace=False)\n"
         "  (3): LayerNorm((8,), eps=1e-05, elementwise_affine=True)\n"
         "  (4): Embedding(10, 3)\n"
         ")"

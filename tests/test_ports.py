@@ -96,7 +96,19 @@ def falls(losses):
     return float(np.mean(losses[-q:])) < float(np.mean(losses[:q]))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# What each port still lacks in dutycycle (issue 8, open): strict, so a port that starts passing fails
+# here until its entry is removed.
+NOT_YET = {
+    "pytorch_dcgan": "nn.ConvTranspose2d, nn.Conv2d, nn.BatchNorm2d (the conv stack)",
+    "pytorch_mnist_cnn": "nn.Conv2d, F.max_pool2d (the conv stack)",
+    "lightning_autoencoder": "the dutycycle.pytorch mirror of lightning.pytorch, cli_lightning_logo",
+    "lightning_gan": "the dutycycle.pytorch mirror, nn.BatchNorm1d, training_step(self, batch)",
+    "tiny_ddpm": "cumprod, type promotion (float * int64 tensors), Tensor([...]) legacy constructor",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=NOT_YET[c], strict=True))
+                                  if c in NOT_YET else c for c in sorted(CASES)])
 def test_port_runs_and_trains(case, tmp_path):
     out, losses = run(case, tmp_path)
     assert len(losses) >= 3, f"{case}: too few losses found in its output:\n{out[-3000:]}"
