@@ -261,8 +261,9 @@ def test_world_size_must_match_devices(tmp_path):
 
 @needs_mpi
 def test_nanogpt_train_py_under_dutycycle_run(tmp_path):
-    """tests/ddp_scripts/nanogpt_train.py (nanoGPT's train.py with dutycycle imports) on 2 ranks:
-    DDP-wrapped model, RANK detection, rank-0 logging and checkpoint."""
+    """nanoGPT's train.py and model.py (the port in tests/ports/nanogpt) on 2 ranks: DDP-wrapped
+    model, RANK detection, rank-0 logging and checkpoint. The one edit is the one nanoGPT needs on
+    CPU ranks under torch too: its DDP branch calls torch.cuda.set_device unconditionally."""
     import pickle
     import shutil
 
@@ -275,18 +276,19 @@ def test_nanogpt_train_py_under_dutycycle_run(tmp_path):
     with open(d / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": 20}, f)
     shutil.copy(os.path.join(SCRIPTS, "configurator.py"), tmp_path)
+    port = os.path.join(HERE, "ports", "nanogpt")
+    shutil.copy(os.path.join(port, "model.py"), tmp_path)
+    cuda_only = "    device = f'cuda:{ddp_local_rank}'\n    torch.cuda.set_device(device)\n"
+    train = open(os.path.join(port, "train.py")).read()
+    assert cuda_only in train
+    guarded = "    if device.startswith('cuda'):\n" + cuda_only.replace("    ", "        ")
+    (tmp_path / "train.py").write_text(train.replace(cuda_only, guarded))
+    tiny = ["--device=cpu", "--backend=gloo", "--dataset=chars", "--eval_iters=4", "--batch_size=4",
+            "--block_size=32", "--n_layer=2", "--n_head=2", "--n_embd=64", "--gradient_accumulation_steps=2",
+            "--learning_rate=1e-3", "--warmup_iters=5", "--lr_decay_iters=20", "--min_lr=1e-4", "--dropout=0.0"]
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dutycycle",
-            "run",
-            "-n",
-            "2",
-            os.path.join(SCRIPTS, "nanogpt_train.py"),
-            "--max_iters=10",
-            "--eval_interval=5",
-        ],
+        [sys.executable, "-m", "dutycycle", "run", "-n", "2", str(tmp_path / "train.py"), *tiny,
+         "--max_iters=10", "--eval_interval=5"],
         env=mpi_env(),
         capture_output=True,
         text=True,
