@@ -7,11 +7,10 @@
 
 import dutycycle as dc
 
-from ._elementwise import check_nonnegative, grad_of
-from .optimizer import Optimizer
+from ._elementwise import ElementwiseOptimizer, check_nonnegative, grad_of
 
 
-class Adadelta(Optimizer):
+class Adadelta(ElementwiseOptimizer):
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=None, *, capturable=False,
                  maximize=False, differentiable=False):
         check_nonnegative("lr", lr, "learning rate")
@@ -21,15 +20,6 @@ class Adadelta(Optimizer):
         check_nonnegative("weight_decay", weight_decay)
         defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
         super().__init__(params, defaults)
-
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        with dc.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
 
     def _update(self, p, group):
         s = self.state[p]

@@ -5,11 +5,10 @@
 
 import dutycycle as dc
 
-from ._elementwise import check_nonnegative, grad_of
-from .optimizer import Optimizer
+from ._elementwise import ElementwiseOptimizer, check_nonnegative, grad_of
 
 
-class Adagrad(Optimizer):
+class Adagrad(ElementwiseOptimizer):
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                  foreach=None, *, maximize=False, differentiable=False, fused=None):
         check_nonnegative("lr", lr, "learning rate")
@@ -25,15 +24,6 @@ class Adagrad(Optimizer):
                 self.state[p]["step"] = 0
                 self.state[p]["sum"] = dc.full(tuple(p.shape), float(group["initial_accumulator_value"]),
                                                dtype=p.dtype, device=p.device)
-
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        with dc.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
 
     def _update(self, p, group):
         s = self.state[p]

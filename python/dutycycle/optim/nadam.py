@@ -13,11 +13,10 @@ import numpy as np
 
 import dutycycle as dc
 
-from ._elementwise import check_nonnegative
-from .optimizer import Optimizer
+from ._elementwise import ElementwiseOptimizer, check_nonnegative
 
 
-class NAdam(Optimizer):
+class NAdam(ElementwiseOptimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False):
@@ -33,15 +32,6 @@ class NAdam(Optimizer):
                     "momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay,
                     "maximize": maximize}
         super().__init__(params, defaults)
-
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        with dc.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
 
     def _update(self, p, group):
         s = self.state[p]

@@ -8,11 +8,10 @@ momentum, centered), one parameter at a time in tensor ops:
 
 import dutycycle as dc
 
-from ._elementwise import check_nonnegative, grad_of
-from .optimizer import Optimizer
+from ._elementwise import ElementwiseOptimizer, check_nonnegative, grad_of
 
 
-class RMSprop(Optimizer):
+class RMSprop(ElementwiseOptimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                  *, maximize=False, foreach=None, capturable=False, differentiable=False):
         check_nonnegative("lr", lr, "learning rate")
@@ -23,15 +22,6 @@ class RMSprop(Optimizer):
         defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
                     "centered": centered, "maximize": maximize}
         super().__init__(params, defaults)
-
-    def step(self, closure=None):
-        loss = self._closure_loss(closure)
-        with dc.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
 
     def _update(self, p, group):
         s = self.state[p]
