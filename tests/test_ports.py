@@ -107,8 +107,11 @@ NOT_YET = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=NOT_YET[c], strict=True))
-                                  if c in NOT_YET else c for c in sorted(CASES)])
+def _blocked(c):
+    return pytest.mark.xfail(reason=f"not in dutycycle yet (issue 8): {NOT_YET[c]}", strict=True)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_blocked(c)) if c in NOT_YET else c for c in sorted(CASES)])
 def test_port_runs_and_trains(case, tmp_path):
     out, losses = run(case, tmp_path)
     assert len(losses) >= 3, f"{case}: too few losses found in its output:\n{out[-3000:]}"
@@ -117,7 +120,7 @@ def test_port_runs_and_trains(case, tmp_path):
 
 
 @pytest.mark.skipif(not TORCH_PYTHON, reason="set DUTYCYCLE_TORCH_PYTHON to a Python with torch (and lightning)")
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_blocked(c)) if c in NOT_YET else c for c in sorted(CASES)])
 def test_port_matches_pytorch_range(case, tmp_path):
     """The same script on PyTorch: the final losses of the two runs within a factor of 1.5 (the
     initialisation draws differ, the data is the same)."""

@@ -267,7 +267,7 @@ def test_grad_scaler_disabled_is_an_exact_no_op():
 
 def test_grad_scaler_cuda_without_gpu_warns_and_disables():
     if torch.cuda.is_available():
-        pytest.skip("a GPU is usable here")
+        pytest.skip("tests the no-GPU fallback; a GPU is usable here, so GradScaler(\"cuda\") stays enabled")
     with pytest.warns(UserWarning, match="CUDA is not available"):
         s = torch.amp.GradScaler("cuda")
     assert not s.is_enabled()
