@@ -22,7 +22,7 @@ _Static_assert(sizeof(dc_op_info) / sizeof(dc_op_info[0]) == DC_OP_COUNT, "dc_op
 
 const char *const dc_op_family_names[DC_FAM_COUNT] = {
     "create",    "unary",   "scalar", "binary", "compare", "grad", "where", "reduce",
-    "argreduce", "softmax", "norm",   "linalg", "index",   "scan", "sort",  "optim",
+    "argreduce", "softmax", "norm",   "linalg", "index",   "scan", "sort",  "optim", "conv", "pool",
 };
 _Static_assert(sizeof(dc_op_family_names) / sizeof(dc_op_family_names[0]) == DC_FAM_COUNT,
                "dc_op_family_names must name every family");

@@ -45,6 +45,29 @@ struct dc_layernorm_params {
     int has_w, has_b;
 };
 
+/* Convolutions, NCHW: the output (conv2d) or input (the adjoint kernels) geometry comes from the
+ * operands' shapes; pad is the zero padding before the first row/column (after the last: whatever
+ * the shapes imply, so "same" padding of an even kernel is asymmetric as in torch). */
+struct dc_conv_params {
+    int64_t stride[2], pad[2], dilation[2];
+    int64_t groups;
+    int has_bias;
+};
+
+/* 2-D pooling windows; divisor (avg) 0: the window's size, by count_include_pad. */
+struct dc_pool_params {
+    int64_t kernel[2], stride[2], pad[2], dilation[2];
+    int64_t divisor;
+    int count_include_pad;
+};
+
+/* Batch norm over (N, C, L): statistics per channel over N and L. training: batch statistics
+ * (and the running ones updated with momentum when has_running); else the running ones. */
+struct dc_batchnorm_params {
+    double eps, momentum;
+    int training, has_w, has_b, has_running;
+};
+
 struct dc_tril_params {
     int64_t diagonal;
     int upper; /* triu */
@@ -90,6 +113,9 @@ typedef union {
     struct dc_dim_params dim;
     struct dc_attn_params attn;
     struct dc_layernorm_params layernorm;
+    struct dc_conv_params conv;
+    struct dc_pool_params pool;
+    struct dc_batchnorm_params batchnorm;
     struct dc_tril_params tril;
     struct dc_scan_params scan;
     struct dc_sort_params sort;

@@ -35,6 +35,8 @@ typedef enum {
     DC_FAM_SCAN,
     DC_FAM_SORT,
     DC_FAM_OPTIM,
+    DC_FAM_CONV,
+    DC_FAM_POOL,
     DC_FAM_COUNT
 } dc_op_family_t;
 

@@ -86,6 +86,30 @@ dc_status dc_gather(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
 dc_status dc_index_select(dc_tensor **out, dc_tensor *x, int dim, dc_tensor *index);
 dc_status dc_tril(dc_tensor **out, dc_tensor *x, int64_t diagonal, int upper);
 
+/* --- the conv stack, NCHW (ops_conv.c) ------------------------------------------------------ */
+/* pad: zero padding before the first row/column; pad_end: after the last (conv2d only: "same" on an
+ * even kernel pads one more at the end, as torch does); output_padding: conv_transpose2d only. */
+typedef struct {
+    int64_t stride[2], pad[2], pad_end[2], dilation[2], output_padding[2];
+    int64_t groups;
+} dc_conv_opts;
+/* x (N, Ci, H, W), w (Co, Ci / groups, kh, kw), b (Co) or NULL */
+dc_status dc_conv2d(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, const dc_conv_opts *o);
+/* x (N, Ci, H, W), w (Ci, Co / groups, kh, kw), b (Co) or NULL */
+dc_status dc_conv_transpose2d(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, const dc_conv_opts *o);
+typedef struct {
+    int64_t kernel[2], stride[2], pad[2], dilation[2];
+    int ceil_mode, count_include_pad; /* count_include_pad: avg only */
+    int64_t divisor;                  /* avg only: divisor_override, 0 for none */
+} dc_pool_opts;
+/* indices (may be NULL): int64, h * W + w of each maximum in its plane, as torch's return_indices */
+dc_status dc_max_pool2d(dc_tensor **out, dc_tensor **indices, dc_tensor *x, const dc_pool_opts *o);
+dc_status dc_avg_pool2d(dc_tensor **out, dc_tensor *x, const dc_pool_opts *o); /* dilation ignored */
+/* x (N, C, ...); w, b, running stats (C) or NULL; training: batch statistics, and the running ones
+ * (when given) updated in place: r = (1 - momentum) r + momentum s, the variance unbiased */
+dc_status dc_batch_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, dc_tensor *running_mean,
+                        dc_tensor *running_var, int training, double momentum, double eps);
+
 /* --- scans, sort orders, nonzero (ops_scan.c) ---------------------------------------------- */
 dc_status dc_cumsum(dc_tensor **out, dc_tensor *x, int dim);                  /* int/bool -> int64; floats keep dtype */
 dc_status dc_argsort(dc_tensor **out, dc_tensor *x, int dim, int descending); /* stable; NaN largest */

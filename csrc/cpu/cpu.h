@@ -306,6 +306,44 @@ static inline uint64_t dc_cpu_rng_u64(uint64_t seed, uint64_t counter)
     return cpu_mix64(cpu_mix64(seed + 0x632be59bd9b4e019ULL) + (counter + 1) * 0x9e3779b97f4a7c15ULL);
 }
 
+/* --- BLAS threading (linalg.c, conv.c) -------------------------------------------------------- */
+/* Threading by problem size (what PyTorch's at::parallel_for grain and OpenBLAS's
+ * GEMM_MULTITHREAD_THRESHOLD do): a thread is worth waking only for about GEMM_GRAIN
+ * multiply-adds (~2M: ~40 us of one AVX-512 core), since waking and joining a team costs ~5-10 us
+ * on an idle machine and far more on a loaded one, where a descheduled team member stalls the
+ * whole GEMM for a time slice. Linear(128, 128) on 32 rows (0.5M) took 200 us on two threads and
+ * 24 us on one. GEMM_SMALL: below this a matrix is not split into row blocks (each block would be
+ * too thin for BLAS's kernels); many such matrices go one per thread. */
+#define GEMM_GRAIN ((double)(1 << 21))
+#define GEMM_SMALL ((double)(1 << 21))
+
+/* OpenBLAS's OpenMP build threads any call made outside an active parallel region over
+ * omp_get_max_threads() threads (it re-reads that on every call; OPENBLAS_NUM_THREADS only seeds it
+ * at start-up), and runs serially when that is 1. Called from our inactive one-thread region it even
+ * created and destroyed a nested team thread per call (0.2-4 ms for a 15 us GEMM). So a GEMM we
+ * chose to run on this thread sets this thread's OpenMP thread count to 1 around its BLAS calls. The
+ * setting is a per-thread ICV, restored right after: other threads and the user's setting are
+ * untouched. */
+static inline int cpu_blas_serial_begin(void)
+{
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+    if (saved != 1 && !omp_in_parallel()) omp_set_num_threads(1);
+    return saved;
+#else
+    return 1;
+#endif
+}
+
+static inline void cpu_blas_serial_end(int saved)
+{
+#ifdef _OPENMP
+    if (saved != 1 && !omp_in_parallel()) omp_set_num_threads(saved);
+#else
+    (void)saved;
+#endif
+}
+
 /* --- kernels (one per table slot; grouped by file) -------------------------------------------- */
 /* elementwise.c */
 dc_status dc_cpu_copy(const dc_kargs *a);
@@ -340,6 +378,16 @@ dc_status dc_cpu_tril(const dc_kargs *a);
 dc_status dc_cpu_argsort(const dc_kargs *a);
 dc_status dc_cpu_nonzero(const dc_kargs *a);
 dc_status dc_cpu_cumsum(const dc_kargs *a);
+/* conv.c */
+dc_status dc_cpu_conv2d(const dc_kargs *a);
+dc_status dc_cpu_conv2d_bwd_input(const dc_kargs *a);
+dc_status dc_cpu_conv2d_bwd_weight(const dc_kargs *a);
+dc_status dc_cpu_max_pool2d(const dc_kargs *a);
+dc_status dc_cpu_max_pool2d_bwd(const dc_kargs *a);
+dc_status dc_cpu_avg_pool2d(const dc_kargs *a);
+dc_status dc_cpu_avg_pool2d_bwd(const dc_kargs *a);
+dc_status dc_cpu_batchnorm(const dc_kargs *a);
+dc_status dc_cpu_batchnorm_bwd(const dc_kargs *a);
 /* optim.c */
 dc_status dc_cpu_sgd(const dc_kargs *a);
 dc_status dc_cpu_adamw(const dc_kargs *a);

@@ -77,16 +77,6 @@ static inline void gemm1(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, in
     gemm1c(dt, ta, tb, M, N, K, A, lda, B, ldb, C, N);
 }
 
-/* Threading by problem size (what PyTorch's at::parallel_for grain and OpenBLAS's
- * GEMM_MULTITHREAD_THRESHOLD do): a thread is worth waking only for about GEMM_GRAIN
- * multiply-adds (~2M: ~40 us of one AVX-512 core), since waking and joining a team costs ~5-10 us
- * on an idle machine and far more on a loaded one, where a descheduled team member stalls the
- * whole GEMM for a time slice. Linear(128, 128) on 32 rows (0.5M) took 200 us on two threads and
- * 24 us on one. GEMM_SMALL: below this a matrix is not split into row blocks (each block would be
- * too thin for BLAS's kernels); many such matrices go one per thread. */
-#define GEMM_GRAIN ((double)(1 << 21))
-#define GEMM_SMALL ((double)(1 << 21))
-
 static int gemm_threads(double total_macs, int64_t Bn, int64_t M, int64_t N)
 {
     int nt = cpu_max_threads();
@@ -96,33 +86,6 @@ static int gemm_threads(double total_macs, int64_t Bn, int64_t M, int64_t N)
     int64_t pieces = Bn > 1 ? Bn : (M > N ? M : N) / 16;
     if (pieces < nt) nt = pieces < 1 ? 1 : (int)pieces;
     return nt;
-}
-
-/* OpenBLAS's OpenMP build threads any call made outside an active parallel region over
- * omp_get_max_threads() threads (it re-reads that on every call; OPENBLAS_NUM_THREADS only seeds it
- * at start-up), and runs serially when that is 1. Called from our inactive one-thread region it even
- * created and destroyed a nested team thread per call (0.2-4 ms for a 15 us GEMM). So a GEMM we
- * chose to run on this thread sets this thread's OpenMP thread count to 1 around its BLAS calls. The
- * setting is a per-thread ICV, restored right after: other threads and the user's setting are
- * untouched. */
-static int blas_serial_begin(void)
-{
-#ifdef _OPENMP
-    int saved = omp_get_max_threads();
-    if (saved != 1 && !omp_in_parallel()) omp_set_num_threads(1);
-    return saved;
-#else
-    return 1;
-#endif
-}
-
-static void blas_serial_end(int saved)
-{
-#ifdef _OPENMP
-    if (saved != 1 && !omp_in_parallel()) omp_set_num_threads(saved);
-#else
-    (void)saved;
-#endif
 }
 
 /* t0 (batch..., M, N) contiguous = t1 (batch..., M, K) @ t2 (batch..., K, N). Batch dims (any
@@ -187,16 +150,16 @@ dc_status dc_cpu_matmul(const dc_kargs *a)
     const size_t es = cpu_esize(o);
     /* Threads: a GEMM runs either on this thread alone or inside our own OpenMP team, and every BLAS
      * call is single-threaded (OpenBLAS's OpenMP build runs serially inside a parallel region; for
-     * the serial case see blas_serial_begin). Letting OpenBLAS thread its own calls made each
+     * the serial case see cpu_blas_serial_begin). Letting OpenBLAS thread its own calls made each
      * hand-over between its team and our kernels' cost milliseconds of spinning on small machines
      * (a 0.3 ms GEMM followed by a 0.2 ms GELU took 3.2 ms). Many matrices (attention heads) get
      * whole matrices per thread; a few large ones are split into row (or column) blocks. */
     if (nt == 1) {
-        const int saved = blas_serial_begin();
+        const int saved = cpu_blas_serial_begin();
         for (int64_t b = 0; b < Bn; b++)
             gemm1(dt, ta, tb, M, N, K, A.data + batch_offset(&A, nb, b) * (int64_t)es, lda,
                   Bm.data + batch_offset(&Bm, nb, b) * (int64_t)es, ldb, o->data + b * M * N * (int64_t)es);
-        blas_serial_end(saved);
+        cpu_blas_serial_end(saved);
     } else if (Bn >= nt || macs < GEMM_SMALL) {
         /* Dynamic: a thread whose core is shared with another process (or with NumPy's spinning BLAS
          * threads) takes fewer matrices instead of holding the whole team up; one atomic per

@@ -585,6 +585,84 @@ static PyObject *f_layer_norm(PyObject *m, PyObject *args)
     RUN_WRAP(dc_layer_norm(&out, x, w, b, eps), out);
 }
 
+/* --- the conv stack (NCHW; nn.functional does the argument normalisation) -------------------- */
+
+#define PAIR(v) &(v)[0], &(v)[1]
+
+static PyObject *f_conv2d(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *w, *b, *out;
+    dc_conv_opts o;
+    memset(&o, 0, sizeof o);
+    if (!PyArg_ParseTuple(args, "O&O&O&(LL)(LL)(LL)(LL)L:conv2d", conv_tensor, &x, conv_tensor, &w, conv_opt_tensor, &b,
+                          PAIR(o.stride), PAIR(o.pad), PAIR(o.pad_end), PAIR(o.dilation), &o.groups))
+        return NULL;
+    RUN_WRAP(dc_conv2d(&out, x, w, b, &o), out);
+}
+
+static PyObject *f_conv_transpose2d(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *w, *b, *out;
+    dc_conv_opts o;
+    memset(&o, 0, sizeof o);
+    if (!PyArg_ParseTuple(args, "O&O&O&(LL)(LL)(LL)(LL)L:conv_transpose2d", conv_tensor, &x, conv_tensor, &w,
+                          conv_opt_tensor, &b, PAIR(o.stride), PAIR(o.pad), PAIR(o.output_padding), PAIR(o.dilation),
+                          &o.groups))
+        return NULL;
+    RUN_WRAP(dc_conv_transpose2d(&out, x, w, b, &o), out);
+}
+
+static PyObject *f_max_pool2d(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out, *idx = NULL;
+    dc_pool_opts o;
+    memset(&o, 0, sizeof o);
+    int with_indices = 0;
+    if (!PyArg_ParseTuple(args, "O&(LL)(LL)(LL)(LL)pp:max_pool2d", conv_tensor, &x, PAIR(o.kernel), PAIR(o.stride),
+                          PAIR(o.pad), PAIR(o.dilation), &o.ceil_mode, &with_indices))
+        return NULL;
+    RUN(dc_max_pool2d(&out, with_indices ? &idx : NULL, x, &o));
+    PyObject *y = dc_py_wrap(dc_py_state_of(m), out);
+    if (!with_indices || !y) {
+        if (idx) dc_tensor_decref(idx);
+        return y;
+    }
+    PyObject *i = dc_py_wrap(dc_py_state_of(m), idx);
+    if (!i) {
+        Py_DECREF(y);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", y, i);
+}
+
+static PyObject *f_avg_pool2d(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    dc_pool_opts o;
+    memset(&o, 0, sizeof o);
+    if (!PyArg_ParseTuple(args, "O&(LL)(LL)(LL)ppL:avg_pool2d", conv_tensor, &x, PAIR(o.kernel), PAIR(o.stride),
+                          PAIR(o.pad), &o.ceil_mode, &o.count_include_pad, &o.divisor))
+        return NULL;
+    o.dilation[0] = o.dilation[1] = 1;
+    RUN_WRAP(dc_avg_pool2d(&out, x, &o), out);
+}
+
+static PyObject *f_batch_norm(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *w, *b, *rm, *rv, *out;
+    int training;
+    double momentum, eps;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&pdd:batch_norm", conv_tensor, &x, conv_opt_tensor, &w, conv_opt_tensor, &b,
+                          conv_opt_tensor, &rm, conv_opt_tensor, &rv, &training, &momentum, &eps))
+        return NULL;
+    RUN_WRAP(dc_batch_norm(&out, x, w, b, rm, rv, training, momentum, eps), out);
+}
+
 /* --- linear algebra, indexing ---------------------------------------------------------------- */
 
 static PyObject *f_matmul(PyObject *m, PyObject *args)
@@ -910,6 +988,11 @@ static PyMethodDef module_methods[] = {
     F(argmax, METH_VARARGS),
     F(softmax, METH_VARARGS),
     F(layer_norm, METH_VARARGS),
+    F(conv2d, METH_VARARGS),
+    F(conv_transpose2d, METH_VARARGS),
+    F(max_pool2d, METH_VARARGS),
+    F(avg_pool2d, METH_VARARGS),
+    F(batch_norm, METH_VARARGS),
     F(matmul, METH_VARARGS),
     F(cat, METH_VARARGS),
     F(gather, METH_VARARGS),

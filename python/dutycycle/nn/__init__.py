@@ -37,7 +37,19 @@ from .parameter import Parameter
 
 # isort: split
 # PyTorch names scripts import (README "PyTorch names")
-from . import transformer
+from . import conv, transformer
+from .conv import (
+    AvgPool1d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv1d,
+    Conv2d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    MaxPool1d,
+    MaxPool2d,
+)
 from .modules import (
     CELU,
     ELU,
@@ -103,6 +115,17 @@ __all__ = [
     "TransformerEncoder",
     "TransformerEncoderLayer",
     "transformer",
+    "conv",
+    "AvgPool1d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "MaxPool1d",
+    "MaxPool2d",
 ]
 
 from .._missing import missing_names  # noqa: E402

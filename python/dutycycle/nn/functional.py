@@ -131,12 +131,53 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     return out.to(input.dtype) if low else out
 
 
+def _pad_index(n, lo, hi, mode, d, shape):
+    """Source index of each output position along a dim of size n padded by (lo, hi)."""
+    if mode == "reflect" and (lo >= n or hi >= n):
+        raise ValueError(f"pad: padding ({lo}, {hi}) should be less than the dimension {d} of size {n} of the "
+                         f"input of shape {shape} (mode='reflect')")
+    if mode == "circular" and (lo > n or hi > n):
+        raise ValueError(f"pad: padding ({lo}, {hi}) should be at most the dimension {d} of size {n} of the input "
+                         f"of shape {shape} (mode='circular')")
+    if n == 0:
+        raise ValueError(f"pad: mode={mode!r} can't pad dimension {d} of size 0 (input of shape {shape})")
+    idx = []
+    for i in range(-lo, n + hi):
+        if mode == "reflect":
+            j = -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+        elif mode == "replicate":
+            j = min(max(i, 0), n - 1)
+        else:
+            j = i % n
+        idx.append(j)
+    return idx
+
+
 def pad(input, pad, mode="constant", value=None):
     """Pad (or, with negative amounts, crop) the trailing dims: pad = (last_left, last_right,
-    second_last_left, ...), as torch's F.pad. Only mode='constant' is supported."""
-    if mode != "constant":
-        raise NotImplementedError(f"pad: mode={mode!r} is not supported (only 'constant')")
+    second_last_left, ...), as torch's F.pad. mode 'reflect', 'replicate' and 'circular' pad the
+    last 1-3 dims of a batched (N, C, ...) or unbatched (C, ...) input, as torch."""
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise ValueError(f"pad: unknown mode {mode!r} (expected 'constant', 'reflect', 'replicate' or 'circular')")
     pad = tuple(pad)
+    if mode != "constant":
+        if value:
+            raise ValueError(f"pad: padding mode {mode!r} doesn't take in a value argument")
+        k = len(pad) // 2
+        if len(pad) % 2 or k > 3 or input.dim() not in (k + 1, k + 2):
+            raise NotImplementedError(
+                f"pad: mode={mode!r} pads the last 1-3 dims of a (N, C, ...) or (C, ...) input; got pad of "
+                f"length {len(pad)} for input of shape {tuple(input.shape)}")
+        out = input
+        for i in range(k):
+            d = input.dim() - 1 - i
+            lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+            if lo or hi:
+                if lo < 0 or hi < 0:
+                    raise ValueError(f"pad: negative padding {(lo, hi)} is not supported with mode={mode!r}")
+                idx = _pad_index(out.shape[d], lo, hi, mode, d, tuple(input.shape))
+                out = out.index_select(d, dc.tensor(idx, dtype=dc.int64, device=out.device))
+        return out
     if len(pad) % 2 or len(pad) // 2 > input.dim():
         raise ValueError(f"pad: padding length {len(pad)} must be even and at most 2 * input.dim() "
                          f"({2 * input.dim()}) for input of shape {tuple(input.shape)}")
@@ -407,6 +448,22 @@ def tanhshrink(x):
     return x - x.tanh()
 
 
+# The conv stack (convolutions, pooling, batch norm) and the sampling ops (interpolate, adaptive
+# pooling, pixel shuffle, channel dropout, group norm).
+# isort: split
+from ._convfn import (  # noqa: E402, F401
+    avg_pool1d,
+    avg_pool2d,
+    batch_norm,
+    conv1d,
+    conv2d,
+    conv_transpose1d,
+    conv_transpose2d,
+    max_pool1d,
+    max_pool2d,
+)
+
+# isort: split
 from .._missing import missing_names  # noqa: E402
 
 __getattr__ = missing_names(__name__, "torch.nn.functional")
