@@ -16,6 +16,10 @@ last index), with scale = in / out, or 1 / scale_factor when a scale_factor is g
 recompute_scale_factor is not True; (bi)linear uses the area-pixel source index
 scale * (dst + 0.5) - 0.5, negative values clamped to 0 (align_corners=False), or
 dst * (in - 1) / (out - 1) (align_corners=True). Tensors are NCHW (dutycycle has no channels-last).
+Two places part from torch on purpose: torch's 1-D nearest *backward* maps out == 2 * in to i >> 1
+(and out == in to i) where its forward takes floor(i / scale_factor), so its gradient is not its
+forward's adjoint there (ours is, the forward being identical); and torch's bilinear kernel choice
+on one thread with C == 3 changes float32 weights by an ulp (here: the H_out + W_out <= 128 rule).
 """
 
 import functools
@@ -58,8 +62,8 @@ __all__ = [
     "upsample_nearest",
 ]
 
-_MODES = ("nearest", "linear", "bilinear", "bicubic", "trilinear", "area", "nearest-exact")
-_NOT_YET_MODES = ("bicubic", "trilinear", "area")
+_MODES = ("nearest", "linear", "bilinear", "bicubic", "trilinear", "lanczos", "area", "nearest-exact")
+_NOT_YET_MODES = ("bicubic", "trilinear", "lanczos", "area")
 _LOW_PRECISION = ("float16", "bfloat16")
 
 
@@ -223,15 +227,15 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     if recompute_scale_factor:
         scales = None  # the kernels then use in / out, from the integer output size
     if antialias:
-        if not (mode in ("bilinear", "bicubic") and input.dim() == 4):
-            raise ValueError("interpolate: anti-alias option is restricted to bilinear and bicubic modes and "
-                             "requires a 4-D tensor as input")
+        if not (mode in ("bilinear", "bicubic", "lanczos") and input.dim() == 4):
+            raise ValueError("interpolate: anti-alias option is restricted to bilinear, bicubic, and lanczos modes "
+                             "and requires a 4-D tensor as input")
         raise NotImplementedError(f"interpolate: antialias=True is not in dutycycle yet (what exists: {COVERAGE})")
     if min(in_sizes) <= 0 or min(out_sizes) <= 0:
         names = ("L",) if dim == 1 else ("H", "W")
         desc = lambda sizes: ", ".join(f"{n}: {s}" for n, s in zip(names, sizes))
-        raise ValueError(f"interpolate: input and output sizes should be greater than 0, but got input "
-                         f"({desc(in_sizes)}) output ({desc(out_sizes)})")
+        raise RuntimeError(f"interpolate: input and output sizes should be greater than 0, but got input "
+                           f"({desc(in_sizes)}) output ({desc(out_sizes)})")
     scales = [None] * dim if scales is None else scales
 
     if mode in ("nearest", "nearest-exact"):
@@ -357,7 +361,8 @@ def adaptive_avg_pool2d(input, output_size):
 def adaptive_avg_pool1d(input, output_size):
     """Average over torch's adaptive bins: input (N, C, L) or (C, L); output_size an int (or a 1-tuple)."""
     if input.dim() not in (2, 3):
-        raise RuntimeError(f"adaptive_avg_pool1d(): Expected 2D or 3D tensor, but got {list(input.shape)}")
+        raise RuntimeError(f"adaptive_avg_pool1d: expected 2 to 3 dimensions, but got {input.dim()}-dimensional "
+                           f"tensor of shape {list(input.shape)}")
     if isinstance(output_size, (list, tuple)):
         if len(output_size) != 1:
             raise RuntimeError(f"adaptive_avg_pool1d() argument 'output_size' should contain one int "
@@ -573,25 +578,28 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
 
 
 class GroupNorm(Module):
-    """torch.nn.GroupNorm: weight (num_channels,) ones, bias (num_channels,) zeros when affine."""
+    """torch.nn.GroupNorm: weight (num_channels,) ones and bias (num_channels,) zeros when affine
+    (bias=False, keyword-only as in torch, leaves the bias out)."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, bias=True):
         super().__init__()
         if num_channels % num_groups != 0:
-            raise ValueError("num_channels must be divisible by num_groups")
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
         kw = _factory(device, dtype)
         self.weight = Parameter(dc.empty(num_channels, **kw)) if affine else None
-        self.bias = Parameter(dc.empty(num_channels, **kw)) if affine else None
+        self.bias = Parameter(dc.empty(num_channels, **kw)) if affine and bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
-        if self.affine:
+        if self.weight is not None:
             init.ones_(self.weight)
+        if self.bias is not None:
             init.zeros_(self.bias)
 
     def forward(self, input):
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
