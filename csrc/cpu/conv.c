@@ -86,16 +86,16 @@ static void gemm(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M,
 
 /* ================================ im2col / col2im ============================================ */
 
-/* col (Cg*kh*kw, Ho*Wo) of one group's input planes x (Cg, H, W); zeros where the window falls in
+/* col (Cg*kh*kw, Ho*Wo), rows ld apart, of one group's input planes x (Cg, H, W); zeros where the window falls in
  * the padding. The valid output columns of each row are computed once, so the inner loop is a
  * plain strided copy (contiguous for stride 1). */
 #define DEF_IM2COL(NAME, T)                                                                            \
-    static void NAME(const conv_geom *g, const T *x, T *col)                                           \
+    static void NAME(const conv_geom *g, const T *x, T *col, int64_t ld)                               \
     {                                                                                                  \
         for (int64_t c = 0; c < g->Cg; c++)                                                            \
             for (int64_t ki = 0; ki < g->kh; ki++)                                                     \
                 for (int64_t kj = 0; kj < g->kw; kj++) {                                               \
-                    T *row = col + ((c * g->kh + ki) * g->kw + kj) * g->P;                             \
+                    T *row = col + ((c * g->kh + ki) * g->kw + kj) * ld;                               \
                     const int64_t off_w = kj * g->dw - g->pw;                                          \
                     /* ow in [lo, hi): 0 <= ow*sw + off_w < W */                                       \
                     int64_t lo = off_w >= 0 ? 0 : (-off_w + g->sw - 1) / g->sw;                        \
@@ -120,12 +120,12 @@ static void gemm(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M,
                 }                                                                                      \
     }                                                                                                  \
     /* x (Cg, H, W) += the patches of col, the adjoint of im2col (x zeroed by the caller). */          \
-    static void NAME##_adjoint(const conv_geom *g, const T *col, T *x)                                 \
+    static void NAME##_adjoint(const conv_geom *g, const T *col, int64_t ld, T *x)                     \
     {                                                                                                  \
         for (int64_t c = 0; c < g->Cg; c++)                                                            \
             for (int64_t ki = 0; ki < g->kh; ki++)                                                     \
                 for (int64_t kj = 0; kj < g->kw; kj++) {                                               \
-                    const T *row = col + ((c * g->kh + ki) * g->kw + kj) * g->P;                       \
+                    const T *row = col + ((c * g->kh + ki) * g->kw + kj) * ld;                         \
                     const int64_t off_w = kj * g->dw - g->pw;                                          \
                     int64_t lo = off_w >= 0 ? 0 : (-off_w + g->sw - 1) / g->sw;                        \
                     int64_t hi = g->W - off_w <= 0 ? 0 : (g->W - off_w + g->sw - 1) / g->sw;           \
@@ -146,20 +146,44 @@ static void gemm(dc_dtype dt, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M,
 DEF_IM2COL(im2col_f32, float)
 DEF_IM2COL(im2col_f64, double)
 
-static void im2col(dc_dtype dt, const conv_geom *g, const char *x, char *col)
+static void im2col(dc_dtype dt, const conv_geom *g, const char *x, char *col, int64_t ld)
 {
     if (dt == DC_FLOAT32)
-        im2col_f32(g, (const float *)x, (float *)col);
+        im2col_f32(g, (const float *)x, (float *)col, ld);
     else
-        im2col_f64(g, (const double *)x, (double *)col);
+        im2col_f64(g, (const double *)x, (double *)col, ld);
 }
 
-static void col2im(dc_dtype dt, const conv_geom *g, const char *col, char *x)
+static void col2im(dc_dtype dt, const conv_geom *g, const char *col, int64_t ld, char *x)
 {
     if (dt == DC_FLOAT32)
-        im2col_f32_adjoint(g, (const float *)col, (float *)x);
+        im2col_f32_adjoint(g, (const float *)col, ld, (float *)x);
     else
-        im2col_f64_adjoint(g, (const double *)col, (double *)x);
+        im2col_f64_adjoint(g, (const double *)col, ld, (double *)x);
+}
+
+/* Samples per GEMM: planes of P outputs are placed side by side until a GEMM has ~CHUNK_COLS
+ * columns (a 4x4 output plane alone is a 16-column GEMM, and a 1x1 one a matrix-vector product;
+ * DCGAN's generator starts from 1x1). Capped by the samples each thread gets. */
+#define CHUNK_COLS 512
+static int64_t conv_chunk(int64_t P, int64_t N, int nt)
+{
+    int64_t b = P >= CHUNK_COLS ? 1 : (CHUNK_COLS + P - 1) / P, per = (N + nt - 1) / nt;
+    return b < per ? b : (per < 1 ? 1 : per);
+}
+
+/* dst (C, B * P) <- planes src[b] (C, P), sample stride sstride elements (gather), or back (scatter). */
+static void planes_gather(size_t es, const char *src, int64_t sstride, int64_t B, int64_t C, int64_t P, char *dst)
+{
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t b = 0; b < B; b++)
+            memcpy(dst + ((c * B + b) * P) * es, src + (b * sstride + c * P) * es, (size_t)P * es);
+}
+static void planes_scatter(size_t es, const char *src, int64_t B, int64_t C, int64_t P, char *dst, int64_t dstride)
+{
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t b = 0; b < B; b++)
+            memcpy(dst + (b * dstride + c * P) * es, src + ((c * B + b) * P) * es, (size_t)P * es);
 }
 
 /* rows (C, P) of plane block y: row c = bias[c] */
@@ -190,7 +214,9 @@ static dc_status thread_buffers(const dc_kargs *a, int nt, size_t per, char **bu
 
 /* ================================ convolution ================================================ */
 
-/* conv2d: t0 y (N, Co, Ho, Wo), t1 x (N, Ci, H, W), t2 w (Co, Cg, kh, kw), t3 bias (Co). */
+/* conv2d: t0 y (N, Co, Ho, Wo), t1 x (N, Ci, H, W), t2 w (Co, Cg, kh, kw), t3 bias (Co). A chunk
+ * of B samples: col (K, B*P) of their patches, then y_g (Cog, B*P) = w_g @ col, scattered back into
+ * the samples' planes (B == 1: straight into y, and a 1x1 stride-1 conv reads x itself). */
 dc_status dc_cpu_conv2d(const dc_kargs *a)
 {
     dc_dtype dt;
@@ -203,26 +229,36 @@ dc_status dc_cpu_conv2d(const dc_kargs *a)
     const char *X = a->t[1].data, *Wt = a->t[2].data, *B = has_bias ? a->t[3].data : NULL;
     char *Y = a->t[0].data;
     const int nt = conv_threads((double)g.N * g.Co * g.P * g.K, g.N);
+    const int64_t Bc = conv_chunk(g.P, g.N, nt), nchunks = (g.N + Bc - 1) / Bc;
+    const size_t colsz = (Bc == 1 && g.direct) ? 0 : (size_t)g.K * Bc * g.P * es;
+    const size_t ysz = Bc == 1 ? 0 : (size_t)g.Cog * Bc * g.P * es, per = colsz + ysz;
     char *buf;
-    DC_TRY(thread_buffers(a, nt, g.direct ? 0 : (size_t)g.K * g.P * es, &buf));
+    DC_TRY(thread_buffers(a, nt, per, &buf));
     const int saved = nt == 1 ? cpu_blas_serial_begin() : 1;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t n = 0; n < g.N; n++) {
-        char *col = buf ? buf + (size_t)cpu_thread_num() * g.K * g.P * es : NULL;
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        char *col = buf ? buf + (size_t)cpu_thread_num() * per : NULL, *yb = col ? col + colsz : NULL;
+        const int64_t n0 = ch * Bc, nb = n0 + Bc <= g.N ? Bc : g.N - n0, cols = nb * g.P;
         for (int64_t gi = 0; gi < g.G; gi++) {
-            const char *xg = X + ((n * g.Ci + gi * g.Cg) * g.H * g.W) * es;
-            char *yg = Y + ((n * g.Co + gi * g.Cog) * g.P) * es;
+            char *yg = Y + ((n0 * g.Co + gi * g.Cog) * g.P) * es, *out = Bc == 1 ? yg : yb;
+            const char *bg = B ? B + gi * g.Cog * es : NULL;
             if (g.K == 0) { /* no input channels: the output is the bias */
-                if (B)
-                    fill_bias(dt, yg, B + gi * g.Cog * es, g.Cog, g.P);
+                if (bg)
+                    fill_bias(dt, out, bg, g.Cog, cols);
                 else
-                    memset(yg, 0, (size_t)g.Cog * g.P * es);
-                continue;
+                    memset(out, 0, (size_t)g.Cog * cols * es);
+            } else {
+                const char *src = col;
+                if (Bc == 1 && g.direct)
+                    src = X + ((n0 * g.Ci + gi * g.Cg) * g.H * g.W) * es;
+                else
+                    for (int64_t b = 0; b < nb; b++)
+                        im2col(dt, &g, X + (((n0 + b) * g.Ci + gi * g.Cg) * g.H * g.W) * es, col + b * g.P * es, cols);
+                if (bg) fill_bias(dt, out, bg, g.Cog, cols);
+                gemm(dt, CblasNoTrans, CblasNoTrans, g.Cog, cols, g.K, Wt + gi * g.Cog * g.K * es, g.K, src, cols,
+                     bg ? 1.0 : 0.0, out, cols);
             }
-            if (!g.direct) im2col(dt, &g, xg, col);
-            if (B) fill_bias(dt, yg, B + gi * g.Cog * es, g.Cog, g.P);
-            gemm(dt, CblasNoTrans, CblasNoTrans, g.Cog, g.P, g.K, Wt + gi * g.Cog * g.K * es, g.K, g.direct ? xg : col,
-                 g.P, B ? 1.0 : 0.0, yg, g.P);
+            if (Bc != 1) planes_scatter(es, yb, nb, g.Cog, g.P, yg, g.Co * g.P);
         }
     }
     if (nt == 1) cpu_blas_serial_end(saved);
@@ -231,7 +267,8 @@ dc_status dc_cpu_conv2d(const dc_kargs *a)
 }
 
 /* The adjoint: t0 dx (N, Ci, H, W), t1 dy (N, Co, Ho, Wo), t2 w (Co, Cg, kh, kw), t3 bias (Ci).
- * conv2d_input_grad and conv_transpose2d share it. */
+ * conv2d_input_grad and conv_transpose2d share it. Per chunk of B samples: dy_g gathered into
+ * (Cog, B*P), dcol (K, B*P) = w_g^T @ dy_g, then col2im into each sample's planes. */
 dc_status dc_cpu_conv2d_bwd_input(const dc_kargs *a)
 {
     dc_dtype dt;
@@ -245,31 +282,40 @@ dc_status dc_cpu_conv2d_bwd_input(const dc_kargs *a)
     char *DX = a->t[0].data;
     const int64_t HW = g.H * g.W;
     const int nt = conv_threads((double)g.N * g.Co * g.P * g.K, g.N);
+    const int64_t Bc = conv_chunk(g.P, g.N, nt), nchunks = (g.N + Bc - 1) / Bc;
+    const size_t colsz = (Bc == 1 && g.direct) ? 0 : (size_t)g.K * Bc * g.P * es;
+    const size_t dysz = Bc == 1 ? 0 : (size_t)g.Cog * Bc * g.P * es, per = colsz + dysz;
     char *buf;
-    DC_TRY(thread_buffers(a, nt, g.direct ? 0 : (size_t)g.K * g.P * es, &buf));
+    DC_TRY(thread_buffers(a, nt, per, &buf));
     const int saved = nt == 1 ? cpu_blas_serial_begin() : 1;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t n = 0; n < g.N; n++) {
-        char *col = buf ? buf + (size_t)cpu_thread_num() * g.K * g.P * es : NULL;
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        char *col = buf ? buf + (size_t)cpu_thread_num() * per : NULL, *dyb = col ? col + colsz : NULL;
+        const int64_t n0 = ch * Bc, nb = n0 + Bc <= g.N ? Bc : g.N - n0, cols = nb * g.P;
         for (int64_t gi = 0; gi < g.G; gi++) {
-            char *dxg = DX + ((n * g.Ci + gi * g.Cg) * HW) * es;
-            const char *dyg = DY + ((n * g.Co + gi * g.Cog) * g.P) * es;
-            const char *wg = Wt + gi * g.Cog * g.K * es;
-            if (g.direct) { /* dx_g (Cg, HW) = w_g^T (Cg, Cog) @ dy_g (Cog, HW) (+ bias) */
-                if (B) fill_bias(dt, dxg, B + gi * g.Cg * es, g.Cg, HW);
+            const char *bg = B ? B + gi * g.Cg * es : NULL, *wg = Wt + gi * g.Cog * g.K * es;
+            const char *dyg = DY + ((n0 * g.Co + gi * g.Cog) * g.P) * es;
+            if (Bc == 1 && g.direct) { /* dx_g (Cg, HW) = w_g^T (Cg, Cog) @ dy_g (Cog, HW) (+ bias) */
+                char *dxg = DX + ((n0 * g.Ci + gi * g.Cg) * HW) * es;
+                if (bg) fill_bias(dt, dxg, bg, g.Cg, HW);
                 if (g.Cog)
-                    gemm(dt, CblasTrans, CblasNoTrans, g.Cg, HW, g.Cog, wg, g.K, dyg, g.P, B ? 1.0 : 0.0, dxg, HW);
-                else if (!B)
+                    gemm(dt, CblasTrans, CblasNoTrans, g.Cg, HW, g.Cog, wg, g.K, dyg, g.P, bg ? 1.0 : 0.0, dxg, HW);
+                else if (!bg)
                     memset(dxg, 0, (size_t)g.Cg * HW * es);
                 continue;
             }
-            if (B)
-                fill_bias(dt, dxg, B + gi * g.Cg * es, g.Cg, HW);
-            else
-                memset(dxg, 0, (size_t)g.Cg * HW * es);
+            for (int64_t b = 0; b < nb; b++) {
+                char *dxg = DX + (((n0 + b) * g.Ci + gi * g.Cg) * HW) * es;
+                if (bg)
+                    fill_bias(dt, dxg, bg, g.Cg, HW);
+                else
+                    memset(dxg, 0, (size_t)g.Cg * HW * es);
+            }
             if (g.Cog == 0 || g.P == 0) continue;
-            gemm(dt, CblasTrans, CblasNoTrans, g.K, g.P, g.Cog, wg, g.K, dyg, g.P, 0.0, col, g.P);
-            col2im(dt, &g, col, dxg);
+            if (Bc != 1) planes_gather(es, dyg, g.Co * g.P, nb, g.Cog, g.P, dyb);
+            gemm(dt, CblasTrans, CblasNoTrans, g.K, cols, g.Cog, wg, g.K, Bc == 1 ? dyg : dyb, cols, 0.0, col, cols);
+            for (int64_t b = 0; b < nb; b++)
+                col2im(dt, &g, col + b * g.P * es, cols, DX + (((n0 + b) * g.Ci + gi * g.Cg) * HW) * es);
         }
     }
     if (nt == 1) cpu_blas_serial_end(saved);
@@ -277,8 +323,9 @@ dc_status dc_cpu_conv2d_bwd_input(const dc_kargs *a)
     return DC_OK;
 }
 
-/* t0 dw (Co, Cg, kh, kw), t1 dy (N, Co, Ho, Wo), t2 x (N, Ci, H, W). Thread t sums its samples into
- * its own partial (thread 0: dw itself); the partials are added in thread order. */
+/* t0 dw (Co, Cg, kh, kw), t1 dy (N, Co, Ho, Wo), t2 x (N, Ci, H, W). Thread t sums its chunks of
+ * samples into its own partial (thread 0: dw itself): dw_g += dy_g (Cog, B*P) @ col^T (B*P, K); the
+ * partials are added in thread order. */
 dc_status dc_cpu_conv2d_bwd_weight(const dc_kargs *a)
 {
     dc_dtype dt;
@@ -294,10 +341,13 @@ dc_status dc_cpu_conv2d_bwd_weight(const dc_kargs *a)
         return DC_OK;
     }
     const char *DY = a->t[1].data, *X = a->t[2].data;
-    int nt = conv_threads((double)g.N * g.Co * g.P * g.K, g.N);
-    const size_t colsz = g.direct ? 0 : (size_t)g.K * g.P * es, partsz = (size_t)wn * es;
+    const int nt = conv_threads((double)g.N * g.Co * g.P * g.K, g.N);
+    const int64_t Bc = conv_chunk(g.P, g.N, nt);
+    const size_t colsz = (Bc == 1 && g.direct) ? 0 : (size_t)g.K * Bc * g.P * es;
+    const size_t dysz = Bc == 1 ? 0 : (size_t)g.Cog * Bc * g.P * es, partsz = (size_t)wn * es;
+    const size_t per = colsz + dysz + partsz;
     char *buf;
-    DC_TRY(thread_buffers(a, nt, colsz + partsz, &buf));
+    DC_TRY(thread_buffers(a, nt, per, &buf));
     const int saved = nt == 1 ? cpu_blas_serial_begin() : 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -306,23 +356,28 @@ dc_status dc_cpu_conv2d_bwd_weight(const dc_kargs *a)
 #ifdef _OPENMP
         nteam = omp_get_num_threads();
 #endif
-        char *col = buf + (size_t)t * (colsz + partsz), *part = t == 0 ? DW : col + colsz;
-        const int64_t chunk = (g.N + nteam - 1) / nteam, n0 = t * chunk, n1 = n0 + chunk < g.N ? n0 + chunk : g.N;
+        char *col = buf + (size_t)t * per, *dyb = col + colsz, *part = t == 0 ? DW : dyb + dysz;
+        const int64_t chunk = (g.N + nteam - 1) / nteam, s0 = t * chunk, s1 = s0 + chunk < g.N ? s0 + chunk : g.N;
         memset(part, 0, partsz);
-        for (int64_t n = n0; n < n1; n++)
+        for (int64_t n0 = s0; n0 < s1; n0 += Bc) {
+            const int64_t nb = n0 + Bc <= s1 ? Bc : s1 - n0, cols = nb * g.P;
             for (int64_t gi = 0; gi < g.G; gi++) {
-                const char *xg = X + ((n * g.Ci + gi * g.Cg) * g.H * g.W) * es;
-                const char *dyg = DY + ((n * g.Co + gi * g.Cog) * g.P) * es;
-                if (!g.direct) im2col(dt, &g, xg, col);
-                /* dw_g (Cog, K) += dy_g (Cog, P) @ col^T (P, K) */
-                gemm(dt, CblasNoTrans, CblasTrans, g.Cog, g.K, g.P, dyg, g.P, g.direct ? xg : col, g.P, 1.0,
+                const char *dyg = DY + ((n0 * g.Co + gi * g.Cog) * g.P) * es, *src = col;
+                if (Bc == 1 && g.direct)
+                    src = X + ((n0 * g.Ci + gi * g.Cg) * g.H * g.W) * es;
+                else
+                    for (int64_t b = 0; b < nb; b++)
+                        im2col(dt, &g, X + (((n0 + b) * g.Ci + gi * g.Cg) * g.H * g.W) * es, col + b * g.P * es, cols);
+                if (Bc != 1) planes_gather(es, dyg, g.Co * g.P, nb, g.Cog, g.P, dyb);
+                gemm(dt, CblasNoTrans, CblasTrans, g.Cog, g.K, cols, Bc == 1 ? dyg : dyb, cols, src, cols, 1.0,
                      part + gi * g.Cog * g.K * es, g.K);
             }
+        }
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < wn; i++)
             for (int u = 1; u < nteam; u++) {
-                const char *pu = buf + (size_t)u * (colsz + partsz) + colsz;
+                const char *pu = buf + (size_t)u * per + colsz + dysz;
                 if (dt == DC_FLOAT32)
                     ((float *)DW)[i] += ((const float *)pu)[i];
                 else
@@ -357,8 +412,8 @@ static dc_status pool_geom_of(const dc_kargs *a, const dc_kview *in, const dc_kv
 #define DEF_MAXPOOL(NAME, T)                                                                                        \
     static void NAME(const struct dc_pool_params *p, const pool_geom *g, const T *X, T *Y, int64_t *IX)             \
     {                                                                                                               \
-        _Pragma("omp parallel for schedule(static) if (g->planes * g->Ho * g->Wo * p->kernel[0] * p->kernel[1] >= " \
-                "DC_CPU_PAR_MIN && g->planes > 1)") for (int64_t pl = 0; pl < g->planes; pl++)                      \
+        const int par = g->planes * g->Ho * g->Wo * p->kernel[0] * p->kernel[1] >= DC_CPU_PAR_MIN && g->planes > 1; \
+        _Pragma("omp parallel for schedule(static) if (par)") for (int64_t pl = 0; pl < g->planes; pl++)            \
         {                                                                                                           \
             const T *x = X + pl * g->H * g->W;                                                                      \
             T *y = Y + pl * g->Ho * g->Wo;                                                                          \
@@ -461,8 +516,8 @@ static inline int64_t avg_window(const struct dc_pool_params *p, const pool_geom
 #define DEF_AVGPOOL(NAME, T)                                                                                        \
     static void NAME(const struct dc_pool_params *p, const pool_geom *g, const T *X, T *Y)                          \
     {                                                                                                               \
-        _Pragma("omp parallel for schedule(static) if (g->planes * g->Ho * g->Wo * p->kernel[0] * p->kernel[1] >= " \
-                "DC_CPU_PAR_MIN && g->planes > 1)") for (int64_t pl = 0; pl < g->planes; pl++)                      \
+        const int par = g->planes * g->Ho * g->Wo * p->kernel[0] * p->kernel[1] >= DC_CPU_PAR_MIN && g->planes > 1; \
+        _Pragma("omp parallel for schedule(static) if (par)") for (int64_t pl = 0; pl < g->planes; pl++)            \
         {                                                                                                           \
             const T *x = X + pl * g->H * g->W;                                                                      \
             T *y = Y + pl * g->Ho * g->Wo;                                                                          \
@@ -480,8 +535,8 @@ static inline int64_t avg_window(const struct dc_pool_params *p, const pool_geom
     }                                                                                                               \
     static void NAME##_bwd(const struct dc_pool_params *p, const pool_geom *g, const T *DY, T *DX)                  \
     {                                                                                                               \
-        _Pragma("omp parallel for schedule(static) if (g->planes * g->H * g->W >= DC_CPU_PAR_MIN && g->planes > "   \
-                "1)") for (int64_t pl = 0; pl < g->planes; pl++)                                                    \
+        const int par = g->planes * g->H * g->W >= DC_CPU_PAR_MIN && g->planes > 1;                                 \
+        _Pragma("omp parallel for schedule(static) if (par)") for (int64_t pl = 0; pl < g->planes; pl++)            \
         {                                                                                                           \
             T *dx = DX + pl * g->H * g->W;                                                                          \
             const T *dy = DY + pl * g->Ho * g->Wo;                                                                  \
