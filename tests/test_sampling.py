@@ -399,6 +399,11 @@ def test_dropout1d_and_inplace():
     y2 = S.Dropout1d(0.5)(t(x2)).detach().numpy()
     assert y2.shape == (64, 5)
     _channels_kept(y2[None], x2[None], 2.0)
+    x2t = t(x2)
+    assert S.dropout1d(x2t, 0.5, training=False) is x2t and S.dropout1d(x2t, 0.0) is x2t
+    with dc.no_grad():
+        assert S.dropout1d(x2t, 0.5, inplace=True) is x2t
+    _channels_kept(x2t.detach().numpy()[None], x2[None], 2.0)
     xt = t(x)
     with dc.no_grad():
         out = S.dropout1d(xt, 0.5, inplace=True)

@@ -350,11 +350,12 @@ def adaptive_avg_pool2d(input, output_size):
     _check_nonempty("adaptive_avg_pool2d", input, input.dim() - 3)
     if not input.dtype.is_floating_point:
         raise TypeError(f"adaptive_avg_pool2d: input must be floating point, got {input.dtype}")
-    if out == (1, 1):
-        return input.mean((-2, -1), keepdim=True)
-    low = input.dtype.name in _LOW_PRECISION
+    low = input.dtype.name in _LOW_PRECISION  # computed in float32, as torch's opmath
     x = input.float() if low else input
-    y = _const(_adaptive_matrix(H, out[0]), x) @ x @ _const(_adaptive_matrix(W, out[1]), x).t()
+    if out == (1, 1):
+        y = x.mean((-2, -1), keepdim=True)
+    else:
+        y = _const(_adaptive_matrix(H, out[0]), x) @ x @ _const(_adaptive_matrix(W, out[1]), x).t()
     return y.to(input.dtype) if low else y
 
 
@@ -375,11 +376,9 @@ def adaptive_avg_pool1d(input, output_size):
     _check_nonempty("adaptive_avg_pool1d", input, input.dim() - 2)
     if not input.dtype.is_floating_point:
         raise TypeError(f"adaptive_avg_pool1d: input must be floating point, got {input.dtype}")
-    if out == 1:
-        return input.mean(-1, keepdim=True)
     low = input.dtype.name in _LOW_PRECISION
     x = input.float() if low else input
-    y = x @ _const(_adaptive_matrix(L, out), x).t()
+    y = x.mean(-1, keepdim=True) if out == 1 else x @ _const(_adaptive_matrix(L, out), x).t()
     return y.to(input.dtype) if low else y
 
 
@@ -482,7 +481,7 @@ def _feature_dropout(input, p, training, inplace):
         return F._maybe_inplace(input, input * 0.0, inplace)
     q = 1.0 - p
     shape = [int(input.shape[0]), int(input.shape[1])] + [1] * (input.dim() - 2)
-    mask_dtype = input.dtype if input.dtype.is_floating_point else dc.float32
+    mask_dtype = dc.float64 if input.dtype == dc.float64 else dc.float32  # drawn in float32 for half types
     mask = (dc.rand(*shape, dtype=mask_dtype, device=input.device) < q).to(input.dtype) * (1.0 / q)
     return F._maybe_inplace(input, input * mask, inplace)
 
@@ -515,12 +514,10 @@ def dropout1d(input, p=0.5, training=True, inplace=False):
         raise RuntimeError(f"dropout1d: Expected 2D or 3D input, but received a {d}D input. Note that dropout1d "
                            "exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel "
                            "dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
-    if d == 3:
+    if d == 3 or not training or p == 0.0:
         return _feature_dropout(input, p, training, inplace)
-    out = _feature_dropout(input.unsqueeze(0), p, training, False).squeeze(0)
-    if out is not input and inplace:
-        return F._maybe_inplace(input, out, True)
-    return out
+    out = _feature_dropout(input.unsqueeze(0), p, training, False).squeeze(0)  # (C, L): one draw per channel
+    return F._maybe_inplace(input, out, inplace)
 
 
 class _DropoutNd(Module):
