@@ -85,6 +85,82 @@ def _np_attn(x, scale, causal):
     return _np_softmax(z, -1)
 
 
+def np_conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, pad_end=None):
+    """Direct loops over output positions: the reference the C kernels and the torch comparison
+    share (tests/test_conv.py)."""
+    pad_end = pad if pad_end is None else pad_end
+    N, C, H, W = x.shape
+    Co, Cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad_end[0]), (pad[1], pad_end[1])))
+    Ho = (H + pad[0] + pad_end[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + pad[1] + pad_end[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    y = np.zeros((N, Co, Ho, Wo), dtype=np.result_type(x, w))
+    cog = Co // groups
+    for co in range(Co):
+        g = co // cog
+        for i in range(Ho):
+            for j in range(Wo):
+                h0, w0 = i * stride[0], j * stride[1]
+                patch = xp[:, g * Cg:(g + 1) * Cg, h0:h0 + dilation[0] * (kh - 1) + 1:dilation[0],
+                           w0:w0 + dilation[1] * (kw - 1) + 1:dilation[1]]
+                y[:, co, i, j] = (patch * w[co]).sum(axis=(1, 2, 3))
+    return y if b is None else y + b[None, :, None, None]
+
+
+def np_conv_transpose2d(x, w, b=None, stride=(1, 1), pad=(0, 0), output_padding=(0, 0), dilation=(1, 1), groups=1):
+    """Scatter form: every input pixel adds its weight window to the output."""
+    N, Ci, H, W = x.shape
+    _, cog, kh, kw = w.shape
+    Ho = (H - 1) * stride[0] - 2 * pad[0] + dilation[0] * (kh - 1) + output_padding[0] + 1
+    Wo = (W - 1) * stride[1] - 2 * pad[1] + dilation[1] * (kw - 1) + output_padding[1] + 1
+    full = np.zeros((N, cog * groups, Ho + 2 * pad[0] + stride[0] + dilation[0] * kh,
+                     Wo + 2 * pad[1] + stride[1] + dilation[1] * kw), dtype=np.result_type(x, w))
+    cig = Ci // groups
+    for g in range(groups):
+        xs, ws = x[:, g * cig:(g + 1) * cig], w[g * cig:(g + 1) * cig]
+        for i in range(H):
+            for j in range(W):
+                contrib = np.einsum("nc,cokl->nokl", xs[:, :, i, j], ws)
+                h0, w0 = i * stride[0], j * stride[1]
+                full[:, g * cog:(g + 1) * cog, h0:h0 + dilation[0] * (kh - 1) + 1:dilation[0],
+                     w0:w0 + dilation[1] * (kw - 1) + 1:dilation[1]] += contrib
+    y = full[:, :, pad[0]:pad[0] + Ho, pad[1]:pad[1] + Wo]
+    return y if b is None else y + b[None, :, None, None]
+
+
+def np_pool2d(x, k, s, p, kind, dilation=(1, 1), ceil_mode=False, count_include_pad=True):
+    """torch's window rules, looped."""
+    N, C, H, W = x.shape
+
+    def out(n, kk, ss, pp, dd):
+        o = (n + 2 * pp - dd * (kk - 1) - 1 + (ss - 1 if ceil_mode else 0)) // ss + 1
+        return o - 1 if ceil_mode and (o - 1) * ss >= n + pp else o
+
+    Ho, Wo = out(H, k[0], s[0], p[0], dilation[0]), out(W, k[1], s[1], p[1], dilation[1])
+    y = np.zeros((N, C, Ho, Wo), dtype=x.dtype)
+    for i in range(Ho):
+        for j in range(Wo):
+            hs, ws = i * s[0] - p[0], j * s[1] - p[1]
+            if kind == "max":
+                hh = [h for h in range(hs, hs + dilation[0] * (k[0] - 1) + 1, dilation[0]) if 0 <= h < H]
+                ww = [v for v in range(ws, ws + dilation[1] * (k[1] - 1) + 1, dilation[1]) if 0 <= v < W]
+                y[:, :, i, j] = x[:, :, hh][:, :, :, ww].max(axis=(2, 3))
+            else:
+                he, we = min(hs + k[0], H + p[0]), min(ws + k[1], W + p[1])
+                size = (he - hs) * (we - ws)
+                h0, w0, h1, w1 = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                div = size if count_include_pad else (h1 - h0) * (w1 - w0)
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / div
+    return y
+
+
+def np_batch_norm(x, w, b, eps=1e-5):
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    m, v = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w.reshape(shape) + b.reshape(shape)
+
+
 def _check_rand(kind):
     def check(out, inputs, device):
         a = out.cpu().numpy()
@@ -273,6 +349,29 @@ CASES = {
                                            rng.uniform(-1, 1, (6,))],
                        fn=lambda x, w, b: dc.nn.functional.layer_norm(x, (6,), w, b), ref=_np_layer_norm, grad=True,
                        covers=("layer_norm_backward",), rtol=1e-5, atol=1e-6),
+    # the conv stack (NCHW)
+    "conv2d": Case(inputs=lambda rng: [rng.uniform(-1, 1, (2, 4, 6, 5)), rng.uniform(-1, 1, (6, 2, 3, 2)),
+                                       rng.uniform(-1, 1, (6,))],
+                   fn=lambda x, w, b: dc.nn.functional.conv2d(x, w, b, (2, 1), (1, 2), (1, 2), 2),
+                   ref=lambda x, w, b: np_conv2d(x, w, b, (2, 1), (1, 2), (1, 2), 2), grad=True,
+                   covers=("conv2d_input_grad", "conv2d_weight_grad"), rtol=1e-7, atol=1e-9),
+    "conv_transpose2d": Case(inputs=lambda rng: [rng.uniform(-1, 1, (2, 4, 3, 4)), rng.uniform(-1, 1, (4, 3, 3, 3)),
+                                                 rng.uniform(-1, 1, (6,))],
+                             fn=lambda x, w, b: dc.nn.functional.conv_transpose2d(x, w, b, 2, 1, 1, 2),
+                             ref=lambda x, w, b: np_conv_transpose2d(x, w, b, (2, 2), (1, 1), (1, 1), (1, 1), 2),
+                             grad=True, rtol=1e-7, atol=1e-9),
+    "max_pool2d": Case(inputs=lambda rng: [rng.permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6) / 10.0],
+                       fn=lambda x: dc.nn.functional.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                       ref=lambda x: np_pool2d(x, (3, 3), (2, 2), (1, 1), "max", ceil_mode=True), grad=True,
+                       covers=("max_pool2d_backward",)),
+    "avg_pool2d": Case(inputs=_x(2, 3, 7, 6),
+                       fn=lambda x: dc.nn.functional.avg_pool2d(x, (3, 2), (2, 1), (1, 1), count_include_pad=False),
+                       ref=lambda x: np_pool2d(x, (3, 2), (2, 1), (1, 1), "avg", count_include_pad=False), grad=True,
+                       covers=("avg_pool2d_backward",), rtol=1e-7),
+    "batch_norm": Case(inputs=lambda rng: [rng.uniform(-2, 2, (4, 3, 2, 5)), rng.uniform(0.5, 1.5, (3,)),
+                                           rng.uniform(-1, 1, (3,))],
+                       fn=lambda x, w, b: dc.nn.functional.batch_norm(x, None, None, w, b, training=True),
+                       ref=np_batch_norm, grad=True, covers=("batch_norm_backward",), rtol=1e-6, atol=1e-7),
     # linear algebra and indexing
     "matmul": Case(inputs=_xy((2, 3, 4), (4, 5)), fn=dc.matmul, ref=np.matmul, grad=True, rtol=1e-6, atol=1e-6),
     "gather": Case(inputs=lambda rng: [rng.uniform(-2, 2, (3, 5)), _idx(rng, 5, (3, 4))],

@@ -37,7 +37,7 @@ from .parameter import Parameter
 
 # isort: split
 # PyTorch names scripts import (README "PyTorch names")
-from . import conv, transformer
+from . import conv, sampling, transformer
 from .conv import (
     AvgPool1d,
     AvgPool2d,
@@ -49,6 +49,18 @@ from .conv import (
     ConvTranspose2d,
     MaxPool1d,
     MaxPool2d,
+)
+from .sampling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    Dropout1d,
+    Dropout2d,
+    GroupNorm,
+    PixelShuffle,
+    PixelUnshuffle,
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
 )
 from .modules import (
     CELU,
@@ -126,6 +138,17 @@ __all__ = [
     "ConvTranspose2d",
     "MaxPool1d",
     "MaxPool2d",
+    "sampling",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "Dropout1d",
+    "Dropout2d",
+    "GroupNorm",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "Upsample",
+    "UpsamplingBilinear2d",
+    "UpsamplingNearest2d",
 ]
 
 from .._missing import missing_names  # noqa: E402

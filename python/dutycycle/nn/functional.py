@@ -462,6 +462,19 @@ from ._convfn import (  # noqa: E402, F401
     max_pool1d,
     max_pool2d,
 )
+from .sampling import (  # noqa: E402, F401
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    dropout1d,
+    dropout2d,
+    group_norm,
+    interpolate,
+    pixel_shuffle,
+    pixel_unshuffle,
+    upsample,
+    upsample_bilinear,
+    upsample_nearest,
+)
 
 # isort: split
 from .._missing import missing_names  # noqa: E402
