@@ -50,18 +50,6 @@ from .conv import (
     MaxPool1d,
     MaxPool2d,
 )
-from .sampling import (
-    AdaptiveAvgPool1d,
-    AdaptiveAvgPool2d,
-    Dropout1d,
-    Dropout2d,
-    GroupNorm,
-    PixelShuffle,
-    PixelUnshuffle,
-    Upsample,
-    UpsamplingBilinear2d,
-    UpsamplingNearest2d,
-)
 from .modules import (
     CELU,
     ELU,
@@ -74,6 +62,18 @@ from .modules import (
     ReLU6,
     Softsign,
     Tanhshrink,
+)
+from .sampling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    Dropout1d,
+    Dropout2d,
+    GroupNorm,
+    PixelShuffle,
+    PixelUnshuffle,
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
 )
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer
 
