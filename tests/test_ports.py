@@ -99,12 +99,16 @@ def falls(losses):
 # What each port still lacks in dutycycle (issue 8, open): strict, so a port that starts passing fails
 # here until its entry is removed.
 NOT_YET = {
-    "pytorch_dcgan": "nn.ConvTranspose2d, nn.Conv2d, nn.BatchNorm2d (the conv stack)",
-    "pytorch_mnist_cnn": "nn.Conv2d, F.max_pool2d (the conv stack)",
     "lightning_autoencoder": "the dutycycle.pytorch mirror of lightning.pytorch, cli_lightning_logo",
     "lightning_gan": "the dutycycle.pytorch mirror, nn.BatchNorm1d, training_step(self, batch)",
     "tiny_ddpm": "cumprod, type promotion (float * int64 tensors), Tensor([...]) legacy constructor",
 }
+
+
+# Final-loss ratio allowed against PyTorch (default 1.5). A GAN's discriminator loss swings with the
+# initial draw: DCGAN's last-quarter Loss_D over --manualSeed 1-4 measured 0.21-0.37 here and
+# 0.17-0.41 on PyTorch (seed 1 alone: 0.21 vs 0.41).
+RANGE = {"pytorch_dcgan": 2.5}
 
 
 def _blocked(c):
@@ -122,8 +126,8 @@ def test_port_runs_and_trains(case, tmp_path):
 @pytest.mark.skipif(not TORCH_PYTHON, reason="set DUTYCYCLE_TORCH_PYTHON to a Python with torch (and lightning)")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=_blocked(c)) if c in NOT_YET else c for c in sorted(CASES)])
 def test_port_matches_pytorch_range(case, tmp_path):
-    """The same script on PyTorch: the final losses of the two runs within a factor of 1.5 (the
-    initialisation draws differ, the data is the same)."""
+    """The same script on PyTorch: the final losses of the two runs within a factor of 1.5 (RANGE
+    for GANs; the initialisation draws differ, the data is the same)."""
     if case.startswith("lightning"):
         check = subprocess.run([TORCH_PYTHON, "-c", "import lightning"], capture_output=True)
         if check.returncode:
@@ -134,4 +138,5 @@ def test_port_matches_pytorch_range(case, tmp_path):
     _, theirs = run(case, tmp_path / "pt", python=TORCH_PYTHON, torch=True)
     q = max(1, min(len(ours), len(theirs)) // 4)
     a, b = float(np.mean(ours[-q:])), float(np.mean(theirs[-q:]))
-    assert b / 1.5 <= a <= b * 1.5, f"{case}: final losses dutycycle {a:.4f}, PyTorch {b:.4f}"
+    f = RANGE.get(case, 1.5)
+    assert b / f <= a <= b * f, f"{case}: final losses dutycycle {a:.4f}, PyTorch {b:.4f}"
