@@ -57,15 +57,13 @@ def test_broadcast_shape_mismatch():
 
 
 def test_dtype_mismatch():
-    x32, x64 = dc.randn(3), dc.randn(3, dtype=dc.float64)
-    for op in (lambda: x32 + x64, lambda: x32 * x64, lambda: x64 - x32, lambda: x32 / x64, lambda: x32 < x64,
-               lambda: dc.cat([x32, x64]), lambda: x32.add_(x64), lambda: dc.where(x32 > 0, x32, x64)):
-        with raises(dc.DTypeError, "dtype mismatch", "float32", "float64"):
-            op()
+    """Mixed dtypes promote (tests/test_promotion.py); what torch refuses still raises, naming both."""
     with raises(TypeError, "float32", "float64"):
         dc.randn(2, 3) @ dc.randn(3, 2, dtype=dc.float64)
-    with raises(TypeError, "int64", "float32"):
-        dc.tensor([1, 2]) + dc.tensor([1.0, 2.0])
+    with raises(dc.DTypeError, "result type float32", "int64"):
+        dc.tensor([1, 2]).add_(dc.tensor([1.0, 2.0]))
+    with raises(TypeError, "conv2d", "float64", "float32"):
+        dc.nn.functional.conv2d(dc.randn(1, 1, 3, 3), dc.randn(1, 1, 2, 2, dtype=dc.float64))
 
 
 def test_op_needs_float():
@@ -366,8 +364,8 @@ def test_numpy_conversion_errors():
         dc.from_numpy([1, 2])
     with raises(TypeError, "unsupported array dtype"):
         dc.from_numpy(np.zeros(3, np.complex128))
-    with raises(TypeError, "unsupported array dtype"):
-        dc.from_numpy(np.zeros(3, np.uint8))
+    with raises(TypeError, "unsupported array dtype", "uint16"):
+        dc.from_numpy(np.zeros(3, np.uint16))
     with raises(ValueError, "negative", "ascontiguousarray"):
         dc.from_numpy(np.arange(5.0)[::-1])
 

@@ -466,8 +466,10 @@ def test_pad_constant_matches_numpy_and_crops():
     np.testing.assert_array_equal(N(got), np.pad(a, ((1, 1), (0, 0), (0, 0)), constant_values=-1.0))
     assert F.pad(dc.arange(3), (1, 1)).tolist() == [0, 0, 1, 2, 0]
     assert dc.autograd.gradcheck(lambda t: F.pad(t, (2, -1, -1, 1), value=0.5), (T(a, requires_grad=True),))
-    with pytest.raises(NotImplementedError):
-        F.pad(T(a), (1, 1), mode="reflect")
+    with pytest.raises(NotImplementedError, match="last 1-3 dims"):  # reflect pads (C, ...) or (N, C, ...)
+        F.pad(T(a), (1, 1, 1, 1, 1, 1), mode="reflect")
+    with pytest.raises(ValueError, match="unknown mode"):
+        F.pad(T(a), (1, 1), mode="mirror")
     with pytest.raises(ValueError):
         F.pad(T(a), (1,))
 

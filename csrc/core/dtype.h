@@ -19,12 +19,22 @@ typedef enum {
     DC_INT32 = 4,
     DC_INT64 = 5,
     DC_BOOL = 6,
+    DC_UINT8 = 7,
+    DC_INT8 = 8,
+    DC_INT16 = 9,
     DC_DTYPE_COUNT
 } dc_dtype;
 
 size_t dc_dtype_size(dc_dtype d);
 const char *dc_dtype_name(dc_dtype d); /* "float32" */
 int dc_dtype_is_float(dc_dtype d);     /* float32/64, bf16, fp16 */
+int dc_dtype_is_int(dc_dtype d);       /* the integer types (not bool) */
+/* PyTorch's type promotion of two dtypes of the same priority (promoteTypes): bool < the integers
+ * (uint8 with int8 -> int16; otherwise the wider) < the floats (float16 with bfloat16 -> float32). */
+dc_dtype dc_promote_types(dc_dtype a, dc_dtype b);
+/* torch.can_cast: a result of dtype `from` may be written into `to` (no float -> integer, no
+ * non-bool -> bool). */
+int dc_can_cast(dc_dtype from, dc_dtype to);
 
 typedef enum { DC_CPU = 0, DC_CUDA = 1, DC_DEVICE_TYPE_COUNT } dc_device_type;
 

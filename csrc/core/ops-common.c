@@ -16,6 +16,18 @@ dc_status dc_launch_or_free(dc_tensor *y, const dc_kargs *k)
     return st;
 }
 
+/* --- type promotion ------------------------------------------------------------------------ */
+
+dc_dtype dc_result_type(const dc_tensor *a, const dc_tensor *b)
+{
+    int za = a->ndim == 0, zb = b->ndim == 0;
+    if (za == zb) return dc_promote_types(a->dtype, b->dtype);
+    dc_dtype hi = za ? b->dtype : a->dtype, lo = za ? a->dtype : b->dtype;
+    if (dc_dtype_is_float(hi)) return hi;
+    if (hi == DC_BOOL || dc_dtype_is_float(lo)) return dc_promote_types(hi, lo);
+    return hi;
+}
+
 /* --- broadcasting --------------------------------------------------------------------------- */
 
 dc_status dc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nd, int64_t *out,

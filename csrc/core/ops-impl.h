@@ -51,6 +51,29 @@ static inline dc_status same_dtype(const dc_tensor *a, const dc_tensor *b, const
     return DC_OK;
 }
 
+static inline dc_dtype result_type2(const dc_tensor *a, const dc_tensor *b)
+{
+    return dc_result_type(a, b);
+}
+
+/* *out = x converted to dt (differentiable), or x itself (a new reference) when it already is. */
+static inline dc_status cast_to(dc_tensor **out, dc_tensor *x, dc_dtype dt)
+{
+    if (x->dtype == dt) {
+        dc_tensor_incref(x);
+        *out = x;
+        return DC_OK;
+    }
+    return dc_to(out, x, dt, x->device);
+}
+
+/* The narrow integers (uint8, int8, int16) have no reduction/sort kernels: those ops run on an
+ * int32 copy (exact: every value fits) and convert back where the result keeps the dtype. */
+static inline int narrow_int(dc_dtype d)
+{
+    return d == DC_UINT8 || d == DC_INT8 || d == DC_INT16;
+}
+
 static inline dc_status need_float(const dc_tensor *t, const char *op)
 {
     if (t->dtype != DC_FLOAT32 && t->dtype != DC_FLOAT64 && t->dtype != DC_BFLOAT16 && t->dtype != DC_FLOAT16)

@@ -28,6 +28,15 @@ dc_status dc_synchronize(dc_device dev);          /* wait for the device's queue
 void dc_device_cache_info(int device_type, size_t *cached, size_t *limit);
 void dc_device_empty_cache(int device_type);
 
+/* --- type promotion (dtype.h has dc_promote_types and dc_can_cast) ---------------------------- */
+/* torch's result type of two tensors (c10's ResultTypeState): tensors with dims outrank 0-d ones,
+ * which take part only when of a higher category (bool < integer < floating point): int32 (3,) +
+ * int64 () -> int32, int32 (3,) + float64 () -> float64, float32 (3,) + float64 () -> float32.
+ * Binary ops, where and cat cast their operands to it; in-place ops require dc_can_cast(result,
+ * destination). Python numbers reach the core as 0-d tensors already of the dtype torch's
+ * wrapped-number rule gives (_tensor.py's _coerce). */
+dc_dtype dc_result_type(const dc_tensor *a, const dc_tensor *b);
+
 /* --- creation and copies ------------------------------------------------------------------ */
 dc_status dc_full(dc_tensor **out, int ndim, const int64_t *shape, double value, dc_dtype dt, dc_device dev);
 /* Integer value, exact in int64 (never through double); out of the dtype's range -> DC_ERR_VALUE. */

@@ -241,6 +241,22 @@ dc_status dc_cat(dc_tensor **out, int n, dc_tensor *const *xs, int dim)
     if (n <= 0) return dc_error(DC_ERR_VALUE, "cat: expected a non-empty list of tensors");
     DC_TRY(wrap_dim(&dim, xs[0]->ndim, "cat"));
     if (xs[0]->ndim == 0) return dc_error(DC_ERR_SHAPE, "cat: zero-dimensional tensors can't be concatenated");
+    dc_dtype rt = xs[0]->dtype;
+    for (int k = 1; k < n; k++) rt = dc_promote_types(rt, xs[k]->dtype);
+    for (int k = 0; k < n; k++)
+        if (xs[k]->dtype != rt) { /* mixed dtypes meet in their promoted type, as torch.cat */
+            dc_tensor **cs = calloc((size_t)n, sizeof *cs);
+            if (!cs) return dc_error(DC_ERR_NOMEM, "out of host memory");
+            dc_status st = DC_OK;
+            for (int j = 0; j < n && !st; j++) {
+                st = same_device(xs[0], xs[j], "cat");
+                if (!st) st = cast_to(&cs[j], xs[j], rt);
+            }
+            if (!st) st = dc_cat(out, n, cs, dim);
+            for (int j = 0; j < n; j++) dc_tensor_decref(cs[j]);
+            free(cs);
+            return st;
+        }
     if (n <= DC_NODE_MAX_IN) return cat_group(out, n, xs, dim);
     /* autograd nodes have at most DC_NODE_MAX_IN inputs: concatenate in groups, then the groups */
     int ng = (n + DC_NODE_MAX_IN - 1) / DC_NODE_MAX_IN;

@@ -373,15 +373,32 @@ static dc_status binary_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
     }
 }
 
+static dc_status binary_same(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b);
+
+/* Operands of different dtypes meet in their result type (torch's type promotion): each is cast
+ * (differentiably) first. */
 dc_status dc_binary(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b)
+{
+    if (a->dtype == b->dtype) return binary_same(out, op, a, b);
+    DC_TRY(same_device(a, b, dc_op_names[op]));
+    dc_dtype rt = result_type2(a, b);
+    dc_tensor *ca, *cb;
+    DC_TRY(cast_to(&ca, a, rt));
+    dc_status st = cast_to(&cb, b, rt);
+    if (!st) {
+        st = binary_same(out, op, ca, cb);
+        dc_tensor_decref(cb);
+    }
+    dc_tensor_decref(ca);
+    return st;
+}
+
+static dc_status binary_same(dc_tensor **out, dc_op op, dc_tensor *a, dc_tensor *b)
 {
     int cmp = dc_op_is(op, DC_FAM_COMPARE);
     if (!cmp && !dc_op_is(op, DC_FAM_BINARY))
         return dc_error(DC_ERR_INTERNAL, "dc_binary: %d is not a binary op", (int)op);
-    if (op == DC_OP_DIV || op == DC_OP_POW) {
-        DC_TRY(same_dtype(a, b, dc_op_names[op]));
-        DC_TRY(need_float(a, dc_op_names[op]));
-    }
+    if (op == DC_OP_DIV || op == DC_OP_POW) DC_TRY(need_float(a, dc_op_names[op]));
     dc_tensor *y;
     DC_TRY(launch_binary(&y, op, a, b, cmp ? DC_BOOL : a->dtype));
     if (!cmp && dc_dtype_is_float(a->dtype)) {
@@ -406,7 +423,22 @@ dc_status dc_binary_(dc_op op, dc_tensor *t, dc_tensor *other)
     int nd;
     int64_t shape[DC_MAX_DIMS];
     DC_TRY(same_device(t, other, dc_op_names[op]));
-    DC_TRY(same_dtype(t, other, dc_op_names[op]));
+    if (other->dtype != t->dtype) { /* torch: the result type must be castable to t's dtype */
+        dc_dtype rt = result_type2(t, other);
+        if (!dc_can_cast(rt, t->dtype))
+            return dc_error(DC_ERR_DTYPE, "in-place %s: result type %s can't be cast to the desired output type %s",
+                            dc_op_names[op], dc_dtype_name(rt), dc_dtype_name(t->dtype));
+        dc_tensor *c;
+        int prev = dc_grad_enabled();
+        dc_set_grad_enabled(0);
+        dc_status st = dc_to(&c, other, t->dtype, other->device);
+        if (!st) {
+            st = dc_binary_(op, t, c);
+            dc_tensor_decref(c);
+        }
+        dc_set_grad_enabled(prev);
+        return st;
+    }
     DC_TRY(dc_broadcast_shape(t->ndim, t->shape, other->ndim, other->shape, &nd, shape, dc_op_names[op]));
     if (nd != t->ndim || memcmp(shape, t->shape, sizeof(int64_t) * nd))
         return dc_error(DC_ERR_SHAPE, "in-place %s: other of shape %s can't be broadcast to shape %s", dc_op_names[op],
@@ -464,7 +496,18 @@ dc_status dc_where(dc_tensor **out, dc_tensor *cond, dc_tensor *a, dc_tensor *b)
         return dc_error(DC_ERR_DTYPE, "where: condition must be a bool tensor, got %s", dc_dtype_name(cond->dtype));
     DC_TRY(same_device(cond, a, "where"));
     DC_TRY(same_device(a, b, "where"));
-    DC_TRY(same_dtype(a, b, "where"));
+    if (a->dtype != b->dtype) {
+        dc_dtype rt = result_type2(a, b);
+        dc_tensor *ca, *cb;
+        DC_TRY(cast_to(&ca, a, rt));
+        dc_status st = cast_to(&cb, b, rt);
+        if (!st) {
+            st = dc_where(out, cond, ca, cb);
+            dc_tensor_decref(cb);
+        }
+        dc_tensor_decref(ca);
+        return st;
+    }
     int nd, nd2;
     int64_t s1[DC_MAX_DIMS], shape[DC_MAX_DIMS];
     DC_TRY(dc_broadcast_shape(cond->ndim, cond->shape, a->ndim, a->shape, &nd, s1, "where"));
@@ -596,7 +639,7 @@ static dc_status sum_impl(dc_tensor **out, dc_tensor *x, int n, const int *dims,
     DC_TRY(dims_mask(n, dims, x->ndim, mask, name));
     if (mean) DC_TRY(need_float(x, "mean"));
     dc_tensor *src = x, *y;
-    if (x->dtype == DC_BOOL || x->dtype == DC_INT32)
+    if (!dc_dtype_is_float(x->dtype) && x->dtype != DC_INT64) /* torch: integer sums are int64 */
         DC_TRY(dc_to(&src, x, DC_INT64, x->device));
     else
         dc_tensor_incref(src);
@@ -663,6 +706,16 @@ out_m:
 
 dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int keepdim, int is_min)
 {
+    if (narrow_int(x->dtype)) {
+        dc_tensor *w, *r;
+        DC_TRY(dc_to(&w, x, DC_INT32, x->device));
+        dc_status st = dc_amax(&r, w, n, dims, keepdim, is_min);
+        dc_tensor_decref(w);
+        if (st) return st;
+        st = dc_to(out, r, x->dtype, x->device);
+        dc_tensor_decref(r);
+        return st;
+    }
     int mask[DC_MAX_DIMS];
     const char *name = is_min ? "min" : "max";
     DC_TRY(dims_mask(n, dims, x->ndim, mask, name));
@@ -707,6 +760,13 @@ dc_status dc_amax(dc_tensor **out, dc_tensor *x, int n, const int *dims, int kee
 
 dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_min)
 {
+    if (narrow_int(x->dtype)) {
+        dc_tensor *w;
+        DC_TRY(dc_to(&w, x, DC_INT32, x->device));
+        dc_status st = dc_argmax(out, w, dim, keepdim, is_min);
+        dc_tensor_decref(w);
+        return st;
+    }
     const char *name = is_min ? "argmin" : "argmax";
     dc_tensor *src;
     if (dim == DC_ALL_DIMS) {

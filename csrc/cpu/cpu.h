@@ -132,7 +132,7 @@ void cpu_iter_range(const cpu_iter *it, int64_t start, int64_t end, cpu_inner_fn
 /* --- scalar conversions ------------------------------------------------------------------------ */
 static inline int cpu_is_intlike(dc_dtype d)
 {
-    return d == DC_INT32 || d == DC_INT64 || d == DC_BOOL;
+    return d == DC_INT32 || d == DC_INT64 || d == DC_BOOL || d == DC_UINT8 || d == DC_INT8 || d == DC_INT16;
 }
 static inline double cpu_load_f(const char *p, dc_dtype d)
 {
@@ -144,6 +144,9 @@ static inline double cpu_load_f(const char *p, dc_dtype d)
     case DC_INT32: return *(const int32_t *)p;
     case DC_INT64: return (double)*(const int64_t *)p;
     case DC_BOOL: return *(const uint8_t *)p ? 1.0 : 0.0;
+    case DC_UINT8: return *(const uint8_t *)p;
+    case DC_INT8: return *(const int8_t *)p;
+    case DC_INT16: return *(const int16_t *)p;
     default: return 0;
     }
 }
@@ -153,6 +156,9 @@ static inline int64_t cpu_load_i(const char *p, dc_dtype d)
     case DC_INT32: return *(const int32_t *)p;
     case DC_INT64: return *(const int64_t *)p;
     case DC_BOOL: return *(const uint8_t *)p != 0;
+    case DC_UINT8: return *(const uint8_t *)p;
+    case DC_INT8: return *(const int8_t *)p;
+    case DC_INT16: return *(const int16_t *)p;
     default: return (int64_t)cpu_load_f(p, d);
     }
 }
@@ -182,6 +188,10 @@ static inline void cpu_store_f(char *p, dc_dtype d, double x)
     case DC_INT32: *(int32_t *)p = cpu_f2i32(x); break;
     case DC_INT64: *(int64_t *)p = cpu_f2i(x); break;
     case DC_BOOL: *(uint8_t *)p = x != 0; break;
+    /* the narrow integers wrap, as torch's conversions do on x86 (through int64) */
+    case DC_UINT8: *(uint8_t *)p = (uint8_t)(uint64_t)cpu_f2i(x); break;
+    case DC_INT8: *(int8_t *)p = (int8_t)(uint8_t)(uint64_t)cpu_f2i(x); break;
+    case DC_INT16: *(int16_t *)p = (int16_t)(uint16_t)(uint64_t)cpu_f2i(x); break;
     default: break;
     }
 }
@@ -191,6 +201,9 @@ static inline void cpu_store_i(char *p, dc_dtype d, int64_t x)
     case DC_INT32: *(int32_t *)p = (int32_t)x; break;
     case DC_INT64: *(int64_t *)p = x; break;
     case DC_BOOL: *(uint8_t *)p = x != 0; break;
+    case DC_UINT8: *(uint8_t *)p = (uint8_t)(uint64_t)x; break;
+    case DC_INT8: *(int8_t *)p = (int8_t)(uint8_t)(uint64_t)x; break;
+    case DC_INT16: *(int16_t *)p = (int16_t)(uint16_t)(uint64_t)x; break;
     case DC_FLOAT32: *(float *)p = (float)x; break;
     default: cpu_store_f(p, d, (double)x); break;
     }

@@ -77,6 +77,10 @@ static void conv_inner(char **p, const int64_t *s, int64_t n, const void *vctx)
         CONV_LOOP(int32_t, int64_t, (int64_t)x);
         return;
     }
+    if (sd == DC_UINT8 && dd == DC_FLOAT32) { /* images */
+        CONV_LOOP(uint8_t, float, (float)x);
+        return;
+    }
     if (sd == DC_BOOL && dd == DC_FLOAT32) {
         CONV_LOOP(uint8_t, float, x ? 1.0f : 0.0f);
         return;
@@ -235,6 +239,9 @@ dc_status dc_cpu_arange(const dc_kargs *a)
     case DC_FLOAT64: ARANGE_LOOP(double, (double)); break;
     case DC_INT32: ARANGE_LOOP(int32_t, cpu_f2i32); break;
     case DC_INT64: ARANGE_LOOP(int64_t, cpu_f2i); break;
+    case DC_INT16: ARANGE_LOOP(int16_t, (int16_t)cpu_f2i); break;
+    case DC_INT8: ARANGE_LOOP(int8_t, (int8_t)cpu_f2i); break;
+    case DC_UINT8: ARANGE_LOOP(uint8_t, (uint8_t)cpu_f2i); break;
     default: return cpu_bad_dtype(a->op, o->dtype);
     }
 #undef ARANGE_LOOP
@@ -328,6 +335,12 @@ DEF_UNARY_FLOAT(unary_f64, double)
     }
 DEF_UNARY_INT(unary_i32, int32_t, uint32_t, INT32_MIN, INT32_MAX)
 DEF_UNARY_INT(unary_i64, int64_t, uint64_t, INT64_MIN, INT64_MAX)
+DEF_UNARY_INT(unary_i16, int16_t, uint32_t, INT16_MIN, INT16_MAX)
+DEF_UNARY_INT(unary_i8, int8_t, uint32_t, INT8_MIN, INT8_MAX)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtype-limits" /* x < 0 of an unsigned type: abs is the identity */
+DEF_UNARY_INT(unary_ui8, uint8_t, uint32_t, 0, UINT8_MAX)
+#pragma GCC diagnostic pop
 
 static ew_ctx ew_ctx_of(const dc_kargs *a)
 {
@@ -353,6 +366,9 @@ dc_status dc_cpu_unary(const dc_kargs *a)
     case DC_FLOAT64: fn = unary_f64; break;
     case DC_INT32: fn = int_ok ? unary_i32 : NULL; break;
     case DC_INT64: fn = int_ok ? unary_i64 : NULL; break;
+    case DC_INT16: fn = int_ok ? unary_i16 : NULL; break;
+    case DC_INT8: fn = int_ok ? unary_i8 : NULL; break;
+    case DC_UINT8: fn = int_ok ? unary_ui8 : NULL; break;
     default: fn = NULL; break;
     }
     if (!fn) return cpu_bad_dtype(a->op, dt);
@@ -499,6 +515,12 @@ DEF_BINARY_FLOAT(binary_f64, double)
     }
 DEF_BINARY_INT(binary_i32, int32_t, uint32_t)
 DEF_BINARY_INT(binary_i64, int64_t, uint64_t)
+DEF_BINARY_INT(binary_i16, int16_t, uint32_t)
+DEF_BINARY_INT(binary_i8, int8_t, uint32_t)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtype-limits"
+DEF_BINARY_INT(binary_ui8, uint8_t, uint32_t)
+#pragma GCC diagnostic pop
 
 /* bool: the bitwise ops (torch's & | ^ on masks) and maximum/minimum (or/and). */
 static void binary_u8(char **p, const int64_t *s, int64_t n, const void *vctx)
@@ -531,6 +553,9 @@ dc_status dc_cpu_binary(const dc_kargs *a)
     case DC_FLOAT64: fn = bitwise ? NULL : binary_f64; break;
     case DC_INT32: fn = int_ok ? binary_i32 : NULL; break;
     case DC_INT64: fn = int_ok ? binary_i64 : NULL; break;
+    case DC_INT16: fn = int_ok ? binary_i16 : NULL; break;
+    case DC_INT8: fn = int_ok ? binary_i8 : NULL; break;
+    case DC_UINT8: fn = int_ok ? binary_ui8 : NULL; break;
     case DC_BOOL: fn = bool_ok ? binary_u8 : NULL; break;
     default: fn = NULL; break;
     }
@@ -594,6 +619,8 @@ DEF_COMPARE(cmp_f64, double)
 DEF_COMPARE(cmp_i32, int32_t)
 DEF_COMPARE(cmp_i64, int64_t)
 DEF_COMPARE(cmp_u8, uint8_t)
+DEF_COMPARE(cmp_i8, int8_t)
+DEF_COMPARE(cmp_i16, int16_t)
 
 dc_status dc_cpu_compare(const dc_kargs *a)
 {
@@ -607,7 +634,10 @@ dc_status dc_cpu_compare(const dc_kargs *a)
     case DC_FLOAT64: fn = cmp_f64; break;
     case DC_INT32: fn = cmp_i32; break;
     case DC_INT64: fn = cmp_i64; break;
-    case DC_BOOL: fn = cmp_u8; break;
+    case DC_BOOL:
+    case DC_UINT8: fn = cmp_u8; break;
+    case DC_INT8: fn = cmp_i8; break;
+    case DC_INT16: fn = cmp_i16; break;
     default: return cpu_bad_dtype(a->op, dt);
     }
     dc_op op = a->op;

@@ -10,7 +10,7 @@ dc_status dc_cpu_cumsum(const dc_kargs *a)
     const dc_kview *o = &a->t[0], *x = &a->t[1];
     const struct dc_scan_params *p = &a->p.scan;
     const dc_dtype dt = x->dtype, odt = o->dtype;
-    const int is_int = dt == DC_INT64 || dt == DC_INT32 || dt == DC_BOOL;
+    const int is_int = cpu_is_intlike(dt);
     if ((unsigned)dt >= DC_DTYPE_COUNT || dt == DC_BFLOAT16 || dt == DC_FLOAT16) return cpu_bad_dtype(a->op, dt);
     if (is_int ? odt != DC_INT64 : odt != dt) return cpu_bad_dtype(a->op, odt);
     const int dim = x->ndim ? (int)p->dim : 0;

@@ -58,7 +58,7 @@ dc_status dc_cpu_argsort(const dc_kargs *a)
     const int64_t n = x->ndim ? x->shape[dim] : 1, rows = numel / n;
     const int64_t xs = x->ndim ? x->strides[dim] : 1, os = o->ndim ? o->strides[dim] : 1;
     const size_t es = dc_dtype_size(dt);
-    const int is_int = dt == DC_INT64 || dt == DC_INT32 || dt == DC_BOOL;
+    const int is_int = cpu_is_intlike(dt);
     const int desc = p->descending != 0;
     int failed = 0;
 #pragma omp parallel if (numel >= DC_CPU_PAR_MIN && rows > 1) reduction(| : failed)
@@ -107,7 +107,7 @@ dc_status dc_cpu_nonzero(const dc_kargs *a)
     int64_t *out = (int64_t *)o->data;
     for (int64_t i = 0; i < numel; i++) {
         const char *p = x->data + off * es;
-        int nz = (dt == DC_INT64 || dt == DC_INT32 || dt == DC_BOOL) ? cpu_load_i(p, dt) != 0 : cpu_load_f(p, dt) != 0;
+        int nz = cpu_is_intlike(dt) ? cpu_load_i(p, dt) != 0 : cpu_load_f(p, dt) != 0;
         if (nz) {
             if (k == cap)
                 return dc_error(DC_ERR_INTERNAL, "nonzero: more non-zero elements than counted (%lld)", (long long)cap);

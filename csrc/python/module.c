@@ -323,10 +323,16 @@ static PyObject *f_from_buffer(PyObject *m, PyObject *obj)
         dt = DC_INT64;
     else if (!strcmp(f, "?") && isz == 1)
         dt = DC_BOOL;
+    else if (!strcmp(f, "B") && isz == 1)
+        dt = DC_UINT8;
+    else if (!strcmp(f, "b") && isz == 1)
+        dt = DC_INT8;
+    else if (!strcmp(f, "h") && isz == 2)
+        dt = DC_INT16;
     else {
         PyErr_Format(PyExc_TypeError,
                      "from_numpy: unsupported array dtype (buffer format '%s', itemsize %zd); supported: float32, "
-                     "float64, float16, int32, int64, bool",
+                     "float64, float16, int64, int32, int16, int8, uint8, bool",
                      view->format ? view->format : "B", isz);
         PyBuffer_Release(view);
         PyMem_RawFree(view);
@@ -583,6 +589,36 @@ static PyObject *f_layer_norm(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O&O&|d:layer_norm", conv_tensor, &x, conv_opt_tensor, &w, conv_opt_tensor, &b, &eps))
         return NULL;
     RUN_WRAP(dc_layer_norm(&out, x, w, b, eps), out);
+}
+
+/* --- type promotion ---------------------------------------------------------------------------- */
+
+static PyObject *f_promote_types(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int a, b;
+    if (!PyArg_ParseTuple(args, "ii:promote_types", &a, &b)) return NULL;
+    if (a < 0 || a >= DC_DTYPE_COUNT || b < 0 || b >= DC_DTYPE_COUNT)
+        return PyErr_Format(PyExc_ValueError, "bad dtype id");
+    return PyLong_FromLong(dc_promote_types((dc_dtype)a, (dc_dtype)b));
+}
+
+static PyObject *f_can_cast(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int a, b;
+    if (!PyArg_ParseTuple(args, "ii:can_cast", &a, &b)) return NULL;
+    if (a < 0 || a >= DC_DTYPE_COUNT || b < 0 || b >= DC_DTYPE_COUNT)
+        return PyErr_Format(PyExc_ValueError, "bad dtype id");
+    return PyBool_FromLong(dc_can_cast((dc_dtype)a, (dc_dtype)b));
+}
+
+static PyObject *f_result_type(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *a, *b;
+    if (!PyArg_ParseTuple(args, "O&O&:result_type", conv_tensor, &a, conv_tensor, &b)) return NULL;
+    return PyLong_FromLong(dc_result_type(a, b));
 }
 
 /* --- the conv stack (NCHW; nn.functional does the argument normalisation) -------------------- */
@@ -989,6 +1025,9 @@ static PyMethodDef module_methods[] = {
     F(softmax, METH_VARARGS),
     F(layer_norm, METH_VARARGS),
     F(conv2d, METH_VARARGS),
+    F(promote_types, METH_VARARGS),
+    F(can_cast, METH_VARARGS),
+    F(result_type, METH_VARARGS),
     F(conv_transpose2d, METH_VARARGS),
     F(max_pool2d, METH_VARARGS),
     F(avg_pool2d, METH_VARARGS),

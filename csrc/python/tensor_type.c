@@ -312,7 +312,9 @@ static PyObject *get_array_interface(PyObject *self, void *c)
                      dc_device_str(t->device));
         return NULL;
     }
-    static const char *typestr[] = { "<f4", "<f8", NULL, "<f2", "<i4", "<i8", "|b1" };
+    static const char *typestr[DC_DTYPE_COUNT] = {
+        "<f4", "<f8", NULL, "<f2", "<i4", "<i8", "|b1", "|u1", "|i1", "<i2"
+    };
     if (!typestr[t->dtype]) {
         PyErr_SetString(PyExc_TypeError, "NumPy has no bfloat16 dtype; convert with .float() first");
         return NULL;
@@ -676,7 +678,8 @@ static PyObject *m_dlpack(PyObject *self, PyObject *args, PyObject *kw)
     }
     static const DLDataType dts[] = { { kDLFloat, 32, 1 }, { kDLFloat, 64, 1 }, { kDLBfloat, 16, 1 },
                                       { kDLFloat, 16, 1 }, { kDLInt, 32, 1 },   { kDLInt, 64, 1 },
-                                      { kDLBool, 8, 1 } };
+                                      { kDLBool, 8, 1 },   { kDLUInt, 8, 1 },   { kDLInt, 8, 1 },
+                                      { kDLInt, 16, 1 } };
     if (copied) { /* the consumer asked for its own copy */
         dc_tensor *c;
         dc_status st;
@@ -759,8 +762,14 @@ PyObject *dc_py_from_dlpack_capsule(dc_py_state *S, PyObject *cap)
         dt = DC_INT32;
     else if (ty.code == kDLInt && ty.bits == 64)
         dt = DC_INT64;
-    else if ((ty.code == kDLBool || ty.code == kDLUInt) && ty.bits == 8 && ty.code == kDLBool)
+    else if (ty.code == kDLBool && ty.bits == 8)
         dt = DC_BOOL;
+    else if (ty.code == kDLUInt && ty.bits == 8)
+        dt = DC_UINT8;
+    else if (ty.code == kDLInt && ty.bits == 8)
+        dt = DC_INT8;
+    else if (ty.code == kDLInt && ty.bits == 16)
+        dt = DC_INT16;
     else
         goto bad_dtype;
     dc_device dev;

@@ -20,7 +20,7 @@ from ._C import (
     ShapeError,
     UnsupportedError,
 )
-from ._dtype import bfloat16, bool_, device, dtype, float16, float32, float64, int32, int64
+from ._dtype import bfloat16, bool_, device, dtype, float16, float32, float64, int8, int16, int32, int64, uint8
 from ._tensor import Tensor, where
 from ._functions import *
 from ._functions import (
@@ -54,12 +54,22 @@ double = float64
 half = float16
 int = int32
 long = int64
+short = int16
 
 from . import models, nn, optim  # they build on everything above
 from . import callbacks, data, loggers, utils  # the trainer's parts
 from .trainer import LightningDataModule, LightningModule, Trainer, seed_everything
 from . import strategies  # after the trainer: Trainer(strategy=...) and dutycycle.strategies.Strategy
 from . import distributed
+from .callbacks import Callback  # lightning's top level: L.Callback
+
+# lightning.pytorch as dutycycle.pytorch (README "PyTorch and Lightning coverage"); its utilities and
+# profilers also as dutycycle.utilities / .profilers, for `import pytorch_lightning as pl` -> `import dutycycle as pl`
+from . import pytorch
+from .pytorch import profilers, utilities
+
+pytorch._alias("utilities", utilities, __name__)
+pytorch._alias("profilers", profilers, __name__)
 
 # PyTorch names scripts import around the model (README "PyTorch names")
 from . import accelerator, amp, backends

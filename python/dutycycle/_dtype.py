@@ -27,10 +27,14 @@ float16 = dtype(3, "float16", 2, True, "float16")
 int32 = dtype(4, "int32", 4, False, "int32")
 int64 = dtype(5, "int64", 8, False, "int64")
 bool_ = dtype(6, "bool", 1, False, "bool")
+uint8 = dtype(7, "uint8", 1, False, "uint8")
+int8 = dtype(8, "int8", 1, False, "int8")
+int16 = dtype(9, "int16", 2, False, "int16")
 
-DTYPES = (float32, float64, bfloat16, float16, int32, int64, bool_)
+DTYPES = (float32, float64, bfloat16, float16, int32, int64, bool_, uint8, int8, int16)
 _BY_NAME = {d.name: d for d in DTYPES}
-_BY_NAME.update({"float": float32, "double": float64, "half": float16, "int": int32, "long": int64})
+_BY_NAME.update({"float": float32, "double": float64, "half": float16, "int": int32, "long": int64,
+                 "short": int16})
 
 
 def _dtype_by_name(name):

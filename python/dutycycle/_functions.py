@@ -87,7 +87,13 @@ def from_numpy(arr):
         raise ValueError("from_numpy: the array is read-only (e.g. np.load(..., mmap_mode='r') or "
                          "np.broadcast_to), and tensors sharing its memory could write to it; copy it with "
                          "dutycycle.tensor(arr) instead")
+    if arr.dtype.name not in _NUMPY_OK:
+        raise TypeError(f"from_numpy: unsupported array dtype {arr.dtype.name} (supported: "
+                        f"{', '.join(sorted(_NUMPY_OK))}); convert it with arr.astype(...) first")
     return _C.from_buffer(arr)
+
+
+_NUMPY_OK = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"}
 
 
 def from_dlpack(obj):
@@ -237,6 +243,35 @@ def _check_tensor(x, fn):
     if not isinstance(x, Tensor):
         raise TypeError(f"{fn}(): expected a dutycycle.Tensor, got {type(x).__name__}")
     return x
+
+
+def promote_types(type1, type2):
+    """The smallest dtype both promote to (torch.promote_types): bool < integers < floats;
+    uint8 with int8 gives int16, float16 with bfloat16 float32."""
+    from ._dtype import dtype_from_id
+
+    return dtype_from_id(_C.promote_types(as_dtype(type1).id, as_dtype(type2).id))
+
+
+def can_cast(from_, to):
+    """torch.can_cast: whether a result of dtype from_ may be written into a tensor of dtype to
+    (in-place ops and out= follow it: no float into an integer tensor, nothing but bool into bool)."""
+    return _C.can_cast(as_dtype(from_).id, as_dtype(to).id)
+
+
+def result_type(tensor, other):
+    """The dtype an op of tensor and other (a tensor or a Python number) computes in, by torch's
+    rules: tensors with dims outrank 0-d tensors, which outrank Python numbers, unless the
+    lower-ranked operand is of a higher category (bool < integer < floating point)."""
+    from ._dtype import dtype_from_id
+    from ._tensor import _coerce
+
+    if not isinstance(tensor, Tensor):
+        if not isinstance(other, Tensor):
+            raise TypeError("result_type(): at least one argument must be a tensor")
+        tensor, other = other, tensor
+    a, b = _coerce(tensor, other)
+    return dtype_from_id(_C.result_type(a, b))
 
 
 def cat(tensors, dim=0):
@@ -840,17 +875,23 @@ def save(obj, f):
 
 
 def load(f, map_location=None, weights_only=None, **kwargs):
-    """Read a file written by dutycycle.save (or by Trainer.save_checkpoint, or any safetensors file).
+    """Read a file written by dutycycle.save (or by Trainer.save_checkpoint, or any safetensors file),
+    or a PyTorch torch.save file (.pt/.pth) without running its pickle (see _torch_load.py).
     map_location: None/'cpu' or a device to move the tensors to."""
     import os
 
+    from ._torch_load import load_torch_file, sniff
     from .trainer.checkpoint_io import load_checkpoint
 
     if not isinstance(f, (str, bytes, os.PathLike)):
         raise TypeError(f"load: f must be a file path, got {type(f).__name__} (file objects are not supported)")
-    obj = load_checkpoint(f)
-    if isinstance(obj, dict) and len(obj) == 1 and _ROOT in obj:
-        obj = obj[_ROOT]
+    kind = sniff(f)
+    if kind is not None:
+        obj = load_torch_file(f, kind, weights_only)
+    else:
+        obj = load_checkpoint(f)
+        if isinstance(obj, dict) and len(obj) == 1 and _ROOT in obj:
+            obj = obj[_ROOT]
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         dev = as_device(map_location)
         if dev.type != "cpu":

@@ -22,8 +22,11 @@ from ._dtype import (
     float16,
     float32,
     float64,
+    int8,
+    int16,
     int32,
     int64,
+    uint8,
 )
 
 _ops = _C.ops  # one function per op of csrc/core/ops.def: _ops.exp(x), _ops.add(a, b), _ops.add_(t, b)
@@ -289,6 +292,15 @@ class Tensor(_C.TensorBase):
 
     def bool(self):
         return self.to(bool_)
+
+    def short(self):
+        return self.to(int16)
+
+    def char(self):
+        return self.to(int8)
+
+    def byte(self):
+        return self.to(uint8)
 
     def cpu(self):
         return self.to("cpu")
@@ -1108,20 +1120,26 @@ def _py_number(v):
 
 
 def _coerce(t, other, need_float=False):
-    """Pair a tensor with a tensor or Python number. Numbers take the tensor's dtype; an integer
-    tensor meeting a float number (or a true division) becomes float32, as in PyTorch. Tensors of
-    different dtypes are an error (the core reports it)."""
+    """Pair a tensor with a tensor or Python number, by torch's rule for Python numbers (wrapped
+    numbers): a number takes the tensor's dtype unless it is of a higher category, so an integer
+    tensor meeting a float number (or a true division) becomes the default dtype, and a bool
+    tensor meeting an int becomes int64. Two tensors go to the core as they are: it promotes
+    (csrc/core/ops.h, dc_result_type)."""
     if isinstance(other, Tensor):
         if need_float and not t.dtype.is_floating_point and not other.dtype.is_floating_point:
-            return t.float(), other.float()
+            from ._functions import get_default_dtype
+
+            return t.to(get_default_dtype()), other.to(get_default_dtype())
         return t, other
     if isinstance(other, bool):
         if t.dtype == bool_:
             return t, _C.full((), float(other), bool_.id, *t._device_tuple)
         other = int(other)
     if isinstance(other, float) or need_float:
-        if not t.dtype.is_floating_point:
-            t = t.float()
+        if not t.dtype.is_floating_point:  # torch: the default dtype (float32 unless set)
+            from ._functions import get_default_dtype
+
+            t = t.to(get_default_dtype())
     elif isinstance(other, int) and t.dtype == bool_:
         t = t.long()
     elif not isinstance(other, (int, float)):
