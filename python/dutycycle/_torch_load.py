@@ -244,9 +244,9 @@ _ALLOWED = _allowed()
 
 def _refusal(path, full):
     module = full.rsplit(".", 1)[0]
-    if module.startswith(("torch.nn", "__main__", "__torch__")) or full[:1].isupper():
-        hint = ("it looks like a whole pickled model (torch.save(model)); in PyTorch, re-save its weights "
-                "with torch.save(model.state_dict(), path) and load them with model.load_state_dict(...)")
+    if module.split(".")[0] in ("torch", "__main__", "__torch__", "lightning", "pytorch_lightning"):
+        hint = ("it looks like a whole pickled model or optimizer (torch.save(model)); in PyTorch, re-save its "
+                "weights with torch.save(model.state_dict(), path) and load them with model.load_state_dict(...)")
     elif module.startswith("numpy"):
         hint = "NumPy objects are refused too (as by torch's weights_only=True); store tensors or Python numbers"
     else:
