@@ -384,6 +384,10 @@ CASES = {
     # scans, sort orders, nonzero
     "cumsum": Case(inputs=_x(3, 4, 5), fn=lambda x: x.cumsum(1), ref=lambda x: np.cumsum(x, axis=1), grad=True,
                    dtypes=("float64", "float32", "int64", "bool"), rtol=1e-7),
+    "cumprod": Case(inputs=lambda rng: [rng.uniform(0.5, 1.5, (3, 4, 5))], fn=lambda x: x.cumprod(1),
+                    ref=lambda x: np.cumprod(x, axis=1), grad=True, covers=("cumprod_backward",), rtol=1e-6,
+                    dtypes=("float64", "float32", "int64"),
+                    grad_data=lambda rng: [np.where(rng.uniform(0, 1, (3, 5)) < 0.3, 0.0, rng.uniform(-2, 2, (3, 5)))]),
     "argsort": Case(inputs=lambda rng: [np.round(rng.uniform(-3, 3, (4, 9)))], fn=lambda x: x.argsort(dim=1),
                     ref=lambda x: np.argsort(x, axis=1, kind="stable"), dtypes=("float64", "float32", "int64")),
     "nonzero": Case(inputs=lambda rng: [np.round(rng.uniform(-1, 1, (3, 5)))], fn=lambda x: x.nonzero(),

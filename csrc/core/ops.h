@@ -121,6 +121,7 @@ dc_status dc_batch_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *
 
 /* --- scans, sort orders, nonzero (ops_scan.c) ---------------------------------------------- */
 dc_status dc_cumsum(dc_tensor **out, dc_tensor *x, int dim);                  /* int/bool -> int64; floats keep dtype */
+dc_status dc_cumprod(dc_tensor **out, dc_tensor *x, int dim);                 /* as cumsum's dtypes */
 dc_status dc_argsort(dc_tensor **out, dc_tensor *x, int dim, int descending); /* stable; NaN largest */
 dc_status dc_nonzero(dc_tensor **out, dc_tensor *x);                          /* (count, ndim) int64, row-major order */
 

@@ -37,6 +37,53 @@ static dc_status scan_impl(dc_tensor **out, dc_tensor *x, int dim, int reverse)
     return DC_OK;
 }
 
+static dc_status cumprod_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
+{
+    SAVED(n, 0, x);
+    SAVED(n, 1, y);
+    dc_tensor *dx;
+    DC_TRY(dc_empty(&dx, x->ndim, x->shape, x->dtype, x->device));
+    dc_kargs k = kargs_of(DC_OP_CUMPROD_BWD);
+    kargs_add(&k, dx);
+    kargs_add(&k, g);
+    kargs_add(&k, x);
+    kargs_add(&k, y);
+    k.p.scan = (struct dc_scan_params){ .dim = n->i[0], .reverse = 0 };
+    DC_TRY(dc_launch_or_free(dx, &k));
+    gin[0] = dx;
+    return DC_OK;
+}
+
+dc_status dc_cumprod(dc_tensor **out, dc_tensor *x, int dim)
+{
+    DC_TRY(wrap_dim(&dim, x->ndim, "cumprod"));
+    if (x->dtype == DC_BFLOAT16 || x->dtype == DC_FLOAT16)
+        return dc_error(DC_ERR_DTYPE, "cumprod: %s is not supported on this device yet; use .float()",
+                        dc_dtype_name(x->dtype));
+    dc_dtype odt = dc_dtype_is_float(x->dtype) ? x->dtype : DC_INT64; /* as torch.cumprod */
+    dc_tensor *y;
+    DC_TRY(dc_empty(&y, x->ndim, x->shape, odt, x->device));
+    dc_kargs k = kargs_of(DC_OP_CUMPROD);
+    kargs_add(&k, y);
+    kargs_add(&k, x);
+    k.p.scan = (struct dc_scan_params){ .dim = dim, .reverse = 0 };
+    DC_TRY(dc_launch_or_free(y, &k));
+    if (dc_dtype_is_float(x->dtype)) {
+        dc_node *n;
+        DC_TRY(dc_record(y, dc_op_info[DC_OP_CUMPROD].node, cumprod_backward, 1, &x, &n));
+        if (n) {
+            n->i[0] = dim;
+            dc_tensor *xs;
+            DC_TRY(dc_detach(&xs, x));
+            dc_node_save(n, xs);
+            dc_tensor_decref(xs);
+            dc_save_output(n, y);
+        }
+    }
+    *out = y;
+    return DC_OK;
+}
+
 dc_status dc_cumsum(dc_tensor **out, dc_tensor *x, int dim)
 {
     return scan_impl(out, x, dim, 0);

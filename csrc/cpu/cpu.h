@@ -391,6 +391,8 @@ dc_status dc_cpu_tril(const dc_kargs *a);
 dc_status dc_cpu_argsort(const dc_kargs *a);
 dc_status dc_cpu_nonzero(const dc_kargs *a);
 dc_status dc_cpu_cumsum(const dc_kargs *a);
+dc_status dc_cpu_cumprod(const dc_kargs *a);
+dc_status dc_cpu_cumprod_bwd(const dc_kargs *a);
 /* conv.c */
 dc_status dc_cpu_conv2d(const dc_kargs *a);
 dc_status dc_cpu_conv2d_bwd_input(const dc_kargs *a);

@@ -763,6 +763,15 @@ static PyObject *f_cumsum(PyObject *m, PyObject *args)
     RUN_WRAP(dc_cumsum(&out, x, dim), out);
 }
 
+static PyObject *f_cumprod(PyObject *m, PyObject *args)
+{
+    (void)m;
+    dc_tensor *x, *out;
+    int dim;
+    if (!PyArg_ParseTuple(args, "O&O&:cumprod", conv_tensor, &x, conv_dim, &dim)) return NULL;
+    RUN_WRAP(dc_cumprod(&out, x, dim), out);
+}
+
 static PyObject *f_argsort(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -1037,6 +1046,7 @@ static PyMethodDef module_methods[] = {
     F(gather, METH_VARARGS),
     F(tril, METH_VARARGS),
     F(cumsum, METH_VARARGS),
+    F(cumprod, METH_VARARGS),
     F(attn_softmax, METH_VARARGS),
     F(argsort, METH_VARARGS),
     F(nonzero, METH_O),

@@ -22,6 +22,18 @@ from ._C import (
 )
 from ._dtype import bfloat16, bool_, device, dtype, float16, float32, float64, int8, int16, int32, int64, uint8
 from ._tensor import Tensor, where
+from ._tensor import (  # torch's legacy constructors
+    BFloat16Tensor,
+    BoolTensor,
+    ByteTensor,
+    CharTensor,
+    DoubleTensor,
+    FloatTensor,
+    HalfTensor,
+    IntTensor,
+    LongTensor,
+    ShortTensor,
+)
 from ._functions import *
 from ._functions import (
     arange,

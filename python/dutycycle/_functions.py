@@ -57,8 +57,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
             dt = float64 if (isinstance(data, np.ndarray) and arr.dtype == np.float64) else (
                 as_dtype(arr.dtype.name) if arr.dtype in (np.float32, np.float16) else _default_dtype)
         elif arr.dtype.kind in "iu":
-            dt = as_dtype(arr.dtype.name) if (isinstance(data, np.ndarray) and arr.dtype.name in ("int32", "int64")) \
-                else int64
+            dt = as_dtype(arr.dtype.name) if (isinstance(data, np.ndarray) and arr.dtype.name in (
+                "int64", "int32", "int16", "int8", "uint8")) else int64
         elif arr.dtype.kind == "b":
             dt = bool_
         else:
@@ -568,6 +568,11 @@ def flip(input, *args, **kwargs):
 def cumsum(input, *args, **kwargs):
     """Function form of Tensor.cumsum."""
     return _check_tensor(input, "cumsum").cumsum(*args, **kwargs)
+
+
+def cumprod(input, *args, **kwargs):
+    """Function form of Tensor.cumprod."""
+    return _check_tensor(input, "cumprod").cumprod(*args, **kwargs)
 
 
 def logsumexp(input, *args, **kwargs):

@@ -119,6 +119,14 @@ class Tensor(_C.TensorBase):
     __array_ufunc__ = None  # make NumPy defer to our reflected operators
     __hash__ = object.__hash__
 
+    def __new__(cls, *args, device=None):
+        """The legacy constructor, as torch.Tensor: Tensor(2, 3) is uninitialised float32 (the
+        default dtype) of that size, Tensor([1, 2]) / Tensor(ndarray) a copy of the data in the
+        default dtype, Tensor() empty. New code uses dutycycle.tensor / empty."""
+        from ._functions import get_default_dtype
+
+        return _legacy_new(get_default_dtype(), args, device, "Tensor")
+
     # --- basic properties ---------------------------------------------------------------------
     @property
     def dtype(self) -> dtype:
@@ -958,9 +966,15 @@ class Tensor(_C.TensorBase):
             extra.append(ends - starts)
         return (out, *extra) if extra else out
 
-    def cumsum(self, dim, dtype=None):
+    def cumsum(self, dim=None, dtype=None, *, axis=None):
         x = self if dtype is None else self.to(dtype)
-        return _C.cumsum(x, dim)  # O(n) per row; integers and bool sum into int64, as in torch
+        return _C.cumsum(x, _scan_dim(dim, axis, "cumsum"))  # O(n) per row; integers and bool sum into int64
+
+    def cumprod(self, dim=None, dtype=None, *, axis=None):
+        """Running product along dim (torch.cumprod; axis= as NumPy's alias); integers and bool
+        multiply into int64. The gradient is exact when the row holds zeros."""
+        x = self if dtype is None else self.to(dtype)
+        return _C.cumprod(x, _scan_dim(dim, axis, "cumprod"))
 
     def logsumexp(self, dim, keepdim=False):
         m = _C.amax(self.detach(), dim, True, False)
@@ -1108,6 +1122,60 @@ def _scalar(value, like):
     if not isinstance(value, (int, float, bool)):
         raise TypeError(f"expected a tensor or a Python number, got {type(value).__name__}")
     return _C.full((), _py_number(value), like._dtype_id, *like._device_tuple)
+
+
+def _legacy_new(dt, args, device, name):
+    from . import _functions as F
+
+    if not args:
+        return F.empty(0, dtype=dt, device=device)
+    if builtins.all(isinstance(a, int) and not isinstance(a, builtins.bool) for a in args):
+        return F.empty(*args, dtype=dt, device=device)
+    if len(args) == 1:
+        data = args[0]
+        if isinstance(data, Tensor):
+            if data.dtype != dt:
+                raise TypeError(f"{name}(): expected a {dt.name} tensor, got {data.dtype.name} (use .to())")
+            return data if device is None or data.device == as_device(device) else data.to(device)
+        return F.tensor(data, dtype=dt, device=device)
+    raise TypeError(f"{name}(): expected sizes (ints) or one sequence of data, got {args!r}")
+
+
+class _LegacyTensorType(type):
+    """torch.FloatTensor & co.: call one to build a tensor of its dtype (as Tensor(...) above);
+    isinstance(t, FloatTensor) is true for float32 CPU tensors."""
+
+    def __call__(cls, *args, device=None):
+        return _legacy_new(cls._dtype, args, device, cls.__name__)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor) and obj.dtype is cls._dtype and not obj.is_cuda
+
+
+def _legacy_type(name, dt):
+    return _LegacyTensorType(name, (), {"_dtype": dt, "__doc__": f"Legacy constructor of {dt.name} tensors."})
+
+
+FloatTensor = _legacy_type("FloatTensor", float32)
+DoubleTensor = _legacy_type("DoubleTensor", float64)
+HalfTensor = _legacy_type("HalfTensor", float16)
+BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
+LongTensor = _legacy_type("LongTensor", int64)
+IntTensor = _legacy_type("IntTensor", int32)
+ShortTensor = _legacy_type("ShortTensor", int16)
+CharTensor = _legacy_type("CharTensor", int8)
+ByteTensor = _legacy_type("ByteTensor", uint8)
+BoolTensor = _legacy_type("BoolTensor", bool_)
+
+
+def _scan_dim(dim, axis, fn):
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{fn}(): dim and axis are the same argument; give one")
+        dim = axis
+    if dim is None:
+        raise TypeError(f"{fn}(): missing the dim argument")
+    return dim
 
 
 def _py_number(v):
