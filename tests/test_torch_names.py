@@ -440,3 +440,38 @@ def test_private_names_keep_plain_attribute_error():
     with pytest.raises(AttributeError) as e:
         _ = torch._no_such_private
     assert not isinstance(e.value, NotInDutycycleError)
+
+
+def test_cuda_set_device_without_a_gpu_is_a_device_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(torch.DeviceError, match="no CUDA device is available"):
+        torch.cuda.set_device("cuda:0")
+    with pytest.raises(ValueError, match="expected a cuda device"):
+        torch.cuda.set_device("cpu")
+    assert torch.cuda.current_device() == 0
+
+
+def test_legacy_constructors_and_format():
+    assert torch.Tensor(2, 3).shape == (2, 3) and torch.Tensor(2, 3).dtype is torch.float32
+    assert torch.Tensor([1, 2]).tolist() == [1.0, 2.0] and torch.Tensor().shape == (0,)
+    assert torch.LongTensor([1, 2]).dtype is torch.int64 and torch.ByteTensor(4).dtype is torch.uint8
+    assert isinstance(torch.ones(2), torch.FloatTensor) and not isinstance(torch.ones(2), torch.LongTensor)
+    assert isinstance(torch.arange(2), torch.LongTensor) and isinstance(torch.ones(1), torch.Tensor)
+    assert torch.Tensor(np.arange(3)).dtype is torch.float32
+    loss = torch.tensor(0.123456)
+    assert f"{loss:.4f}" == "0.1235" and f"{torch.tensor(7):3d}" == "  7"
+    with pytest.raises(TypeError):
+        torch.Tensor(2, "a")
+    with pytest.raises(TypeError):
+        f"{torch.ones(2):.2f}"
+
+
+def test_cumprod_like_torch():
+    x = torch.tensor([[1.0, 2.0, 0.0, 3.0], [2.0, 0.5, 4.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    np.testing.assert_allclose(torch.cumprod(x, axis=1).detach().numpy(), np.cumprod(x.detach().numpy(), 1))
+    assert torch.autograd.gradcheck(lambda t: t.cumprod(dim=1), [x])
+    assert torch.tensor([1, 2, 3]).cumprod(0).tolist() == [1, 2, 6]
+    assert torch.tensor([True, True]).cumprod(0).dtype is torch.int64
+    with pytest.raises(TypeError, match="dim and axis"):
+        x.cumprod(1, axis=1)

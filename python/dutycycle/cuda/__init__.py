@@ -36,8 +36,32 @@ def synchronize(device=None):
     _C.synchronize(1, d.index or 0)
 
 
+_current = 0
+
+
 def current_device() -> int:
-    return 0
+    """The index set_device chose (0 by default)."""
+    return _current
+
+
+def set_device(device):
+    """torch.cuda.set_device: the GPU that "cuda" means from now on, in this process. Without a
+    usable GPU it raises DeviceError (a DDP script run on CPU ranks calls it unconditionally: that
+    is the script's CUDA path, not something to fake)."""
+    global _current
+    from .. import _C as C
+    from .._dtype import as_device
+
+    d = as_device(device) if not isinstance(device, int) else as_device(f"cuda:{device}")
+    if d.type != "cuda":
+        raise ValueError(f"cuda.set_device: expected a cuda device, but got: {d}")
+    n = device_count()
+    if n == 0:
+        raise C.DeviceError(f"cuda.set_device({d}): no CUDA device is available here "
+                            f"(built with CUDA: {is_built()}); run on the CPU with device='cpu'")
+    if (d.index or 0) >= n:
+        raise C.DeviceError(f"cuda.set_device({d}): invalid device ordinal, {n} CUDA device(s) visible")
+    _current = d.index or 0
 
 
 def is_bf16_supported(including_emulation=True):
