@@ -99,16 +99,17 @@ def falls(losses):
 # What each port still lacks in dutycycle (issue 8, open): strict, so a port that starts passing fails
 # here until its entry is removed.
 NOT_YET = {
-    "lightning_autoencoder": "the dutycycle.pytorch mirror of lightning.pytorch, cli_lightning_logo",
-    "lightning_gan": "the dutycycle.pytorch mirror, nn.BatchNorm1d, training_step(self, batch)",
-    "tiny_ddpm": "cumprod, type promotion (float * int64 tensors), Tensor([...]) legacy constructor",
 }
 
 
 # Final-loss ratio allowed against PyTorch (default 1.5). A GAN's discriminator loss swings with the
 # initial draw: DCGAN's last-quarter Loss_D over --manualSeed 1-4 measured 0.21-0.37 here and
 # 0.17-0.41 on PyTorch (seed 1 alone: 0.21 vs 0.41).
-RANGE = {"pytorch_dcgan": 2.5}
+# The Lightning autoencoder's 3-number bottleneck makes its final loss depend on the initial draw as
+# much: the same training (3 epochs, Adam 1e-2) over seeds 0-9 ended at 0.025-0.072 on PyTorch and
+# 0.023-0.044 here; the port's seed 1234 gives 0.054 here and 0.027 on PyTorch; started from PyTorch's
+# initial weights, our per-step losses equal PyTorch's (to 4 digits over all 96 steps).
+RANGE = {"pytorch_dcgan": 2.5, "lightning_autoencoder": 3.0}
 
 
 def _blocked(c):

@@ -524,18 +524,17 @@ class ModelCheckpoint(Checkpoint):
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
     def _resolve_ckpt_dir(self, trainer):
-        """dirpath, else ``<save_dir>/<name>/<version>/checkpoints`` of the logger, else
+        """dirpath, else ``<save_dir>/<name>/<version>/checkpoints`` of the first logger (with
+        several loggers too: Lightning 2.x no longer joins their names and versions), else
         ``<default_root_dir>/checkpoints`` (Lightning's rule)."""
         if self.dirpath is not None:
             return self.dirpath
         loggers = list(getattr(trainer, "loggers", None) or [])
         root = getattr(trainer, "default_root_dir", None) or os.getcwd()
         if loggers:
-            from dutycycle.loggers.logger import _name, _version
-
-            save_dir = (loggers[0].save_dir or root) if len(loggers) == 1 else root
-            name = _name(loggers)
-            version = _version(loggers)
+            first = loggers[0]
+            save_dir = first.save_dir or root
+            name, version = first.name, first.version
             version = version if isinstance(version, str) else f"version_{version}"
             path = os.path.join(save_dir, str(name), version, "checkpoints")
         else:

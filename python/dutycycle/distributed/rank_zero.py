@@ -63,3 +63,9 @@ def rank_zero_warn(message, category=UserWarning, stacklevel=3, **kwargs):
     """warnings.warn on rank 0 only (reported at the caller's line)."""
     warnings.warn(message, category, stacklevel=stacklevel, **kwargs)
 
+
+
+@rank_zero_only
+def rank_zero_deprecation(message, stacklevel=4, **kwargs):
+    """A DeprecationWarning on rank 0 only (Lightning's rank_zero_deprecation)."""
+    warnings.warn(message, DeprecationWarning, stacklevel=stacklevel, **kwargs)

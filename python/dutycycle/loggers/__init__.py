@@ -7,3 +7,10 @@ from .logger import DummyLogger, Logger, rank_zero_experiment
 from .tensorboard import TensorBoardLogger
 
 __all__ = ["Logger", "DummyLogger", "CSVLogger", "TensorBoardLogger", "rank_zero_experiment", "save_hparams_to_yaml"]
+
+from .._missing import missing_names  # noqa: E402
+
+__getattr__ = missing_names(
+    __name__, "lightning.pytorch.loggers", {n: "use CSVLogger or TensorBoardLogger" for n in (
+        "WandbLogger", "MLFlowLogger", "CometLogger", "NeptuneLogger")}
+)

@@ -5,20 +5,34 @@ masked crc32c of the data. Each record's data is an ``Event`` protobuf, encoded 
 
     Event   { 1: wall_time double, 2: step int64, 3: file_version string, 5: summary Summary }
     Summary { 1: repeated Value }
-    Value   { 1: tag string, 2: simple_value float, 9: metadata SummaryMetadata }
+    Value   { 1: tag string, 2: simple_value float, 4: image Image, 5: histo HistogramProto,
+              8: tensor TensorProto, 9: metadata SummaryMetadata }
+    Image   { 1: height int32, 2: width int32, 3: colorspace int32, 4: encoded_image_string bytes (PNG) }
+    HistogramProto { 1: min, 2: max, 3: num, 4: sum, 5: sum_squares double,
+                     6: bucket_limit, 7: bucket packed double }
+    TensorProto { 1: dtype (7 = DT_STRING), 2: tensor_shape { 2: dim { 1: size } }, 8: string_val bytes }
     SummaryMetadata { 1: plugin_data { 1: plugin_name string, 2: content bytes } }
 
 The first record of a file is ``Event{wall_time, file_version: "brain.Event:2"}``. Scalars use
-``simple_value`` (what TensorBoard's scalar dashboard and EventAccumulator read). Hyper-parameters
+``simple_value`` (what TensorBoard's scalar dashboard and EventAccumulator read). Images are PNGs
+encoded here (zlib + struct, no Pillow) from CHW / HWC / HW arrays (float in [0, 1] or uint8), as
+torch.utils.tensorboard's add_image writes them (one channel shown as RGB); add_images lays NCHW
+batches out as a grid of 8 per row; add_text uses the text plugin; add_histogram torch's default
+("tensorflow") bucket edges. Hyper-parameters
 go to hparams.yaml (as Lightning) and to the hparams plugin's three summaries
 (``_hparams_/experiment``, ``_hparams_/session_start_info``, ``_hparams_/session_end_info``).
 """
 
+import datetime
+import math
 import os
 import socket
 import struct
 import threading
 import time
+import zlib
+
+import numpy as np
 
 from ._yaml import save_hparams_to_yaml
 from .logger import (
@@ -127,6 +141,115 @@ def summary_scalar(tag, value):
     return pb_bytes(1, pb_bytes(1, tag) + pb_float(2, value))
 
 
+def _as_numpy(x):
+    """A dc.Tensor / numpy array / nested list as a numpy array. # note: host copy of a tensor."""
+    if hasattr(x, "detach") and hasattr(x, "numpy"):
+        x = x.detach()
+        if hasattr(x, "cpu"):
+            x = x.cpu()
+        return np.asarray(x.numpy())
+    return np.asarray(x)
+
+
+def png_encode(pixels):
+    """PNG bytes of an (H, W, C) uint8 array, C = 1 (gray), 3 (RGB) or 4 (RGBA): signature, IHDR,
+    one zlib-compressed IDAT (every row with filter type 0), IEND; each chunk CRC-32 checked."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    h, w, c = pixels.shape
+    color_type = {1: 0, 3: 2, 4: 6}[c]
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), pixels.reshape(h, w * c)], axis=1)  # filter byte 0
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
+    idat = zlib.compress(rows.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _grid(images, ncols=8):
+    """(N, C, H, W) -> (C, rows * H, ncols * W), row-major, empty cells zero (torch's make_grid for
+    add_images: no padding)."""
+    n, c, h, w = images.shape
+    ncols = min(n, ncols)
+    nrows = int(math.ceil(n / ncols))
+    canvas = np.zeros((c, nrows * h, ncols * w), dtype=images.dtype)
+    for i in range(n):
+        r, k = divmod(i, ncols)
+        canvas[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i]
+    return canvas
+
+
+def to_hwc_uint8(img, dataformats="CHW"):
+    """An image (dc.Tensor or array) in `dataformats` ("CHW", "HWC", "HW", "NCHW", "NHWC", ...) as
+    (H, W, 3 or 4) uint8: floats are taken as [0, 1] and scaled by 255 (clipped), uint8 as is, one
+    channel repeated to RGB (what torch.utils.tensorboard writes)."""
+    a = _as_numpy(img)
+    fmt = dataformats.upper()
+    if len(set(fmt)) != len(fmt) or not set(fmt) <= set("NCHW") or not {"H", "W"} <= set(fmt):
+        raise ValueError(f"dataformats={dataformats!r}: expected a permutation of CHW, HWC, HW, NCHW, NHWC, ...")
+    if a.ndim != len(fmt):
+        raise ValueError(f"an image with dataformats={dataformats!r} needs {len(fmt)} dimensions, got shape {a.shape}")
+    if "N" in fmt:
+        a = a.transpose([fmt.index(d) for d in "NCHW" if d in fmt])
+        if "C" not in fmt:
+            a = a[:, None]
+        a = _grid(a).transpose(1, 2, 0)
+    elif "C" in fmt:
+        a = a.transpose([fmt.index(d) for d in "HWC"])
+    else:
+        a = a.transpose([fmt.index(d) for d in "HW"])[:, :, None]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.shape[2] not in (3, 4):
+        raise ValueError(f"an image needs 1, 3 or 4 channels, got {a.shape[2]}")
+    if a.dtype != np.uint8:
+        a = np.clip(a.astype(np.float32) * 255.0, 0, 255).astype(np.uint8)
+    return a
+
+
+def summary_image(tag, hwc):
+    """An encoded Summary holding one PNG image of an (H, W, C) uint8 array."""
+    h, w, c = hwc.shape
+    image = pb_varint(1, h) + pb_varint(2, w) + pb_varint(3, c) + pb_bytes(4, png_encode(hwc))
+    return pb_bytes(1, pb_bytes(1, tag) + pb_bytes(4, image))
+
+
+def summary_text(tag, text):
+    """An encoded Summary for the text plugin (tag + "/text_summary", as torch writes it)."""
+    shape = pb_bytes(2, pb_bytes(2, pb_varint(1, 1)))
+    tensor = pb_varint(1, 7) + shape + pb_bytes(8, text)
+    metadata = pb_bytes(1, pb_bytes(1, "text"))
+    return pb_bytes(1, pb_bytes(1, tag + "/text_summary") + pb_bytes(9, metadata) + pb_bytes(8, tensor))
+
+
+def _tensorflow_bins():
+    """torch.utils.tensorboard's default histogram edges: +-1e-12 * 1.1**k up to 1e20, and 0."""
+    v, pos = 1e-12, []
+    while v < 1e20:
+        pos.append(v)
+        v *= 1.1
+    return [-x for x in reversed(pos)] + [0.0] + pos
+
+
+def summary_histogram(tag, values, bins="tensorflow"):
+    """An encoded Summary with the HistogramProto of `values` (empty edge buckets trimmed)."""
+    v = _as_numpy(values).astype(np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("The input has no element.")
+    edges = _tensorflow_bins() if bins == "tensorflow" else bins
+    counts, limits = np.histogram(v, bins=edges)
+    nz = np.flatnonzero(counts)
+    lo, hi = (int(nz[0]), int(nz[-1])) if nz.size else (0, len(counts) - 1)
+    counts, limits = counts[lo : hi + 1], limits[lo + 1 : hi + 2]
+    histo = (
+        pb_double(1, v.min()) + pb_double(2, v.max()) + pb_double(3, v.size) + pb_double(4, v.sum())
+        + pb_double(5, float(np.dot(v, v)))
+        + pb_bytes(6, np.asarray(limits, "<f8").tobytes()) + pb_bytes(7, np.asarray(counts, "<f8").tobytes())
+    )  # fmt: skip
+    return pb_bytes(1, pb_bytes(1, tag) + pb_bytes(5, histo))
+
+
 def _summary_plugin(tag, plugin_name, content):
     metadata = pb_bytes(1, pb_bytes(1, plugin_name) + pb_bytes(2, content))
     return pb_bytes(1, pb_bytes(1, tag) + pb_bytes(9, metadata))
@@ -213,11 +336,17 @@ class EventFileWriter:
 
 
 class SummaryWriter:
-    """The part of ``torch.utils.tensorboard.SummaryWriter`` the logger's ``experiment`` offers:
-    add_scalar, add_scalars, add_hparams, flush, close."""
+    """``torch.utils.tensorboard.SummaryWriter`` (also the TensorBoardLogger's ``experiment``):
+    add_scalar, add_scalars, add_image, add_images, add_text, add_histogram, add_hparams, flush,
+    close, and use as a context manager. ``log_dir=None`` is ``runs/<date>_<hostname><comment>``;
+    the event file appears with the first write."""
 
-    def __init__(self, log_dir, flush_secs=120, filename_suffix=""):
-        self.log_dir = log_dir
+    def __init__(self, log_dir=None, comment="", purge_step=None, max_queue=10, flush_secs=120, filename_suffix=""):
+        if not log_dir:
+            stamp = datetime.datetime.now().strftime("%b%d_%H-%M-%S")
+            log_dir = os.path.join("runs", stamp + "_" + socket.gethostname() + comment)
+        self.log_dir = os.fspath(log_dir)
+        self.purge_step, self.max_queue = purge_step, max_queue  # accepted; every event is written
         self._flush_secs = flush_secs
         self._suffix = filename_suffix
         self._writer = None
@@ -243,6 +372,27 @@ class SummaryWriter:
             if w is None:
                 w = self._children[path] = EventFileWriter(path, self._flush_secs, self._suffix)
             w.add_summary(summary_scalar(main_tag, float(_to_python_scalar(value))), global_step or 0, walltime)
+
+    def add_image(self, tag, img_tensor, global_step=None, walltime=None, dataformats="CHW"):
+        """One image (CHW by default; HWC, HW too): floats in [0, 1] or uint8. # note: host copy."""
+        hwc = to_hwc_uint8(img_tensor, dataformats)
+        self._get_file_writer().add_summary(summary_image(tag, hwc), global_step or 0, walltime)
+
+    def add_images(self, tag, img_tensor, global_step=None, walltime=None, dataformats="NCHW"):
+        """A batch of images as one grid image, 8 per row."""
+        self.add_image(tag, img_tensor, global_step, walltime, dataformats=dataformats)
+
+    def add_text(self, tag, text_string, global_step=None, walltime=None):
+        self._get_file_writer().add_summary(summary_text(tag, text_string), global_step or 0, walltime)
+
+    def add_histogram(self, tag, values, global_step=None, bins="tensorflow", walltime=None, max_bins=None):
+        self._get_file_writer().add_summary(summary_histogram(tag, values, bins), global_step or 0, walltime)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def add_hparams(self, hparam_dict, metric_dict, global_step=0):
         w = self._get_file_writer()
@@ -315,7 +465,9 @@ class TensorBoardLogger(_VersionedFolderLogger):
         """Our SummaryWriter (the event file appears on the first write)."""
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = SummaryWriter(self.log_dir, self._flush_secs, self._filename_suffix)
+            self._experiment = SummaryWriter(
+                self.log_dir, flush_secs=self._flush_secs, filename_suffix=self._filename_suffix
+            )
         return self._experiment
 
     @rank_zero_only

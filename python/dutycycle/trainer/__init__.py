@@ -31,3 +31,7 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
 ]
+
+from .._missing import missing_names  # noqa: E402
+
+__getattr__ = missing_names(__name__, "lightning.pytorch.trainer")

@@ -57,6 +57,7 @@ class TrainerConfig:
     limit_val_batches: Any = None
     limit_test_batches: Any = None
     limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
     val_check_interval: Any = None
     check_val_every_n_epoch: Any = 1
     num_sanity_val_steps: Any = None
@@ -101,6 +102,7 @@ class TrainerConfig:
         self.default_root_dir = None if self.default_root_dir is None else _fspath(self.default_root_dir)
         self.enable_progress_bar = True if self.enable_progress_bar is None else bool(self.enable_progress_bar)
         self.enable_checkpointing = True if self.enable_checkpointing is None else bool(self.enable_checkpointing)
+        self.enable_model_summary = True if self.enable_model_summary is None else bool(self.enable_model_summary)
 
     # ---- hardware: accelerator, strategy, devices, precision --------------------------------------
     def _parse_hardware(self):
@@ -227,6 +229,8 @@ class TrainerConfig:
         self.max_epochs = int(self.max_epochs)
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
             setattr(self, name, parse_limit(getattr(self, name), name))
+        self.overfit_batches = parse_limit(0.0 if self.overfit_batches is None else self.overfit_batches,
+                                           "overfit_batches")  # fmt: skip
         vci = 1.0 if self.val_check_interval is None else self.val_check_interval
         if isinstance(vci, float) and not 0.0 < vci <= 1.0:
             raise ValueError(f"val_check_interval={vci} must be in (0.0, 1.0] as a float, or an int")
@@ -253,6 +257,8 @@ class TrainerConfig:
             self.limit_test_batches = self.limit_predict_batches = n_dev
             self.num_sanity_val_steps, self.val_check_interval = 0, 1.0
             self.check_val_every_n_epoch = 1
+        if self.overfit_batches > 0:  # Lightning: overrides limit_train/val_batches (fast_dev_run's too)
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
 
 
 # What the Trainer copies from its TrainerConfig onto itself (Lightning's attribute names).
@@ -262,7 +268,7 @@ TRAINER_ATTRIBUTES = (
     "limit_predict_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
     "log_every_n_steps", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
     "deterministic", "benchmark", "inference_mode", "reload_dataloaders_every_n_epochs", "barebones",
-    "enable_progress_bar", "enable_checkpointing", "enable_model_summary",
+    "enable_progress_bar", "enable_checkpointing", "enable_model_summary", "overfit_batches",
 )  # fmt: skip
 
 
@@ -303,8 +309,9 @@ def parse_limit(value, name):
 
 
 # ---- callbacks and loggers ------------------------------------------------------------------------
-def build_callbacks(callbacks, enable_checkpointing, enable_progress_bar):
-    """The user's callbacks plus the defaults (ModelCheckpoint, progress bar), checkpoints last."""
+def build_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary=False):
+    """The user's callbacks plus the defaults (ModelSummary, ModelCheckpoint, progress bar),
+    checkpoints last."""
     if callbacks is None:
         callbacks = []
     elif not isinstance(callbacks, (list, tuple)):
@@ -322,6 +329,10 @@ def build_callbacks(callbacks, enable_checkpointing, enable_progress_bar):
             callbacks.append(ModelCheckpoint())
         except ImportError:
             _warn_once("no-ckpt-cb", "dutycycle.callbacks is not available: no default ModelCheckpoint")
+    if enable_model_summary and not any(_is_instance_of(c, ("ModelSummary",)) for c in callbacks):
+        from dutycycle.callbacks import ModelSummary
+
+        callbacks.append(ModelSummary())
     if enable_progress_bar and not any(
         _is_instance_of(c, ("ProgressBar",)) or "ProgressBar" in type(c).__name__ for c in callbacks
     ):
@@ -344,13 +355,21 @@ def build_loggers(logger, fast_dev_run_batches, default_root_dir):
     if fast_dev_run_batches or logger is False:
         return []
     if logger is None or logger is True:
-        try:
-            from dutycycle.loggers import CSVLogger
-        except ImportError:
-            _warn_once("no-logger", "dutycycle.loggers is not available: no default CSVLogger")
-            return []
-        return [CSVLogger(save_dir=default_root_dir, name="lightning_logs")]
+        # Lightning's default: TensorBoardLogger when tensorboard (or tensorboardX) is installed, else
+        # CSVLogger; both in <default_root_dir>/lightning_logs/version_<n>. Our TensorBoardLogger writes
+        # the event files itself: the package only decides, as it does for Lightning, which one you get.
+        from dutycycle.loggers import CSVLogger, TensorBoardLogger
+
+        cls = TensorBoardLogger if tensorboard_available() else CSVLogger
+        return [cls(save_dir=default_root_dir, name="lightning_logs")]
     return list(logger) if isinstance(logger, (list, tuple)) else [logger]
+
+
+def tensorboard_available():
+    """Whether `tensorboard` or `tensorboardX` is installed (found, not imported: importing is slow)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
 
 
 # ---- configure_optimizers' return value ---------------------------------------------------------

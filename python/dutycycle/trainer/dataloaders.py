@@ -15,7 +15,56 @@ import warnings
 
 def source(trainer, kind):
     """The dataloader(s) for kind (with a DistributedSampler when the run has several ranks)."""
-    return distribute(trainer, _source(trainer, kind), kind)
+    loaders = _source(trainer, kind)
+    if kind in ("train", "val") and trainer.overfit_batches > 0 and trainer.state.fn == "fit":
+        loaders = _sequential(loaders, kind)
+    return distribute(trainer, loaders, kind)
+
+
+def _sequential(loaders, kind):
+    """overfit_batches (Lightning's _resolve_overfit_batches): shuffling off, so each epoch trains
+    on (and validates with) the same first batches."""
+    from ..data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
+
+    if loaders is None:
+        return None
+    many = isinstance(loaders, (list, tuple))
+    out = []
+    for dl in loaders if many else [loaders]:
+        if (
+            isinstance(dl, DataLoader)
+            and not isinstance(dl.dataset, IterableDataset)
+            and type(dl.batch_sampler) is BatchSampler  # a custom batch_sampler is the user's business
+            and not isinstance(dl.sampler, SequentialSampler)
+        ):
+            prefix = "training" if kind == "train" else kind
+            warnings.warn(
+                f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the "
+                f"{prefix} dataloader shuffling for you.",
+                stacklevel=4,
+            )
+            dl = _rebuilt(dl, SequentialSampler(dl.dataset))
+        out.append(dl)
+    return type(loaders)(out) if many else out[0]
+
+
+def _rebuilt(loader, sampler):
+    """loader's DataLoader with another sampler, everything else as it was."""
+    from ..data import DataLoader
+
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+    )
 
 
 def distribute(trainer, loaders, kind):
@@ -56,19 +105,7 @@ def _with_distributed_sampler(trainer, loader, kind):
         seed = loader.sampler.seed
     kwargs = trainer.strategy.distributed_sampler_kwargs
     sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, **kwargs)
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        drop_last=loader.drop_last,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=loader.persistent_workers,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-    )
+    return _rebuilt(loader, sampler)
 
 
 def _source(trainer, kind):

@@ -7,6 +7,8 @@ these inside it), batches to the device through `Trainer._transfer_batch`.
 
 from __future__ import annotations
 
+import itertools
+
 import dutycycle as dc
 
 from . import dataloaders as data
@@ -57,6 +59,7 @@ def eval_loop(trainer, kind, loaders, limits):
     trainer._call_hook(f"on_{kind}_start")
     trainer._call_hook(f"on_{kind}_epoch_start")
     multi = len(loaders) > 1
+    next_action = f"[_EvaluationLoop].{'val' if kind == 'validation' else kind}_next"
     with dc.no_grad():
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             trainer._results.dataloader_idx = dl_idx if multi else None
@@ -66,7 +69,7 @@ def eval_loop(trainer, kind, loaders, limits):
             while batch_idx < limit:
                 duty.begin("data_wait")
                 try:
-                    batch = next(it)
+                    batch = trainer._timed(next_action, next, it)
                 except StopIteration:
                     duty.end()
                     break
@@ -75,7 +78,7 @@ def eval_loop(trainer, kind, loaders, limits):
                 trainer._results.batch = batch
                 trainer._call_hook(f"on_{kind}_batch_start", batch, batch_idx, *extra)
                 duty.begin("compute")
-                out = trainer._call_hook(step_name, batch, batch_idx, *extra, callbacks=False)
+                out = trainer._call_step(step_name, batch, batch_idx, *extra)
                 duty.end()
                 trainer._call_hook(f"on_{kind}_batch_end", out, batch, batch_idx, *extra)
                 batch_idx += 1
@@ -159,7 +162,7 @@ def predict_impl(trainer, model, dataloaders, datamodule, ckpt_path, return_pred
     trainer.predict_dataloaders = loaders[0] if len(loaders) == 1 else loaders
     limits = [data.num_batches(dl, trainer.limit_predict_batches, "limit_predict_batches") for dl in loaders]
     trainer.num_predict_batches = limits
-    step = m.predict_step if data.has_step(m, "predict_step") else m._default_predict_step
+    step = "predict_step" if data.has_step(m, "predict_step") else None
     trainer._set_flags("predict")
     trainer.duty_cycle.start()
     trainer._call_hook("on_predict_model_eval", callbacks=False)
@@ -171,17 +174,23 @@ def predict_impl(trainer, model, dataloaders, datamodule, ckpt_path, return_pred
         for dl_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             preds = []
             extra = (dl_idx,) if multi else ()
-            for batch_idx, batch in enumerate(loader):
-                if batch_idx >= limit:
+            it = iter(loader)
+            for batch_idx in range(limit) if limit != float("inf") else itertools.count():
+                try:
+                    batch = trainer._timed("[_PredictionLoop].predict_next", next, it)
+                except StopIteration:
                     break
                 batch = trainer._transfer_batch(m, batch, dl_idx)
                 trainer._call_hook("on_predict_batch_start", batch, batch_idx, *extra)
-                prev = m.__dict__.get("_current_fx")
-                object.__setattr__(m, "_current_fx", "predict_step")
-                try:
-                    out = step(batch, batch_idx, *extra)
-                finally:
-                    object.__setattr__(m, "_current_fx", prev)
+                if step is None:  # no predict_step: the module's forward on the batch
+                    prev = m.__dict__.get("_current_fx")
+                    object.__setattr__(m, "_current_fx", "predict_step")
+                    try:
+                        out = m._default_predict_step(batch, batch_idx, *extra)
+                    finally:
+                        object.__setattr__(m, "_current_fx", prev)
+                else:
+                    out = trainer._call_step("predict_step", batch, batch_idx, *extra)
                 trainer._call_hook("on_predict_batch_end", out, batch, batch_idx, *extra)
                 if return_predictions is not False:
                     preds.append(out)

@@ -57,6 +57,7 @@ resumed fit skips the sanity check.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -81,8 +82,26 @@ from .config import (
 from .config import parse_max_time as _parse_max_time  # noqa: F401  (its old home; tests import it here)
 from .duty import DutyCycle
 from .module import LightningDataModule, LightningModule, LightningOptimizer
+from .profiler import PassThroughProfiler, build_profiler
 from .results import Results, to_float
 from .resume import LoopPosition, seed_everything
+
+
+def _positional_capacity(fn):
+    """How many of (batch, batch_idx, dataloader_idx) a step method takes: its positional
+    parameters, or all three with *args (Lightning's is_param_in_hook_signature)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 3
+    n = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return 3
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n
+
 
 __all__ = ["LRSchedulerConfig", "STRATEGIES", "Trainer", "TrainerState", "seed_everything"]
 
@@ -148,6 +167,7 @@ class Trainer:
         limit_val_batches=None,
         limit_test_batches=None,
         limit_predict_batches=None,
+        overfit_batches=0.0,
         val_check_interval=None,
         check_val_every_n_epoch=1,
         num_sanity_val_steps=None,
@@ -178,8 +198,12 @@ class Trainer:
             setattr(self, name, getattr(self.config, name))
         self._fast_dev_run = self.config.fast_dev_run_batches
         self._default_root_dir = self.config.default_root_dir
-        self.callbacks = build_callbacks(callbacks, self.enable_checkpointing, self.enable_progress_bar)
+        self.callbacks = build_callbacks(
+            callbacks, self.enable_checkpointing, self.enable_progress_bar, self.enable_model_summary and not barebones
+        )
         self.loggers = build_loggers(logger, self._fast_dev_run, self.default_root_dir)
+        self.profiler = build_profiler(profiler)  # profiler=None: PassThroughProfiler, nothing is wrapped
+        self._profiling = not isinstance(self.profiler, PassThroughProfiler)
 
         # ---- run state -----------------------------------------------------------------------
         self.state = TrainerState()
@@ -344,7 +368,7 @@ class Trainer:
             for cb in self._active_callbacks(monitoring):
                 fn = getattr(cb, name, None)
                 if fn is not None and not _is_noop(getattr(type(cb), name, None)):
-                    cb_fns.append(fn)
+                    cb_fns.append(self._profiled(f"[Callback]{cb.state_key}.{name}", fn))
         mod_fn = None
         m = self.lightning_module
         if module and m is not None:
@@ -352,8 +376,38 @@ class Trainer:
             if fn is not None and not (
                 name in _NOOP_MODULE_HOOKS and getattr(type(m), name, None) is getattr(LightningModule, name)
             ):
-                mod_fn = fn
+                mod_fn = self._profiled(f"[LightningModule]{type(m).__name__}.{name}", fn)
         return cb_fns, mod_fn
+
+    def _profiled(self, action, fn):
+        """fn timed as `action` by the profiler; fn itself when no profiler is on (no cost)."""
+        if not self._profiling:
+            return fn
+        profile = self.profiler.profile
+
+        def timed(*args, **kwargs):
+            with profile(action):
+                return fn(*args, **kwargs)
+
+        return timed
+
+    def _timed(self, action, fn, *args, **kwargs):
+        """fn(*args, **kwargs), timed as `action` when a profiler is on."""
+        if not self._profiling:
+            return fn(*args, **kwargs)
+        with self.profiler.profile(action):
+            return fn(*args, **kwargs)
+
+    def _call_step(self, name, batch, batch_idx, *extra):
+        """training_step / validation_step / test_step / predict_step with the arguments its
+        signature takes: Lightning passes batch_idx (and dataloader_idx) only to a step that
+        accepts them (`def training_step(self, batch)` is fine)."""
+        m = self.lightning_module
+        key = ("step-args", name, id(m))
+        takes = self._hook_cache.get(key)
+        if takes is None:
+            takes = self._hook_cache[key] = _positional_capacity(getattr(m, name, None))
+        return self._call_hook(name, *(batch, batch_idx, *extra)[:takes], callbacks=False)
 
     def _run(self, fn, *args):
         """Run a trainer entry point; every exception comes through here (on_exception, loggers
@@ -361,8 +415,10 @@ class Trainer:
         self.state.status = "running"
         try:
             self.strategy.setup_environment()  # multi-process: launch check / self-launch, process group
+            self.profiler.setup(stage=self.state.fn, local_rank=self.local_rank, log_dir=None)
             out = fn(*args)
             self.state.status = "finished"
+            self._profiler_report()
             return out
         except BaseException as exc:
             self.state.status = "interrupted"
@@ -381,6 +437,15 @@ class Trainer:
                 self.duty_cycle.stop()
                 self._set_flags(None)
             raise
+
+    def _profiler_report(self):
+        """The profiler's report for the entry point that just finished, on rank zero only."""
+        if not self._profiling:
+            return
+        if self.is_global_zero:
+            self.profiler._log_dir = self.log_dir
+            self.profiler.describe()
+        self.profiler.teardown(stage=self.state.fn)
 
     def _set_flags(self, stage):
         self.state.stage = stage
@@ -545,7 +610,7 @@ class Trainer:
         start_epoch, skip = self.position.start(self.current_epoch)
         self.current_epoch = start_epoch
         while not self._fit_done():
-            self._train_epoch(skip)
+            self._timed("run_training_epoch", self._train_epoch, skip)
             skip = 0
             if self._fit_done(epoch_end=True):
                 break
@@ -629,14 +694,14 @@ class Trainer:
             # ---- fetch: time blocked waiting for the loader is data wait --------------------------------
             duty.begin("data_wait")
             try:
-                batch = next(it)
+                batch = self._timed("[_TrainingEpochLoop].train_dataloader_next", next, it)
             except StopIteration:
                 duty.end()
                 exhausted = True
                 break
             duty.end()
             self.fit_loop.epoch_loop.batch_idx = batch_idx
-            stop_epoch = self._train_step(m, batch, batch_idx)
+            stop_epoch = self._timed("run_training_batch", self._train_step, m, batch, batch_idx)
             is_last = pos.batches_done >= limit
             duty.step_end()
             if stop_epoch:
@@ -721,7 +786,7 @@ class Trainer:
         result = {}
 
         def closure():
-            out = self._call_hook("training_step", batch, batch_idx, callbacks=False)
+            out = self._call_step("training_step", batch, batch_idx)
             loss = training_loss(out)
             result["out"], result["loss"] = out, loss
             if zero_grad_now:
@@ -762,7 +827,7 @@ class Trainer:
 
     def _manual_step(self, m, batch, batch_idx):
         steps = self.global_step
-        out = self._call_hook("training_step", batch, batch_idx, callbacks=False)
+        out = self._call_step("training_step", batch, batch_idx)
         self._stepped = self.global_step > steps
         if isinstance(out, dc.Tensor):
             return {"loss": out.detach()}
@@ -774,16 +839,23 @@ class Trainer:
         loop counts the step. Manual: the hook first, then the step, counted here; the lr schedulers
         are the user's to step (Lightning steps none in manual optimization)."""
         if automatic:
-            return self.strategy.optimizer_step(optimizer, closure, model=self.lightning_module, **kwargs)
+            return self._timed(
+                f"[Strategy]{type(self.strategy).__name__}.optimizer_step",
+                self.strategy.optimizer_step, optimizer, closure, model=self.lightning_module, **kwargs,
+            )  # fmt: skip
         self._call_hook("on_before_optimizer_step", optimizer)
-        out = self.strategy.optimizer_step(optimizer, closure, model=self.lightning_module, **kwargs)
+        out = self._timed(
+            f"[Strategy]{type(self.strategy).__name__}.optimizer_step",
+            self.strategy.optimizer_step, optimizer, closure, model=self.lightning_module, **kwargs,
+        )  # fmt: skip
         self.global_step += 1
         return out
 
     def _backward(self, loss, *args, **kwargs):
         """Every backward (automatic, and manual_backward): the strategy runs the module's backward hook."""
         self._call_hook("on_before_backward", loss)
-        self.strategy.backward(loss, *args, **kwargs)
+        action = f"[Strategy]{type(self.strategy).__name__}.backward"
+        self._timed(action, self.strategy.backward, loss, *args, **kwargs)
         self._call_hook("on_after_backward")
 
     def _transfer_batch(self, m, batch, dataloader_idx):
