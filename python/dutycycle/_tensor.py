@@ -231,7 +231,13 @@ class Tensor(_C.TensorBase):
         arr = self.detach()
         if arr.dtype == bfloat16:
             arr = arr.float()
-        body = np.array2string(arr.cpu().numpy(), separator=", ", prefix="tensor(", threshold=200)
+        a = arr.cpu().numpy()
+        opts = {}
+        if a.dtype.kind == "f" and a.size:
+            fin = a[np.isfinite(a)]
+            if fin.size and not np.all(fin == np.round(fin)):
+                opts = dict(precision=4, floatmode="fixed")  # torch's default print precision
+        body = np.array2string(a, separator=", ", prefix="tensor(", threshold=200, **opts)
         return "tensor(" + body + ("".join(", " + s for s in suffix)) + ")"
 
     def __reduce_ex__(self, proto):
