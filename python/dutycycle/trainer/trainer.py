@@ -14,7 +14,7 @@ One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` bel
       configure_callbacks, prepare_data, setup("fit"), configure_model
       restore model + callbacks from ckpt_path             (on_load_checkpoint)
       configure_optimizers, strategy.connect_optimizers; restore optimizers, schedulers, loop position
-      on_fit_start
+      on_fit_start                                         # the default ModelSummary callback prints the table
       sanity check: num_sanity_val_steps validation batches
       on_train_start
       for epoch in range(start_epoch, max_epochs):
@@ -43,9 +43,12 @@ One step of fit, top to bottom (the real code is `_fit_loop` / `_train_step` bel
       on_train_end, on_fit_end, teardown("fit"); the duty-cycle table is printed (several ranks:
       gathered, mean and max over ranks; loggers and checkpoints are written by rank 0 only)
 
-Hooks are called from one place (`_call_hook`: callbacks first, then the LightningModule, as
-Lightning does), and every exception raised inside fit/validate/test/predict funnels through
-`_run` (on_exception for callbacks and module, loggers finalised as "failed", then re-raised).
+Steps get the arguments their signature takes (`_call_step`: `training_step(self, batch)` gets no
+batch_idx). With Trainer(profiler="simple"), every hook `_call_hook` dispatches, each backward and
+optimizer step, each dataloader fetch, epoch and batch are timed (profiler.py); the report is
+printed when the entry point finishes. Hooks are called from one place (`_call_hook`: callbacks
+first, then the LightningModule, as Lightning does), and every exception raised inside
+fit/validate/test/predict funnels through `_run` (on_exception for callbacks and module, loggers finalised as "failed", then re-raised).
 
 Resume is exact: the checkpoint holds model, optimizers, schedulers, callback states, the loop
 position (epoch, batch inside the epoch, global step), the RNG states (dutycycle, numpy, random),
