@@ -48,7 +48,8 @@ batch_idx). With Trainer(profiler="simple"), every hook `_call_hook` dispatches,
 optimizer step, each dataloader fetch, epoch and batch are timed (profiler.py); the report is
 printed when the entry point finishes. Hooks are called from one place (`_call_hook`: callbacks
 first, then the LightningModule, as Lightning does), and every exception raised inside
-fit/validate/test/predict funnels through `_run` (on_exception for callbacks and module, loggers finalised as "failed", then re-raised).
+fit/validate/test/predict funnels through `_run` (on_exception for callbacks and module, loggers
+finalised as "failed", then re-raised).
 
 Resume is exact: the checkpoint holds model, optimizers, schedulers, callback states, the loop
 position (epoch, batch inside the epoch, global step), the RNG states (dutycycle, numpy, random),
