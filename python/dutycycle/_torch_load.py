@@ -368,7 +368,8 @@ def _read_member(zf, root):
     except KeyError:
         root.problem = "its storage record is missing from the archive"
         return
-    if info.file_size < root.nbytes:
+    stored_short = info.compress_type == zipfile.ZIP_STORED and info.compress_size < root.nbytes
+    if info.file_size < root.nbytes or stored_short:  # checked before allocating what the pickle claims
         root.problem = (f"its storage record is truncated ({info.file_size} bytes; the pickle says "
                         f"{root.nbytes})")
         return
@@ -426,6 +427,9 @@ def _load_legacy(path):
             if count * root.itemsize != root.nbytes:
                 raise TorchLoadError(f"'{path}': storage {key!r:.40} holds {count} elements, the pickle says "
                                      f"{root.nbytes} bytes")
+            if root.nbytes > os.fstat(f.fileno()).st_size - f.tell():  # before allocating what the pickle claims
+                root.problem = "its storage record is truncated (the file ends first)"
+                break
             buf = bytearray(root.nbytes)
             got = f.readinto(buf)
             if got < root.nbytes:
