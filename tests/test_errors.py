@@ -279,8 +279,8 @@ def test_wrong_python_types():
         dc.manual_seed("a")
     with raises(TypeError, "grad", "int"):
         x.grad = 3
-    with raises(TypeError, "create tensors"):
-        dc.Tensor()
+    with raises(TypeError, "Tensor()", "sizes", "sequence"):
+        dc.Tensor(2, "a")  # the legacy constructor takes sizes or one sequence
     with raises(TypeError, "pickle"):
         __import__("pickle").dumps(x)
 
