@@ -142,7 +142,7 @@ static dc_status K(dc_kargs *a)
     return BE->kernels[a->op](a);
 }
 
-static const char *DT[] = { "f32", "f64", "bf16", "f16", "i32", "i64", "bool" };
+static const char *DT[DC_DTYPE_COUNT] = { "f32", "f64", "bf16", "f16", "i32", "i64", "bool", "u8", "i8", "i16" };
 #define SH(...) ((const int64_t[]){ __VA_ARGS__ })
 
 #endif
