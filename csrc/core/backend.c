@@ -21,8 +21,8 @@ const dc_op_info_t dc_op_info[DC_OP_COUNT] = {
 _Static_assert(sizeof(dc_op_info) / sizeof(dc_op_info[0]) == DC_OP_COUNT, "dc_op_info must describe every dc_op");
 
 const char *const dc_op_family_names[DC_FAM_COUNT] = {
-    "create",    "unary",   "scalar", "binary", "compare", "grad", "where", "reduce",
-    "argreduce", "softmax", "norm",   "linalg", "index",   "scan", "sort",  "optim", "conv", "pool",
+    "create",  "unary", "scalar", "binary", "compare", "grad", "where", "reduce", "argreduce",
+    "softmax", "norm",  "linalg", "index",  "scan",    "sort", "optim", "conv",   "pool",
 };
 _Static_assert(sizeof(dc_op_family_names) / sizeof(dc_op_family_names[0]) == DC_FAM_COUNT,
                "dc_op_family_names must name every family");

@@ -1,5 +1,6 @@
 /* backend.c: the CPU kernel table and host memory. Every slot of dc_op is filled (generated from
- * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c, conv.c, linalg.c and optim.c. */
+ * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c, conv.c, linalg.c and
+ * optim.c. */
 #include "cpu.h"
 
 #include <pthread.h>
