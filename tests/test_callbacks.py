@@ -71,10 +71,14 @@ class FakeTrainer(types.SimpleNamespace):
         super().__init__(**defaults)
         self.logger = self.loggers[0] if self.loggers else None
 
-    def save_checkpoint(self, filepath, weights_only=False):
+    def save_checkpoint(self, filepath, weights_only=False, async_save=False, link=None):
         with open(filepath, "w") as f:
             json.dump({"epoch": self.current_epoch, "global_step": self.global_step}, f)
         self.saved.append(os.path.basename(filepath))
+        if link is not None:  # the real writer switches the link once the save committed
+            from dutycycle.checkpoint import switch_link
+
+            switch_link(link, filepath)  # linked, not saved: t.saved lists real writes only
 
     def call(self, hook, *args):
         for cb in self.callbacks:
@@ -344,7 +348,9 @@ def test_step_and_epoch_end_do_not_save_twice(tmp_path):
     mc = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True, save_top_k=-1)
     t = FakeTrainer(tmp_path, callbacks=[mc], num_val_batches=[0])
     t.fit(2)
-    assert t.saved == ["epoch=0-step=4.ckpt", "last.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    # each step's checkpoint is written once; last.ckpt is switched to it (a link), never a second copy
+    assert t.saved == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert os.readlink(tmp_path / "last.ckpt") == "epoch=1-step=8.ckpt"
 
 
 def test_missing_monitor_warns_before_validation_and_raises_after(tmp_path):

@@ -51,7 +51,7 @@ def test_lightning_script_end_to_end(tmp_path, capsys):
     assert trainer.global_step == 32 and trainer.current_epoch == 4
     assert model.losses[-1] < model.losses[0] / 10
     assert float(trainer.callback_metrics["val_loss"]) < 0.05
-    assert os.path.isfile(ckpt.best_model_path) and os.path.isfile(tmp_path / "ckpts" / "last.ckpt")
+    assert os.path.isdir(ckpt.best_model_path) and os.path.isdir(tmp_path / "ckpts" / "last.ckpt")
     csv = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
     header = csv.splitlines()[0].split(",")
     for key in ("train_loss", "val_loss", "epoch", "step", "duty/compute_frac", "duty/data_wait_s"):

@@ -134,10 +134,11 @@ def test_checkpoint_contents(tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     _, pt = _run(max_steps=2)
     path = tmp_path / "t.ckpt"
-    pt.save_checkpoint(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 10])
-    with pytest.raises(ValueError, match="t.ckpt"):
+    pt.save_checkpoint(path)  # a checkpoint directory: one shard + manifest.json
+    shard = path / "rank-00000-of-00001.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 10])
+    with pytest.raises(ValueError, match=r"t\.ckpt.*rank-00000-of-00001\.safetensors"):
         _run(ckpt_path=path)
 
 

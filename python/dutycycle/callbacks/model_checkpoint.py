@@ -72,6 +72,10 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs=None,
         save_on_train_epoch_end=None,
         enable_version_counter=True,
+        async_save=True,
+        if_busy="wait",
+        staging_bytes=None,
+        on_save_error="stop",
     ):
         super().__init__()
         self.monitor = monitor
@@ -82,6 +86,18 @@ class ModelCheckpoint(Checkpoint):
         self.auto_insert_metric_name = auto_insert_metric_name
         self._save_on_train_epoch_end = save_on_train_epoch_end
         self._enable_version_counter = enable_version_counter
+        if if_busy not in ("wait", "skip"):
+            raise MisconfigurationException(f"`if_busy` can be 'wait' or 'skip', got {if_busy!r}")
+        if on_save_error not in ("stop", "continue"):
+            raise MisconfigurationException(f"`on_save_error` can be 'stop' or 'continue', got {on_save_error!r}")
+        if staging_bytes is not None and (not isinstance(staging_bytes, int) or staging_bytes <= 0):
+            raise MisconfigurationException(f"`staging_bytes` must be a positive int or None, got {staging_bytes!r}")
+        self.async_save = bool(async_save)
+        self.if_busy = if_busy
+        self.staging_bytes = staging_bytes
+        self.on_save_error = on_save_error
+        self._linked_step = None  # global step whose top-k save also switches the last link
+        self._last_path_cache = None  # (step, path) of last.ckpt for this step
         self._last_global_step_saved = 0  # no need to save when no steps were taken
         self._last_time_checked = None
         self._last_checkpoint_saved = ""
@@ -172,6 +188,13 @@ class ModelCheckpoint(Checkpoint):
     # ---- hooks ----------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
         self.dirpath = self._resolve_ckpt_dir(trainer)
+        strategy = getattr(trainer, "strategy", None)
+        if stage == "fit" and strategy is not None and hasattr(strategy, "checkpointer"):
+            c = strategy.checkpointer  # one writer per process, shared by every ModelCheckpoint
+            c.if_busy = self.if_busy
+            c.on_error = "raise" if self.on_save_error == "stop" else "warn"
+            if self.staging_bytes is not None:
+                c.pool_bytes = self.staging_bytes
         if stage == "fit":
             self._val_has_run = False
             self._fit_started, self._swept, self._written = time.time(), False, set()
@@ -259,7 +282,24 @@ class ModelCheckpoint(Checkpoint):
             or fn_name(trainer) not in (None, "fit")
             or bool(getattr(trainer, "sanity_checking", False))
             or self._last_global_step_saved == trainer.global_step
+            or self._busy_skip(trainer)
         )
+
+    def _busy_skip(self, trainer):
+        """if_busy="skip" and the previous save still writes: skip this one (rank 0 decides for all)."""
+        if self.if_busy != "skip" or not self.async_save:
+            return False
+        strategy = getattr(trainer, "strategy", None)
+        c = strategy.__dict__.get("_checkpointer") if strategy is not None else None
+        busy = bool(c is not None and c.busy)
+        if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+            busy = bool(strategy.broadcast(busy))
+        if busy:
+            c = c or strategy.checkpointer
+            c.skips += 1
+            if self.verbose:
+                rank_zero_info(f"step {trainer.global_step}: checkpoint skipped, the previous save is still writing")
+        return busy
 
     def _should_save_on_train_epoch_end(self, trainer):
         if self._save_on_train_epoch_end is not None:
@@ -330,7 +370,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_none_monitor_checkpoint(self, trainer, candidates):
         filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
-        self._save_checkpoint(trainer, filepath)
+        self._save_checkpoint(trainer, filepath, candidates)
         if self.save_top_k == 1 and previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
@@ -363,22 +403,33 @@ class ModelCheckpoint(Checkpoint):
                 f" {to_float(current):0.5f} (best {to_float(self.best_model_score):0.5f}), saving model to"
                 f" {filepath!r} as top {k}"
             )
-        self._save_checkpoint(trainer, filepath)
+        self._save_checkpoint(trainer, filepath, candidates)
         if del_filepath and self._should_remove_checkpoint(trainer, del_filepath, filepath):
             self._remove_checkpoint(trainer, del_filepath)
 
-    def _save_last_checkpoint(self, trainer, candidates):
-        if not self.save_last:
-            return
-        self._remove_leftovers(trainer)
+    def _last_path(self, trainer, candidates):
+        """Where last.ckpt goes at this step (with -vN when an earlier run's is in the way)."""
+        step = trainer.global_step
+        if self._last_path_cache is not None and self._last_path_cache[0] == step:
+            return self._last_path_cache[1]
         filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
             while self.file_exists(filepath, trainer) and filepath != self.last_model_path:
                 filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST, ver=version)
                 version += 1
+        self._last_path_cache = (step, filepath)
+        return filepath
+
+    def _save_last_checkpoint(self, trainer, candidates):
+        if not self.save_last:
+            return
+        self._remove_leftovers(trainer)
+        filepath = self._last_path(trainer, candidates)
         previous, self.last_model_path = self.last_model_path, filepath
-        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
+        if self._linked_step == trainer.global_step:
+            pass  # this step's checkpoint was saved with the link: it switches to it once committed
+        elif self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             if getattr(trainer, "is_global_zero", True):  # rank 0 owns the files
                 self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
             strategy = getattr(trainer, "strategy", None)
@@ -389,11 +440,25 @@ class ModelCheckpoint(Checkpoint):
         if previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
-    def _save_checkpoint(self, trainer, filepath):
+    def _save_checkpoint(self, trainer, filepath, candidates=None):
+        """Save through the trainer (asynchronously unless async_save=False). A top-k save
+        (candidates given) with save_last also switches last.ckpt to itself once committed, so
+        last.ckpt always names the newest committed checkpoint and is never a second copy."""
         d = os.path.dirname(filepath)
         if d:
             os.makedirs(d, exist_ok=True)
-        trainer.save_checkpoint(filepath, self.save_weights_only)
+        link = None
+        if candidates is not None and self.save_last:
+            link = self._last_path(trainer, candidates)
+            if os.path.abspath(link) == os.path.abspath(filepath):
+                link = None
+        stats = trainer.save_checkpoint(filepath, self.save_weights_only, async_save=self.async_save, link=link)
+        if stats is not None and getattr(stats, "skipped", False):
+            if self.verbose:
+                rank_zero_info(f"checkpoint {filepath!r} skipped: the previous save is still writing (if_busy='skip')")
+            return
+        if link is not None:
+            self._linked_step = trainer.global_step
         self._written.add(os.path.abspath(filepath))
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -402,14 +467,15 @@ class ModelCheckpoint(Checkpoint):
 
     @staticmethod
     def _link_checkpoint(trainer, filepath, linkpath):
-        if os.path.islink(linkpath) or os.path.isfile(linkpath):
-            os.remove(linkpath)
-        try:
-            os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
-        except OSError:  # no symlinks here (some file systems): a copy does the same job
-            import shutil
+        """Point linkpath at filepath atomically (a symlink renamed into place), once filepath's
+        save has committed."""
+        strategy = getattr(trainer, "strategy", None)
+        if strategy is not None and hasattr(strategy, "checkpointer"):
+            strategy.checkpointer.link_after_commit(linkpath, filepath)
+        else:
+            from dutycycle.checkpoint import switch_link
 
-            shutil.copyfile(filepath, linkpath)
+            switch_link(linkpath, filepath)
 
     def _should_remove_checkpoint(self, trainer, previous, current):
         """Never delete the checkpoint just written, the one the run resumed from, or files outside dirpath."""
@@ -454,9 +520,14 @@ class ModelCheckpoint(Checkpoint):
         out = []
         for name in sorted(os.listdir(self.dirpath)):
             path = os.path.abspath(os.path.join(self.dirpath, name))
-            if path in keep or os.path.isdir(path):
+            if path in keep:
                 continue
-            tmp = name.endswith(self.FILE_EXTENSION + ".tmp")
+            tmp = name.endswith((self.FILE_EXTENSION + ".tmp", self.FILE_EXTENSION + ".tmp.old"))
+            if os.path.isdir(path) and not os.path.islink(path) and not tmp:
+                if not os.path.exists(os.path.join(path, "manifest.json")):
+                    tmp = any(n.endswith((".safetensors", ".tmp", ".crc")) for n in os.listdir(path))  # never committed
+                if not tmp and not os.path.exists(os.path.join(path, "manifest.json")):
+                    continue  # a folder of the user's
             if not tmp and (self.save_top_k == -1 or own is None or not own.fullmatch(name)):
                 continue
             try:

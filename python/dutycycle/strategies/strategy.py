@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 
 # reduce_op names every strategy accepts ("avg" is Lightning's alias for "mean").
 REDUCE_OPS = ("mean", "avg", "sum", "max", "min")
@@ -149,28 +148,64 @@ class Strategy(abc.ABC):
         """One optimizer's state_dict for a checkpoint (a sharded strategy consolidates it here)."""
         return optimizer.state_dict()
 
+    @property
+    def checkpointer(self):
+        """The background checkpoint writer (dutycycle.checkpoint.Checkpointer) of this process,
+        created at the first save; ModelCheckpoint sets its options."""
+        c = self.__dict__.get("_checkpointer")
+        if c is None:
+            from ..checkpoint import Checkpointer
+
+            c = self._checkpointer = Checkpointer()
+        return c
+
     def save_checkpoint(self, checkpoint, filepath, storage_options=None):
-        """Write checkpoint (a dict) to filepath; only global rank 0 writes."""
+        """Write checkpoint (a dict) to checkpoint directory filepath; only global rank 0 writes.
+        Lightning's signature, so a subclass that overrides it and calls super() keeps working;
+        Trainer.save_checkpoint passes its options in `self._ckpt_save_options`: async_save (return
+        after the snapshot, the write goes on in the background), link (a "last" path switched to
+        it once committed), info (manifest fields). Returns the SaveStats (None off rank 0)."""
+        opts = self.__dict__.get("_ckpt_save_options") or {}
+        async_save, link, info = opts.get("async_save", False), opts.get("link"), opts.get("info")
         if storage_options is not None:
             raise TypeError(
                 f"save_checkpoint(storage_options={storage_options!r}): dutycycle writes local files only; "
                 "pass storage_options=None"
             )
         if self.is_global_zero:
-            from ..trainer import checkpoint_io  # here, not at the top: the trainer package imports us
-
-            checkpoint_io.save_checkpoint(filepath, checkpoint)
+            return self.checkpointer.save(checkpoint, filepath, link=link, info=info, block=not async_save)
+        return None
 
     def load_checkpoint(self, checkpoint_path):
-        """Read a checkpoint file back into a dict (tensors on the CPU)."""
-        from ..trainer import checkpoint_io
+        """Read a checkpoint back into a dict (tensors on the CPU), verified: a checkpoint
+        directory, a last.ckpt link, or a single-file checkpoint of earlier versions."""
+        from .. import checkpoint
 
-        return checkpoint_io.load_checkpoint(checkpoint_path)
+        return checkpoint.load(checkpoint_path)
 
     def remove_checkpoint(self, filepath):
-        """Delete a checkpoint file (ModelCheckpoint's top-k bookkeeping); only global rank 0 deletes."""
-        if self.is_global_zero and os.path.lexists(filepath):
-            os.remove(filepath)
+        """Delete a checkpoint (ModelCheckpoint's top-k bookkeeping) once the save in flight has
+        committed; only global rank 0 deletes."""
+        if self.is_global_zero:
+            c = self.__dict__.get("_checkpointer")
+            if c is not None:
+                c.remove_after_commit(filepath)
+            else:
+                from ..checkpoint import remove
+
+                remove(filepath)
+
+    def checkpoint_poll(self):
+        """Bookkeeping of a background save that finished; raises its error (on_error="raise")."""
+        c = self.__dict__.get("_checkpointer")
+        if c is not None:
+            c.poll()
+
+    def checkpoint_wait(self):
+        """Wait for the background save in flight (end of fit); raises its error."""
+        c = self.__dict__.get("_checkpointer")
+        if c is not None:
+            c.wait()
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _require_trainer(self, what):

@@ -39,6 +39,9 @@ _DC_TO_ST = {
     "bfloat16": ("BF16", np.uint16),
     "int64": ("I64", np.int64),
     "int32": ("I32", np.int32),
+    "int16": ("I16", np.int16),
+    "int8": ("I8", np.int8),
+    "uint8": ("U8", np.uint8),
     "bool": ("BOOL", np.bool_),
 }
 _ST_TO_NP = {
@@ -261,9 +264,9 @@ def _to_tensor(arr, st):
     if st == "BF16":
         f32 = (arr.astype(np.uint32) << 16).view(np.float32)
         return dc.from_numpy(np.ascontiguousarray(f32)).bfloat16()
-    if st in ("F64", "F32", "F16", "I64", "I32", "BOOL"):
+    if st in ("F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"):
         return dc.from_numpy(arr)
-    return dc.from_numpy(arr.astype(np.int64))  # small ints from other tools: widen
+    return dc.from_numpy(arr.astype(np.int64))  # unsigned 16-64 bit ints from other tools: widen
 
 
 def _decode(obj, header, arrays, path):
@@ -290,13 +293,27 @@ def _hashable(k):
     return tuple(_hashable(x) for x in k) if isinstance(k, (list, tuple)) else k
 
 
+def _is_pointer(path):
+    if not os.path.isfile(path) or os.path.getsize(path) > 4096:
+        return False
+    from ..checkpoint import POINTER_MAGIC
+
+    with open(path, "rb") as f:
+        return f.read(len(POINTER_MAGIC)) == POINTER_MAGIC.encode()
+
+
 def load_checkpoint(path) -> dict:
-    """Read a file written by save_checkpoint back into the nested dict (tensors on the CPU).
+    """Read a checkpoint back into the nested dict (tensors on the CPU): a file written by
+    save_checkpoint, or a checkpoint directory / last.ckpt (read and verified by dutycycle.checkpoint).
 
     A plain safetensors file without our metadata loads as a flat {key: tensor} dict.
     Missing file -> FileNotFoundError; corrupt or truncated file -> ValueError, both naming path.
     """
     path = os.fspath(path)
+    if os.path.isdir(path) or _is_pointer(path):  # a checkpoint directory (or last.ckpt naming one)
+        from ..checkpoint import load
+
+        return load(path)
     header, arrays = read_safetensors(path)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
@@ -409,7 +426,7 @@ def resolve_ckpt_path(trainer, ckpt_path, fn):
             )
         return path
     path = os.fspath(ckpt_path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint file not found: ckpt_path='{path}'")
     return path
 
@@ -418,7 +435,7 @@ def _find_last_checkpoint(trainer, glob):
     dirs = []
     for cb in trainer.checkpoint_callbacks:
         last = getattr(cb, "last_model_path", None)
-        if last and os.path.isfile(last):
+        if last and os.path.exists(last):
             return last
         d = getattr(cb, "dirpath", None)
         if d:
@@ -427,9 +444,11 @@ def _find_last_checkpoint(trainer, glob):
     dirs += sorted(glob.glob(os.path.join(trainer.default_root_dir, "*", "version_*", "checkpoints")))
     dirs.append(os.path.join(trainer.default_root_dir, "checkpoints"))
     for d in dirs:
-        cands = [p for p in glob.glob(os.path.join(d, "last*")) if os.path.isfile(p) and not p.endswith(".tmp")]
+        cands = [
+            p for p in glob.glob(os.path.join(d, "last*")) if os.path.exists(p) and not p.endswith((".tmp", ".old"))
+        ]
         if cands:
-            return max(cands, key=os.path.getmtime)
+            return max(cands, key=lambda p: os.lstat(p).st_mtime)
     return None
 
 

@@ -540,6 +540,9 @@ class Trainer:
                 lg._version = v
 
     def _teardown_stage(self, stage):
+        if stage == "fit":  # a background save still writing finishes (and reports) inside fit
+            with self.duty_cycle.track("checkpoint_stall"):
+                self.strategy.checkpoint_wait()
         self._call_hook("teardown", stage=stage, datamodule=True)
         self.strategy.teardown()
 
@@ -559,7 +562,7 @@ class Trainer:
         self.duty_cycle.start()
         self.position.reset()
         self.position.start_clock()
-        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not os.path.isfile(os.fspath(ckpt_path)):
+        if ckpt_path not in (None, "last", "best", "hpc", "registry") and not os.path.exists(os.fspath(ckpt_path)):
             raise FileNotFoundError(f"Checkpoint file not found: ckpt_path='{os.fspath(ckpt_path)}'")
         self._attach(model, datamodule, "fit")
         self._train_source, self._val_source = train_dataloaders, val_dataloaders
@@ -772,6 +775,7 @@ class Trainer:
         self.fit_loop.epoch_loop.total_batch_idx += 1
 
         self._call_hook("on_train_batch_end", outputs, batch, batch_idx)
+        self.strategy.checkpoint_poll()  # a background save that finished: commit bookkeeping, errors
 
         # ---- write step metrics every log_every_n_steps (Lightning: step counts stepped batches) -----------
         if self._stepped and (self.global_step % self.log_every_n_steps == 0 or self.should_stop):
@@ -961,9 +965,11 @@ class Trainer:
     # ================================================================================================
     # checkpoints
     # ================================================================================================
-    def save_checkpoint(self, filepath, weights_only=False, storage_options=None):
-        """Write the checkpoint to filepath through the strategy (one safetensors file, durable).
-        Timed as checkpoint stall."""
+    def save_checkpoint(self, filepath, weights_only=False, storage_options=None, *, async_save=False, link=None):
+        """Write the checkpoint to checkpoint directory filepath through the strategy (safetensors
+        shard + manifest, committed atomically; see dutycycle.checkpoint). async_save=True returns
+        after the snapshot and the write goes on in a C thread (ModelCheckpoint's default); link:
+        a "last" path switched to this checkpoint once it committed. Timed as checkpoint stall."""
         m = self.lightning_module
         if m is None:
             raise RuntimeError(
@@ -977,8 +983,19 @@ class Trainer:
                     if hasattr(cb, "on_save_checkpoint"):
                         cb.on_save_checkpoint(self, m, ckpt)
             self._call_hook("on_save_checkpoint", ckpt, callbacks=False)
-            self.strategy.save_checkpoint(ckpt, filepath, storage_options=storage_options)
+            info = {
+                "step": int(self.global_step),
+                "epoch": int(self.current_epoch),
+                "world_size": int(self.world_size),
+                "strategy": _strategy_name(self.strategy),
+            }
+            self.strategy._ckpt_save_options = {"async_save": async_save, "link": link, "info": info}
+            try:
+                stats = self.strategy.save_checkpoint(ckpt, filepath, storage_options=storage_options)
+            finally:
+                self.strategy._ckpt_save_options = None
         self.strategy.barrier("Trainer.save_checkpoint")
+        return stats
 
     def _load_checkpoint(self, ckpt_path, fn):
         """ckpt_path of an entry point ("last"/"best" looked up) read through the strategy, or None."""
@@ -1004,3 +1021,12 @@ class Trainer:
             key = checkpoint_io.callback_state_key(cb)
             if key in cb_states and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(cb_states[key])
+
+
+def _strategy_name(strategy):
+    """The manifest's "strategy": the registered name ("ddp", "zero2", ...) or the class name."""
+    name = getattr(strategy, "strategy_name", None)
+    if isinstance(name, str):
+        return name
+    n = type(strategy).__name__
+    return {"SingleDeviceStrategy": "single", "DDPStrategy": "ddp"}.get(n, n)

@@ -1,0 +1,621 @@
+"""Asynchronous, verified checkpoints: ``dutycycle.checkpoint``.
+
+    import dutycycle.checkpoint as ckpt
+    ckpt.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+              f"run/step={step}.ckpt", keep_last=3)      # returns after a memcpy; written in the background
+    ...
+    state = ckpt.load("run")                             # the newest committed checkpoint in run/, verified
+    ckpt.wait()                                          # before exiting (also done at interpreter exit)
+
+``save`` copies every tensor of the state into a reusable staging ring (the only part that blocks)
+and a C thread writes the files, computing a CRC32C per tensor, then commits: files fsynced and
+renamed, the manifest written last, the directory renamed into place (atomically exchanged when
+it exists), the ``last.ckpt`` link switched by a rename. A crash at any instant leaves the previous
+checkpoint loadable. ``load`` verifies the manifest and every tensor's CRC32C and, with
+``fallback=True``, falls back to the previous committed checkpoint. The format is in _format.py.
+
+``state``: a nested dict/list/tuple of dutycycle tensors, NumPy arrays, PyTorch (or other DLPack)
+tensors and JSON-able values. PyTorch tensors come back as PyTorch tensors, NumPy arrays as NumPy
+arrays, dutycycle tensors as dutycycle tensors (on the CPU; ``map_location`` moves them).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import threading
+import warnings
+import weakref
+from time import perf_counter
+
+from .. import _C
+from . import _format
+from ._format import MANIFEST, CheckpointCorruptError, CheckpointError, is_committed, read_manifest
+
+__all__ = [
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "Checkpointer",
+    "consolidate",
+    "find_checkpoints",
+    "inspect",
+    "load",
+    "resolve",
+    "save",
+    "wait",
+]
+
+POINTER_MAGIC = "dutycycle checkpoint pointer\n"
+_live = weakref.WeakSet()
+
+
+class SaveStats:
+    """What one save cost: `stall_s` blocked the caller (snapshot copy, plus waiting for a busy
+    writer), `write_s` the background write, `bytes` written."""
+
+    __slots__ = ("path", "stall_s", "wait_s", "write_s", "bytes", "skipped")
+
+    def __init__(self, path):
+        self.path, self.stall_s, self.wait_s, self.write_s, self.bytes, self.skipped = path, 0.0, 0.0, None, 0, False
+
+    def __repr__(self):
+        return (
+            f"SaveStats(path={self.path!r}, stall_s={self.stall_s:.4f}, wait_s={self.wait_s:.4f}, "
+            f"write_s={self.write_s}, bytes={self.bytes}, skipped={self.skipped})"
+        )
+
+
+class Checkpointer:
+    """One background writer and its staging ring.
+
+    pool_bytes: the ring's size. None: one state's size (grown when a larger state comes, reused
+      otherwise). A state larger than an explicit pool_bytes still saves; the save then blocks
+      until the writer has written all but pool_bytes of it.
+    if_busy: a save due while the previous one still writes: "wait" (the wait is stall) or "skip".
+    keep_last: after each commit, delete all but the newest k committed checkpoints written by this
+      Checkpointer into the same folder (None: keep all). Deletion happens only after a newer
+      checkpoint committed.
+    on_error: "raise" — a failed background save raises CheckpointError at the next save(),
+      wait() or poll(); "warn" — it warns and is kept in `errors`. Either way the previous
+      checkpoint is untouched.
+    fsync: False skips every fsync (benchmarks of the page cache only).
+    """
+
+    def __init__(self, pool_bytes=None, if_busy="wait", keep_last=None, on_error="raise", fsync=True):
+        if if_busy not in ("wait", "skip"):
+            raise ValueError(f"Checkpointer: if_busy must be 'wait' or 'skip', got {if_busy!r}")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"Checkpointer: on_error must be 'raise' or 'warn', got {on_error!r}")
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f"Checkpointer: keep_last must be an int >= 1 or None, got {keep_last!r}")
+        if pool_bytes is not None and (not isinstance(pool_bytes, int) or pool_bytes <= 0):
+            raise ValueError(f"Checkpointer: pool_bytes must be an int > 0 or None, got {pool_bytes!r}")
+        self.pool_bytes, self.if_busy, self.keep_last, self.on_error, self.fsync = (
+            pool_bytes,
+            if_busy,
+            keep_last,
+            on_error,
+            fsync,
+        )
+        self._w = None
+        self._lock = threading.RLock()
+        self._job = None  # the save in flight: dict(path, tmp, nseg, stats, after)
+        self._deferred = []  # paths to delete once the in-flight save committed
+        self._deferred_links = []  # (link, target) to switch once it committed
+        self._committed = []  # this Checkpointer's committed checkpoints, oldest first
+        self.errors = []  # CheckpointErrors of background saves (on_error="warn", or already raised)
+        self._pending_error = None
+        self.last = None  # SaveStats of the newest save
+        self.saves = self.skips = 0
+        _live.add(self)
+
+    # ---- state ----------------------------------------------------------------------------------
+    @property
+    def busy(self):
+        """True while a save is being written."""
+        with self._lock:
+            return self._job is not None and self._w.poll() == "running"
+
+    def poll(self):
+        """Finish the bookkeeping of a save that completed (commit actions, retention). Returns
+        True when nothing is in flight. Raises a failed save's error (on_error="raise")."""
+        with self._lock:
+            if self._job is not None and self._w.poll() != "running":
+                self._finish()
+            self._raise_pending()
+            return self._job is None
+
+    def wait(self, timeout=None):
+        """Wait for the save in flight; raises its error (on_error="raise"). Returns True when
+        nothing is in flight (False only when timeout ran out)."""
+        with self._lock:
+            if self._job is not None:
+                if not self._w.wait(-1 if timeout is None else float(timeout)):
+                    return False
+                self._finish()
+            self._raise_pending()
+            return True
+
+    def close(self):
+        """Finish the save in flight (never dropped) and stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            if self._w is not None:
+                self._w.close()
+                self._w = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def link_after_commit(self, link, target):
+        """Switch `link` to `target` atomically once the save in flight committed (now when none is)."""
+        with self._lock:
+            if self._job is not None:
+                self._deferred_links.append((os.path.abspath(os.fspath(link)), os.path.abspath(os.fspath(target))))
+            else:
+                switch_link(link, target)
+
+    def remove_after_commit(self, path):
+        """Delete checkpoint `path` once the save in flight has committed (now when none is)."""
+        with self._lock:
+            if self._job is not None:
+                self._deferred.append(os.path.abspath(os.fspath(path)))
+            else:
+                remove(path)
+
+    # ---- save -----------------------------------------------------------------------------------
+    def save(self, state, path, *, link=None, info=None, block=False):
+        """Snapshot `state` and write it to checkpoint directory `path` in the background.
+
+        link: a path (e.g. ".../last.ckpt") switched atomically to this checkpoint once committed.
+        info: extra manifest fields (step, epoch, world_size, strategy).
+        block: wait for the write to commit before returning (a synchronous save).
+        Returns SaveStats (skipped=True when if_busy="skip" found the writer busy)."""
+        path = os.path.abspath(os.fspath(path))
+        stats = SaveStats(path)
+        t0 = perf_counter()
+        with self._lock:
+            if self._job is not None:
+                if self.if_busy == "skip" and not block and self._w.poll() == "running":
+                    stats.skipped = True
+                    self.skips += 1
+                    self.last = stats
+                    return stats
+                tw = perf_counter()
+                self.wait()
+                stats.wait_s = perf_counter() - tw
+            self._raise_pending()
+            info = dict(info or {})
+            info.setdefault("step", None)
+            info.setdefault("epoch", None)
+            info.setdefault("world_size", 1)
+            info.setdefault("strategy", "single")
+            enc = _format.Encoder()
+            doc = enc.encode(state)
+            entries = list(enc.entries.values())
+            fname = _format.shard_name(0, 1)
+            head, order = _format.safetensors_header(entries, {"format": "dutycycle", "rank": 0, "world_size": 1})
+            nbytes = len(head) + sum(e.nbytes for e in entries)
+            tensors = {
+                e.name: {
+                    "dtype": e.dtype,
+                    "shape": e.shape,
+                    "slices": [{"file": fname, "key": e.name, "start": 0, "stop": _numel(e.shape)}],
+                }
+                for e in entries
+            }
+            prefix, suffix = _format.manifest_parts(
+                doc, {fname: {"rank": 0, "bytes": nbytes}}, tensors, {k: info[k] for k in sorted(info)}
+            )
+            segments = [(e.data, json.dumps(_format.crc_key(fname, e.name))) for e in order]
+            tmp = path + ".tmp"
+            _clear(tmp)
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            if os.path.isdir(path) and not os.path.islink(path) and not is_committed(path) and os.listdir(path):
+                raise CheckpointError(
+                    f"checkpoint: '{path}' is a directory that is not a dutycycle checkpoint; refusing to replace it"
+                )
+            self._ensure_writer(sum(e.nbytes for e in entries))
+            link_arg = None
+            if link is not None:
+                link = os.path.abspath(os.fspath(link))
+                link_arg = (link, os.path.relpath(path, os.path.dirname(link)))
+            self._w.submit(
+                tmp,
+                segments,
+                [(fname, head, list(range(len(order))))],
+                fragment="rank-00000.crc",
+                manifest=(MANIFEST, prefix, suffix, ["rank-00000.crc"], -1.0),
+                commit_to=path,
+                link=link_arg,
+                fsync=self.fsync,
+            )
+            del entries, order, segments, enc  # the ring has the bytes: the state may change now
+            stats.stall_s = perf_counter() - t0
+            stats.bytes = nbytes
+            self._job = {"path": path, "tmp": tmp, "nseg": len(tensors), "stats": stats, "link": link}
+            self.saves += 1
+            self.last = stats
+            if block:
+                self.wait()
+            return stats
+
+    def _ensure_writer(self, state_bytes):
+        want = self.pool_bytes or max(state_bytes, 1)
+        if self._w is None:
+            self._w = _C.CheckpointWriter(want)
+        elif self.pool_bytes is None and want > self._w.capacity:
+            self._w.resize(want)
+
+    def _finish(self):
+        job, self._job = self._job, None
+        stats = job["stats"]
+        try:
+            _, stats.write_s, stats.bytes = self._w.result(job["nseg"])
+        except Exception as e:  # the write failed: nothing was committed, the previous checkpoint stands
+            _clear(job["tmp"])
+            if job.get("link"):
+                _clear(job["link"] + ".tmp")
+            err = CheckpointError(f"background checkpoint save to '{job['path']}' failed: {e}")
+            err.path = job["path"]
+            self.errors.append(err)
+            self._deferred.clear()  # nothing newer committed: keep what would have been replaced
+            self._deferred_links.clear()
+            if self.on_error == "raise":
+                self._pending_error = err
+            else:
+                warnings.warn(str(err), RuntimeWarning, stacklevel=3)
+            return
+        _clear(job["tmp"])  # an exchanged-out older checkpoint of the same name
+        _clear(job["path"] + ".tmp.old")
+        self._committed = [p for p in self._committed if p != job["path"]] + [job["path"]]
+        if job.get("link"):
+            _clear(job["link"] + ".tmp")  # a directory the link replaced (exchanged out)
+        for link, target in self._deferred_links:
+            switch_link(link, target)
+        self._deferred_links.clear()
+        for p in self._deferred:
+            if p != job["path"]:
+                remove(p)
+        self._deferred.clear()
+        if self.keep_last is not None:
+            while len(self._committed) > self.keep_last:
+                remove(self._committed.pop(0))
+
+    def _raise_pending(self):
+        err, self._pending_error = self._pending_error, None
+        if err is not None:
+            raise err
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _clear(path):
+    """Remove a file, link or directory tree if it exists (leftovers of a save)."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def switch_link(link, target):
+    """Point `link` at checkpoint `target` atomically: a relative symlink made at link.tmp and
+    renamed over link (a pointer file where the file system has no symlinks)."""
+    link, target = os.path.abspath(os.fspath(link)), os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(link)
+    tmp = link + ".tmp"
+    _clear(tmp)
+    try:
+        os.symlink(os.path.relpath(target, parent), tmp)
+    except OSError:
+        with open(tmp, "w") as f:
+            f.write(POINTER_MAGIC + os.path.relpath(target, parent))
+            f.flush()
+            os.fsync(f.fileno())
+    if os.path.isdir(link) and not os.path.islink(link):
+        aside = link + ".tmp.old"  # a checkpoint saved under the link's name: moved aside, then removed
+        _clear(aside)
+        os.rename(link, aside)
+        os.replace(tmp, link)
+        remove(aside)
+    else:
+        os.replace(tmp, link)
+    _fsync_dir(parent)
+
+
+def remove(path):
+    """Delete a checkpoint (directory, single file or link). The manifest goes first, so a crash
+    midway leaves an uncommitted directory (cleaned up later), never a committed-looking half."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        m = os.path.join(path, MANIFEST)
+        if os.path.exists(m):
+            os.unlink(m)
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+# ---- the module-level API (one default Checkpointer) -------------------------------------------
+_default = None
+_default_lock = threading.Lock()
+
+
+def _get_default():
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Checkpointer()
+        return _default
+
+
+def save(state, path, *, keep_last=None, link=None, block=False, **info):
+    """Save `state` to checkpoint directory `path` in the background (see Checkpointer.save).
+    keep_last: keep only the newest k checkpoints this process saved into that folder."""
+    c = _get_default()
+    if keep_last is not None:
+        c.keep_last = keep_last
+    return c.save(state, path, link=link, info=info or None, block=block)
+
+
+def wait(timeout=None):
+    """Wait for the background save of the module-level save(); raises its error."""
+    return _get_default().wait(timeout) if _default is not None else True
+
+
+def _wait_all():
+    for c in list(_live):
+        try:
+            if c._job is not None:
+                c.wait()
+        except Exception as e:  # at exit: report, never lose the message
+            warnings.warn(f"checkpoint: {e}", RuntimeWarning)
+
+
+atexit.register(_wait_all)
+
+
+# ---- finding and loading -------------------------------------------------------------------------
+def _read_pointer(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head.startswith(POINTER_MAGIC.encode()):
+        target = head[len(POINTER_MAGIC) :].decode("utf-8", "replace").strip()
+        return os.path.join(os.path.dirname(path), target)
+    return None
+
+
+def _order_key(path):
+    try:
+        m = read_manifest(path)
+    except (CheckpointError, OSError):
+        return (-1, 0.0)
+    step = m.get("step")
+    return (step if step is not None else -1, float(m.get("created_unix") or 0.0))
+
+
+def find_checkpoints(folder):
+    """The committed checkpoints directly in `folder`, newest first (by step, then time)."""
+    folder = os.fspath(folder)
+    out = []
+    for name in os.listdir(folder):
+        p = os.path.join(folder, name)
+        if name.endswith((".tmp", ".tmp.old")) or os.path.islink(p):
+            continue
+        if is_committed(p):
+            out.append(p)
+    return sorted(out, key=_order_key, reverse=True)
+
+
+def resolve(path):
+    """(kind, path) of what `path` names: ("dir", a committed checkpoint directory) — from the
+    directory itself, a last.ckpt link or pointer file, or a folder of checkpoints (the newest) —
+    or ("file", a single-file checkpoint of earlier dutycycle versions)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if not os.path.exists(target):
+            raise FileNotFoundError(f"checkpoint link '{path}' points at '{target}', which does not exist")
+        path = target
+    if os.path.isfile(path):
+        target = _read_pointer(path)
+        return ("dir", target) if target is not None else ("file", path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+    if os.path.exists(os.path.join(path, MANIFEST)):
+        return "dir", path
+    found = find_checkpoints(path)
+    if found:
+        return "dir", found[0]
+    if any(n.endswith(".safetensors") for n in os.listdir(path)):
+        return "dir", path  # shards without a manifest: read_manifest says it never committed
+    raise FileNotFoundError(f"no committed checkpoint in '{path}'")
+
+
+def _candidates(path):
+    kind, p = resolve(path)
+    yield kind, p
+    if kind == "dir":
+        for q in find_checkpoints(os.path.dirname(p)):
+            if q != p and _order_key(q) <= _order_key(p):
+                yield "dir", q
+
+
+def load_dir(ckpt_dir, verify=True):
+    m = read_manifest(ckpt_dir)
+    arrays = _format.assemble(ckpt_dir, m, verify=verify)
+    return _format.decode(m["state"], arrays, m, ckpt_dir), m
+
+
+def load(path, *, fallback=False, verify=True, map_location=None, return_path=False):
+    """Load a checkpoint: a checkpoint directory, a `last.ckpt` link, or a folder of checkpoints
+    (the newest committed one), verifying the manifest and every tensor's CRC32C. A corrupt or
+    incomplete checkpoint raises CheckpointCorruptError naming the file and tensor; with
+    fallback=True the previous committed checkpoint in the same folder is loaded instead (with a
+    warning saying why). Single-file checkpoints of earlier dutycycle versions load too."""
+    for c in list(_live):  # a save of this process may still be writing what is asked for
+        if c._job is not None:
+            c.wait()
+    first_err, loaded = None, None
+    for kind, p in _candidates(path):
+        try:
+            if kind == "file":
+                from ..trainer.checkpoint_io import load_checkpoint
+
+                loaded = load_checkpoint(p)
+            else:
+                loaded = load_dir(p, verify)[0]
+        except CheckpointCorruptError as e:
+            if not fallback:
+                raise
+            first_err = first_err or e
+            warnings.warn(f"{e}; falling back to an older checkpoint", RuntimeWarning, stacklevel=2)
+            continue
+        if first_err is not None:
+            warnings.warn(f"loaded the previous committed checkpoint '{p}'", RuntimeWarning, stacklevel=2)
+        break
+    else:
+        raise first_err
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        loaded = _move(loaded, map_location)
+    return (loaded, p) if return_path else loaded
+
+
+def _move(obj, device):
+    import dutycycle as dc
+
+    if isinstance(obj, dc.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_move(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_move(v, device) for v in obj)
+    return obj
+
+
+def inspect(path, verify=True):
+    """A summary of a checkpoint: its manifest fields, files, tensors and (verify) the CRC check."""
+    kind, p = resolve(path)
+    if kind == "file":
+        from ..trainer.checkpoint_io import read_safetensors
+
+        header, arrays = read_safetensors(p)
+        return {
+            "path": p,
+            "kind": "single-file (earlier format, no CRCs)",
+            "tensors": {k: {"dtype": header[k]["dtype"], "shape": list(a.shape)} for k, a in arrays.items()},
+            "verified": None,
+        }
+    m = read_manifest(p)
+    out = {
+        "path": p,
+        "kind": "directory",
+        "format_version": m["format_version"],
+        "step": m.get("step"),
+        "epoch": m.get("epoch"),
+        "world_size": m.get("world_size"),
+        "strategy": m.get("strategy"),
+        "created_unix": m.get("created_unix"),
+        "files": m["files"],
+        "tensors": {
+            n: {"dtype": t["dtype"], "shape": t["shape"], "slices": len(t["slices"])} for n, t in m["tensors"].items()
+        },
+        "bytes": sum(f["bytes"] for f in m["files"].values()),
+        "verified": None,
+    }
+    if verify:
+        try:
+            for f in m["files"]:
+                _format.verify_file(p, f, m)
+            out["verified"] = True
+        except CheckpointCorruptError as e:
+            out["verified"] = False
+            out["error"] = str(e)
+    return out
+
+
+def consolidate(path, out):
+    """Write checkpoint `path` as ONE safetensors file `out` that the safetensors library and
+    PyTorch users load (tensor names as in the manifest; the state's structure is in the file's
+    metadata, so dutycycle.load(out) gives the nested state back). Verifies as it reads."""
+    from ..trainer.checkpoint_io import save_checkpoint
+
+    kind, p = resolve(path)
+    if kind == "file":
+        shutil.copyfile(p, out)
+        return out
+    state, _ = load_dir(p, verify=True)
+    save_checkpoint(os.fspath(out), _as_plain(state))
+    return out
+
+
+def _as_plain(obj):
+    """The state with PyTorch tensors as NumPy arrays (the single-file writer knows dc and NumPy)."""
+    if _format._is_torch(obj):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _as_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_as_plain(v) for v in obj)
+    return obj
+
+
+def cleanup_leftovers(folder, older_than=None):
+    """Remove what interrupted saves left in `folder`: `*.ckpt.tmp` / `*.tmp.old` directories and
+    link temporaries, and checkpoint directories that never committed (no manifest). Only entries
+    older than `older_than` (a time.time()) when given. Returns the removed paths."""
+    folder = os.fspath(folder)
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        try:
+            if older_than is not None and os.lstat(p).st_mtime >= older_than:
+                continue
+        except OSError:
+            continue
+        uncommitted = (
+            name.endswith(".ckpt")
+            and os.path.isdir(p)
+            and not os.path.islink(p)
+            and not os.path.exists(os.path.join(p, MANIFEST))
+            and any(n.endswith((".safetensors", ".safetensors.tmp", ".crc")) for n in os.listdir(p))
+        )
+        if name.endswith((".ckpt.tmp", ".tmp.old")) or uncommitted:
+            _clear(p)
+            removed.append(p)
+    return removed
+

@@ -1,0 +1,410 @@
+"""The on-disk format of a dutycycle checkpoint directory, and its verified reader.
+
+A checkpoint is a directory (named as Lightning names its files: ``epoch=1-step=300.ckpt``):
+
+    rank-00000-of-00001.safetensors   one valid safetensors file per rank shard
+    manifest.json                     written last: its presence means the checkpoint is complete
+
+manifest.json::
+
+    {"format": "dutycycle-checkpoint", "format_version": 1,
+     "dutycycle_version": "...", "created_unix": 1764763200.5,
+     "step": 300, "epoch": 1, "world_size": 4, "strategy": "ddp",
+     "files": {"rank-00000-of-00004.safetensors": {"rank": 0, "bytes": 123}, ...},
+     "tensors": {"model/transformer.h.0.attn.c_attn.weight":
+                     {"dtype": "F32", "shape": [768, 2304],
+                      "slices": [{"file": "rank-00000-of-00004.safetensors",
+                                  "key": "model/transformer.h.0.attn.c_attn.weight",
+                                  "start": 0, "stop": 1769472}]}, ...},
+     "state": <the nested state as JSON; each tensor a placeholder {"__tensor__": name}>,
+     "crc32c": {"rank-00000-of-00004.safetensors:model/...": "8 hex digits", ...}}
+
+A tensor is stored as one or more slices of its flattened (row-major) elements, each a 1-D or
+full-shape entry of one shard file; an unsharded tensor has one slice with its own shape. Tensor
+names are the state's own dict paths joined by "/" (the Trainer's "state_dict" and
+"optimizer_states" appear as "model" and "optimizer"); everything that is not a tensor — loop
+counters, callbacks' state, hyper-parameters — is JSON in "state", never part of a name.
+Placeholders: {"__tensor__": n} (a dutycycle tensor), {"__ndarray__": n} (a NumPy array),
+{"__torch__": n} (a PyTorch tensor, given back as one when torch is importable); {"__tuple__": [...]},
+{"__dict__": [[k, v], ...]} (non-str keys) and {"__float__": "nan"} keep what JSON cannot.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+import dutycycle as dc
+
+from .. import _C
+from ..trainer.checkpoint_io import _ST_TO_NP, read_safetensors
+
+FORMAT = "dutycycle-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ALIASES = {"state_dict": "model", "optimizer_states": "optimizer"}  # top-level keys -> name prefix
+_TAGS = ("__tensor__", "__ndarray__", "__torch__", "__tuple__", "__dict__", "__float__")
+
+_DC_ST = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_ST_ITEMSIZE = {k: np.dtype(v).itemsize for k, v in _ST_TO_NP.items()}
+_NP_ST = {np.dtype(v).str: k for k, v in _ST_TO_NP.items() if k != "BF16"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or a checkpoint on disk fails verification."""
+
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """A checkpoint on disk is incomplete, truncated or fails its CRC32C check (names file and tensor)."""
+
+
+def shard_name(rank, world_size):
+    return f"rank-{rank:05d}-of-{world_size:05d}.safetensors"
+
+
+# ---- encode -------------------------------------------------------------------------------------
+class Entry:
+    """One tensor of the state: its name, safetensors dtype, shape and a zero-copy byte view."""
+
+    __slots__ = ("name", "dtype", "shape", "data", "keep")
+
+    def __init__(self, name, dtype, shape, data, keep):
+        self.name, self.dtype, self.shape, self.data, self.keep = name, dtype, list(shape), data, keep
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+
+def _raw_view(t):
+    """The bytes of a contiguous CPU dc.Tensor as a uint8 NumPy view (no copy; keep t alive)."""
+    n = t.numel() * t.element_size()
+    if n == 0:
+        return np.empty(0, np.uint8)
+    return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(t.data_ptr()))
+
+
+def _dc_entry(t):
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()  # a device tensor: copied to the host here (the CUDA backend stages it itself)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return _DC_ST[t.dtype.name], t.shape, _raw_view(t), t
+
+
+def _np_entry(a, path):
+    key = a.dtype.newbyteorder("<").str if a.dtype.byteorder == ">" else a.dtype.str
+    st = _NP_ST.get(key)
+    if st is None:
+        raise TypeError(f"checkpoint: NumPy dtype {a.dtype} at '{path}' has no safetensors dtype")
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return st, a.shape, a.reshape(-1).view(np.uint8), a
+
+
+def _is_torch(obj):
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "__dlpack__") and hasattr(obj, "dtype")
+
+
+def _torch_entry(t, path):
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return "BF16", tuple(t.shape), t.view(torch.int16).numpy().reshape(-1).view(np.uint8), t
+    st, shape, data, _ = _np_entry(t.numpy(), path)
+    return st, tuple(t.shape), data, t
+
+
+class Encoder:
+    """Walks a state, collecting tensors (as Entries) and returning the JSON document."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def _add(self, path, st, shape, data, keep):
+        name, n = path or "tensor", 1
+        while name in self.entries:
+            name, n = f"{path}#{n}", n + 1
+        self.entries[name] = Entry(name, st, shape, data, keep)
+        return name
+
+    def encode(self, obj, path=""):
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+        if isinstance(obj, dc.Tensor):
+            return {"__tensor__": self._add(path, *_dc_entry(obj))}
+        if isinstance(obj, np.ndarray):
+            return {"__ndarray__": self._add(path, *_np_entry(obj, path))}
+        if isinstance(obj, np.generic):
+            return self.encode(obj.item(), path)
+        if _is_torch(obj):
+            return {"__torch__": self._add(path, *_torch_entry(obj, path))}
+        if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
+            return {"__ndarray__": self._add(path, *_np_entry(np.from_dlpack(obj), path))}
+        if isinstance(obj, tuple):
+            return {"__tuple__": [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, dict):
+
+            def sub(k):
+                k = ALIASES.get(k, k) if not path and isinstance(k, str) else k
+                return f"{path}/{k}" if path else str(k)
+
+            if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
+                return {k: self.encode(v, sub(k)) for k, v in obj.items()}
+            for k in obj:
+                if not (k is None or isinstance(k, (str, int, float, bool, tuple))):
+                    raise TypeError(
+                        f"checkpoint: dict key {k!r} at '{path or '<root>'}' is not a str/int/float/bool/tuple"
+                    )
+            return {"__dict__": [[self.encode(k, ""), self.encode(v, sub(k))] for k, v in obj.items()]}
+        if isinstance(obj, (dc.dtype, dc.device)):
+            return str(obj)
+        raise TypeError(
+            f"checkpoint: cannot store a {type(obj).__name__} at '{path or '<root>'}' (only tensors, NumPy arrays, "
+            "DLPack tensors, numbers, strings, None and dicts/lists/tuples of them; dutycycle never pickles)"
+        )
+
+
+def safetensors_header(entries, metadata):
+    """(header bytes incl. the 8-byte length, [entry in data order]) of one shard file. Largest
+    itemsize first, so every tensor starts aligned to its own itemsize."""
+    order = sorted(entries, key=lambda e: -_ST_ITEMSIZE[e.dtype])
+    header, off = {}, 0
+    for e in order:
+        header[e.name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [off, off + e.nbytes]}
+        off += e.nbytes
+    header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h, order
+
+
+def manifest_parts(doc, files, tensors, info):
+    """(prefix, suffix) of manifest.json: the C writer puts the ranks' CRC fragments between."""
+    m = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dutycycle_version": dc.__version__,
+        "created_unix": time.time(),
+        **info,
+        "files": files,
+        "tensors": tensors,
+        "state": doc,
+    }
+    text = json.dumps(m, separators=(",", ":"), allow_nan=False)
+    return text[:-1] + ',"crc32c":{', "}}"
+
+
+def crc_key(file, key):
+    return f"{file}:{key}"
+
+
+# ---- decode -------------------------------------------------------------------------------------
+def _corrupt(where, why):
+    return CheckpointCorruptError(f"checkpoint '{where}' is corrupt or incomplete: {why}")
+
+
+def is_committed(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def read_manifest(ckpt_dir):
+    """The manifest of a checkpoint directory, checked field by field (names the directory)."""
+    mpath = os.path.join(ckpt_dir, MANIFEST)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"checkpoint not found: '{ckpt_dir}'")
+    if not os.path.isfile(mpath):
+        raise _corrupt(ckpt_dir, f"it has no {MANIFEST} (a save that never committed)")
+    try:
+        with open(mpath, "rb") as f:
+            m = json.loads(f.read())
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(mpath, f"not valid JSON ({type(e).__name__}: {e})") from None
+    check_manifest(m, mpath)
+    return m
+
+
+def _need(cond, where, why):
+    if not cond:
+        raise _corrupt(where, why)
+
+
+def _isint(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_manifest(m, where):
+    """Every field a reader relies on, type-checked: a crafted manifest fails here, naming it."""
+    _need(isinstance(m, dict), where, "the manifest is not a JSON object")
+    _need(m.get("format") == FORMAT, where, f"format is {m.get('format')!r}, expected {FORMAT!r}")
+    v = m.get("format_version")
+    _need(_isint(v), where, f"format_version {v!r} is not an int")
+    if v > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint '{where}' has format version {v}; this dutycycle reads up to {FORMAT_VERSION} (upgrade it)"
+        )
+    files, tensors, crcs = m.get("files"), m.get("tensors"), m.get("crc32c")
+    _need(isinstance(files, dict) and files, where, "'files' must be a non-empty object")
+    for name, info in files.items():
+        _need(
+            isinstance(name, str) and name and "/" not in name and name not in (".", ".."),
+            where,
+            f"file name {name!r} is not a plain name",
+        )
+        _need(isinstance(info, dict) and _isint(info.get("bytes")), where, f"file entry {name!r} is malformed")
+    _need(isinstance(tensors, dict), where, "'tensors' must be an object")
+    _need(isinstance(crcs, dict), where, "'crc32c' must be an object")
+    for name, t in tensors.items():
+        _need(isinstance(t, dict), where, f"tensor {name!r}: entry is not an object")
+        st, shape, slices = t.get("dtype"), t.get("shape"), t.get("slices")
+        _need(st in _ST_TO_NP, where, f"tensor {name!r}: dtype {st!r} unknown")
+        _need(
+            isinstance(shape, list) and all(_isint(s) and s >= 0 for s in shape),
+            where,
+            f"tensor {name!r}: shape {shape!r} is not a list of ints >= 0",
+        )
+        _need(isinstance(slices, list) and slices, where, f"tensor {name!r}: no slices")
+        numel, pos = math.prod(shape), 0
+        for s in sorted(slices, key=lambda s: s.get("start", 0) if isinstance(s, dict) else 0):
+            _need(isinstance(s, dict), where, f"tensor {name!r}: a slice is not an object")
+            f, k, a, b = s.get("file"), s.get("key"), s.get("start"), s.get("stop")
+            _need(f in files, where, f"tensor {name!r}: slice names file {f!r}, not in 'files'")
+            _need(isinstance(k, str), where, f"tensor {name!r}: slice key {k!r} is not a str")
+            _need(_isint(a) and _isint(b) and a == pos and a <= b, where, f"tensor {name!r}: slices do not tile it")
+            _need(isinstance(crcs.get(crc_key(f, k)), str), where, f"tensor {name!r}: no CRC32C for slice in {f!r}")
+            pos = b
+        _need(pos == numel, where, f"tensor {name!r}: slices cover {pos} of its {numel} elements")
+    for k in ("step", "epoch", "world_size"):
+        _need(m.get(k) is None or _isint(m.get(k)), where, f"{k} {m.get(k)!r} is not an int")
+
+
+def verify_file(ckpt_dir, fname, m, want=None):
+    """{key: array} of one shard file after checking its header against the manifest and every
+    tensor's CRC32C. want: the keys to return (all when None; all are verified regardless)."""
+    path = os.path.join(ckpt_dir, fname)
+    if not os.path.isfile(path):
+        raise _corrupt(ckpt_dir, f"shard file '{fname}' is missing")
+    try:
+        header, arrays = read_safetensors(path)
+    except ValueError as e:
+        raise CheckpointCorruptError(f"checkpoint '{ckpt_dir}': {e}") from None
+    size = os.path.getsize(path)
+    if size != m["files"][fname]["bytes"]:
+        want = m["files"][fname]["bytes"]
+        raise _corrupt(ckpt_dir, f"shard file '{fname}' is {size} bytes, the manifest says {want} (truncated?)")
+    crcs = m["crc32c"]
+    for key, arr in arrays.items():
+        stored = crcs.get(crc_key(fname, key))
+        if stored is None:
+            raise _corrupt(ckpt_dir, f"tensor '{key}' in '{fname}' is not in the manifest")
+        got = _C.crc32c(arr.reshape(-1).view(np.uint8)) if arr.size else 0
+        if f"{got:08x}" != stored.lower():
+            raise _corrupt(
+                ckpt_dir,
+                f"tensor '{key}' in file '{fname}' fails its CRC32C check (manifest {stored}, file {got:08x}): "
+                "the file was modified or damaged",
+            )
+    return arrays if want is None else {k: arrays[k] for k in want if k in arrays}
+
+
+def assemble(ckpt_dir, m, names=None, verify=True):
+    """{name: NumPy array (on-disk dtype, full shape)} of the manifest's tensors, read and verified."""
+    names = list(m["tensors"]) if names is None else list(names)
+    by_file = {}
+    for n in names:
+        for s in m["tensors"][n]["slices"]:
+            by_file.setdefault(s["file"], set()).add(s["key"])
+    got = {}
+    for fname in sorted(by_file):
+        got[fname] = verify_file(ckpt_dir, fname, m) if verify else read_safetensors(os.path.join(ckpt_dir, fname))[1]
+    out = {}
+    for n in names:
+        t = m["tensors"][n]
+        npd = np.dtype(_ST_TO_NP[t["dtype"]]).newbyteorder("<")
+        slices = sorted(t["slices"], key=lambda s: s["start"])
+        parts = []
+        for s in slices:
+            arr = got[s["file"]].get(s["key"])
+            if arr is None:
+                raise _corrupt(ckpt_dir, f"tensor '{n}': '{s['file']}' has no entry '{s['key']}'")
+            if arr.dtype.newbyteorder("<") != npd or arr.size != s["stop"] - s["start"]:
+                why = f"tensor '{n}': entry '{s['key']}' in '{s['file']}' has the wrong dtype or size"
+                raise _corrupt(ckpt_dir, why)
+            parts.append(arr.reshape(-1))
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out[n] = flat.reshape(t["shape"])
+    return out
+
+
+def _bf16(arr):
+    return dc.from_numpy(np.ascontiguousarray((arr.astype(np.uint32) << 16).view(np.float32))).bfloat16()
+
+
+def to_value(tag, arr, st):
+    if tag == "__ndarray__":
+        return arr
+    if tag == "__torch__":
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            if st == "BF16":
+                return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+            return torch.from_numpy(arr)
+    if st == "BF16":
+        return _bf16(arr)
+    if st in ("U16", "U32", "U64"):
+        return dc.from_numpy(arr.astype(np.int64))
+    return dc.from_numpy(arr)
+
+
+def decode(obj, arrays, m, where):
+    if isinstance(obj, list):
+        return [decode(v, arrays, m, where) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        ((tag, val),) = obj.items()
+        if tag in ("__tensor__", "__ndarray__", "__torch__"):
+            if val not in arrays:
+                raise _corrupt(where, f"the state points at a tensor '{val}' the manifest does not list")
+            return to_value(tag, arrays[val], m["tensors"][val]["dtype"])
+        if tag == "__tuple__":
+            return tuple(decode(v, arrays, m, where) for v in val)
+        if tag == "__float__":
+            return float(val)
+        if tag == "__dict__":
+            return {_hashable(decode(k, arrays, m, where)): decode(v, arrays, m, where) for k, v in val}
+    return {k: decode(v, arrays, m, where) for k, v in obj.items()}
+
+
+def _hashable(k):
+    return tuple(_hashable(x) for x in k) if isinstance(k, (list, tuple)) else k
