@@ -3,6 +3,8 @@
     dutycycle demo [options]              train the demo GPT on a word list (dutycycle.demo)
     dutycycle run -n N [opts] script.py   run a script on N ranks under mpirun (dutycycle.distributed.launch)
     dutycycle simulate [options]          the scaling model (dutycycle.simulate)
+    dutycycle ckpt inspect PATH           a checkpoint's steps, sizes, tensors, verification
+    dutycycle ckpt consolidate PATH OUT   one safetensors file from a checkpoint
 
 Each subcommand's module is imported only when it runs."""
 
@@ -11,6 +13,8 @@ import sys
 USAGE = """usage: dutycycle demo [options]                 train the demo GPT on a word list and print new words
        dutycycle run -n N [options] script.py   run a training script on N ranks (under Open MPI's mpirun)
        dutycycle simulate [options]             model data-parallel scaling (parameter server, ring, tree, ZeRO)
+       dutycycle ckpt inspect PATH              a checkpoint's steps, sizes, tensors and CRC32C verification
+       dutycycle ckpt consolidate PATH OUT      write a checkpoint as one .safetensors file (safetensors/PyTorch)
        dutycycle COMMAND --help                 a command's options"""
 
 
@@ -32,6 +36,10 @@ def main(argv=None):
         from .simulate import main as simulate_main
 
         return simulate_main(rest)
+    if cmd == "ckpt":
+        from .checkpoint._cli import main as ckpt_main
+
+        return ckpt_main(rest)
     print(f"dutycycle: unknown command {cmd!r} (try 'dutycycle --help')", file=sys.stderr)
     return 2
 

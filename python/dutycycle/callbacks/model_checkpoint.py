@@ -516,6 +516,7 @@ class ModelCheckpoint(Checkpoint):
         resume = getattr(trainer, "ckpt_path", None)
         if resume:
             keep.add(os.path.abspath(resume))
+        keep |= {os.path.realpath(p) for p in keep}  # what a kept last.ckpt link points at stays too
         own = self._own_name_regex()
         out = []
         for name in sorted(os.listdir(self.dirpath)):

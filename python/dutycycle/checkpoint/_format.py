@@ -49,7 +49,10 @@ FORMAT = "dutycycle-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ALIASES = {"state_dict": "model", "optimizer_states": "optimizer"}  # top-level keys -> name prefix
-_TAGS = ("__tensor__", "__ndarray__", "__torch__", "__tuple__", "__dict__", "__float__")
+# Top-level keys of a Trainer checkpoint whose tensors stay inline in the manifest's JSON: callbacks'
+# and loops' state (their keys embed settings and paths, which must never become tensor names).
+INLINE = frozenset(("callbacks", "loops", "rng_states", "lr_schedulers"))
+_TAGS = ("__tensor__", "__ndarray__", "__torch__", "__tuple__", "__dict__", "__float__", "__inline__")
 
 _DC_ST = {
     "float64": "F64",
@@ -149,7 +152,7 @@ class Encoder:
         self.entries[name] = Entry(name, st, shape, data, keep)
         return name
 
-    def encode(self, obj, path=""):
+    def encode(self, obj, path="", inline=False):
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, int):
@@ -157,39 +160,74 @@ class Encoder:
         if isinstance(obj, float):
             return obj if math.isfinite(obj) else {"__float__": repr(obj)}
         if isinstance(obj, dc.Tensor):
+            if inline:
+                return _inline("tensor", *_dc_entry(obj))
             return {"__tensor__": self._add(path, *_dc_entry(obj))}
         if isinstance(obj, np.ndarray):
+            if inline:
+                return _inline("ndarray", *_np_entry(obj, path))
             return {"__ndarray__": self._add(path, *_np_entry(obj, path))}
         if isinstance(obj, np.generic):
-            return self.encode(obj.item(), path)
+            return self.encode(obj.item(), path, inline)
         if _is_torch(obj):
+            if inline:
+                return _inline("torch", *_torch_entry(obj, path))
             return {"__torch__": self._add(path, *_torch_entry(obj, path))}
         if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
-            return {"__ndarray__": self._add(path, *_np_entry(np.from_dlpack(obj), path))}
+            return self.encode(np.from_dlpack(obj), path, inline)
         if isinstance(obj, tuple):
-            return {"__tuple__": [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+            return {"__tuple__": [self.encode(v, f"{path}/{i}", inline) for i, v in enumerate(obj)]}
         if isinstance(obj, list):
-            return [self.encode(v, f"{path}/{i}") for i, v in enumerate(obj)]
+            return [self.encode(v, f"{path}/{i}", inline) for i, v in enumerate(obj)]
         if isinstance(obj, dict):
 
             def sub(k):
                 k = ALIASES.get(k, k) if not path and isinstance(k, str) else k
                 return f"{path}/{k}" if path else str(k)
 
+            def inl(k):
+                return inline or (not path and k in INLINE)
+
             if all(isinstance(k, str) for k in obj) and not any(k in _TAGS for k in obj):
-                return {k: self.encode(v, sub(k)) for k, v in obj.items()}
+                return {k: self.encode(v, sub(k), inl(k)) for k, v in obj.items()}
             for k in obj:
                 if not (k is None or isinstance(k, (str, int, float, bool, tuple))):
                     raise TypeError(
                         f"checkpoint: dict key {k!r} at '{path or '<root>'}' is not a str/int/float/bool/tuple"
                     )
-            return {"__dict__": [[self.encode(k, ""), self.encode(v, sub(k))] for k, v in obj.items()]}
+            return {"__dict__": [[self.encode(k, "", True), self.encode(v, sub(k), inl(k))] for k, v in obj.items()]}
         if isinstance(obj, (dc.dtype, dc.device)):
             return str(obj)
         raise TypeError(
             f"checkpoint: cannot store a {type(obj).__name__} at '{path or '<root>'}' (only tensors, NumPy arrays, "
             "DLPack tensors, numbers, strings, None and dicts/lists/tuples of them; dutycycle never pickles)"
         )
+
+
+def _json_number(x):
+    return x if not isinstance(x, float) or math.isfinite(x) else repr(x)
+
+
+def _inline(kind, st, shape, data, keep):
+    """A (small) tensor kept in the JSON itself: dtype, shape and its values as a flat list."""
+    npd = np.dtype(_ST_TO_NP[st]).newbyteorder("<")
+    vals = data.view(npd) if data.size else np.empty(0, npd)
+    if st == "BF16":
+        vals = (vals.astype(np.uint32) << 16).view(np.float32)
+    flat = [_json_number(v) for v in vals.tolist()]
+    return {"__inline__": {"kind": kind, "dtype": st, "shape": list(shape), "data": flat}}
+
+
+def _from_inline(spec, where):
+    try:
+        st, shape, data, kind = spec["dtype"], spec["shape"], spec["data"], spec["kind"]
+        npd = np.float32 if st == "BF16" else _ST_TO_NP[st]
+        arr = np.array([float(v) if isinstance(v, str) else v for v in data], dtype=npd).reshape(shape)
+    except (KeyError, TypeError, ValueError) as e:
+        raise _corrupt(where, f"an inline tensor in the state is malformed ({type(e).__name__}: {e})") from None
+    if st == "BF16":
+        arr = (arr.view(np.uint32) >> 16).astype(np.uint16)
+    return to_value({"tensor": "__tensor__", "ndarray": "__ndarray__", "torch": "__torch__"}.get(kind), arr, st)
 
 
 def safetensors_header(entries, metadata):
@@ -401,6 +439,8 @@ def decode(obj, arrays, m, where):
             return tuple(decode(v, arrays, m, where) for v in val)
         if tag == "__float__":
             return float(val)
+        if tag == "__inline__":
+            return _from_inline(val, where)
         if tag == "__dict__":
             return {_hashable(decode(k, arrays, m, where)): decode(v, arrays, m, where) for k, v in val}
     return {k: decode(v, arrays, m, where) for k, v in obj.items()}
