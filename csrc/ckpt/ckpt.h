@@ -85,8 +85,10 @@ typedef enum {
     DC_CKPT_DONE = 2,    /* finished: dc_ckpt_result has its status */
 } dc_ckpt_state;
 
-/* Start the writer thread with a staging ring of `capacity` bytes (> 0; allocated at once). */
-dc_status dc_ckpt_init(dc_ckpt **out, size_t capacity);
+/* Start the writer thread with a staging ring of `capacity` bytes (> 0; allocated at once). The
+ * thread runs `niceness` nice levels below the caller (0..19; Linux sets nice per thread), so on a
+ * machine whose cores all compute, the write takes the CPU they leave rather than slowing them. */
+dc_status dc_ckpt_init(dc_ckpt **out, size_t capacity, int niceness);
 
 /* Change the ring's capacity; waits for a running job first. */
 dc_status dc_ckpt_resize(dc_ckpt *c, size_t capacity);

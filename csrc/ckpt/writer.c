@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -60,7 +61,7 @@ struct dc_ckpt {
     unsigned char *ring;
     size_t cap;
     uint64_t head, tail;
-    int state, stop, failed, producing, has_job;
+    int state, stop, failed, producing, has_job, niceness;
     job_t job;
     uint32_t *crcs;
     dc_status status;
@@ -560,6 +561,11 @@ done:
 static void *writer_main(void *arg)
 {
     dc_ckpt *c = arg;
+    if (c->niceness > 0) { /* best effort: a thread may always lower its own priority */
+        pid_t tid = (pid_t)syscall(SYS_gettid);
+        int now = getpriority(PRIO_PROCESS, (id_t)tid);
+        (void)setpriority(PRIO_PROCESS, (id_t)tid, now + c->niceness > 19 ? 19 : now + c->niceness);
+    }
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->has_job && !c->stop) pthread_cond_wait(&c->cv, &c->mu);
@@ -578,7 +584,7 @@ static void *writer_main(void *arg)
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
-dc_status dc_ckpt_init(dc_ckpt **out, size_t capacity)
+dc_status dc_ckpt_init(dc_ckpt **out, size_t capacity, int niceness)
 {
     *out = NULL;
     if (capacity == 0) return dc_error(DC_ERR_VALUE, "checkpoint staging pool: capacity must be > 0 bytes");
@@ -590,6 +596,7 @@ dc_status dc_ckpt_init(dc_ckpt **out, size_t capacity)
         return dc_error(DC_ERR_NOMEM, "checkpoint staging pool: cannot allocate %zu bytes", capacity);
     }
     c->cap = capacity;
+    c->niceness = niceness < 0 ? 0 : niceness;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     int e = pthread_create(&c->thread, NULL, writer_main, c);
@@ -734,6 +741,42 @@ static void stage(unsigned char *dst, const unsigned char *src, size_t n)
     }
 }
 
+/* The whole state fits the (empty) ring: copy it in 4 MiB pieces spread over the OpenMP threads,
+ * whatever the tensors' sizes, then publish it at once (the writer waits meanwhile, leaving the
+ * cores to the copy). Returns -1 when the piece list cannot be allocated (then the caller copies
+ * segment by segment). */
+static int stage_all(dc_ckpt *c, const dc_ckpt_job *job, const int *order, size_t total)
+{
+    const size_t piece = (size_t)4 << 20;
+    size_t npieces = 0;
+    for (int k = 0; k < job->nsegments; k++) npieces += (job->segments[order[k]].nbytes + piece - 1) / piece;
+    typedef struct {
+        unsigned char *dst;
+        const unsigned char *src;
+        size_t n;
+    } span;
+    span *v = malloc((npieces ? npieces : 1) * sizeof *v);
+    if (!v) return -1;
+    size_t off = 0, m = 0;
+    for (int k = 0; k < job->nsegments; k++) {
+        const dc_ckpt_segment *sg = &job->segments[order[k]];
+        for (size_t lo = 0; lo < sg->nbytes; lo += piece) {
+            size_t n = sg->nbytes - lo < piece ? sg->nbytes - lo : piece;
+            v[m++] = (span){ c->ring + off + lo, (const unsigned char *)sg->src + lo, n };
+        }
+        off += sg->nbytes;
+    }
+    long nm = (long)m;
+#pragma omp parallel for schedule(dynamic, 1) if (total >= ((size_t)16 << 20))
+    for (long i = 0; i < nm; i++) memcpy(v[i].dst, v[i].src, v[i].n);
+    free(v);
+    pthread_mutex_lock(&c->mu);
+    c->head = total;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
 dc_status dc_ckpt_submit(dc_ckpt *c, const dc_ckpt_job *job)
 {
     DC_TRY(check_job(job));
@@ -764,6 +807,9 @@ dc_status dc_ckpt_submit(dc_ckpt *c, const dc_ckpt_job *job)
 
     /* the snapshot: every segment, in the order the writer consumes them */
     const int *order = c->job.order;
+    size_t total = 0;
+    for (int k = 0; k < job->nsegments; k++) total += job->segments[k].nbytes;
+    if (total <= c->cap && stage_all(c, job, order, total) == 0) goto out; /* the usual case: one parallel copy */
     for (int k = 0; k < job->nsegments; k++) {
         const dc_ckpt_segment *sg = &job->segments[order[k]];
         const unsigned char *src = sg->src;

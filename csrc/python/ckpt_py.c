@@ -24,9 +24,10 @@ static int ckpt_open(CkptObject *self)
 
 static int ckpt_init(CkptObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = { "capacity", NULL };
+    static char *kwlist[] = { "capacity", "nice", NULL };
     Py_ssize_t cap;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "n:CheckpointWriter", kwlist, &cap)) return -1;
+    int niceness = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|i:CheckpointWriter", kwlist, &cap, &niceness)) return -1;
     if (self->ck) {
         PyErr_SetString(PyExc_RuntimeError, "CheckpointWriter is already initialised");
         return -1;
@@ -36,7 +37,7 @@ static int ckpt_init(CkptObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     dc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dc_ckpt_init(&self->ck, (size_t)cap);
+    Py_BEGIN_ALLOW_THREADS st = dc_ckpt_init(&self->ck, (size_t)cap, niceness);
     Py_END_ALLOW_THREADS if (st)
     {
         dc_py_raise(CSTATE(self), st);
@@ -317,7 +318,8 @@ static PyType_Slot ckpt_slots[] = {
     { Py_tp_dealloc, ckpt_dealloc },
     { Py_tp_methods, ckpt_methods },
     { Py_tp_getset, ckpt_getset },
-    { Py_tp_doc, "CheckpointWriter(capacity): a staging ring and a C thread that persists checkpoints" },
+    { Py_tp_doc, "CheckpointWriter(capacity, nice=0): a staging ring and a C thread (nice levels lower) that persists "
+                 "checkpoints" },
     { 0, NULL },
 };
 
