@@ -446,3 +446,30 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ckpt.wait()
+
+
+# ---- fuzzing (libFuzzer through atheris, bounded) ----------------------------------------------------
+@pytest.mark.parametrize("target", ["safetensors", "manifest"])
+def test_fuzz_parsers(target, tmp_path):
+    pytest.importorskip("atheris")
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("atheris brings its own sanitizer runtime; the fuzz run is the plain build's")
+    seconds = os.environ.get("DUTYCYCLE_FUZZ_SECONDS", "20")
+    r = subprocess.run(
+        [sys.executable, os.path.join(HERE, "fuzz", "fuzz_checkpoint.py"), target, f"-max_total_time={seconds}",
+         "-rss_limit_mb=4096", f"-artifact_prefix={tmp_path}/"],
+        capture_output=True, text=True, timeout=int(seconds) + 120, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-6000:])
+    assert "Done" in r.stderr and "runs in" in r.stderr
+
+
+TORCH_PYTHON = os.environ.get("DUTYCYCLE_TORCH_PYTHON")
+
+
+@pytest.mark.skipif(not TORCH_PYTHON, reason="set DUTYCYCLE_TORCH_PYTHON to a Python with torch")
+def test_plain_pytorch_loop_checkpoints_asynchronously(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(HERE), "python"))
+    r = subprocess.run([TORCH_PYTHON, os.path.join(HERE, "torch_scripts", "checkpoint_torch.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-4000:]

@@ -80,10 +80,12 @@ class Checkpointer:
     on_error: "raise" — a failed background save raises CheckpointError at the next save(),
       wait() or poll(); "warn" — it warns and is kept in `errors`. Either way the previous
       checkpoint is untouched.
+    writer_nice: how many nice levels below training the writer thread runs (Linux; default 10),
+      so that where every core computes the write takes the CPU they leave.
     fsync: False skips every fsync (benchmarks of the page cache only).
     """
 
-    def __init__(self, pool_bytes=None, if_busy="wait", keep_last=None, on_error="raise", fsync=True):
+    def __init__(self, pool_bytes=None, if_busy="wait", keep_last=None, on_error="raise", fsync=True, writer_nice=10):
         if if_busy not in ("wait", "skip"):
             raise ValueError(f"Checkpointer: if_busy must be 'wait' or 'skip', got {if_busy!r}")
         if on_error not in ("raise", "warn"):
@@ -99,6 +101,7 @@ class Checkpointer:
             on_error,
             fsync,
         )
+        self.writer_nice = int(writer_nice)
         self._w = None
         self._lock = threading.RLock()
         self._job = None  # the save in flight: dict(path, tmp, nseg, stats, after)
@@ -250,7 +253,7 @@ class Checkpointer:
     def _ensure_writer(self, state_bytes):
         want = self.pool_bytes or max(state_bytes, 1)
         if self._w is None:
-            self._w = _C.CheckpointWriter(want)
+            self._w = _C.CheckpointWriter(want, self.writer_nice)
         elif self.pool_bytes is None and want > self._w.capacity:
             self._w.resize(want)
 
@@ -472,7 +475,7 @@ def _candidates(path):
 def load_dir(ckpt_dir, verify=True):
     m = read_manifest(ckpt_dir)
     arrays = _format.assemble(ckpt_dir, m, verify=verify)
-    return _format.decode(m["state"], arrays, m, ckpt_dir), m
+    return _format.decode_state(m, arrays, os.path.join(ckpt_dir, MANIFEST)), m
 
 
 def load(path, *, fallback=False, verify=True, map_location=None, return_path=False):

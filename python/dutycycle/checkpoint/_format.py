@@ -322,23 +322,26 @@ def check_manifest(m, where):
     for name, t in tensors.items():
         _need(isinstance(t, dict), where, f"tensor {name!r}: entry is not an object")
         st, shape, slices = t.get("dtype"), t.get("shape"), t.get("slices")
-        _need(st in _ST_TO_NP, where, f"tensor {name!r}: dtype {st!r} unknown")
+        _need(isinstance(st, str) and st in _ST_TO_NP, where, f"tensor {name!r}: dtype {st!r} unknown")
         _need(
             isinstance(shape, list) and all(_isint(s) and s >= 0 for s in shape),
             where,
             f"tensor {name!r}: shape {shape!r} is not a list of ints >= 0",
         )
         _need(isinstance(slices, list) and slices, where, f"tensor {name!r}: no slices")
-        numel, pos = math.prod(shape), 0
-        for s in sorted(slices, key=lambda s: s.get("start", 0) if isinstance(s, dict) else 0):
+        for s in slices:  # types first: only then can they be sorted and looked up
             _need(isinstance(s, dict), where, f"tensor {name!r}: a slice is not an object")
             f, k, a, b = s.get("file"), s.get("key"), s.get("start"), s.get("stop")
-            _need(f in files, where, f"tensor {name!r}: slice names file {f!r}, not in 'files'")
+            _need(isinstance(f, str) and f in files, where, f"tensor {name!r}: slice names file {f!r}, not in 'files'")
             _need(isinstance(k, str), where, f"tensor {name!r}: slice key {k!r} is not a str")
-            _need(_isint(a) and _isint(b) and a == pos and a <= b, where, f"tensor {name!r}: slices do not tile it")
+            _need(_isint(a) and _isint(b), where, f"tensor {name!r}: slice start/stop are not ints")
             _need(isinstance(crcs.get(crc_key(f, k)), str), where, f"tensor {name!r}: no CRC32C for slice in {f!r}")
-            pos = b
+        numel, pos = math.prod(shape), 0
+        for s in sorted(slices, key=lambda s: s["start"]):
+            _need(s["start"] == pos and s["start"] <= s["stop"], where, f"tensor {name!r}: slices do not tile it")
+            pos = s["stop"]
         _need(pos == numel, where, f"tensor {name!r}: slices cover {pos} of its {numel} elements")
+    _need("state" in m, where, "no 'state'")
     for k in ("step", "epoch", "world_size"):
         _need(m.get(k) is None or _isint(m.get(k)), where, f"{k} {m.get(k)!r} is not an int")
 
@@ -422,6 +425,16 @@ def to_value(tag, arr, st):
     if st in ("U16", "U32", "U64"):
         return dc.from_numpy(arr.astype(np.int64))
     return dc.from_numpy(arr)
+
+
+def decode_state(m, arrays, where):
+    """The nested state of a checked manifest; any malformed structure is CheckpointCorruptError."""
+    try:
+        return decode(m["state"], arrays, m, where)
+    except CheckpointCorruptError:
+        raise
+    except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as e:
+        raise _corrupt(where, f"the state document is malformed ({type(e).__name__}: {e})") from None
 
 
 def decode(obj, arrays, m, where):

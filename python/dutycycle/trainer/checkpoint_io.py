@@ -212,6 +212,12 @@ def read_safetensors(path):
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
     with open(path, "rb") as f:
         blob = bytearray(f.read())  # writable: the tensors share this buffer
+    return parse_safetensors(blob, path)
+
+
+def parse_safetensors(blob, path="<bytes>"):
+    """read_safetensors on bytes already in memory (a bytearray: the arrays are views of it).
+    Every malformed input raises ValueError naming `path` (the fuzz target)."""
     if len(blob) < 8:
         raise _corrupt(path, f"file is {len(blob)} bytes, shorter than the 8-byte header length")
     (n,) = struct.unpack_from("<Q", blob, 0)
