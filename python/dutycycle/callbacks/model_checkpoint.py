@@ -29,8 +29,15 @@ Same arguments, file names and bookkeeping as Lightning's ``ModelCheckpoint``:
   ``pretrained.ckpt`` in the same directory stays). Nothing is removed before the resumed
   checkpoint is loaded, nor in a fit that never saves.
 
-Saving goes through ``trainer.save_checkpoint(path)`` (synchronous for now; the trainer books the
-time as "checkpoint stall"). Comparing a metric reads it as a float: a sync point on a device.
+Saving goes through ``trainer.save_checkpoint(path, async_save=True)``: the state is snapshotted
+into the staging ring (booked as "checkpoint stall", with any wait for a busy writer) and written
+by a C thread (dutycycle.checkpoint). Each checkpoint is a directory; a top-k save with
+``save_last`` also switches ``last.ckpt`` (a symlink) to itself once committed, and the
+checkpoints it replaces are deleted only after that commit. dutycycle's extra arguments:
+``async_save`` (default True), ``if_busy`` ("wait" or "skip" a save due while the previous one
+writes), ``staging_bytes`` (the ring's size; default one state) and ``on_save_error`` ("stop":
+fit raises the CheckpointError; "continue": warn and train on). Comparing a metric reads it as a
+float: a sync point on a device.
 """
 
 import os

@@ -1,4 +1,9 @@
-"""Checkpoint files: one safetensors file holding a nested dict, never a pickle.
+"""Single-file checkpoints (dutycycle.save, and the Trainer's format before checkpoint
+directories; still read), the single-file safetensors reader, and what a Trainer checkpoint
+holds (dump_checkpoint / restore_*). Trainer checkpoints themselves are directories written by
+dutycycle.checkpoint; load_checkpoint reads both.
+
+The single-file format: one safetensors file holding a nested dict, never a pickle.
 
 Layout (huggingface safetensors, see shared/REFERENCE.md): 8-byte little-endian header length N,
 N bytes of JSON header ({key: {"dtype", "shape", "data_offsets"}, "__metadata__": {str: str}}),
