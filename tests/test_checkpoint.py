@@ -473,3 +473,76 @@ def test_plain_pytorch_loop_checkpoints_asynchronously(tmp_path):
     r = subprocess.run([TORCH_PYTHON, os.path.join(HERE, "torch_scripts", "checkpoint_torch.py"), str(tmp_path)],
                        capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-4000:]
+
+
+# ---- several ranks: each writes its shard, rank 0 commits -------------------------------------------
+def _gathers(n):
+    import threading
+
+    box, bar = {}, threading.Barrier(n)
+
+    def make(rank):
+        def gather(obj):
+            box[rank] = obj
+            bar.wait()
+            out = [box[r] for r in range(n)] if rank == 0 else None
+            bar.wait()
+            return out
+
+        return gather
+
+    return make
+
+
+def test_two_ranks_write_their_shards_and_lazy_reads_take_only_what_they_need(tmp_path):
+    import threading
+
+    path, full, make = tmp_path / "two.ckpt", np.arange(10, dtype=np.float32), _gathers(2)
+
+    def run(rank):
+        lo, hi = (0, 6) if rank == 0 else (6, 10)
+        st = {"w": ckpt.Sharded(dc.from_numpy(full[lo:hi].copy()), [2, 5], lo, hi), "step": 7}
+        if rank == 0:
+            st["bias"] = dc.ones(3)
+        with Checkpointer() as c:
+            c.save(st, path, rank=rank, world_size=2, gather=make(rank), block=True, info={"step": 7})
+
+    ts = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["world_size"] == 2 and [s["file"] for s in m["tensors"]["w"]["slices"]] == [
+        "rank-00000-of-00002.safetensors", "rank-00001-of-00002.safetensors"]  # fmt: skip
+    back = ckpt.load(path)
+    assert back["w"].tolist() == full.reshape(2, 5).tolist() and back["bias"].tolist() == [1.0] * 3
+    lazy = ckpt.load(path, lazy=lambda n: n == "w")
+    assert isinstance(lazy["w"], ckpt.LazyTensor) and lazy["w"].read(4, 8).tolist() == [4.0, 5.0, 6.0, 7.0]
+    f1 = path / "rank-00001-of-00002.safetensors"
+    raw = bytearray(f1.read_bytes())
+    raw[-1] ^= 1
+    f1.write_bytes(bytes(raw))
+    lazy = ckpt.load(path, lazy=lambda n: n == "w")
+    assert lazy["w"].read(0, 5).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # rank 0's slice only: not touched
+    with pytest.raises(CheckpointCorruptError, match="tensor 'w@6' in file 'rank-00001-of-00002.safetensors'"):
+        lazy["w"].read(5, 10)
+
+
+def test_a_rank_that_never_writes_times_out_the_commit_and_keeps_the_previous(tmp_path):
+    c = Checkpointer(on_error="raise")
+    c.save({"v": dc.ones(2)}, tmp_path / "ok.ckpt", link=tmp_path / "last.ckpt", block=True)
+    c.commit_timeout_s = 0.5
+    ghost = {"file": "rank-00001-of-00002.safetensors", "rank": 1, "bytes": 8,
+             "tensors": [["w", "F32", [4], 2, 4, "w@2"]]}  # fmt: skip
+
+    def gather(meta):
+        return [meta, ghost]  # rank 1 says what it will write, then dies
+
+    st = {"w": ckpt.Sharded(dc.zeros(2), [4], 0, 2)}
+    with pytest.raises(CheckpointError, match="timed out .* waiting for .*rank-00001.crc"):
+        c.save(st, tmp_path / "new.ckpt", link=tmp_path / "last.ckpt", rank=0, world_size=2, gather=gather,
+               block=True)  # fmt: skip
+    assert not (tmp_path / "new.ckpt").exists() and not (tmp_path / "new.ckpt.tmp").exists()
+    assert ckpt.load(tmp_path / "last.ckpt")["v"].tolist() == [1.0, 1.0]
+    c.close()

@@ -615,3 +615,45 @@ def test_buckets_are_reduced_while_backward_runs(stage):
     nb = len(eng.layout.buckets)
     assert nb >= 4 and len(launched) == nb
     assert launched.count("during") >= nb - 1  # the last bucket holds wte, final only at the very end
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_checkpoint_saved_at_4_ranks_resumes_at_2_and_at_1(tmp_path, strategy):
+    """Resharding: a checkpoint saved by 4 thread ranks (zero2: each rank writes its own shard of
+    the optimizer state, nothing gathered) resumes at 2 ranks and in one process; each continues
+    to 2K steps and reaches the parameters of an uninterrupted 4-rank run."""
+    import zero_trainer
+
+    import dutycycle.checkpoint as ckpt
+
+    K, kw = 3, {"model_kw": {"n_embd": 11, "n_layer": 1, "n_head": 1}, "bucket_cap_mb": 0.001, "data_steps": 6}
+    path = str(tmp_path / "w4.ckpt")
+
+    def fit(world, steps, **more):
+        def one(comm):
+            return zero_trainer.fit(strategy if world > 1 else "auto", world, 8 // world, steps, 1,
+                                    comm=comm if world > 1 else None, **kw, **more)[0]  # fmt: skip
+
+        return run_ranks(world, one)[0] if world > 1 else one(None)
+
+    full = fit(4, 2 * K)
+    fit(4, K, ckpt=path)
+    m = json.load(open(os.path.join(path, "manifest.json")))
+    shards = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    assert m["world_size"] == 4 and m["strategy"] == strategy
+    if strategy == "zero2":
+        assert shards == [f"rank-{r:05d}-of-00004.safetensors" for r in range(4)]
+        exp = {n: t for n, t in m["tensors"].items() if n.endswith("/exp_avg")}
+        assert exp and max(len(t["slices"]) for t in exp.values()) > 1  # a parameter spread over ranks
+        assert {s["file"] for t in exp.values() for s in t["slices"]} == set(shards)
+        r1 = [n for n, t in m["tensors"].items() if any(s["file"] == shards[1] for s in t["slices"])]
+        assert r1 and all(n.startswith("optimizer/") for n in r1)  # rank 1 wrote only its optimizer slices
+    else:
+        assert shards == ["rank-00000-of-00001.safetensors"]  # ddp: the replicas are equal, rank 0 writes
+    one = ckpt.load(path)  # one process: the slices assembled into AdamW's ordinary state
+    st = one["optimizer_states"][0]["state"]
+    assert all(list(s["exp_avg"].shape) == m["tensors"][f"optimizer/0/state/{i}/exp_avg"]["shape"]
+               for i, s in st.items())  # fmt: skip
+    for world in (2, 1):
+        resumed = fit(world, 2 * K, ckpt_path=path)
+        assert common.rel_err(resumed, full) <= TOL, world

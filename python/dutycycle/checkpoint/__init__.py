@@ -32,12 +32,24 @@ from time import perf_counter
 
 from .. import _C
 from . import _format
-from ._format import MANIFEST, CheckpointCorruptError, CheckpointError, is_committed, read_manifest
+from ._format import (
+    MANIFEST,
+    CheckpointCorruptError,
+    CheckpointError,
+    LazyTensor,
+    Sharded,
+    is_committed,
+    materialize,
+    read_manifest,
+)
 
 __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
     "Checkpointer",
+    "LazyTensor",
+    "Sharded",
+    "materialize",
     "consolidate",
     "find_checkpoints",
     "inspect",
@@ -102,6 +114,7 @@ class Checkpointer:
             fsync,
         )
         self.writer_nice = int(writer_nice)
+        self.commit_timeout_s = 600.0  # several ranks: how long rank 0 waits for the others' files
         self._w = None
         self._lock = threading.RLock()
         self._job = None  # the save in flight: dict(path, tmp, nseg, stats, after)
@@ -173,19 +186,29 @@ class Checkpointer:
                 remove(path)
 
     # ---- save -----------------------------------------------------------------------------------
-    def save(self, state, path, *, link=None, info=None, block=False):
+    def save(self, state, path, *, link=None, info=None, block=False, rank=0, world_size=1, gather=None):
         """Snapshot `state` and write it to checkpoint directory `path` in the background.
 
         link: a path (e.g. ".../last.ckpt") switched atomically to this checkpoint once committed.
         info: extra manifest fields (step, epoch, world_size, strategy).
         block: wait for the write to commit before returning (a synchronous save).
+        Several ranks (world_size > 1): every rank calls save at the same point with its own
+          state, in which ranks' pieces of a tensor are `Sharded` values; rank r writes
+          rank-r-of-N.safetensors with its pieces (rank 0 also everything not sharded), and rank 0
+          commits once every rank's file is durable. gather(obj) -> [obj of every rank] on rank 0
+          (None elsewhere) is the collective that tells rank 0 what the others write.
         Returns SaveStats (skipped=True when if_busy="skip" found the writer busy)."""
         path = os.path.abspath(os.fspath(path))
         stats = SaveStats(path)
         t0 = perf_counter()
+        multi = world_size > 1
+        if multi and gather is None:
+            raise ValueError("Checkpointer.save(world_size > 1) needs gather, the collective to rank 0")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"Checkpointer.save: rank {rank} is not in [0, {world_size})")
         with self._lock:
             if self._job is not None:
-                if self.if_busy == "skip" and not block and self._w.poll() == "running":
+                if self.if_busy == "skip" and not block and not multi and self._w.poll() == "running":
                     stats.skipped = True
                     self.skips += 1
                     self.last = stats
@@ -197,53 +220,71 @@ class Checkpointer:
             info = dict(info or {})
             info.setdefault("step", None)
             info.setdefault("epoch", None)
-            info.setdefault("world_size", 1)
+            info["world_size"] = world_size if multi else info.get("world_size", 1)
             info.setdefault("strategy", "single")
+            tmp = path + ".tmp"
+            if rank == 0:
+                _clear(tmp)  # before the gather: no rank writes into tmp until every rank passed it
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if os.path.isdir(path) and not os.path.islink(path) and not is_committed(path) and os.listdir(path):
+                    raise CheckpointError(
+                        f"checkpoint: '{path}' is a directory that is not a dutycycle checkpoint; "
+                        "refusing to replace it"
+                    )
             enc = _format.Encoder()
             doc = enc.encode(state)
-            entries = list(enc.entries.values())
-            fname = _format.shard_name(0, 1)
-            head, order = _format.safetensors_header(entries, {"format": "dutycycle", "rank": 0, "world_size": 1})
-            nbytes = len(head) + sum(e.nbytes for e in entries)
-            tensors = {
-                e.name: {
-                    "dtype": e.dtype,
-                    "shape": e.shape,
-                    "slices": [{"file": fname, "key": e.name, "start": 0, "stop": _numel(e.shape)}],
-                }
-                for e in entries
+            mine = [
+                e
+                for e in enc.entries.values()
+                if (e.whole is None and rank == 0)
+                or (e.whole is not None and (e.stop > e.start or (rank == 0 and _numel(e.whole) == 0)))
+            ]
+            fname = _format.shard_name(rank, world_size)
+            head, order = _format.safetensors_header(mine, {"format": "dutycycle", "rank": rank,
+                                                            "world_size": world_size})  # fmt: skip
+            nbytes = len(head) + sum(e.nbytes for e in mine)
+            meta = {
+                "file": fname,
+                "rank": rank,
+                "bytes": nbytes,
+                "tensors": [
+                    [e.name, e.dtype, e.whole if e.whole is not None else e.shape, e.start, e.stop, e.key] for e in mine
+                ],
             }
-            prefix, suffix = _format.manifest_parts(
-                doc, {fname: {"rank": 0, "bytes": nbytes}}, tensors, {k: info[k] for k in sorted(info)}
-            )
-            segments = [(e.data, json.dumps(_format.crc_key(fname, e.name))) for e in order]
-            tmp = path + ".tmp"
-            _clear(tmp)
-            parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            if os.path.isdir(path) and not os.path.islink(path) and not is_committed(path) and os.listdir(path):
-                raise CheckpointError(
-                    f"checkpoint: '{path}' is a directory that is not a dutycycle checkpoint; refusing to replace it"
-                )
-            self._ensure_writer(sum(e.nbytes for e in entries))
-            link_arg = None
-            if link is not None:
-                link = os.path.abspath(os.fspath(link))
-                link_arg = (link, os.path.relpath(path, os.path.dirname(link)))
+            metas = gather(meta) if multi else [meta]
+            segments = [(e.data, json.dumps(_format.crc_key(fname, e.key))) for e in order]
+            self._ensure_writer(sum(e.nbytes for e in mine))
+            kw = {}
+            if rank == 0:
+                files, tensors = {}, {}
+                for mt in metas:
+                    files[mt["file"]] = {"rank": mt["rank"], "bytes": mt["bytes"]}
+                    for name, st, shape, a, b, key in mt["tensors"]:
+                        t = tensors.setdefault(name, {"dtype": st, "shape": list(shape), "slices": []})
+                        t["slices"].append({"file": mt["file"], "key": key, "start": a, "stop": b})
+                for t in tensors.values():
+                    t["slices"].sort(key=lambda sl: sl["start"])
+                prefix, suffix = _format.manifest_parts(doc, files, tensors, {k: info[k] for k in sorted(info)})
+                frags = [f"rank-{r:05d}.crc" for r in range(world_size)]
+                link_arg = None
+                if link is not None:
+                    link = os.path.abspath(os.fspath(link))
+                    link_arg = (link, os.path.relpath(path, os.path.dirname(link)))
+                timeout = -1.0 if not multi else float(self.commit_timeout_s)
+                kw = {"manifest": (MANIFEST, prefix, suffix, frags, timeout), "commit_to": path, "link": link_arg}
             self._w.submit(
                 tmp,
                 segments,
                 [(fname, head, list(range(len(order))))],
-                fragment="rank-00000.crc",
-                manifest=(MANIFEST, prefix, suffix, ["rank-00000.crc"], -1.0),
-                commit_to=path,
-                link=link_arg,
+                fragment=f"rank-{rank:05d}.crc",
                 fsync=self.fsync,
+                **kw,
             )
-            del entries, order, segments, enc  # the ring has the bytes: the state may change now
+            del mine, order, segments, enc  # the ring has the bytes: the state may change now
             stats.stall_s = perf_counter() - t0
             stats.bytes = nbytes
-            self._job = {"path": path, "tmp": tmp, "nseg": len(tensors), "stats": stats, "link": link}
+            self._job = {"path": path, "tmp": tmp, "nseg": len(meta["tensors"]), "stats": stats,
+                         "link": link if rank == 0 else None, "rank": rank}  # fmt: skip
             self.saves += 1
             self.last = stats
             if block:
@@ -263,7 +304,8 @@ class Checkpointer:
         try:
             _, stats.write_s, stats.bytes = self._w.result(job["nseg"])
         except Exception as e:  # the write failed: nothing was committed, the previous checkpoint stands
-            _clear(job["tmp"])
+            if job.get("rank", 0) == 0:
+                _clear(job["tmp"])
             if job.get("link"):
                 _clear(job["link"] + ".tmp")
             err = CheckpointError(f"background checkpoint save to '{job['path']}' failed: {e}")
@@ -276,6 +318,8 @@ class Checkpointer:
             else:
                 warnings.warn(str(err), RuntimeWarning, stacklevel=3)
             return
+        if job.get("rank", 0) != 0:
+            return  # rank 0 commits, links and deletes
         _clear(job["tmp"])  # an exchanged-out older checkpoint of the same name
         _clear(job["path"] + ".tmp.old")
         self._committed = [p for p in self._committed if p != job["path"]] + [job["path"]]
@@ -472,18 +516,27 @@ def _candidates(path):
                 yield "dir", q
 
 
-def load_dir(ckpt_dir, verify=True):
+def load_dir(ckpt_dir, verify=True, lazy=None):
     m = read_manifest(ckpt_dir)
-    arrays = _format.assemble(ckpt_dir, m, verify=verify)
+    if lazy is None:
+        arrays = _format.assemble(ckpt_dir, m, verify=verify)
+    else:  # entry by entry: the lazy tensors are read later, and only the parts asked for
+        reader, tags = _format.ShardReader(ckpt_dir, m), _format.tags_of(m["state"])
+        arrays = {}
+        for n, t in m["tensors"].items():
+            lt = _format.LazyTensor(reader, n, tags.get(n, "__tensor__"))
+            arrays[n] = lt if lazy(n) else lt._flat(0, lt.numel()).reshape(t["shape"])
     return _format.decode_state(m, arrays, os.path.join(ckpt_dir, MANIFEST)), m
 
 
-def load(path, *, fallback=False, verify=True, map_location=None, return_path=False):
+def load(path, *, fallback=False, verify=True, map_location=None, return_path=False, lazy=None):
     """Load a checkpoint: a checkpoint directory, a `last.ckpt` link, or a folder of checkpoints
     (the newest committed one), verifying the manifest and every tensor's CRC32C. A corrupt or
     incomplete checkpoint raises CheckpointCorruptError naming the file and tensor; with
     fallback=True the previous committed checkpoint in the same folder is loaded instead (with a
-    warning saying why). Single-file checkpoints of earlier dutycycle versions load too."""
+    warning saying why). Single-file checkpoints of earlier dutycycle versions load too. lazy: a
+    predicate on tensor names; those come back as LazyTensor (read(start, stop) reads only the
+    slices needed: a ZeRO rank loading at another world size reads its own part, never the whole)."""
     for c in list(_live):  # a save of this process may still be writing what is asked for
         if c._job is not None:
             c.wait()
@@ -495,7 +548,7 @@ def load(path, *, fallback=False, verify=True, map_location=None, return_path=Fa
 
                 loaded = load_checkpoint(p)
             else:
-                loaded = load_dir(p, verify)[0]
+                loaded = load_dir(p, verify, lazy)[0]
         except CheckpointCorruptError as e:
             if not fallback:
                 raise

@@ -83,13 +83,35 @@ def shard_name(rank, world_size):
 
 
 # ---- encode -------------------------------------------------------------------------------------
+class Sharded:
+    """This rank's part of a tensor that ranks hold in pieces (ZeRO's optimizer state): `shape` is
+    the whole tensor's, `start`/`stop` the range of its flattened elements held here, `local` a
+    1-D tensor/array of those stop - start elements (start == stop: this rank holds none)."""
+
+    __slots__ = ("local", "shape", "start", "stop")
+
+    def __init__(self, local, shape, start, stop):
+        self.local, self.shape, self.start, self.stop = local, [int(d) for d in shape], int(start), int(stop)
+        n = self.local.numel() if isinstance(self.local, dc.Tensor) else int(np.asarray(self.local).size)
+        if n != self.stop - self.start:
+            raise ValueError(f"Sharded: local part has {n} elements, range [{start}, {stop}) needs {stop - start}")
+
+
 class Entry:
-    """One tensor of the state: its name, safetensors dtype, shape and a zero-copy byte view."""
+    """One tensor of the state: its name, safetensors dtype, shape and a zero-copy byte view. A
+    sharded one also has the whole tensor's shape and the range of it this entry holds."""
 
-    __slots__ = ("name", "dtype", "shape", "data", "keep")
+    __slots__ = ("name", "dtype", "shape", "data", "keep", "whole", "start", "stop")
 
-    def __init__(self, name, dtype, shape, data, keep):
+    def __init__(self, name, dtype, shape, data, keep, whole=None, start=0, stop=None):
         self.name, self.dtype, self.shape, self.data, self.keep = name, dtype, list(shape), data, keep
+        self.whole, self.start = whole, start
+        self.stop = stop if stop is not None else _prod(self.shape)
+
+    @property
+    def key(self):
+        """The entry's name inside its shard file (unique there)."""
+        return self.name if self.whole is None else f"{self.name}@{self.start}"
 
     @property
     def nbytes(self):
@@ -145,11 +167,15 @@ class Encoder:
     def __init__(self):
         self.entries = {}
 
-    def _add(self, path, st, shape, data, keep):
+    def _add(self, path, st, shape, data, keep, sharded=None):
         name, n = path or "tensor", 1
         while name in self.entries:
             name, n = f"{path}#{n}", n + 1
-        self.entries[name] = Entry(name, st, shape, data, keep)
+        if sharded is None:
+            self.entries[name] = Entry(name, st, shape, data, keep)
+        else:
+            self.entries[name] = Entry(name, st, [sharded.stop - sharded.start], data, keep, sharded.shape,
+                                       sharded.start, sharded.stop)  # fmt: skip
         return name
 
     def encode(self, obj, path="", inline=False):
@@ -159,6 +185,11 @@ class Encoder:
             return int(obj)
         if isinstance(obj, float):
             return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+        if isinstance(obj, Sharded):
+            loc = obj.local
+            if isinstance(loc, dc.Tensor):
+                return {"__tensor__": self._add(path, *_dc_entry(loc.reshape(-1)), sharded=obj)}
+            return {"__ndarray__": self._add(path, *_np_entry(np.asarray(loc).reshape(-1), path), sharded=obj)}
         if isinstance(obj, dc.Tensor):
             if inline:
                 return _inline("tensor", *_dc_entry(obj))
@@ -204,6 +235,10 @@ class Encoder:
         )
 
 
+def _prod(shape):
+    return math.prod(int(d) for d in shape)
+
+
 def _json_number(x):
     return x if not isinstance(x, float) or math.isfinite(x) else repr(x)
 
@@ -236,7 +271,7 @@ def safetensors_header(entries, metadata):
     order = sorted(entries, key=lambda e: -_ST_ITEMSIZE[e.dtype])
     header, off = {}, 0
     for e in order:
-        header[e.name] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [off, off + e.nbytes]}
+        header[e.key] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [off, off + e.nbytes]}
         off += e.nbytes
     header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     h = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -447,6 +482,8 @@ def decode(obj, arrays, m, where):
         if tag in ("__tensor__", "__ndarray__", "__torch__"):
             if val not in arrays:
                 raise _corrupt(where, f"the state points at a tensor '{val}' the manifest does not list")
+            if isinstance(arrays[val], LazyTensor):
+                return arrays[val]
             return to_value(tag, arrays[val], m["tensors"][val]["dtype"])
         if tag == "__tuple__":
             return tuple(decode(v, arrays, m, where) for v in val)
@@ -461,3 +498,135 @@ def decode(obj, arrays, m, where):
 
 def _hashable(k):
     return tuple(_hashable(x) for x in k) if isinstance(k, (list, tuple)) else k
+
+
+# ---- lazy reads: what one rank needs of a sharded checkpoint ------------------------------------------
+class ShardReader:
+    """Reads single entries of a checkpoint's shard files on demand, each verified against its
+    CRC32C when first read; never the whole file (a rank reading its ZeRO shard of a checkpoint
+    written at another world size reads only the slices that overlap it)."""
+
+    def __init__(self, ckpt_dir, m):
+        self.dir, self.m = ckpt_dir, m
+        self._headers, self._cache = {}, {}
+
+    def _header(self, fname):
+        h = self._headers.get(fname)
+        if h is not None:
+            return h
+        path = os.path.join(self.dir, fname)
+        if not os.path.isfile(path):
+            raise _corrupt(self.dir, f"shard file '{fname}' is missing")
+        size = os.path.getsize(path)
+        if size != self.m["files"][fname]["bytes"]:
+            raise _corrupt(self.dir, f"shard file '{fname}' is {size} bytes, the manifest says "
+                                     f"{self.m['files'][fname]['bytes']} (truncated?)")  # fmt: skip
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise _corrupt(self.dir, f"'{fname}': header length {n} does not fit the file")
+            try:
+                h = json.loads(f.read(n))
+            except (ValueError, RecursionError) as e:
+                raise _corrupt(self.dir, f"'{fname}': header is not valid JSON ({e})") from None
+        if not isinstance(h, dict):
+            raise _corrupt(self.dir, f"'{fname}': header is not a JSON object")
+        h["__base__"] = 8 + n
+        h["__size__"] = size
+        self._headers[fname] = h
+        return h
+
+    def entry(self, fname, key):
+        """The 1-D array (on-disk dtype) of entry `key` of shard `fname`, verified."""
+        got = self._cache.get((fname, key))
+        if got is not None:
+            return got
+        h = self._header(fname)
+        info = h.get(key)
+        if not isinstance(info, dict) or info.get("dtype") not in _ST_TO_NP:
+            raise _corrupt(self.dir, f"'{fname}' has no valid entry '{key}'")
+        off = info.get("data_offsets")
+        npd = np.dtype(_ST_TO_NP[info["dtype"]]).newbyteorder("<")
+        if not (isinstance(off, list) and len(off) == 2 and all(_isint(o) for o in off)) or not (
+            0 <= off[0] <= off[1] and h["__base__"] + off[1] <= h["__size__"] and (off[1] - off[0]) % npd.itemsize == 0
+        ):
+            raise _corrupt(self.dir, f"tensor '{key}' in '{fname}' has data_offsets {off!r} outside the file")
+        with open(os.path.join(self.dir, fname), "rb") as f:
+            f.seek(h["__base__"] + off[0])
+            raw = bytearray(f.read(off[1] - off[0]))
+        stored = self.m["crc32c"].get(crc_key(fname, key))
+        got_crc = _C.crc32c(raw) if raw else 0
+        if stored is None or f"{got_crc:08x}" != stored.lower():
+            raise _corrupt(self.dir, f"tensor '{key}' in file '{fname}' fails its CRC32C check (manifest {stored}, "
+                                     f"file {got_crc:08x}): the file was modified or damaged")  # fmt: skip
+        arr = np.frombuffer(raw, dtype=npd)
+        self._cache[(fname, key)] = arr
+        return arr
+
+
+class LazyTensor:
+    """A checkpoint tensor not read yet: `read(start, stop)` gives elements [start, stop) of its
+    flattened form as a 1-D dutycycle tensor, reading only the slices that overlap them;
+    `materialize()` the whole value (as load() would have returned it)."""
+
+    def __init__(self, reader, name, tag):
+        t = reader.m["tensors"][name]
+        self.reader, self.name, self.tag = reader, name, tag
+        self.shape, self.st, self.slices = list(t["shape"]), t["dtype"], sorted(t["slices"], key=lambda s: s["start"])
+
+    def numel(self):
+        return _prod(self.shape)
+
+    def _flat(self, start, stop):
+        parts = []
+        for s in self.slices:
+            lo, hi = max(start, s["start"]), min(stop, s["stop"])
+            if lo < hi:
+                arr = self.reader.entry(s["file"], s["key"])
+                if arr.size != s["stop"] - s["start"]:
+                    raise _corrupt(self.reader.dir, f"tensor '{self.name}': entry '{s['key']}' has the wrong size")
+                parts.append(arr[lo - s["start"] : hi - s["start"]])
+        if not parts:
+            return np.empty(0, np.dtype(_ST_TO_NP[self.st]))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read(self, start, stop):
+        if not 0 <= start <= stop <= self.numel():
+            raise IndexError(f"LazyTensor '{self.name}': range [{start}, {stop}) outside its {self.numel()} elements")
+        return to_value("__tensor__", np.ascontiguousarray(self._flat(start, stop)), self.st)
+
+    def materialize(self):
+        return to_value(self.tag, np.ascontiguousarray(self._flat(0, self.numel())).reshape(self.shape), self.st)
+
+    def __repr__(self):
+        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.st}, slices={len(self.slices)})"
+
+
+def materialize(obj):
+    """obj with every LazyTensor read in full."""
+    if isinstance(obj, LazyTensor):
+        return obj.materialize()
+    if isinstance(obj, dict):
+        return {k: materialize(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [materialize(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(materialize(v) for v in obj)
+    return obj
+
+
+def tags_of(doc, out=None):
+    """{tensor name: placeholder tag} of a state document."""
+    out = {} if out is None else out
+    if isinstance(doc, list):
+        for v in doc:
+            tags_of(v, out)
+    elif isinstance(doc, dict):
+        if len(doc) == 1:
+            ((k, v),) = doc.items()
+            if k in ("__tensor__", "__ndarray__", "__torch__") and isinstance(v, str):
+                out[v] = k
+                return out
+        for v in doc.values():
+            tags_of(v, out)
+    return out

@@ -326,6 +326,11 @@ class ParallelStrategy(Strategy):
                 self.comm.broadcast(data, root=src)
         return obj if self.global_rank == src else json.loads(data.tobytes().decode())
 
+    def _gather_json(self, obj):
+        """[obj of every rank] on rank 0, None elsewhere (JSON-able objects; a collective)."""
+        out = [self._broadcast_json(obj if r == self.global_rank else None, r) for r in range(self.world_size)]
+        return out if self.global_rank == 0 else None
+
     def barrier(self, name=None):
         with self.comm_wait():
             self.comm.barrier()

@@ -176,6 +176,13 @@ class Strategy(abc.ABC):
             return self.checkpointer.save(checkpoint, filepath, link=link, info=info, block=not async_save)
         return None
 
+    def load_optimizer_state(self, optimizer, state):
+        """Put a checkpoint's optimizer state into optimizer (fit's resume). A sharded strategy
+        takes its own part of it here; the default reads it whole."""
+        from ..checkpoint import materialize
+
+        optimizer.load_state_dict(materialize(state))
+
     def load_checkpoint(self, checkpoint_path):
         """Read a checkpoint back into a dict (tensors on the CPU), verified: a checkpoint
         directory, a last.ckpt link, or a single-file checkpoint of earlier versions."""

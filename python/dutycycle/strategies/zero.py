@@ -30,9 +30,12 @@ One optimizer step (ZeroEngine):
              parameter, as torch's), then all_gather of the updated chunks, bucket by bucket, into
              the flat parameter buffer
 
-Checkpoints hold the full model (every rank has it) and the optimizer state consolidated into
-AdamW's ordinary state_dict (the shards all-gathered), so a checkpoint written by zero1/zero2
-loads into a single-process run and back.
+Checkpoints: every rank writes its own shard file (dutycycle.checkpoint): rank 0 the model (every
+rank holds it) and its slices of AdamW's exp_avg / exp_avg_sq, rank r > 0 its slices only; the
+manifest names each parameter's state `optimizer/0/state/<i>/exp_avg` with the slices of its
+flattened elements that each file holds. Nothing is gathered to save. A resumed fit at any world
+size (ddp, zeroN at another N, one process) reads the slices it needs: a zero rank only the parts
+that overlap its new shard. Checkpoints of earlier versions (consolidated state) load too.
 """
 
 from __future__ import annotations
@@ -641,6 +644,71 @@ class ZeroEngine:
         for i, _ in held:
             del optimizer.state[self.params[i]]
 
+    def sharded_state_dict(self, optimizer):
+        """AdamW's state_dict with this rank's pieces: each parameter's exp_avg / exp_avg_sq as a
+        checkpoint.Sharded (the whole tensor's shape, the range of its flattened elements held here;
+        an empty range where this rank holds none of it). No communication; every rank calls it."""
+        from ..checkpoint import Sharded
+
+        self._groups(optimizer)
+        self._adopt_state(optimizer)
+        mine = {pc.param: pc for pc in self._pieces}
+        sd = optimizer.state_dict()
+        state, index = {}, 0
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                i = self._index.get(id(p))
+                if i is not None and self.param_steps[i] > 0:
+                    pc, shape = mine.get(i), list(self.params[i].shape)
+                    entry = {"step": self.param_steps[i]}
+                    for name, shard in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                        if pc is None:
+                            entry[name] = Sharded(dc.zeros(0, dtype=shard.dtype), shape, 0, 0)
+                        else:
+                            n = pc.hi - pc.lo
+                            entry[name] = Sharded(shard[pc.shard_lo : pc.shard_lo + n], shape, pc.lo, pc.hi)
+                    state[index] = entry
+                elif p in optimizer.state and optimizer.state[p]:
+                    state[index] = dict(optimizer.state[p])
+                index += 1
+        sd["state"] = state
+        return sd
+
+    def load_sharded(self, optimizer, osd):
+        """A checkpoint's optimizer state (its exp_avg / exp_avg_sq possibly LazyTensors) into this
+        rank's shards, reading only this rank's pieces of them."""
+        from ..checkpoint import LazyTensor
+
+        optimizer.load_state_dict({"state": {}, "param_groups": osd["param_groups"]})
+        by_index = {}
+        for g, sg in zip(optimizer.param_groups, osd["param_groups"]):
+            for sid, p in zip(sg["params"], g["params"]):
+                by_index[sid] = p
+        held = {}
+        for sid, s in (osd.get("state") or {}).items():
+            p = by_index.get(sid)
+            i = self._index.get(id(p)) if p is not None else None
+            if i is None:
+                if p is not None:
+                    optimizer.state[p] = {
+                        k: (v.materialize() if isinstance(v, LazyTensor) else v) for k, v in s.items()
+                    }
+                continue
+            held[i] = s
+        with dc.no_grad():
+            for pc in self._pieces:
+                s = held.get(pc.param)
+                if not s:
+                    continue
+                n = pc.hi - pc.lo
+                for name, shard in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                    v = s[name]
+                    src = v.read(pc.lo, pc.hi) if isinstance(v, LazyTensor) else v.detach().reshape(-1)[pc.lo : pc.hi]
+                    shard[pc.shard_lo : pc.shard_lo + n].copy_(src.to(shard.device).to(shard.dtype))
+        for i, s in held.items():
+            st = s.get("step", 0)
+            self.param_steps[i] = int(st.item()) if isinstance(st, dc.Tensor) else int(st)
+
     def consolidated_state_dict(self, optimizer):
         """AdamW's ordinary state_dict (full per-parameter exp_avg/exp_avg_sq, step), the shards
         all-gathered. A collective: every rank must call it; every rank gets the result.
@@ -878,11 +946,40 @@ class ZeroStrategy(ParallelStrategy):
         return self.lightning_module.state_dict()
 
     def optimizer_state(self, optimizer):
-        """AdamW's ordinary state_dict, consolidated from the shards (a collective: every rank calls it)."""
+        """AdamW's state_dict with this rank's pieces as checkpoint.Sharded values (no communication;
+        each rank writes its own shard file). consolidated_optimizer_state() gathers it instead."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
         if self._engine is None:  # not set up for fit (or torn down): the optimizer holds what there is
             return optimizer.state_dict()
+        return self._engine.sharded_state_dict(optimizer)
+
+    def consolidated_optimizer_state(self, optimizer):
+        """AdamW's ordinary state_dict, the shards all-gathered (a collective: every rank calls it)."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        if self._engine is None:
+            return optimizer.state_dict()
         return self._engine.consolidated_state_dict(optimizer)
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None):
+        """Every rank writes its shard of the checkpoint; rank 0 commits it (dutycycle.checkpoint)."""
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        opts = self.__dict__.get("_ckpt_save_options") or {}
+        return self.checkpointer.save(
+            checkpoint, filepath, link=opts.get("link"), info=opts.get("info"), block=not opts.get("async_save", False),
+            rank=self.global_rank, world_size=self.world_size, gather=self._gather_json,
+        )  # fmt: skip
+
+    def load_checkpoint(self, checkpoint_path):
+        """The checkpoint with its optimizer tensors lazy: each rank reads only its pieces of them."""
+        from .. import checkpoint
+
+        return checkpoint.load(checkpoint_path, lazy=lambda name: name.startswith("optimizer/"))
+
+    def load_optimizer_state(self, optimizer, state):
+        if self._engine is None:
+            return super().load_optimizer_state(optimizer, state)
+        self._engine.load_sharded(getattr(optimizer, "optimizer", optimizer), state)
 
     def __repr__(self):
         return (

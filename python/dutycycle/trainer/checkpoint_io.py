@@ -408,7 +408,7 @@ def restore_training_state(trainer, ckpt):
             f"configures {len(trainer.optimizers)}"
         )
     for o, s in zip(trainer.optimizers, opt_states):
-        o.load_state_dict(s)
+        trainer.strategy.load_optimizer_state(o, s)
     sched_states = ckpt.get("lr_schedulers") or []
     for cfg, s in zip(trainer.lr_scheduler_configs, sched_states):
         cfg.scheduler.load_state_dict(s)
