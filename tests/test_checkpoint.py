@@ -453,7 +453,10 @@ def test_bad_arguments_are_clear_errors(tmp_path):
 def test_fuzz_parsers(target, tmp_path):
     pytest.importorskip("atheris")
     if "asan" in os.environ.get("LD_PRELOAD", ""):
-        pytest.skip("atheris brings its own sanitizer runtime; the fuzz run is the plain build's")
+        pytest.skip(
+            "this is the ASan build (make sanitize): atheris loads its own sanitizer runtime, which cannot "
+            "share the process with ASan's; the same fuzz targets run in the plain build's `make test`"
+        )
     seconds = os.environ.get("DUTYCYCLE_FUZZ_SECONDS", "20")
     r = subprocess.run(
         [sys.executable, os.path.join(HERE, "fuzz", "fuzz_checkpoint.py"), target, f"-max_total_time={seconds}",

@@ -80,25 +80,25 @@ static char *dupstr(const char *s)
     return d;
 }
 
-static char *joinpath(const char *dir, const char *name)
+/* a + b + c, malloc'd (NULL when out of memory) */
+static char *cat3(const char *a, const char *b, const char *c)
 {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
+    size_t x = strlen(a), y = strlen(b), z = strlen(c);
+    char *p = malloc(x + y + z + 1);
     if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
+    memcpy(p, a, x);
+    memcpy(p + x, b, y);
+    memcpy(p + x + y, c, z + 1);
     return p;
 }
 
+static char *joinpath(const char *dir, const char *name)
+{
+    return cat3(dir, "/", name);
+}
 static char *catstr(const char *a, const char *b)
 {
-    size_t x = strlen(a), y = strlen(b);
-    char *p = malloc(x + y + 1);
-    if (!p) return NULL;
-    memcpy(p, a, x);
-    memcpy(p + x, b, y + 1);
-    return p;
+    return cat3(a, b, "");
 }
 
 static double now_s(void)
@@ -217,8 +217,6 @@ static int mkdir_p(dc_ckpt *c, const char *dir)
             char was = *s;
             *s = 0;
             if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-                int e = errno;
-                errno = e;
                 fail_errno(c, "mkdir", p);
                 free(p);
                 return -1;
@@ -229,10 +227,8 @@ static int mkdir_p(dc_ckpt *c, const char *dir)
     }
     free(p);
     struct stat st;
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        if (errno == 0) errno = ENOTDIR;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return fail(c, DC_ERR_VALUE, "checkpoint write failed: '%s' is not a directory", dir);
-    }
     return 0;
 }
 

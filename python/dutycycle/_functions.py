@@ -904,14 +904,17 @@ def load(f, map_location=None, weights_only=None, **kwargs):
     return obj
 
 
-def _map_tensors(obj, fn):
-    if isinstance(obj, Tensor):
-        return fn(obj)
+def map_leaves(obj, fn):
+    """obj with fn applied to every leaf of its dicts, lists and tuples (same container types)."""
     if isinstance(obj, dict):
-        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
+        return type(obj)((k, map_leaves(v, fn)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
+        return type(obj)(map_leaves(v, fn) for v in obj)
+    return fn(obj)
+
+
+def _map_tensors(obj, fn):
+    return map_leaves(obj, lambda v: fn(v) if isinstance(v, Tensor) else v)
 
 
 # --- einsum ----------------------------------------------------------------------------------------

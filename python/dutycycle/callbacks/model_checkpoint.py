@@ -225,13 +225,19 @@ class ModelCheckpoint(Checkpoint):
             return
         if not skip_time:
             self._last_time_checked = now
+        if self._busy_skip(trainer):  # asked only when a save is due: no collective on other steps
+            return
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer, pl_module):
         """Save at the end of the training epoch (when validation does not decide)."""
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+        if (
+            not self._should_skip_saving_checkpoint(trainer)
+            and self._should_save_on_train_epoch_end(trainer)
+            and not self._busy_skip(trainer)
+        ):
             candidates = self._monitor_candidates(trainer)
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_topk_checkpoint(trainer, candidates)
@@ -242,7 +248,11 @@ class ModelCheckpoint(Checkpoint):
         if getattr(trainer, "sanity_checking", False):
             return
         self._val_has_run = True
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+        if (
+            not self._should_skip_saving_checkpoint(trainer)
+            and not self._should_save_on_train_epoch_end(trainer)
+            and not self._busy_skip(trainer)
+        ):
             candidates = self._monitor_candidates(trainer)
             if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
                 self._save_topk_checkpoint(trainer, candidates)
@@ -289,11 +299,11 @@ class ModelCheckpoint(Checkpoint):
             or fn_name(trainer) not in (None, "fit")
             or bool(getattr(trainer, "sanity_checking", False))
             or self._last_global_step_saved == trainer.global_step
-            or self._busy_skip(trainer)
         )
 
     def _busy_skip(self, trainer):
-        """if_busy="skip" and the previous save still writes: skip this one (rank 0 decides for all)."""
+        """if_busy="skip" and the previous save still writes: skip this one (rank 0 decides for all;
+        a broadcast, so it is asked only when a save is due)."""
         if self.if_busy != "skip" or not self.async_save:
             return False
         strategy = getattr(trainer, "strategy", None)

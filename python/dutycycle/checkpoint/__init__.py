@@ -561,22 +561,10 @@ def load(path, *, fallback=False, verify=True, map_location=None, return_path=Fa
     else:
         raise first_err
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        loaded = _move(loaded, map_location)
+        from .._functions import _map_tensors
+
+        loaded = _map_tensors(loaded, lambda t: t.to(map_location))
     return (loaded, p) if return_path else loaded
-
-
-def _move(obj, device):
-    import dutycycle as dc
-
-    if isinstance(obj, dc.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_move(v, device) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_move(v, device) for v in obj)
-    return obj
 
 
 def inspect(path, verify=True):
@@ -637,15 +625,9 @@ def consolidate(path, out):
 
 def _as_plain(obj):
     """The state with PyTorch tensors as NumPy arrays (the single-file writer knows dc and NumPy)."""
-    if _format._is_torch(obj):
-        return obj.detach().cpu().numpy()
-    if isinstance(obj, dict):
-        return {k: _as_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_as_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_as_plain(v) for v in obj)
-    return obj
+    from .._functions import map_leaves
+
+    return map_leaves(obj, lambda v: v.detach().cpu().numpy() if _format._is_torch(v) else v)
 
 
 def cleanup_leftovers(folder, older_than=None):

@@ -16,7 +16,7 @@ manifest.json::
                       "slices": [{"file": "rank-00000-of-00004.safetensors",
                                   "key": "model/transformer.h.0.attn.c_attn.weight",
                                   "start": 0, "stop": 1769472}]}, ...},
-     "state": <the nested state as JSON; each tensor a placeholder {"__tensor__": name}>,
+     "state": <the nested state as JSON; each tensor a reference {"__tensor__": name}>,
      "crc32c": {"rank-00000-of-00004.safetensors:model/...": "8 hex digits", ...}}
 
 A tensor is stored as one or more slices of its flattened (row-major) elements, each a 1-D or
@@ -24,9 +24,11 @@ full-shape entry of one shard file; an unsharded tensor has one slice with its o
 names are the state's own dict paths joined by "/" (the Trainer's "state_dict" and
 "optimizer_states" appear as "model" and "optimizer"); everything that is not a tensor — loop
 counters, callbacks' state, hyper-parameters — is JSON in "state", never part of a name.
-Placeholders: {"__tensor__": n} (a dutycycle tensor), {"__ndarray__": n} (a NumPy array),
+References to tensors: {"__tensor__": n} (a dutycycle tensor), {"__ndarray__": n} (a NumPy array),
 {"__torch__": n} (a PyTorch tensor, given back as one when torch is importable); {"__tuple__": [...]},
-{"__dict__": [[k, v], ...]} (non-str keys) and {"__float__": "nan"} keep what JSON cannot.
+{"__dict__": [[k, v], ...]} (non-str keys) and {"__float__": "nan"} keep what JSON cannot;
+{"__inline__": {"kind", "dtype", "shape", "data"}} is a tensor of callbacks', loops' or RNG state kept
+in the JSON itself (INLINE below).
 No pickle anywhere.
 """
 
@@ -463,37 +465,43 @@ def to_value(tag, arr, st):
 
 
 def decode_state(m, arrays, where):
-    """The nested state of a checked manifest; any malformed structure is CheckpointCorruptError."""
+    """The nested state of a checked manifest; any malformed structure is CheckpointCorruptError.
+    arrays: {name: array or LazyTensor} (a LazyTensor is handed back as it is)."""
+
+    def resolve(tag, name):
+        if name not in arrays:
+            raise _corrupt(where, f"the state points at a tensor '{name}' the manifest does not list")
+        v = arrays[name]
+        return v if isinstance(v, LazyTensor) else to_value(tag, v, m["tensors"][name]["dtype"])
+
     try:
-        return decode(m["state"], arrays, m, where)
+        return decode(m["state"], resolve, where)
     except CheckpointCorruptError:
         raise
     except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as e:
         raise _corrupt(where, f"the state document is malformed ({type(e).__name__}: {e})") from None
 
 
-def decode(obj, arrays, m, where):
+def decode(obj, resolve, where):
+    """The value a state document describes; resolve(tag, name) gives each tensor reference's value.
+    Shared by the directory format and the single-file one (trainer/checkpoint_io.py)."""
     if isinstance(obj, list):
-        return [decode(v, arrays, m, where) for v in obj]
+        return [decode(v, resolve, where) for v in obj]
     if not isinstance(obj, dict):
         return obj
     if len(obj) == 1:
         ((tag, val),) = obj.items()
         if tag in ("__tensor__", "__ndarray__", "__torch__"):
-            if val not in arrays:
-                raise _corrupt(where, f"the state points at a tensor '{val}' the manifest does not list")
-            if isinstance(arrays[val], LazyTensor):
-                return arrays[val]
-            return to_value(tag, arrays[val], m["tensors"][val]["dtype"])
+            return resolve(tag, val)
         if tag == "__tuple__":
-            return tuple(decode(v, arrays, m, where) for v in val)
+            return tuple(decode(v, resolve, where) for v in val)
         if tag == "__float__":
             return float(val)
         if tag == "__inline__":
             return _from_inline(val, where)
         if tag == "__dict__":
-            return {_hashable(decode(k, arrays, m, where)): decode(v, arrays, m, where) for k, v in val}
-    return {k: decode(v, arrays, m, where) for k, v in obj.items()}
+            return {_hashable(decode(k, resolve, where)): decode(v, resolve, where) for k, v in val}
+    return {k: decode(v, resolve, where) for k, v in obj.items()}
 
 
 def _hashable(k):
@@ -604,19 +612,13 @@ class LazyTensor:
 
 def materialize(obj):
     """obj with every LazyTensor read in full."""
-    if isinstance(obj, LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        return {k: materialize(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [materialize(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(materialize(v) for v in obj)
-    return obj
+    from .._functions import map_leaves
+
+    return map_leaves(obj, lambda v: v.materialize() if isinstance(v, LazyTensor) else v)
 
 
 def tags_of(doc, out=None):
-    """{tensor name: placeholder tag} of a state document."""
+    """{tensor name: reference tag ("__tensor__", "__ndarray__", "__torch__")} of a state document."""
     out = {} if out is None else out
     if isinstance(doc, list):
         for v in doc:

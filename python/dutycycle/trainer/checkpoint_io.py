@@ -12,7 +12,7 @@ padded with spaces to a multiple of 8, then the tensor bytes, contiguous from of
 Every tensor (dc.Tensor or numpy array) found in the dict becomes one safetensors entry, named by
 its dotted key path ("state_dict.layer.weight", "optimizer_states.0.state.0.exp_avg"); a path
 that would collide gets a "#n" suffix. Everything else (ints, floats, strings, the dict/list/tuple
-structure) is ONE JSON document in __metadata__["dutycycle"], where each tensor is a placeholder
+structure) is ONE JSON document in __metadata__["dutycycle"], where each tensor is a reference
 {"__tensor__": key} (or {"__ndarray__": key} for numpy arrays, which come back as numpy arrays).
 Other tools (safetensors.numpy.load_file, ...) can read the tensors of our files.
 
@@ -65,7 +65,8 @@ _ST_TO_NP = {
     "BOOL": np.bool_,
 }
 _NP_TO_ST = {np.dtype(v).str: k for k, v in _ST_TO_NP.items() if k != "BF16"}
-_TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__")
+# every tag the shared decoder (checkpoint/_format.decode) knows: a user dict with such a key is stored as __dict__
+_TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__", "__torch__", "__inline__")
 
 
 # ---- encode ------------------------------------------------------------------------------------
@@ -280,30 +281,6 @@ def _to_tensor(arr, st):
     return dc.from_numpy(arr.astype(np.int64))  # unsigned 16-64 bit ints from other tools: widen
 
 
-def _decode(obj, header, arrays, path):
-    if isinstance(obj, list):
-        return [_decode(v, header, arrays, path) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if len(obj) == 1:
-        ((tag, val),) = obj.items()
-        if tag in ("__tensor__", "__ndarray__"):
-            if val not in arrays:
-                raise _corrupt(path, f"metadata points at a tensor '{val}' the file does not hold")
-            return _to_tensor(arrays[val], header[val]["dtype"]) if tag == "__tensor__" else arrays[val]
-        if tag == "__tuple__":
-            return tuple(_decode(v, header, arrays, path) for v in val)
-        if tag == "__float__":
-            return float(val)
-        if tag == "__dict__":
-            return {_hashable(_decode(k, header, arrays, path)): _decode(v, header, arrays, path) for k, v in val}
-    return {k: _decode(v, header, arrays, path) for k, v in obj.items()}
-
-
-def _hashable(k):
-    return tuple(_hashable(x) for x in k) if isinstance(k, (list, tuple)) else k
-
-
 def _is_pointer(path):
     if not os.path.isfile(path) or os.path.getsize(path) > 4096:
         return False
@@ -335,7 +312,14 @@ def load_checkpoint(path) -> dict:
     try:
         if doc is None:  # a plain safetensors file
             return {k: _to_tensor(a, header[k]["dtype"]) for k, a in arrays.items()}
-        return _decode(doc, header, arrays, path)
+        from ..checkpoint._format import decode  # the directory format's decoder: one set of tags
+
+        def resolve(tag, key):
+            if key not in arrays:
+                raise _corrupt(path, f"metadata points at a tensor '{key}' the file does not hold")
+            return arrays[key] if tag == "__ndarray__" else _to_tensor(arrays[key], header[key]["dtype"])
+
+        return decode(doc, resolve, path)
     except _CorruptCheckpoint:
         raise
     except Exception as e:  # includes RecursionError: a document nested deeper than the stack
