@@ -218,6 +218,9 @@ class Checkpointer:
                 stats.wait_s = perf_counter() - tw
             self._raise_pending()
             info = dict(info or {})
+            if "step" not in info and isinstance(state, dict):  # the state's own step counter, if it has one
+                step = state.get("step", state.get("global_step"))
+                info["step"] = step if isinstance(step, int) and not isinstance(step, bool) else None
             info.setdefault("step", None)
             info.setdefault("epoch", None)
             info["world_size"] = world_size if multi else info.get("world_size", 1)

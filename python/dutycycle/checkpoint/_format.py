@@ -231,9 +231,10 @@ class Encoder:
             return {"__dict__": [[self.encode(k, "", True), self.encode(v, sub(k), inl(k))] for k, v in obj.items()]}
         if isinstance(obj, (dc.dtype, dc.device)):
             return str(obj)
+        hint = "; save its .state_dict()" if hasattr(obj, "state_dict") else ""
         raise TypeError(
             f"checkpoint: cannot store a {type(obj).__name__} at '{path or '<root>'}' (only tensors, NumPy arrays, "
-            "DLPack tensors, numbers, strings, None and dicts/lists/tuples of them; dutycycle never pickles)"
+            f"DLPack tensors, numbers, strings, None and dicts/lists/tuples of them; dutycycle never pickles){hint}"
         )
 
 
