@@ -7,6 +7,7 @@ PYTHON ?= python3
 PIP    := $(PYTHON) -m pip
 APT_PACKAGES := build-essential libopenblas-dev libopenblas-openmp-dev wamerican
 APT_PACKAGES += libopenmpi-dev openmpi-bin iproute2
+APT_PACKAGES += libcurl4-openssl-dev libssl-dev libjpeg62-turbo-dev nginx clang
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAN_DIR := build/sanitize
 CFLAGS_TEST := -std=c11 -O2 -fopenmp -Wall -Icsrc

@@ -70,12 +70,12 @@ MPI = mpi_flags()
 sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
     + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c") + glob.glob("csrc/comm/*.c")
-    + glob.glob("csrc/ckpt/*.c")
+    + glob.glob("csrc/ckpt/*.c") + glob.glob("csrc/s3/*.c")
 )
 cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]
 ldflags = ["-fopenmp"]
-libraries = ["openblas", "m"]
+libraries = ["openblas", "curl", "crypto", "jpeg", "m"]  # curl + libcrypto: csrc/s3; jpeg: decoders
 if SANITIZE:
     cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                "-fno-sanitize-recover=undefined"]

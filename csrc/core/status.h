@@ -28,6 +28,8 @@ typedef enum {
     DC_ERR_COMM = 12,       /* communication failed: a peer died, the job aborted, an MPI/NCCL error */
     DC_ERR_TIMEOUT = 13,    /* a collective outlived the watchdog's timeout (or a wait's own timeout) */
     DC_ERR_DESYNC = 14,     /* the ranks issued different collectives (fingerprint mismatch) */
+    DC_ERR_IO = 15,         /* a file, network or object-store (S3) transfer failed */
+    DC_ERR_FORMAT = 16,     /* malformed data: a corrupt tar, .npy or JPEG */
     DC_STATUS_COUNT
 } dc_status;
 

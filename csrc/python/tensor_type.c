@@ -38,6 +38,8 @@ int dc_py_init_errors(PyObject *m)
         { DC_ERR_UNSUPPORTED, "UnsupportedError", NULL },
         { DC_ERR_CUDA, "CudaError", NULL },
         { DC_ERR_INTERNAL, "InternalError", NULL },
+        { DC_ERR_IO, "DataIOError", PyExc_OSError },
+        { DC_ERR_FORMAT, "DataFormatError", PyExc_ValueError },
     };
     for (size_t k = 0; k < sizeof table / sizeof table[0]; k++) {
         PyObject *bases = table[k].also ? PyTuple_Pack(2, base, table[k].also) : PyTuple_Pack(1, base);

@@ -1,0 +1,116 @@
+/* shards.h: WebDataset tar shards: a streaming tar parser, sample decoders (.npy, JPEG), shard
+ * URL patterns, and the pipeline that turns a list of shards into batches ahead of compute.
+ *
+ * Why: reading petabytes of samples from object storage and preprocessing them on the CPU is what
+ * left the GPUs waiting. Everything from the fetched bytes to a finished batch runs here in C
+ * threads with no GIL: fetch (byte-budgeted), tar parsing, the shuffle buffer, decoding, batch
+ * assembly. It knows nothing of Python or the trainer: inputs are shard locations (local paths or
+ * S3 bucket/key through csrc/s3) and plain options; outputs are malloc'd buffers.
+ *
+ * Errors: DC_ERR_FORMAT for malformed data (a truncated or corrupt tar, a bad .npy header, a
+ * corrupt JPEG), naming the member and byte offset; DC_ERR_IO for fetches; DC_ERR_VALUE for bad
+ * options or patterns. Nothing here calls exit(). */
+#ifndef DC_SHARDS_H
+#define DC_SHARDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/dtype.h"
+#include "../core/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Streaming tar parser (tar.c) ------------------------------------------------------------
+ * Feed the stream's bytes in any chunking; take complete regular-file members out in order.
+ * Understands ustar/POSIX and GNU headers: octal and base-256 sizes, GNU long names ('L'), pax
+ * extended headers ('x': path, size) and skips pax globals ('g'), directories, links and other
+ * non-regular members. Checks every header's checksum. The end-of-archive zero blocks are
+ * optional (a stream that ends exactly at a member boundary is complete). */
+typedef struct dc_tar dc_tar;
+
+typedef struct {
+    const char *name;    /* member path, NUL-terminated; valid until the next dc_tar_next */
+    size_t name_len;
+    int64_t size;        /* data bytes */
+    int64_t offset;      /* stream offset of the member's first header block (pax/longname included) */
+    uint8_t *data;       /* (size,) the member's bytes; owned by the parser until the next call,
+                          * unless taken with dc_tar_take */
+} dc_tar_member;
+
+/* max_member_bytes: a member larger than this fails (DC_ERR_FORMAT) instead of being buffered
+ * (<= 0: 1 GiB). */
+dc_status dc_tar_init(dc_tar **out, int64_t max_member_bytes);
+void dc_tar_free(dc_tar *t);
+/* Start over on a new stream whose first byte is at stream offset `offset` (a shard read from a
+ * byte offset that is a member boundary). */
+void dc_tar_reset(dc_tar *t, int64_t offset);
+/* Append bytes (copied, or moved into the member being assembled). */
+dc_status dc_tar_feed(dc_tar *t, const void *buf, size_t len);
+/* The next complete member: *have = 1 and m filled, or *have = 0 when more input is needed.
+ * Malformed input: DC_ERR_FORMAT naming the offset ("bad header checksum at byte 1536"). */
+dc_status dc_tar_next(dc_tar *t, dc_tar_member *m, int *have);
+/* Take ownership of the last member's data buffer (malloc'd, m->size bytes; free() it). */
+uint8_t *dc_tar_take(dc_tar *t);
+/* The stream has ended: DC_OK if it ended on a member boundary (or in the end-of-archive blocks),
+ * DC_ERR_FORMAT "truncated tar: member 'x' needs N bytes, the stream ended at byte O" otherwise. */
+dc_status dc_tar_finish(dc_tar *t);
+/* Bytes consumed so far (the stream offset of the next byte to be fed). */
+int64_t dc_tar_offset(const dc_tar *t);
+
+/* WebDataset's split of a member path into sample key and field: the key is the path up to the
+ * first '.' after the last '/', the field what follows ("a/000123.x.npy" -> "a/000123", "x.npy").
+ * Returns 0 (and no split) for a name with no '.' in its last component. */
+int dc_wds_split(const char *name, size_t name_len, size_t *key_len, const char **field);
+
+/* ---- .npy (decode.c) ------------------------------------------------------------------------
+ * NumPy format versions 1.0-3.0, C order, little-endian or byte-order-free dtypes: |b1 |u1 |i1
+ * <i2 <i4 <i8 <f2 <f4 <f8 (and bf16 written as "<V2" is not supported). Fortran order, big-endian,
+ * object or structured dtypes: DC_ERR_FORMAT naming what was found. */
+typedef struct {
+    dc_dtype dtype;
+    int ndim;             /* 0..8 */
+    int64_t shape[8];
+    size_t data_offset;   /* where the array's bytes start in the buffer */
+    size_t nbytes;        /* numel * itemsize; the buffer holds at least data_offset + nbytes */
+} dc_npy_info;
+dc_status dc_npy_parse(const void *buf, size_t len, dc_npy_info *out);
+
+/* ---- JPEG (decode.c, libjpeg-turbo) ---------------------------------------------------------
+ * Decode to RGB (grayscale and CMYK/YCCK converted), then, in order: resize so the shorter side
+ * is `resize` (0: no resize; libjpeg's DCT scaling to the nearest larger size first, then
+ * antialiased bilinear), crop to crop_h x crop_w (0: no crop; CENTER, RANDOM position, or
+ * RANDOM_RESIZED as torchvision's RandomResizedCrop with scale/ratio, resized to the crop size),
+ * flip horizontally with probability flip_p, and write HWC uint8, or CHW float32/bfloat16 as
+ * (x/255 - mean[c]) / std[c]. The randomness comes only from `seed` (same seed, same crop). */
+enum { DC_CROP_NONE = 0, DC_CROP_CENTER = 1, DC_CROP_RANDOM = 2, DC_CROP_RANDOM_RESIZED = 3 };
+typedef struct {
+    int resize;                 /* shorter side after resize; 0: none */
+    int crop, crop_h, crop_w;   /* DC_CROP_*; size of the crop (required unless NONE) */
+    float scale[2], ratio[2];   /* RANDOM_RESIZED: area fraction and aspect ratio ranges */
+    float flip_p;               /* 0: never */
+    dc_dtype out_dtype;         /* DC_UINT8 (HWC) or DC_FLOAT32 / DC_BFLOAT16 (CHW, normalised) */
+    float mean[3], std[3];      /* std 0 means 1 */
+    uint64_t seed;
+} dc_image_opts;
+/* Height and width of the output for an image of h x w (no decoding). */
+void dc_image_out_size(const dc_image_opts *o, int h, int w, int *out_h, int *out_w);
+/* Header only: image size and components. */
+dc_status dc_jpeg_info(const void *buf, size_t len, int *h, int *w, int *components);
+/* Decode into a malloc'd buffer (*out, *out_h, *out_w; 3 channels of out_dtype). */
+dc_status dc_jpeg_decode(const void *buf, size_t len, const dc_image_opts *o, void **out, int *out_h, int *out_w);
+
+/* ---- Shard URL patterns (pattern.c) ---------------------------------------------------------
+ * Brace expansion as the `braceexpand` package (webdataset's): "{000000..000127}" numeric ranges
+ * (zero-padded to the wider end's width), "{a..e}" letter ranges, "{0..20..5}" steps, "{x,y,z}"
+ * lists, several and nested groups, "\{" escapes. Unbalanced braces: DC_ERR_VALUE naming the
+ * position. More than max_count (<= 0: 10,000,000) results: DC_ERR_VALUE. */
+dc_status dc_pattern_expand(const char *pattern, int64_t max_count, char ***out, int64_t *count);
+void dc_pattern_free(char **list, int64_t count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
