@@ -7,9 +7,9 @@
 static _Thread_local char err_buf[1024];
 
 static const char *const status_names[] = {
-    "DC_OK",           "DC_ERR_NOMEM",    "DC_ERR_SHAPE",    "DC_ERR_DTYPE",       "DC_ERR_DEVICE",
-    "DC_ERR_VALUE",    "DC_ERR_INDEX",    "DC_ERR_AUTOGRAD", "DC_ERR_UNSUPPORTED", "DC_ERR_CUDA",
-    "DC_ERR_INTERNAL", "DC_ERR_CALLBACK", "DC_ERR_COMM",     "DC_ERR_TIMEOUT",     "DC_ERR_DESYNC", "DC_ERR_IO", "DC_ERR_FORMAT",
+    "DC_OK",        "DC_ERR_NOMEM",    "DC_ERR_SHAPE",       "DC_ERR_DTYPE", "DC_ERR_DEVICE",   "DC_ERR_VALUE",
+    "DC_ERR_INDEX", "DC_ERR_AUTOGRAD", "DC_ERR_UNSUPPORTED", "DC_ERR_CUDA",  "DC_ERR_INTERNAL", "DC_ERR_CALLBACK",
+    "DC_ERR_COMM",  "DC_ERR_TIMEOUT",  "DC_ERR_DESYNC",      "DC_ERR_IO",    "DC_ERR_FORMAT",
 };
 _Static_assert(sizeof(status_names) / sizeof(status_names[0]) == DC_STATUS_COUNT,
                "status_names must name every dc_status");

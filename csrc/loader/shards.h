@@ -32,12 +32,12 @@ extern "C" {
 typedef struct dc_tar dc_tar;
 
 typedef struct {
-    const char *name;    /* member path, NUL-terminated; valid until the next dc_tar_next */
+    const char *name; /* member path, NUL-terminated; valid until the next dc_tar_next */
     size_t name_len;
-    int64_t size;        /* data bytes */
-    int64_t offset;      /* stream offset of the member's first header block (pax/longname included) */
-    uint8_t *data;       /* (size,) the member's bytes; owned by the parser until the next call,
-                          * unless taken with dc_tar_take */
+    int64_t size;   /* data bytes */
+    int64_t offset; /* stream offset of the member's first header block (pax/longname included) */
+    uint8_t *data;  /* (size,) the member's bytes; owned by the parser until the next call,
+                     * unless taken with dc_tar_take */
 } dc_tar_member;
 
 /* max_member_bytes: a member larger than this fails (DC_ERR_FORMAT) instead of being buffered
@@ -71,10 +71,10 @@ int dc_wds_split(const char *name, size_t name_len, size_t *key_len, const char 
  * object or structured dtypes: DC_ERR_FORMAT naming what was found. */
 typedef struct {
     dc_dtype dtype;
-    int ndim;             /* 0..8 */
+    int ndim; /* 0..8 */
     int64_t shape[8];
-    size_t data_offset;   /* where the array's bytes start in the buffer */
-    size_t nbytes;        /* numel * itemsize; the buffer holds at least data_offset + nbytes */
+    size_t data_offset; /* where the array's bytes start in the buffer */
+    size_t nbytes;      /* numel * itemsize; the buffer holds at least data_offset + nbytes */
 } dc_npy_info;
 dc_status dc_npy_parse(const void *buf, size_t len, dc_npy_info *out);
 
@@ -87,12 +87,12 @@ dc_status dc_npy_parse(const void *buf, size_t len, dc_npy_info *out);
  * (x/255 - mean[c]) / std[c]. The randomness comes only from `seed` (same seed, same crop). */
 enum { DC_CROP_NONE = 0, DC_CROP_CENTER = 1, DC_CROP_RANDOM = 2, DC_CROP_RANDOM_RESIZED = 3 };
 typedef struct {
-    int resize;                 /* shorter side after resize; 0: none */
-    int crop, crop_h, crop_w;   /* DC_CROP_*; size of the crop (required unless NONE) */
-    float scale[2], ratio[2];   /* RANDOM_RESIZED: area fraction and aspect ratio ranges */
-    float flip_p;               /* 0: never */
-    dc_dtype out_dtype;         /* DC_UINT8 (HWC) or DC_FLOAT32 / DC_BFLOAT16 (CHW, normalised) */
-    float mean[3], std[3];      /* std 0 means 1 */
+    int resize;               /* shorter side after resize; 0: none */
+    int crop, crop_h, crop_w; /* DC_CROP_*; size of the crop (required unless NONE) */
+    float scale[2], ratio[2]; /* RANDOM_RESIZED: area fraction and aspect ratio ranges */
+    float flip_p;             /* 0: never */
+    dc_dtype out_dtype;       /* DC_UINT8 (HWC) or DC_FLOAT32 / DC_BFLOAT16 (CHW, normalised) */
+    float mean[3], std[3];    /* std 0 means 1 */
     uint64_t seed;
 } dc_image_opts;
 /* Height and width of the output for an image of h x w (no decoding). */
@@ -114,3 +114,112 @@ void dc_pattern_free(char **list, int64_t count);
 }
 #endif
 #endif
+
+/* ---- Sample order and the pipeline (pipeline.c) ---------------------------------------------
+ * A rank's epoch is a stream of samples named (shard, ordinal) — ordinal = the sample's position
+ * in its shard's tar — given as runs [start, end) of shards. The stream passes through a shuffle
+ * buffer of `capacity` samples whose choices depend only on (key, emission number): before each
+ * emission the buffer is refilled from the stream up to capacity, then slot j = pick(key, k, len)
+ * is emitted and the last slot moved into it. Same inputs, same order, whatever the thread timing;
+ * and the state after k emissions is computable without any data (dc_shuffle_simulate), which is
+ * what makes resume exact and elastic. */
+uint64_t dc_shard_hash(uint64_t a, uint64_t b);
+/* A seeded permutation of 0..n-1 (Fisher-Yates on dc_shard_hash). */
+void dc_shard_permutation(int64_t n, uint64_t key, int64_t *out);
+/* Run the shuffle over stream positions 0..len-1 for k emissions: slots (capacity entries) gets
+ * the buffer's positions in slot order (*nslots of them), *next_in the next stream position;
+ * emitted (k entries, may be NULL) the emitted positions in order. */
+dc_status dc_shuffle_simulate(int64_t len, int64_t capacity, uint64_t key, int64_t k, int64_t *slots, int64_t *nslots,
+                              int64_t *next_in, int64_t *emitted);
+
+struct dc_s3;
+typedef struct {
+    const char *url;    /* for messages */
+    const char *path;   /* local file; NULL for an S3 object */
+    const char *bucket; /* S3 */
+    const char *key;
+    int64_t size;     /* bytes (>= 0) */
+    int64_t nsamples; /* < 0: unknown (not checked) */
+} dc_shard_src;
+
+typedef struct {
+    int32_t shard;
+    int64_t start, end; /* ordinals [start, end) */
+} dc_shard_run;
+
+enum { DC_DEC_AUTO = 0, DC_DEC_BYTES, DC_DEC_TEXT, DC_DEC_INT, DC_DEC_NPY, DC_DEC_JPEG, DC_DEC_JSON, DC_DEC_SKIP };
+typedef struct {
+    const char *field; /* "x.npy", "jpg" (lowercase, as samples' fields are) */
+    int decoder;       /* DC_DEC_* */
+    dc_image_opts image;
+} dc_field_spec;
+
+typedef struct {
+    const dc_shard_src *shards;
+    int32_t nshards;
+    const dc_shard_run *runs; /* the stream after the prefill, in order */
+    int64_t nruns;
+    const dc_shard_run *prefill; /* single samples (end == start + 1) in the buffer's slot order */
+    int64_t nprefill;
+    int64_t shuffle_capacity; /* >= 1 (1: stream order) */
+    uint64_t shuffle_key;
+    int64_t first_emission; /* the emission counter's start (a resume's k) */
+    int64_t batch_size;     /* >= 1 */
+    int drop_last;          /* drop a last partial batch */
+    int64_t prefetch_batches;
+    int64_t prefetch_bytes; /* fetched but not yet parsed */
+    int64_t chunk_bytes;    /* one read / range GET */
+    int fetch_threads, decode_threads;
+    const dc_field_spec *fields;
+    int nfields;
+    int keep_unknown;    /* fields with no spec: decoded by extension (1) or dropped (0) */
+    uint64_t image_seed; /* a sample's crop/flip seed: dc_shard_hash(image_seed, shard << 40 | ordinal) */
+    struct dc_s3 *s3;    /* borrowed, for S3 shards; must outlive the pipeline */
+    int64_t max_member_bytes;
+} dc_pipe_config;
+
+typedef struct dc_pipe dc_pipe;
+
+enum { DC_COL_TENSOR = 0, DC_COL_BYTES = 1, DC_COL_TEXT = 2, DC_COL_JSON = 3 };
+typedef struct {
+    char *name;
+    int kind; /* DC_COL_* */
+    dc_dtype dtype;
+    int ndim;         /* TENSOR: batch dimension included */
+    int64_t shape[9]; /* TENSOR: (n, ...) */
+    void *data;       /* TENSOR: pool buffer; take it (set NULL) and free with dc_pipe_buffer_release */
+    size_t nbytes;
+    uint8_t **items; /* BYTES/TEXT/JSON: (n,) malloc'd */
+    size_t *lens;
+} dc_pipe_column;
+
+typedef struct {
+    int64_t index; /* batch number since the pipeline's start */
+    int64_t n;
+    char **keys;       /* (n,) */
+    int32_t *shards;   /* (n,) */
+    int64_t *ordinals; /* (n,) */
+    int ncols;
+    dc_pipe_column *cols;
+} dc_pipe_batch;
+
+typedef struct {
+    int64_t bytes_fetched, fetches, samples_parsed, samples_emitted, batches;
+    int64_t peak_fetch_bytes;  /* most bytes fetched or in flight, not yet parsed */
+    int64_t peak_buffer_bytes; /* most bytes held by the shuffle buffer */
+    int64_t total_samples;     /* what the stream delivers (after drop_last) */
+} dc_pipe_stats;
+
+/* Copies what cfg points to and starts the threads. */
+dc_status dc_pipe_init(dc_pipe **out, const dc_pipe_config *cfg);
+/* The next batch in order (*have = 0 after the last). A failure on any thread comes out here. */
+dc_status dc_pipe_next(dc_pipe *p, dc_pipe_batch *b, int *have);
+void dc_pipe_batch_clear(dc_pipe_batch *b);
+void dc_pipe_buffer_release(void *buf); /* a taken TENSOR buffer's deleter: back to its pool */
+void dc_pipe_get_stats(dc_pipe *p, dc_pipe_stats *out);
+/* Batches the stream yields in all. */
+int64_t dc_pipe_num_batches(const dc_pipe *p);
+void dc_pipe_free(dc_pipe *p); /* stops and joins the threads; NULL: no-op */
+
+/* Samples in one shard (reads it through the tar parser). */
+dc_status dc_shard_count(const dc_shard_src *src, struct dc_s3 *s3, int64_t chunk_bytes, int64_t *nsamples);

@@ -11,6 +11,8 @@ from ._C import (
     AutogradError,
     CollectiveTimeoutError,
     CudaError,
+    DataFormatError,
+    DataIOError,
     DesyncError,
     DeviceError,
     DistributedError,

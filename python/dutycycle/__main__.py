@@ -5,6 +5,7 @@
     dutycycle simulate [options]          the scaling model (dutycycle.simulate)
     dutycycle ckpt inspect PATH           a checkpoint's steps, sizes, tensors, verification
     dutycycle ckpt consolidate PATH OUT   one safetensors file from a checkpoint
+    dutycycle shard write|index ...       WebDataset shards from a folder; their sample-count index
 
 Each subcommand's module is imported only when it runs."""
 
@@ -15,6 +16,8 @@ USAGE = """usage: dutycycle demo [options]                 train the demo GPT on
        dutycycle simulate [options]             model data-parallel scaling (parameter server, ring, tree, ZeRO)
        dutycycle ckpt inspect PATH              a checkpoint's steps, sizes, tensors and CRC32C verification
        dutycycle ckpt consolidate PATH OUT      write a checkpoint as one .safetensors file (safetensors/PyTorch)
+       dutycycle shard write SRC_DIR PATTERN    WebDataset shards (+ index) from a folder of files
+       dutycycle shard index URLS... [-o OUT]   count existing shards' samples into an index
        dutycycle COMMAND --help                 a command's options"""
 
 
@@ -40,6 +43,10 @@ def main(argv=None):
         from .checkpoint._cli import main as ckpt_main
 
         return ckpt_main(rest)
+    if cmd == "shard":
+        from .data._shard_cli import main as shard_main
+
+        return shard_main(rest)
     print(f"dutycycle: unknown command {cmd!r} (try 'dutycycle --help')", file=sys.stderr)
     return 2
 

@@ -6,6 +6,8 @@ dataloader.py for exactly what runs where."""
 from .collate import default_collate, default_convert
 from .dataloader import DataLoader, WorkerInfo, get_worker_info
 from .dataset import ChainDataset, ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, random_split
+from .shard_writer import ShardWriter
+from .shards import IMAGENET_MEAN, IMAGENET_STD, ShardedDataset, expand_urls, jpeg
 from .sampler import (
     BatchSampler,
     DistributedSampler,
@@ -27,6 +29,8 @@ __all__ = [
     "RandomSampler",
     "Sampler",
     "SequentialSampler",
+    "ShardWriter",
+    "ShardedDataset",
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",
@@ -34,6 +38,8 @@ __all__ = [
     "WorkerInfo",
     "default_collate",
     "default_convert",
+    "expand_urls",
+    "jpeg",
     "get_worker_info",
     "random_split",
 ]
