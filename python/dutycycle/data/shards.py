@@ -162,10 +162,11 @@ def _exists(url, client):
 
 def read_index(url, client=None):
     """{shard URL: (nsamples, filesize)} from a wids-style JSON index (URLs resolved against it)."""
+    raw = _read_bytes(url, client)  # an OSError / S3Error names the URL itself
     try:
-        doc = json.loads(_read_bytes(url, client))
-    except (OSError, ValueError) as e:
-        raise type(e)(f"shard index {url!r}: {e}") from e
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"shard index {url!r} is not valid JSON: {e}") from None
     shards = doc.get("shardlist") if isinstance(doc, dict) else None
     if not isinstance(shards, list):
         raise ValueError(f"shard index {url!r}: no 'shardlist' list (expected webdataset's wids index format)")
