@@ -276,6 +276,7 @@ class ShardedDataset(IterableDataset):
                         ("prefetch_batches", prefetch_batches)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, not {v!r}")
+        self._given = urls if isinstance(urls, str) else None  # the pattern, for messages
         self.urls = expand_urls(urls)
         self.shuffle = bool(shuffle)
         self.shuffle_buffer = int(shuffle_buffer) if shuffle else 1
@@ -403,9 +404,11 @@ class ShardedDataset(IterableDataset):
             pass
         if len(shards) > 1 or shards[0].url.startswith("s3://"):
             where = default_index_url(self.urls[0])
+            what = f"'{self._given}'" if self._given else " ".join(self.urls[:3]) + (" ..." if len(self.urls) > 3
+                                                                                   else "")
             warnings.warn(f"no sample-count index for {len(shards)} shard(s): counting them by reading them once "
-                          f"(write one with `dutycycle shard index {self.urls[0].rsplit('/', 1)[0]}/... -o "
-                          f"{where}` to skip this)", stacklevel=4)
+                          f"(write one with `dutycycle shard index {what}` (it goes to {where}) to skip this)",
+                          stacklevel=4)
         cs3 = _c_s3(client) if client is not None else None
 
         def one(s):
