@@ -60,8 +60,6 @@ int dc_py_init_ops(PyObject *module); /* ops_py.c: the _C.ops submodule */
 int dc_py_init_errors(PyObject *module);
 int dc_py_init_loader(PyObject *module);
 int dc_py_init_ckpt(PyObject *module); /* ckpt_py.c: _C.CheckpointWriter, _C.crc32c */
-int dc_py_init_s3(PyObject *module); /* TEMP */
-struct dc_s3 *dc_py_s3_client(PyObject *obj);
 int dc_py_init_shards(PyObject *module); /* shards_py.c: _C.ShardPipeline and the sample-order helpers */
 int dc_py_init_comm(PyObject *module); /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
