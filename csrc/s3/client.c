@@ -59,8 +59,8 @@ struct s3_req {
     dc_s3 *s3;
     s3_req *next; /* in the incoming / ready / delayed list */
     /* what is sent (built in the caller's thread) */
-    const char *verb;   /* for messages: GET, HEAD, PUT, DELETE, LIST, POST */
-    const char *method; /* HTTP method */
+    const char *verb;                        /* for messages: GET, HEAD, PUT, DELETE, LIST, POST */
+    const char *method;                      /* HTTP method */
     char *url, *path, *host, *query, *where; /* where: "s3://bucket/key" */
     const char *body;
     size_t body_len, body_pos;
@@ -82,7 +82,9 @@ struct s3_req {
     int64_t content_length, cr_start, cr_end, cr_total;
     int64_t resp_pos; /* object offset of the next body byte of this response; -1 before the first */
     int64_t attempt_bytes;
-    int enough, bad_range;
+    int enough, bad_range, stalled;
+    curl_off_t last_dl, last_ul; /* progress seen by on_progress */
+    double last_progress;        /* monotonic time of the last byte moved */
     s3_buf errbody;
     char etag[160];
     double retry_at;
@@ -113,7 +115,7 @@ struct dc_s3 {
     uint64_t rng;
 
     int64_t requests, retries, bytes_in, bytes_out, connections; /* atomics */
-    dc_s3 *next_client, *prev_client;                           /* the fork handler's list */
+    dc_s3 *next_client, *prev_client;                            /* the fork handler's list */
 };
 
 static _Thread_local dc_s3_error tl_err;
@@ -254,8 +256,7 @@ dc_status dc_s3_init(dc_s3 **out, const dc_s3_config *cfg)
     if (alen == 0 || *rest) {
         free(s3->scheme);
         free(s3);
-        return dc_error(DC_ERR_VALUE, "S3: endpoint '%.200s' must be scheme://host[:port] without a path",
-                        endpoint);
+        return dc_error(DC_ERR_VALUE, "S3: endpoint '%.200s' must be scheme://host[:port] without a path", endpoint);
     }
     s3->authority = strndup(auth, alen);
     s3->region = strdup(region);
@@ -503,6 +504,29 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
     return all;
 }
 
+static double now_s(void);
+
+/* Stall detection: no byte moved either way for stall_timeout_s (waiting for the response
+ * included). curl's LOW_SPEED check averages over a window of seconds, so a transfer that sent a
+ * burst and then went silent would only be caught several seconds late; this callback runs about
+ * once a second even when idle. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    s3_req *r = ud;
+    double t = now_s();
+    if (dlnow != r->last_dl || ulnow != r->last_ul) {
+        r->last_dl = dlnow;
+        r->last_ul = ulnow;
+        r->last_progress = t;
+        return 0;
+    }
+    if (t - r->last_progress > r->s3->stall_timeout_s) {
+        r->stalled = 1;
+        return 1; /* abort: CURLE_ABORTED_BY_CALLBACK, retried */
+    }
+    return 0;
+}
+
 static size_t on_read(char *p, size_t sz, size_t n, void *ud)
 {
     s3_req *r = ud;
@@ -536,7 +560,9 @@ static dc_status attempt_start(dc_s3 *s3, s3_req *r)
     r->content_length = r->cr_start = r->cr_end = r->cr_total = -1;
     r->resp_pos = -1;
     r->attempt_bytes = 0;
-    r->enough = r->bad_range = 0;
+    r->enough = r->bad_range = r->stalled = 0;
+    r->last_dl = r->last_ul = 0;
+    r->last_progress = now_s();
     r->errbody.len = 0;
     r->etag[0] = r->errbuf[0] = '\0';
     r->body_pos = 0;
@@ -628,8 +654,11 @@ static dc_status attempt_start(dc_s3 *s3, s3_req *r)
     SETOPT(CURLOPT_WRITEFUNCTION, on_body);
     SETOPT(CURLOPT_WRITEDATA, r);
     SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)(s3->connect_timeout_s * 1000));
-    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
-    SETOPT(CURLOPT_LOW_SPEED_TIME, (long)ceil(s3->stall_timeout_s));
+    SETOPT(CURLOPT_NOPROGRESS, 0L);
+    SETOPT(CURLOPT_XFERINFOFUNCTION, on_progress);
+    SETOPT(CURLOPT_XFERINFODATA, r);
+    SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L); /* a backstop: averaged, so slower than on_progress */
+    SETOPT(CURLOPT_LOW_SPEED_TIME, (long)ceil(s3->stall_timeout_s) + 5);
     SETOPT(CURLOPT_SSL_VERIFYPEER, s3->verify_tls ? 1L : 0L);
     SETOPT(CURLOPT_SSL_VERIFYHOST, s3->verify_tls ? 2L : 0L);
     if (s3->ca_file) SETOPT(CURLOPT_CAINFO, s3->ca_file);
@@ -672,12 +701,20 @@ static void finish(dc_s3 *s3, s3_req *r)
 
 static int retryable_code(const char *c)
 {
-    static const char *const codes[] = { "SlowDown",         "Throttling",       "ThrottlingException",
-                                         "RequestTimeout",   "InternalError",    "ServiceUnavailable",
-                                         "RequestThrottled", "TooManyRequestsException",
-                                         "RequestLimitExceeded", "ProvisionedThroughputExceededException",
-                                         "BandwidthLimitExceeded", "RequestTimeoutException",
-                                         "PriorRequestNotComplete", "EC2ThrottledException" };
+    static const char *const codes[] = { "SlowDown",
+                                         "Throttling",
+                                         "ThrottlingException",
+                                         "RequestTimeout",
+                                         "InternalError",
+                                         "ServiceUnavailable",
+                                         "RequestThrottled",
+                                         "TooManyRequestsException",
+                                         "RequestLimitExceeded",
+                                         "ProvisionedThroughputExceededException",
+                                         "BandwidthLimitExceeded",
+                                         "RequestTimeoutException",
+                                         "PriorRequestNotComplete",
+                                         "EC2ThrottledException" };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         if (!strcmp(c, codes[i])) return 1;
     return 0;
@@ -742,6 +779,10 @@ static void attempt_done(dc_s3 *s3, s3_req *r, CURLcode cc)
         snprintf(what, sizeof what, "%ld with Content-Range bytes %lld-%lld, not the range asked for (from %lld)",
                  r->status, (long long)r->cr_start, (long long)r->cr_end, (long long)(r->range_off + r->got));
         err.http_status = (int)r->status;
+    } else if (!ok_transfer && r->stalled) {
+        snprintf(what, sizeof what, "stalled: nothing received for %.1f s", s3->stall_timeout_s);
+        err.curl_code = CURLE_OPERATION_TIMEDOUT;
+        retry = 1;
     } else if (!ok_transfer) {
         const char *detail = r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc);
         snprintf(what, sizeof what, "curl error %d (%s)", (int)cc, detail);
@@ -894,6 +935,9 @@ static void *engine_main(void *arg)
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
             attempt_done(s3, r, res);
         }
+        /* retries scheduled just now are due soon: wake for the earliest */
+        for (s3_req *r = s3->delayed; r; r = r->next)
+            if (r->retry_at < next_due) next_due = r->retry_at;
         int timeout_ms = (int)((next_due - now_s()) * 1000);
         if (timeout_ms < 0) timeout_ms = 0;
         if (timeout_ms > 1000) timeout_ms = 1000;
@@ -1026,8 +1070,9 @@ dc_status dc_s3_get_range(dc_s3 *s3, const char *bucket, const char *key, int64_
 {
     DC_TRY(check_args(s3, bucket, key ? key : "", "dc_s3_get_range"));
     if (offset < 0 || length < 0 || (length > 0 && !dst))
-        return dc_error(DC_ERR_VALUE, "dc_s3_get_range: s3://%s/%s: offset %lld and length %lld must be >= 0 (and dst "
-                                      "set)",
+        return dc_error(DC_ERR_VALUE,
+                        "dc_s3_get_range: s3://%s/%s: offset %lld and length %lld must be >= 0 (and dst "
+                        "set)",
                         bucket, key, (long long)offset, (long long)length);
     if (length == 0) { /* an empty range has no Range header: ask for the size */
         int64_t total;
@@ -1119,7 +1164,8 @@ dc_status dc_s3_get(dc_s3 *s3, const char *bucket, const char *key, int64_t part
         rs[i]->range_len = total - rs[i]->range_off < part_size ? total - rs[i]->range_off : part_size;
         rs[i]->dst = buf + rs[i]->range_off;
         /* every part from the same version of the object */
-        if (first->etag[0] && !(rs[i]->if_match = strdup(first->etag))) st = dc_error(DC_ERR_NOMEM, "S3: out of memory");
+        if (first->etag[0] && !(rs[i]->if_match = strdup(first->etag)))
+            st = dc_error(DC_ERR_NOMEM, "S3: out of memory");
     }
     if (!st) {
         s3_batch b;
@@ -1130,8 +1176,9 @@ dc_status dc_s3_get(dc_s3 *s3, const char *bucket, const char *key, int64_t part
             for (int64_t i = 0; i < nparts && !st; i++) {
                 st = req_status(rs[i]);
                 if (!st && rs[i]->got != rs[i]->range_len)
-                    st = dc_error(DC_ERR_IO, "S3 GET s3://%s/%s: the object shrank while it was read (%lld bytes "
-                                             "at %lld)",
+                    st = dc_error(DC_ERR_IO,
+                                  "S3 GET s3://%s/%s: the object shrank while it was read (%lld bytes "
+                                  "at %lld)",
                                   bucket, key, (long long)rs[i]->got, (long long)rs[i]->range_off);
             }
         }

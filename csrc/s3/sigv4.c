@@ -257,7 +257,8 @@ static int parse_header(const char *line, header *h)
 static dc_status copy_out(const s3_buf *b, char *out, size_t cap, const char *what)
 {
     if (!out) return DC_OK;
-    if (b->len + 1 > cap) return dc_error(DC_ERR_VALUE, "dc_sigv4_sign: %s needs %zu bytes, got %zu", what, b->len + 1, cap);
+    if (b->len + 1 > cap)
+        return dc_error(DC_ERR_VALUE, "dc_sigv4_sign: %s needs %zu bytes, got %zu", what, b->len + 1, cap);
     memcpy(out, b->data ? b->data : "", b->len + 1);
     return DC_OK;
 }
@@ -265,8 +266,8 @@ static dc_status copy_out(const s3_buf *b, char *out, size_t cap, const char *wh
 dc_status dc_sigv4_sign(const dc_sigv4_request *r, char *authorization, size_t auth_cap, char *canonical,
                         size_t canonical_cap, char *string_to_sign, size_t sts_cap)
 {
-    if (!r || !r->method || !r->path || !r->headers || !r->payload_hash || !r->amz_date || !r->region ||
-        !r->service || !r->access_key || !r->secret_key)
+    if (!r || !r->method || !r->path || !r->headers || !r->payload_hash || !r->amz_date || !r->region || !r->service ||
+        !r->access_key || !r->secret_key)
         return dc_error(DC_ERR_VALUE, "dc_sigv4_sign: method, path, headers, payload_hash, amz_date, region, "
                                       "service and both keys are required");
     if (strlen(r->amz_date) != 16 || r->amz_date[8] != 'T')

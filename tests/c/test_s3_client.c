@@ -14,12 +14,12 @@
 
 #include "s3/s3.h"
 
-#define CHECK(cond)                                                                           \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
+#define CHECK(cond)                                                                                        \
+    do {                                                                                                   \
+        if (!(cond)) {                                                                                     \
             fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, dc_last_error()); \
-            return 1;                                                                         \
-        }                                                                                     \
+            return 1;                                                                                      \
+        }                                                                                                  \
     } while (0)
 
 static void fill(unsigned char *p, size_t n, unsigned seed)
