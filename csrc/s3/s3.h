@@ -35,9 +35,9 @@ extern "C" {
 typedef struct dc_s3 dc_s3;
 
 typedef struct {
-    const char *endpoint;      /* "http://127.0.0.1:9000"; NULL: https://s3.<region>.amazonaws.com */
-    const char *region;        /* NULL: "us-east-1" */
-    const char *access_key;    /* NULL: anonymous (unsigned requests) */
+    const char *endpoint;   /* "http://127.0.0.1:9000"; NULL: https://s3.<region>.amazonaws.com */
+    const char *region;     /* NULL: "us-east-1" */
+    const char *access_key; /* NULL: anonymous (unsigned requests) */
     const char *secret_key;
     const char *session_token; /* NULL: none */
     int path_style;            /* 1: endpoint/bucket/key; 0: bucket.host/key (virtual host) */
@@ -74,11 +74,11 @@ dc_status dc_s3_head(dc_s3 *s3, const char *bucket, const char *key, int64_t *si
 /* One page of ListObjectsV2 (<= max_keys, <= 0: 1000). The result owns its strings. */
 typedef struct {
     int n;
-    char **keys;         /* (n,) */
-    int64_t *sizes;      /* (n,) */
-    int nprefixes;       /* common prefixes when a delimiter was given */
-    char **prefixes;     /* (nprefixes,) */
-    char *next_token;    /* NULL when this was the last page */
+    char **keys;      /* (n,) */
+    int64_t *sizes;   /* (n,) */
+    int nprefixes;    /* common prefixes when a delimiter was given */
+    char **prefixes;  /* (nprefixes,) */
+    char *next_token; /* NULL when this was the last page */
 } dc_s3_list_page;
 dc_status dc_s3_list(dc_s3 *s3, const char *bucket, const char *prefix, const char *delimiter, const char *token,
                      int max_keys, dc_s3_list_page *out);
@@ -92,7 +92,9 @@ dc_status dc_s3_delete(dc_s3 *s3, const char *bucket, const char *key);
  * finish() uploads the last part and completes (reading CompleteMultipartUpload's body: a 200 can
  * still carry an error); abort() (also called by finish/write on failure) aborts the upload so no
  * orphaned parts are left. An object smaller than one part is sent by finish() as one PUT.
- * The upload is freed by finish/abort whatever their status. */
+ * The upload is freed by finish/abort whatever their status. A write that fails has already aborted
+ * the upload on the server; the handle stays valid (later calls repeat the error) until the
+ * caller's finish() or abort() frees it. */
 typedef struct dc_s3_upload dc_s3_upload;
 dc_status dc_s3_upload_init(dc_s3 *s3, const char *bucket, const char *key, int64_t part_size, int max_inflight,
                             dc_s3_upload **out);
@@ -121,12 +123,13 @@ void dc_s3_get_stats(dc_s3 *s3, dc_s3_stats *out);
  * a request (headers as "name:value" lines, already lowercase-trimmed or not — the signer
  * canonicalises), and the string-to-sign / canonical request for debugging. Writes into out. */
 typedef struct {
-    const char *method;        /* "GET" */
-    const char *path;          /* the URI path, not yet encoded ("/my bucket/k+ey") */
-    const char *query;         /* raw query "a=b&c" (not canonical), or NULL */
+    const char *method;         /* "GET" */
+    const char *path;           /* the URI path, not yet encoded ("/my bucket/k+ey") */
+    const char *query;          /* raw query "a=b&c" (not canonical: each part is
+                                   percent-decoded, then encoded and sorted), or NULL */
     const char *const *headers; /* "Name: value" strings, NULL-terminated; must include host */
-    const char *payload_hash;  /* hex SHA-256 of the body, or "UNSIGNED-PAYLOAD" */
-    const char *amz_date;      /* "20150830T123600Z" */
+    const char *payload_hash;   /* hex SHA-256 of the body, or "UNSIGNED-PAYLOAD" */
+    const char *amz_date;       /* "20150830T123600Z" */
     const char *region, *service;
     const char *access_key, *secret_key;
 } dc_sigv4_request;
