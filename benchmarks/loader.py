@@ -283,6 +283,7 @@ def child_train_loop(spec):
     len(ds)
     compute = spec["compute_ms"] / 1000
     wait = 0.0
+    first = None
     steps = 0
     t_start = time.perf_counter()
     it = iter(ds)
@@ -292,11 +293,15 @@ def child_train_loop(spec):
             next(it)
         except StopIteration:
             break
-        wait += time.perf_counter() - t0
+        if first is None:
+            first = time.perf_counter() - t0  # start-up: the first shard's fetch, once per run
+        else:
+            wait += time.perf_counter() - t0
         time.sleep(compute)  # the simulated device step (releases the GIL as a GPU step does)
         steps += 1
     total = time.perf_counter() - t_start
-    return {"steps": steps, "data_wait_s": wait, "total_s": total, "step_ms": spec["compute_ms"]}
+    return {"steps": steps, "data_wait_s": wait, "first_batch_s": first, "total_s": total - first,
+            "step_ms": spec["compute_ms"]}
 
 
 def child_list(spec):
@@ -346,6 +351,7 @@ def main():
         return 0
 
     root = tempfile.mkdtemp(prefix="dc-loader-bench-")
+    os.chmod(root, 0o755)  # nginx's workers run as an unprivileged user
     www = os.path.join(root, "www")
     procs = []
     rows, extra = [], {}
@@ -434,8 +440,9 @@ def main():
           f"vs Pillow {j['pillow_pool2_per_s']:.0f}/s (2 processes): {j['ours_per_s'] / j['pillow_pool2_per_s']:.2f}x")
     t = extra["train_loop"]
     frac = t["data_wait_s"] / t["total_s"]
-    print(f"training loop, {t['step_ms']:.0f} ms simulated step, nginx: {t['steps']} steps, data wait "
-          f"{100 * frac:.2f}% of wall time (target < 1%: {'ok' if frac < 0.01 else 'MISSED'})")
+    print(f"training loop, {t['step_ms']:.0f} ms simulated step, nginx: {t['steps']} steps, data wait after the "
+          f"first batch {100 * frac:.2f}% of wall time (target < 1%: {'ok' if frac < 0.01 else 'MISSED'}); the first "
+          f"batch took {1000 * t['first_batch_s']:.0f} ms")
     if "list" in extra:
         li = extra["list"]
         print(f"listing {li['keys']} keys (moto): first key after {li['first_s'] * 1000:.0f} ms with "
