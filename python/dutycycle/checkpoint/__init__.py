@@ -31,7 +31,7 @@ import weakref
 from time import perf_counter
 
 from .. import _C
-from . import _format
+from . import _format, _s3
 from ._format import (
     MANIFEST,
     CheckpointCorruptError,
@@ -97,7 +97,8 @@ class Checkpointer:
     fsync: False skips every fsync (benchmarks of the page cache only).
     """
 
-    def __init__(self, pool_bytes=None, if_busy="wait", keep_last=None, on_error="raise", fsync=True, writer_nice=10):
+    def __init__(self, pool_bytes=None, if_busy="wait", keep_last=None, on_error="raise", fsync=True, writer_nice=10,
+                 s3=None):
         if if_busy not in ("wait", "skip"):
             raise ValueError(f"Checkpointer: if_busy must be 'wait' or 'skip', got {if_busy!r}")
         if on_error not in ("raise", "warn"):
@@ -114,6 +115,7 @@ class Checkpointer:
             fsync,
         )
         self.writer_nice = int(writer_nice)
+        self.s3 = s3  # the dutycycle.s3.Client for s3:// paths (None: the default one)
         self.commit_timeout_s = 600.0  # several ranks: how long rank 0 waits for the others' files
         self._w = None
         self._lock = threading.RLock()
@@ -132,13 +134,17 @@ class Checkpointer:
     def busy(self):
         """True while a save is being written."""
         with self._lock:
-            return self._job is not None and self._w.poll() == "running"
+            return self._job is not None and (self._w.poll() == "running" or self._uploading())
+
+    def _uploading(self):
+        t = self._job.get("upload") if self._job is not None else None
+        return t is not None and t.is_alive()
 
     def poll(self):
         """Finish the bookkeeping of a save that completed (commit actions, retention). Returns
         True when nothing is in flight. Raises a failed save's error (on_error="raise")."""
         with self._lock:
-            if self._job is not None and self._w.poll() != "running":
+            if self._job is not None and self._w.poll() != "running" and not self._uploading():
                 self._finish()
             self._raise_pending()
             return self._job is None
@@ -148,8 +154,14 @@ class Checkpointer:
         nothing is in flight (False only when timeout ran out)."""
         with self._lock:
             if self._job is not None:
+                t0 = perf_counter()
                 if not self._w.wait(-1 if timeout is None else float(timeout)):
                     return False
+                up = self._job.get("upload")
+                if up is not None:
+                    up.join(None if timeout is None else max(0.0, float(timeout) - (perf_counter() - t0)))
+                    if up.is_alive():
+                        return False
                 self._finish()
             self._raise_pending()
             return True
@@ -198,10 +210,19 @@ class Checkpointer:
           commits once every rank's file is durable. gather(obj) -> [obj of every rank] on rank 0
           (None elsewhere) is the collective that tells rank 0 what the others write.
         Returns SaveStats (skipped=True when if_busy="skip" found the writer busy)."""
-        path = os.path.abspath(os.fspath(path))
-        stats = SaveStats(path)
         t0 = perf_counter()
         multi = world_size > 1
+        s3_url = s3_link = None
+        if _s3.is_s3(path):  # written to a local spool as usual, then uploaded (see _s3.py)
+            if multi:
+                raise ValueError("Checkpointer.save: s3:// destinations take one process's saves for now; save "
+                                 "several ranks to a shared file system")
+            s3_url = path.rstrip("/")
+            path = _s3.spool_dir(s3_url)
+            if link is not None and _s3.is_s3(link):
+                s3_link, link = link, None
+        path = os.path.abspath(os.fspath(path))
+        stats = SaveStats(s3_url or path)
         if multi and gather is None:
             raise ValueError("Checkpointer.save(world_size > 1) needs gather, the collective to rank 0")
         if not 0 <= rank < world_size:
@@ -288,11 +309,34 @@ class Checkpointer:
             stats.bytes = nbytes
             self._job = {"path": path, "tmp": tmp, "nseg": len(meta["tensors"]), "stats": stats,
                          "link": link if rank == 0 else None, "rank": rank}  # fmt: skip
+            if s3_url is not None:
+                self._job.update(s3_url=s3_url, s3_link=s3_link, upload=self._start_upload(path, s3_url))
             self.saves += 1
             self.last = stats
             if block:
                 self.wait()
             return stats
+
+    def _start_upload(self, local, url):
+        """A thread that waits for the local commit, then uploads it (manifest last)."""
+        client = _s3.client_for(self.s3)
+        w = self._w
+        box = {}
+
+        def run():
+            while w.poll() == "running":
+                threading.Event().wait(0.005)
+            if os.path.exists(os.path.join(local, MANIFEST)):  # committed (else _finish reports why not)
+                try:
+                    _s3.upload(local, url, client)
+                except BaseException as e:  # reported by _finish in the caller's thread
+                    box["error"] = e
+
+        t = threading.Thread(target=run, name="dutycycle-ckpt-upload", daemon=True)
+        t.box = box
+        t.client = client
+        t.start()
+        return t
 
     def _ensure_writer(self, state_bytes):
         want = self.pool_bytes or max(state_bytes, 1)
@@ -320,6 +364,29 @@ class Checkpointer:
                 self._pending_error = err
             else:
                 warnings.warn(str(err), RuntimeWarning, stacklevel=3)
+            return
+        if job.get("upload") is not None:  # an s3:// save: the local commit was only the spool
+            up = job["upload"]
+            up.join()
+            _clear(job["path"])
+            _clear(job["tmp"])
+            err = up.box.get("error")
+            if err is not None:
+                e2 = CheckpointError(f"background checkpoint upload to '{job['s3_url']}' failed: {err}")
+                e2.path = job["s3_url"]
+                self.errors.append(e2)
+                if self.on_error == "raise":
+                    self._pending_error = e2
+                else:
+                    warnings.warn(str(e2), RuntimeWarning, stacklevel=3)
+                return
+            self._committed = [p for p in self._committed if p != job["s3_url"]] + [job["s3_url"]]
+            if job.get("s3_link"):
+                _s3.write_pointer(job["s3_link"], job["s3_url"], up.client)
+            if self.keep_last is not None:
+                while len(self._committed) > self.keep_last:
+                    old = self._committed.pop(0)
+                    _s3.remove(old, up.client) if _s3.is_s3(old) else remove(old)
             return
         if job.get("rank", 0) != 0:
             return  # rank 0 commits, links and deletes
@@ -532,17 +599,32 @@ def load_dir(ckpt_dir, verify=True, lazy=None):
     return _format.decode_state(m, arrays, os.path.join(ckpt_dir, MANIFEST)), m
 
 
-def load(path, *, fallback=False, verify=True, map_location=None, return_path=False, lazy=None):
+def load(path, *, fallback=False, verify=True, map_location=None, return_path=False, lazy=None, s3=None):
     """Load a checkpoint: a checkpoint directory, a `last.ckpt` link, or a folder of checkpoints
     (the newest committed one), verifying the manifest and every tensor's CRC32C. A corrupt or
     incomplete checkpoint raises CheckpointCorruptError naming the file and tensor; with
     fallback=True the previous committed checkpoint in the same folder is loaded instead (with a
     warning saying why). Single-file checkpoints of earlier dutycycle versions load too. lazy: a
     predicate on tensor names; those come back as LazyTensor (read(start, stop) reads only the
-    slices needed: a ZeRO rank loading at another world size reads its own part, never the whole)."""
+    slices needed: a ZeRO rank loading at another world size reads its own part, never the whole).
+    An s3:// path (a checkpoint or a last.ckpt pointer object) is downloaded and verified the same
+    way, through `s3` (a dutycycle.s3.Client; default: the environment's)."""
     for c in list(_live):  # a save of this process may still be writing what is asked for
         if c._job is not None:
             c.wait()
+    if _s3.is_s3(path):
+        if lazy is not None or fallback:
+            raise ValueError("checkpoint.load: lazy= and fallback= are for local checkpoints, not s3:// ones")
+        tmp, url = _s3.download(path, _s3.client_for(s3))
+        try:
+            loaded = load_dir(tmp, verify, None)[0]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            from .._functions import _map_tensors
+
+            loaded = _map_tensors(loaded, lambda t: t.to(map_location))
+        return (loaded, url) if return_path else loaded
     first_err, loaded = None, None
     for kind, p in _candidates(path):
         try:
