@@ -1119,6 +1119,7 @@ static int module_exec(PyObject *m)
     if (dc_py_init_ops(m) < 0) return -1;
     if (dc_py_init_loader(m) < 0) return -1;
     if (dc_py_init_ckpt(m) < 0) return -1;
+    if (dc_py_init_decode(m) < 0) return -1;
     if (dc_py_init_comm(m) < 0) return -1;
     return 0;
 }

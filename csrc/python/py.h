@@ -61,6 +61,8 @@ int dc_py_init_errors(PyObject *module);
 int dc_py_init_loader(PyObject *module);
 int dc_py_init_ckpt(PyObject *module); /* ckpt_py.c: _C.CheckpointWriter, _C.crc32c */
 int dc_py_init_comm(PyObject *module); /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
+/* decode_py.c: _C.tar_members, _C.jpeg_decode and the other single-sample decoders */
+int dc_py_init_decode(PyObject *module);
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
 void dc_py_stash_exception(void);
 int dc_py_restore_exception(void); /* 1 if one was restored */
