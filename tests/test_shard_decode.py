@@ -779,3 +779,19 @@ def test_expand_braces_errors():
         _C.expand_braces("{" * 200 + "a,b" + "}" * 200)
     with pytest.raises(ValueError, match="more than"):
         _C.expand_braces("{0..99999999999}")
+
+
+def test_decoders_from_many_threads_match_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    jpegs = [jpeg_bytes(smooth_image(120 + 8 * i, 160, seed=i)) for i in range(8)]
+    tar = sample_archive(tarfile.PAX_FORMAT)
+
+    def work(i):
+        d = jpegs[i % len(jpegs)]
+        img = _C.jpeg_decode(d, resize=64, crop="random_resized", size=48, flip_p=0.5, seed=i, dtype="float32")
+        return img, _C.tar_members(tar, 1 + i), _C.expand_braces("{0..9}{a,b}")
+
+    serial = [work(i) for i in range(32)]
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(work, range(32))) == serial
