@@ -1,7 +1,7 @@
 # dutycycle: the two commands a new machine needs.
 #   make demo   install system packages (apt-get) and the package, then run the main job
 #   make test   install the test tools, then run the whole suite (C kernel test + pytest)
-# Other targets: install, sanitize (ASan+UBSan build running the op tests), test-c, bench, lint.
+# Other targets: install, sanitize (ASan+UBSan build running the op tests), test-c, fuzz-c, bench, lint.
 
 PYTHON ?= python3
 PIP    := $(PYTHON) -m pip
@@ -16,7 +16,7 @@ OPENBLAS_OMP := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB := $(if $(wildcard $(OPENBLAS_OMP)/libopenblas.so),-I/usr/include/x86_64-linux-gnu/openblas-openmp -L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas
 CORE_C := csrc/core/status.c csrc/core/dtype.c csrc/core/backend.c $(wildcard csrc/cpu/*.c)
 
-.PHONY: all deps install demo test test-py test-c sanitize bench lint format clean
+.PHONY: all deps install demo test test-py test-c fuzz-c sanitize bench lint format clean
 
 all: install
 
@@ -38,6 +38,7 @@ demo: install
 test: install
 	$(PIP) install -q -e '.[test]' --no-build-isolation
 	$(MAKE) test-c
+	$(MAKE) fuzz-c
 	$(PYTHON) -m pytest -q tests
 
 test-py:
@@ -50,6 +51,39 @@ test-c: build/test_cpu_kernels
 build/test_cpu_kernels: tests/c/test_cpu_kernels.c tests/c/harness.h $(CORE_C) $(wildcard csrc/cpu/*.h csrc/core/*.h)
 	@mkdir -p build
 	gcc $(CFLAGS_TEST) -o $@ tests/c/test_cpu_kernels.c $(CORE_C) $(BLAS_LIB) -lm
+
+# libFuzzer (ASan + UBSan) runs of the shard decoders, FUZZ_TIME seconds each, from the seeds in
+# tests/fuzz/corpus_*/ (new inputs go to build/fuzz/work_*/); any crash, leak or UB fails.
+FUZZ_DIR  := build/fuzz
+FUZZ_CC   := clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icsrc
+FUZZ_TIME ?= 20
+FUZZ_MAXLEN_tar := 65536
+FUZZ_MAXLEN_pattern := 512
+FUZZ_MAXLEN_npy_jpeg := 16384
+SHARDS_H := csrc/loader/shards.h csrc/core/status.h csrc/core/dtype.h
+
+fuzz-c: $(FUZZ_DIR)/fuzz_tar $(FUZZ_DIR)/fuzz_pattern $(FUZZ_DIR)/fuzz_npy_jpeg
+	@for f in tar pattern npy_jpeg; do \
+	  mkdir -p $(FUZZ_DIR)/work_$$f; \
+	  case $$f in tar) n=$(FUZZ_MAXLEN_tar);; pattern) n=$(FUZZ_MAXLEN_pattern);; *) n=$(FUZZ_MAXLEN_npy_jpeg);; esac; \
+	  echo "fuzz_$$f: $(FUZZ_TIME) s"; \
+	  ./$(FUZZ_DIR)/fuzz_$$f -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 -max_len=$$n -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_DIR)/crash_$$f- $(FUZZ_DIR)/work_$$f tests/fuzz/corpus_$$f \
+	    2>$(FUZZ_DIR)/fuzz_$$f.log || { tail -50 $(FUZZ_DIR)/fuzz_$$f.log; exit 1; }; \
+	  grep -E "^(#[0-9]+.*DONE|stat::number_of_executed_units)" $(FUZZ_DIR)/fuzz_$$f.log; \
+	done
+
+$(FUZZ_DIR)/fuzz_tar: tests/fuzz/fuzz_tar.c csrc/loader/tar.c csrc/core/status.c $(SHARDS_H)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_tar.c csrc/loader/tar.c csrc/core/status.c
+
+$(FUZZ_DIR)/fuzz_pattern: tests/fuzz/fuzz_pattern.c csrc/loader/pattern.c csrc/core/status.c $(SHARDS_H)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_pattern.c csrc/loader/pattern.c csrc/core/status.c
+
+$(FUZZ_DIR)/fuzz_npy_jpeg: tests/fuzz/fuzz_npy_jpeg.c csrc/loader/decode.c csrc/core/status.c $(SHARDS_H)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) -o $@ tests/fuzz/fuzz_npy_jpeg.c csrc/loader/decode.c csrc/core/status.c -ljpeg -lm
 
 # ASan + UBSan build of the extension (CPU only) in build/sanitize, then the op tests against it.
 sanitize: install

@@ -26,9 +26,17 @@ extern "C" {
 /* ---- Streaming tar parser (tar.c) ------------------------------------------------------------
  * Feed the stream's bytes in any chunking; take complete regular-file members out in order.
  * Understands ustar/POSIX and GNU headers: octal and base-256 sizes, GNU long names ('L'), pax
- * extended headers ('x': path, size) and skips pax globals ('g'), directories, links and other
- * non-regular members. Checks every header's checksum. The end-of-archive zero blocks are
- * optional (a stream that ends exactly at a member boundary is complete). */
+ * extended headers ('x': path, size) and skips pax globals ('g'), GNU long link names ('K'),
+ * directories, links and other non-regular members (unknown types with their data). Checks every
+ * header's checksum (unsigned or signed sum, as tar does). The end-of-archive zero blocks are
+ * optional (a stream that ends exactly at a member boundary is complete); the first all-zero block
+ * ends the archive and whatever follows it is ignored (GNU tar's default, tarfile's too).
+ * Details: the ustar prefix counts only under the POSIX magic "ustar\0" "00" (as GNU tar); a
+ * type-'\0' member whose name ends in '/' is a directory; GNU sparse members ('S') are refused;
+ * names are limited to 64 KiB and extended headers to 1 MiB (DC_ERR_FORMAT beyond). A member is
+ * complete once its padding to the next 512-byte block is in. Every byte fed is parsed at once
+ * (dc_tar_offset is the parse position); members wait in a queue until dc_tar_next. One handle is
+ * used by one thread at a time; handles are independent. */
 typedef struct dc_tar dc_tar;
 
 typedef struct {
@@ -47,12 +55,15 @@ void dc_tar_free(dc_tar *t);
 /* Start over on a new stream whose first byte is at stream offset `offset` (a shard read from a
  * byte offset that is a member boundary). */
 void dc_tar_reset(dc_tar *t, int64_t offset);
-/* Append bytes (copied, or moved into the member being assembled). */
+/* Append bytes: parsed at once, member data copied straight into the member's own buffer (the one
+ * copy). Malformed input is not reported here but by dc_tar_next once the members before it have
+ * been taken, so chunking never changes what a consumer sees; DC_ERR_NOMEM is returned here. */
 dc_status dc_tar_feed(dc_tar *t, const void *buf, size_t len);
 /* The next complete member: *have = 1 and m filled, or *have = 0 when more input is needed.
  * Malformed input: DC_ERR_FORMAT naming the offset ("bad header checksum at byte 1536"). */
 dc_status dc_tar_next(dc_tar *t, dc_tar_member *m, int *have);
-/* Take ownership of the last member's data buffer (malloc'd, m->size bytes; free() it). */
+/* Take ownership of the last member's data buffer (malloc'd, m->size bytes, at least 1 byte
+ * allocated so an empty member is not NULL; free() it). NULL if already taken. */
 uint8_t *dc_tar_take(dc_tar *t);
 /* The stream has ended: DC_OK if it ended on a member boundary (or in the end-of-archive blocks),
  * DC_ERR_FORMAT "truncated tar: member 'x' needs N bytes, the stream ended at byte O" otherwise. */
@@ -62,13 +73,18 @@ int64_t dc_tar_offset(const dc_tar *t);
 
 /* WebDataset's split of a member path into sample key and field: the key is the path up to the
  * first '.' after the last '/', the field what follows ("a/000123.x.npy" -> "a/000123", "x.npy").
- * Returns 0 (and no split) for a name with no '.' in its last component. */
+ * Returns 0 (and no split) for a name with no '.' in its last component. Exactly webdataset's
+ * base_plus_ext regex, including its backtracking for a last component that starts with '.':
+ * "a/.x" -> ("a/", "x"), and no split when the component before it has a '.' ("a.b/.x"). */
 int dc_wds_split(const char *name, size_t name_len, size_t *key_len, const char **field);
 
 /* ---- .npy (decode.c) ------------------------------------------------------------------------
  * NumPy format versions 1.0-3.0, C order, little-endian or byte-order-free dtypes: |b1 |u1 |i1
  * <i2 <i4 <i8 <f2 <f4 <f8 (and bf16 written as "<V2" is not supported). Fortran order, big-endian,
- * object or structured dtypes: DC_ERR_FORMAT naming what was found. */
+ * object or structured dtypes: DC_ERR_FORMAT naming what was found. The header dict is parsed as
+ * a Python literal (any key order and spacing, trailing commas, unknown keys skipped); Fortran
+ * order is accepted when at most one dimension exceeds 1 (the bytes are the same as C order).
+ * Element counts are overflow-checked; nbytes beyond the buffer is a "truncated .npy" error. */
 typedef struct {
     dc_dtype dtype;
     int ndim; /* 0..8 */
@@ -84,7 +100,19 @@ dc_status dc_npy_parse(const void *buf, size_t len, dc_npy_info *out);
  * antialiased bilinear), crop to crop_h x crop_w (0: no crop; CENTER, RANDOM position, or
  * RANDOM_RESIZED as torchvision's RandomResizedCrop with scale/ratio, resized to the crop size),
  * flip horizontally with probability flip_p, and write HWC uint8, or CHW float32/bfloat16 as
- * (x/255 - mean[c]) / std[c]. The randomness comes only from `seed` (same seed, same crop). */
+ * (x/255 - mean[c]) / std[c]. The randomness comes only from `seed` (same seed, same crop).
+ * Details: the long side after resize is int(resize * long / short) (torchvision's Resize); the
+ * resize is Pillow's BILINEAR (reducing_gap=None) in its fixed point, identical to Pillow when no
+ * DCT scaling applies (decoded size under 8/8 only when that still covers the output); CENTER is
+ * at round((H - h) / 2) (torchvision); a CENTER/RANDOM crop larger than the resized image is
+ * DC_ERR_VALUE naming both sizes; RANDOM_RESIZED draws up to 10 (area, log-ratio) tries, then
+ * falls back to a centred crop of the clamped ratio, and keeps the filter inside the region
+ * (crop-then-resize); after a resize it resamples twice, as the two transforms would. Randomness:
+ * splitmix64 over a counter started at `seed`, drawn crop first, then flip. CMYK/YCCK with an Adobe
+ * marker are taken as inverted (Adobe's and Pillow's convention). libjpeg errors and its
+ * corrupt-data warnings (premature end, bad Huffman/arithmetic code, extraneous bytes, missing RST,
+ * bad progression) are DC_ERR_FORMAT with libjpeg's message; images over 2^27 pixels are refused.
+ * Per-call state only: safe from many threads at once. */
 enum { DC_CROP_NONE = 0, DC_CROP_CENTER = 1, DC_CROP_RANDOM = 2, DC_CROP_RANDOM_RESIZED = 3 };
 typedef struct {
     int resize;               /* shorter side after resize; 0: none */
@@ -106,7 +134,11 @@ dc_status dc_jpeg_decode(const void *buf, size_t len, const dc_image_opts *o, vo
  * Brace expansion as the `braceexpand` package (webdataset's): "{000000..000127}" numeric ranges
  * (zero-padded to the wider end's width), "{a..e}" letter ranges, "{0..20..5}" steps, "{x,y,z}"
  * lists, several and nested groups, "\{" escapes. Unbalanced braces: DC_ERR_VALUE naming the
- * position. More than max_count (<= 0: 10,000,000) results: DC_ERR_VALUE. */
+ * position. More than max_count (<= 0: 10,000,000) results: DC_ERR_VALUE. As the package: a group
+ * that is neither a range nor a list stays literal ("{x}", "{}"), ranges run downwards too, a
+ * step's sign is ignored. Beyond it: range ends must fit in int64 and nesting is limited to 100
+ * levels (DC_ERR_VALUE). The count is checked before anything is built. *out: count malloc'd
+ * strings in a malloc'd array (NULL when count is 0), freed with dc_pattern_free. */
 dc_status dc_pattern_expand(const char *pattern, int64_t max_count, char ***out, int64_t *count);
 void dc_pattern_free(char **list, int64_t count);
 

@@ -1,457 +1,623 @@
-/* tar.c: a streaming tar reader for WebDataset shards, and WebDataset's key/field split.
+/* tar.c: the streaming tar parser behind the WebDataset shard loader, and dc_wds_split.
  *
- * Why streaming: a shard arrives in chunks (range GETs, file reads) of any size, and a member may
- * span many chunks; the parser keeps only the header block being read and the member being
- * assembled, never the whole shard. Member data goes straight into a buffer of the member's size
- * that the caller can take over (dc_tar_take) — the bytes are copied once, from the chunk.
+ * Why streaming: a shard arrives as a sequence of fetched chunks of any size, and a sample must be
+ * usable as soon as its bytes are in. dc_tar_feed runs a byte-level state machine over each chunk
+ * as it comes (no look-ahead, so any chunking gives the same result) and copies member data once,
+ * straight into a malloc'd buffer per member that the consumer may keep (dc_tar_take). Finished
+ * members wait in a small queue until dc_tar_next hands them out; a malformed header stops the
+ * parse and is reported by dc_tar_next after the members before it, so what a consumer sees never
+ * depends on how the bytes were chunked.
  *
- * Formats: ustar/POSIX (name + prefix), GNU ('L' long names, 'K' long link names, base-256
- * sizes), pax ('x' path and size records for the next member; 'g' globals skipped). Non-regular
- * members (directories, links, devices, FIFOs) are skipped. Every header's checksum is checked
- * (unsigned, and the signed sum old tars wrote). The archive ends at two zero blocks, or at EOF on
- * a member boundary; bytes after the end-of-archive blocks are ignored, as GNU tar does. */
-#define _GNU_SOURCE
+ * Format rules (the same choices as Python's tarfile and GNU tar's defaults):
+ *   - a header's checksum must match the unsigned or the signed byte sum (old tars used signed);
+ *   - sizes are octal (spaces/NULs around the digits) or GNU base-256 (first byte 0x80);
+ *   - regular members are types '0', '\0' and '7'; '\0' with a name ending in '/' is a directory;
+ *     directories, hard and symbolic links, devices and fifos carry no data and are skipped;
+ *     unknown types are skipped together with their data; GNU sparse members ('S') are refused;
+ *   - 'L' (GNU long name) and 'x' (pax: path, size) apply to the next header; 'K' (long link
+ *     name) and 'g' (pax global) are read and dropped;
+ *   - the first all-zero header block ends the archive: whatever follows is ignored (GNU tar
+ *     without --ignore-zeros, tarfile), and a stream that stops on a member boundary is complete.
+ * A member is complete when its data and the padding up to the next 512-byte block are in. */
+#include "shards.h"
+
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "shards.h"
+#define BLOCK        512
+#define MAX_NAME     (64 * 1024)   /* longest member path accepted (GNU 'L' or pax path) */
+#define MAX_EXT      (1024 * 1024) /* largest pax 'x' / GNU 'L'/'K' record we buffer */
+#define FIRST_ALLOC  (16u << 20)   /* data buffers start at most this big and grow on demand */
+#define DEFAULT_MAX  ((int64_t)1 << 30)
+#define ERR_MSG_SIZE 512
 
-#define BLOCK    512
-#define MAX_NAME (64 * 1024)
+enum {
+    ST_HEADER, /* collecting a 512-byte header block */
+    ST_EXT,    /* collecting an extended header's data ('L', 'K', 'x') */
+    ST_DATA,   /* collecting a regular member's data */
+    ST_SKIP,   /* skipping bytes: padding, or data of a member we drop */
+    ST_END,    /* after the end-of-archive block: everything is ignored */
+    ST_ERROR   /* a malformed header stopped the parse */
+};
 
-enum { ST_HEADER, ST_DATA, ST_SKIP, ST_END };
+/* What a skip leads to once done. */
+enum { AFTER_NOTHING, AFTER_MEMBER };
+
+typedef struct {
+    char *name;
+    size_t name_len;
+    int64_t size, offset;
+    uint8_t *data;
+} member;
 
 struct dc_tar {
     int64_t max_member;
-    int64_t offset; /* stream offset of the next byte fed */
+    int64_t pos; /* stream offset of the next byte fed */
     int state;
-    uint8_t hdr[BLOCK]; /* the header block being read */
-    size_t hdr_have;
-    int zero_blocks; /* consecutive zero header blocks */
-    /* the member being read */
-    int kind;              /* 0 regular, 'L'/'K' long name/link, 'x'/'g' pax, 1 skipped */
-    int64_t size, have;    /* data bytes, and how many arrived */
-    int64_t pad;           /* padding still to skip after the data */
-    int64_t member_offset; /* where its first header block began */
-    uint8_t *data;         /* (size,) */
-    char *name;            /* the member's path */
-    /* carried to the next member by GNU long-name / pax headers */
-    char *long_name;
-    int64_t pax_size;     /* -1: none */
-    int64_t first_offset; /* offset of the first extension header of the coming member, -1: none */
-    /* completed members waiting to be taken: at most one (the caller drains with dc_tar_next) */
-    int ready;
-    uint8_t *out_data;
-    char *out_name;
-    int64_t out_size, out_offset;
-    int taken;
-    /* input not yet consumed (fed but a member was ready) */
-    const uint8_t *in;
-    size_t in_len;
-    uint8_t *pending; /* a copy of unconsumed input */
-    size_t pending_len, pending_pos;
+
+    uint8_t hdr[BLOCK];
+    size_t hdr_fill;
+    int64_t hdr_offset; /* stream offset of the block being collected */
+
+    /* extended-header chain ('L'/'x' before a member header) */
+    int64_t chain_offset; /* -1: no chain */
+    char *chain_name;     /* malloc'd; from 'L' or pax path */
+    size_t chain_name_len;
+    int64_t chain_size; /* pax size override; -1: none */
+
+    /* ST_EXT */
+    char ext_type;
+    uint8_t *ext_buf;
+    size_t ext_len, ext_fill;
+    int64_t ext_header_offset;
+
+    /* the member being assembled (ST_DATA, or ST_SKIP with AFTER_MEMBER) */
+    member cur;
+    int64_t cur_data_offset;
+    size_t cur_cap, cur_fill;
+
+    /* ST_SKIP */
+    int64_t skip_left;
+    int skip_after;
+    int skip_is_data; /* skipping a dropped member's data (for the truncation message) */
+    char skip_what[64];
+
+    /* finished members waiting for dc_tar_next */
+    member *queue;
+    size_t q_head, q_len, q_cap;
+    member out; /* the member last handed out; its buffers are freed at the next call */
+
+    dc_status err;
+    char err_msg[ERR_MSG_SIZE];
 };
+
+static void member_clear(member *m)
+{
+    free(m->name);
+    free(m->data);
+    memset(m, 0, sizeof *m);
+}
+
+/* Record a parse error in the handle (sticky) and in the thread's buffer. */
+static dc_status fail(dc_tar *t, dc_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static dc_status fail(dc_tar *t, dc_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err_msg, sizeof t->err_msg, fmt, ap);
+    va_end(ap);
+    t->err = st;
+    t->state = ST_ERROR;
+    return dc_error(st, "%s", t->err_msg);
+}
+
+static void chain_clear(dc_tar *t)
+{
+    free(t->chain_name);
+    t->chain_name = NULL;
+    t->chain_name_len = 0;
+    t->chain_size = -1;
+    t->chain_offset = -1;
+}
 
 dc_status dc_tar_init(dc_tar **out, int64_t max_member_bytes)
 {
+    *out = NULL;
     dc_tar *t = calloc(1, sizeof *t);
-    if (!t) return dc_error(DC_ERR_NOMEM, "out of memory");
-    t->max_member = max_member_bytes > 0 ? max_member_bytes : (int64_t)1 << 30;
-    dc_tar_reset(t, 0);
+    if (!t) return dc_error(DC_ERR_NOMEM, "tar parser: out of memory");
+    t->max_member = max_member_bytes > 0 ? max_member_bytes : DEFAULT_MAX;
+    t->chain_offset = -1;
+    t->chain_size = -1;
     *out = t;
     return DC_OK;
 }
 
-static void drop_member(dc_tar *t)
-{
-    free(t->data);
-    t->data = NULL;
-    free(t->name);
-    t->name = NULL;
-}
-
-static void drop_out(dc_tar *t)
-{
-    if (!t->taken) free(t->out_data);
-    t->out_data = NULL;
-    free(t->out_name);
-    t->out_name = NULL;
-    t->ready = 0;
-    t->taken = 0;
-}
-
 void dc_tar_reset(dc_tar *t, int64_t offset)
 {
-    drop_member(t);
-    drop_out(t);
-    free(t->long_name);
-    t->long_name = NULL;
-    free(t->pending);
-    t->pending = NULL;
-    t->pending_len = t->pending_pos = 0;
-    t->offset = offset;
+    chain_clear(t);
+    free(t->ext_buf);
+    t->ext_buf = NULL;
+    member_clear(&t->cur);
+    member_clear(&t->out);
+    for (size_t i = t->q_head; i < t->q_head + t->q_len; i++) member_clear(&t->queue[i]);
+    t->q_head = t->q_len = 0;
     t->state = ST_HEADER;
-    t->hdr_have = 0;
-    t->zero_blocks = 0;
-    t->pax_size = -1;
-    t->first_offset = -1;
+    t->hdr_fill = 0;
+    t->pos = offset;
+    t->err = DC_OK;
+    t->err_msg[0] = '\0';
 }
 
 void dc_tar_free(dc_tar *t)
 {
     if (!t) return;
     dc_tar_reset(t, 0);
+    free(t->queue);
     free(t);
 }
 
 int64_t dc_tar_offset(const dc_tar *t)
 {
-    return t->offset;
+    return t->pos;
 }
 
-/* A numeric header field: octal (spaces/NULs around it), or GNU base-256 when the top bit is set. */
-static int parse_num(const uint8_t *f, size_t n, int64_t *out)
+static int64_t pad_of(int64_t size)
 {
-    if (f[0] & 0x80) {
-        if (f[0] & 0x40) return 0; /* negative */
-        uint64_t v = f[0] & 0x3f;
-        for (size_t i = 1; i < n; i++) {
-            if (v >> 55) return 0;
-            v = v << 8 | f[i];
-        }
-        if (v > INT64_MAX) return 0;
-        *out = (int64_t)v;
-        return 1;
-    }
+    return (BLOCK - size % BLOCK) % BLOCK;
+}
+
+/* ---- header fields ---------------------------------------------------------------------------- */
+
+/* An octal field: optional leading spaces/NULs, digits, then spaces or NULs. -1 when malformed. */
+static int64_t parse_octal(const uint8_t *f, size_t n)
+{
     size_t i = 0;
     while (i < n && (f[i] == ' ' || f[i] == 0)) i++;
-    uint64_t v = 0;
-    int digits = 0;
+    if (i == n) return 0; /* an all-blank field reads as 0, as tarfile does */
+    int64_t v = 0;
+    size_t digits = 0;
     for (; i < n && f[i] >= '0' && f[i] <= '7'; i++, digits++) {
-        if (v >> 60) return 0;
-        v = v * 8 + (uint64_t)(f[i] - '0');
+        if (v > (INT64_MAX >> 3)) return -1;
+        v = v * 8 + (f[i] - '0');
     }
     for (; i < n; i++)
-        if (f[i] != ' ' && f[i] != 0) return 0;
-    (void)digits; /* an all-blank field reads as 0, as GNU tar does */
-    *out = (int64_t)v;
-    return 1;
+        if (f[i] != ' ' && f[i] != 0) return -1;
+    return digits ? v : -1;
+}
+
+/* The size field: octal or GNU base-256 (0x80 then a big-endian number; 0xff, negative, refused). */
+static int64_t parse_size(const uint8_t *f)
+{
+    if (f[0] & 0x80) {
+        if (f[0] != 0x80) return -1;
+        uint64_t v = 0;
+        for (int i = 1; i < 12; i++) {
+            if (v >> 55) return -1;
+            v = (v << 8) | f[i];
+        }
+        return v > (uint64_t)INT64_MAX ? -1 : (int64_t)v;
+    }
+    return parse_octal(f, 12);
 }
 
 static int checksum_ok(const uint8_t *h)
 {
-    int64_t want;
-    if (!parse_num(h + 148, 8, &want)) return 0;
+    int64_t stored = parse_octal(h + 148, 8);
+    if (stored < 0) return 0;
     int64_t u = 0, s = 0;
     for (int i = 0; i < BLOCK; i++) {
         uint8_t c = (i >= 148 && i < 156) ? ' ' : h[i];
         u += c;
-        s += (signed char)c;
+        s += (int8_t)c;
     }
-    return want == u || want == s;
+    return stored == u || stored == s;
 }
 
-static char *field_str(const uint8_t *f, size_t n)
+static size_t field_len(const uint8_t *f, size_t n)
 {
-    size_t len = strnlen((const char *)f, n);
-    return strndup((const char *)f, len);
+    const uint8_t *z = memchr(f, 0, n);
+    return z ? (size_t)(z - f) : n;
 }
 
-/* Parse pax records "len key=value\n" for path and size. */
-static dc_status parse_pax(dc_tar *t, const uint8_t *d, int64_t n)
+/* ---- the queue -------------------------------------------------------------------------------- */
+
+static dc_status queue_push(dc_tar *t, member *m)
 {
-    int64_t i = 0;
-    while (i < n) {
-        int64_t len = 0, j = i;
-        while (j < n && d[j] >= '0' && d[j] <= '9') {
-            len = len * 10 + (d[j] - '0');
-            if (len > n) break;
-            j++;
+    if (t->q_head + t->q_len == t->q_cap) {
+        if (t->q_head > 0) {
+            memmove(t->queue, t->queue + t->q_head, t->q_len * sizeof *t->queue);
+            t->q_head = 0;
+        } else {
+            size_t cap = t->q_cap ? t->q_cap * 2 : 16;
+            member *q = realloc(t->queue, cap * sizeof *q);
+            if (!q) return fail(t, DC_ERR_NOMEM, "tar parser: out of memory queueing member");
+            t->queue = q;
+            t->q_cap = cap;
         }
-        if (j == i || j >= n || d[j] != ' ' || len <= j - i + 1 || i + len > n || d[i + len - 1] != '\n')
-            return dc_error(DC_ERR_FORMAT, "malformed pax header record at byte %lld", (long long)(t->member_offset));
-        const uint8_t *kv = d + j + 1;
-        int64_t kvlen = i + len - 1 - (j + 1);
-        const uint8_t *eq = memchr(kv, '=', (size_t)kvlen);
-        if (!eq) return dc_error(DC_ERR_FORMAT, "pax record without '=' at byte %lld", (long long)t->member_offset);
-        size_t klen = (size_t)(eq - kv);
-        const char *val = (const char *)eq + 1;
-        size_t vlen = (size_t)(kvlen - (int64_t)klen - 1);
-        if (klen == 4 && !memcmp(kv, "path", 4)) {
-            if (vlen > MAX_NAME) return dc_error(DC_ERR_FORMAT, "pax path longer than %d bytes", MAX_NAME);
-            free(t->long_name);
-            t->long_name = strndup(val, vlen);
-            if (!t->long_name) return dc_error(DC_ERR_NOMEM, "out of memory");
-        } else if (klen == 4 && !memcmp(kv, "size", 4)) {
-            int64_t v = 0;
-            for (size_t k = 0; k < vlen; k++) {
-                if (val[k] < '0' || val[k] > '9' || v > INT64_MAX / 10 - 10)
-                    return dc_error(DC_ERR_FORMAT, "bad pax size at byte %lld", (long long)t->member_offset);
-                v = v * 10 + (val[k] - '0');
-            }
-            t->pax_size = v;
-        }
-        i += len;
     }
+    t->queue[t->q_head + t->q_len++] = *m;
+    memset(m, 0, sizeof *m);
     return DC_OK;
 }
 
-/* A complete header block in t->hdr: set up the member. */
-static dc_status start_member(dc_tar *t)
+/* ---- state transitions -------------------------------------------------------------------------- */
+
+static void start_skip(dc_tar *t, int64_t n, int after, int is_data, const char *what)
+{
+    t->state = ST_SKIP;
+    t->skip_left = n;
+    t->skip_after = after;
+    t->skip_is_data = is_data;
+    snprintf(t->skip_what, sizeof t->skip_what, "%s", what);
+}
+
+/* The member in t->cur has all its data: skip its padding, then queue it. */
+static dc_status data_done(dc_tar *t)
+{
+    int64_t pad = pad_of(t->cur.size);
+    if (pad) {
+        start_skip(t, pad, AFTER_MEMBER, 0, "padding");
+        return DC_OK;
+    }
+    t->state = ST_HEADER;
+    return queue_push(t, &t->cur);
+}
+
+/* Apply a finished extended header's data to the chain. */
+static dc_status ext_done(dc_tar *t)
+{
+    const char *b = (const char *)t->ext_buf;
+    size_t n = t->ext_len;
+    if (t->ext_type == 'L') {
+        const char *z = memchr(b, 0, n);
+        size_t len = z ? (size_t)(z - b) : n;
+        if (len > MAX_NAME)
+            return fail(t, DC_ERR_FORMAT, "tar: GNU long name of %zu bytes at byte %lld exceeds the %d-byte limit", len,
+                        (long long)t->ext_header_offset, MAX_NAME);
+        char *name = malloc(len + 1);
+        if (!name) return fail(t, DC_ERR_NOMEM, "tar parser: out of memory");
+        memcpy(name, b, len);
+        name[len] = '\0';
+        free(t->chain_name);
+        t->chain_name = name;
+        t->chain_name_len = len;
+    } else if (t->ext_type == 'x') {
+        /* records "<len> <key>=<value>\n", len counting the whole record */
+        size_t p = 0;
+        while (p < n) {
+            if (b[p] == 0) break; /* NUL padding after the last record */
+            size_t q = p, len = 0;
+            while (q < n && b[q] >= '0' && b[q] <= '9' && len <= n) len = len * 10 + (size_t)(b[q++] - '0');
+            if (q == p || q >= n || b[q] != ' ' || len <= q - p + 1 || len > n - p || b[p + len - 1] != '\n')
+                return fail(t, DC_ERR_FORMAT,
+                            "tar: malformed pax record at byte %zu of the extended header at byte %lld", p,
+                            (long long)t->ext_header_offset);
+            const char *kv = b + q + 1, *end = b + p + len - 1; /* [kv, end): key=value */
+            const char *eq = memchr(kv, '=', (size_t)(end - kv));
+            if (!eq)
+                return fail(t, DC_ERR_FORMAT, "tar: pax record without '=' in the extended header at byte %lld",
+                            (long long)t->ext_header_offset);
+            size_t klen = (size_t)(eq - kv), vlen = (size_t)(end - eq - 1);
+            const char *v = eq + 1;
+            if (klen == 4 && !memcmp(kv, "path", 4)) {
+                if (vlen > MAX_NAME)
+                    return fail(t, DC_ERR_FORMAT, "tar: pax path of %zu bytes at byte %lld exceeds the %d-byte limit",
+                                vlen, (long long)t->ext_header_offset, MAX_NAME);
+                char *name = malloc(vlen + 1);
+                if (!name) return fail(t, DC_ERR_NOMEM, "tar parser: out of memory");
+                memcpy(name, v, vlen);
+                name[vlen] = '\0';
+                free(t->chain_name);
+                t->chain_name = name;
+                t->chain_name_len = vlen;
+            } else if (klen == 4 && !memcmp(kv, "size", 4)) {
+                int64_t s = 0;
+                size_t i = 0;
+                for (; i < vlen && v[i] >= '0' && v[i] <= '9'; i++) {
+                    if (s > (INT64_MAX - 9) / 10) break;
+                    s = s * 10 + (v[i] - '0');
+                }
+                if (i == 0 || i != vlen)
+                    return fail(t, DC_ERR_FORMAT, "tar: bad pax size '%.*s' in the extended header at byte %lld",
+                                (int)(vlen > 40 ? 40 : vlen), v, (long long)t->ext_header_offset);
+                t->chain_size = s;
+            }
+            p += len;
+        }
+    } /* 'K': the long link name of a link we skip anyway */
+    free(t->ext_buf);
+    t->ext_buf = NULL;
+    int64_t pad = pad_of((int64_t)t->ext_len);
+    if (pad)
+        start_skip(t, pad, AFTER_NOTHING, 0, "padding");
+    else
+        t->state = ST_HEADER;
+    return DC_OK;
+}
+
+/* A complete header block is in t->hdr. */
+static dc_status header_done(dc_tar *t)
 {
     const uint8_t *h = t->hdr;
-    int64_t hdr_offset = t->offset - BLOCK;
+    int64_t off = t->hdr_offset;
     int zero = 1;
     for (int i = 0; i < BLOCK && zero; i++) zero = h[i] == 0;
     if (zero) {
-        if (++t->zero_blocks == 2) t->state = ST_END;
+        if (t->chain_offset >= 0)
+            return fail(t, DC_ERR_FORMAT,
+                        "tar: end-of-archive block at byte %lld follows an extended header at byte %lld",
+                        (long long)off, (long long)t->chain_offset);
+        t->state = ST_END;
         return DC_OK;
     }
-    if (t->zero_blocks)
-        return dc_error(DC_ERR_FORMAT, "a zero block in the middle of the archive at byte %lld",
-                        (long long)(hdr_offset - BLOCK));
-    if (!checksum_ok(h)) return dc_error(DC_ERR_FORMAT, "bad tar header checksum at byte %lld", (long long)hdr_offset);
-    int64_t size;
-    if (!parse_num(h + 124, 12, &size))
-        return dc_error(DC_ERR_FORMAT, "bad size field in the tar header at byte %lld", (long long)hdr_offset);
+    if (!checksum_ok(h)) return fail(t, DC_ERR_FORMAT, "tar: bad header checksum at byte %lld", (long long)off);
+    int64_t size = parse_size(h + 124);
+    if (size < 0) return fail(t, DC_ERR_FORMAT, "tar: bad size field in the header at byte %lld", (long long)off);
     char type = (char)h[156];
-    if (t->first_offset < 0) t->first_offset = hdr_offset;
-    t->member_offset = t->first_offset;
-    if (type == 'L' || type == 'K' || type == 'x' || type == 'g') {
-        if (size > MAX_NAME * 4)
-            return dc_error(DC_ERR_FORMAT, "extended header of %lld bytes at byte %lld is too large", (long long)size,
-                            (long long)hdr_offset);
-        t->kind = type;
-        if (type == 'g') t->first_offset = -1; /* a global header belongs to no member */
+
+    if (type == 'L' || type == 'K' || type == 'x') {
+        if (size > MAX_EXT)
+            return fail(t, DC_ERR_FORMAT,
+                        "tar: extended header ('%c') of %lld bytes at byte %lld exceeds the %d-byte limit", type,
+                        (long long)size, (long long)off, MAX_EXT);
+        if (t->chain_offset < 0) t->chain_offset = off;
+        t->ext_type = type;
+        t->ext_len = (size_t)size;
+        t->ext_fill = 0;
+        t->ext_header_offset = off;
+        t->ext_buf = malloc(t->ext_len + 1);
+        if (!t->ext_buf) return fail(t, DC_ERR_NOMEM, "tar parser: out of memory");
+        t->state = ST_EXT;
+        if (size == 0) return ext_done(t);
+        return DC_OK;
+    }
+    if (type == 'g') { /* pax global header: not part of any member */
+        start_skip(t, size + pad_of(size), AFTER_NOTHING, 1, "pax global header");
+        return DC_OK;
+    }
+    if (type == 'S')
+        return fail(t, DC_ERR_FORMAT, "tar: GNU sparse member at byte %lld is not supported", (long long)off);
+
+    /* the member's name: the chain's, or ustar prefix + name */
+    int64_t first = t->chain_offset >= 0 ? t->chain_offset : off;
+    char *name;
+    size_t name_len;
+    if (t->chain_name) {
+        name = t->chain_name;
+        name_len = t->chain_name_len;
+        t->chain_name = NULL;
     } else {
-        if (t->pax_size >= 0) size = t->pax_size;
-        int regular = type == '0' || type == 0 || type == '7';
-        t->kind = regular ? 0 : 1;
-        if (regular) {
-            if (t->long_name) {
-                t->name = t->long_name;
-                t->long_name = NULL;
-            } else {
-                char *nm = field_str(h, 100);
-                int ustar = !memcmp(h + 257, "ustar", 5);
-                char *pre = ustar ? field_str(h + 345, 155) : NULL;
-                if (!nm || (ustar && !pre)) {
-                    free(nm);
-                    free(pre);
-                    return dc_error(DC_ERR_NOMEM, "out of memory");
-                }
-                if (pre && pre[0]) {
-                    size_t a = strlen(pre), b = strlen(nm);
-                    char *full = malloc(a + b + 2);
-                    if (!full) {
-                        free(nm);
-                        free(pre);
-                        return dc_error(DC_ERR_NOMEM, "out of memory");
-                    }
-                    memcpy(full, pre, a);
-                    full[a] = '/';
-                    memcpy(full + a + 1, nm, b + 1);
-                    free(nm);
-                    nm = full;
-                }
-                free(pre);
-                t->name = nm;
-            }
-            if (size > t->max_member)
-                return dc_error(DC_ERR_FORMAT, "member '%s' is %lld bytes, more than the limit of %lld", t->name,
-                                (long long)size, (long long)t->max_member);
+        size_t nl = field_len(h, 100), pl = 0;
+        if (!memcmp(h + 257,
+                    "ustar\0"
+                    "00",
+                    8))
+            pl = field_len(h + 345, 155);
+        name_len = pl ? pl + 1 + nl : nl;
+        name = malloc(name_len + 1);
+        if (!name) return fail(t, DC_ERR_NOMEM, "tar parser: out of memory");
+        if (pl) {
+            memcpy(name, h + 345, pl);
+            name[pl] = '/';
+            memcpy(name + pl + 1, h, nl);
         } else {
-            free(t->long_name);
-            t->long_name = NULL;
+            memcpy(name, h, nl);
         }
-        t->pax_size = -1;
-        t->first_offset = -1;
+        name[name_len] = '\0';
     }
-    t->size = size;
-    t->have = 0;
-    t->pad = (BLOCK - size % BLOCK) % BLOCK;
-    if (t->kind == 1) {
-        t->state = ST_SKIP;
-    } else {
-        t->data = malloc(size ? (size_t)size : 1);
-        if (!t->data) return dc_error(DC_ERR_NOMEM, "out of memory for a %lld-byte tar member", (long long)size);
-        t->state = ST_DATA;
+    if (t->chain_size >= 0) size = t->chain_size;
+    chain_clear(t);
+
+    int regular = type == '0' || type == '7' || (type == 0 && !(name_len && name[name_len - 1] == '/'));
+    int no_data = type == 0 || (type >= '1' && type <= '6'); /* dirs, links, devices, fifos */
+    if (!regular) {
+        free(name);
+        if (no_data) {
+            t->state = ST_HEADER;
+        } else {
+            char what[64];
+            snprintf(what, sizeof what, "data of the type-'%c' member at byte %lld", type, (long long)off);
+            start_skip(t, size + pad_of(size), AFTER_NOTHING, 1, what);
+        }
+        return DC_OK;
     }
+    if (size > t->max_member) {
+        dc_status st =
+            fail(t, DC_ERR_FORMAT, "tar: member '%.200s' at byte %lld has %lld bytes, over the %lld-byte limit", name,
+                 (long long)first, (long long)size, (long long)t->max_member);
+        free(name);
+        return st;
+    }
+    t->cur.name = name;
+    t->cur.name_len = name_len;
+    t->cur.size = size;
+    t->cur.offset = first;
+    t->cur_data_offset = off + BLOCK;
+    t->cur_cap = (size_t)(size < FIRST_ALLOC ? size : FIRST_ALLOC);
+    t->cur.data = malloc(t->cur_cap ? t->cur_cap : 1);
+    if (!t->cur.data)
+        return fail(t, DC_ERR_NOMEM, "tar: out of memory for member '%.200s' (%lld bytes)", name, (long long)size);
+    t->cur_fill = 0;
+    t->state = ST_DATA;
+    if (size == 0) return data_done(t);
     return DC_OK;
 }
 
-/* The member's data is complete (its padding may still follow). */
-static dc_status end_member(dc_tar *t)
-{
-    dc_status st = DC_OK;
-    if (t->kind == 'L') {
-        if (t->size > MAX_NAME)
-            st = dc_error(DC_ERR_FORMAT, "GNU long name over %d bytes", MAX_NAME);
-        else {
-            free(t->long_name);
-            t->long_name = strndup((const char *)t->data, (size_t)t->size);
-            if (!t->long_name) st = dc_error(DC_ERR_NOMEM, "out of memory");
-        }
-        drop_member(t);
-    } else if (t->kind == 'x') {
-        st = parse_pax(t, t->data, t->size);
-        drop_member(t);
-    } else if (t->kind == 'K' || t->kind == 'g') {
-        drop_member(t);
-    } else if (t->kind == 0) {
-        t->ready = 1;
-        t->out_data = t->data;
-        t->out_name = t->name;
-        t->out_size = t->size;
-        t->out_offset = t->member_offset;
-        t->data = NULL;
-        t->name = NULL;
-    }
-    return st;
-}
-
-/* Consume input until a member is complete (t->ready) or the input runs out. */
-static dc_status consume(dc_tar *t, const uint8_t **in, size_t *len)
-{
-    while (*len > 0 && !t->ready) {
-        switch (t->state) {
-        case ST_END: /* ignore what follows the end-of-archive blocks */
-            t->offset += (int64_t)*len;
-            *len = 0;
-            return DC_OK;
-        case ST_HEADER: {
-            size_t n = BLOCK - t->hdr_have < *len ? BLOCK - t->hdr_have : *len;
-            memcpy(t->hdr + t->hdr_have, *in, n);
-            t->hdr_have += n;
-            *in += n;
-            *len -= n;
-            t->offset += (int64_t)n;
-            if (t->hdr_have == BLOCK) {
-                t->hdr_have = 0;
-                DC_TRY(start_member(t));
-                if ((t->state == ST_DATA || t->state == ST_SKIP) && t->size == 0 && t->pad == 0) {
-                    if (t->state == ST_DATA) DC_TRY(end_member(t));
-                    t->state = ST_HEADER;
-                }
-            }
-            break;
-        }
-        case ST_DATA:
-        case ST_SKIP: {
-            int64_t left = t->size - t->have;
-            if (left > 0) {
-                size_t n = (uint64_t)left < *len ? (size_t)left : *len;
-                if (t->state == ST_DATA) memcpy(t->data + t->have, *in, n);
-                t->have += (int64_t)n;
-                *in += n;
-                *len -= n;
-                t->offset += (int64_t)n;
-                if (t->have == t->size && t->state == ST_DATA) DC_TRY(end_member(t));
-                if (t->have < t->size) break;
-            }
-            size_t n = (uint64_t)t->pad < *len ? (size_t)t->pad : *len;
-            t->pad -= (int64_t)n;
-            *in += n;
-            *len -= n;
-            t->offset += (int64_t)n;
-            if (t->pad == 0) t->state = ST_HEADER;
-            break;
-        }
-        }
-    }
-    return DC_OK;
-}
+/* ---- the byte pump ------------------------------------------------------------------------------- */
 
 dc_status dc_tar_feed(dc_tar *t, const void *buf, size_t len)
 {
-    const uint8_t *in = buf;
-    if (t->pending_pos < t->pending_len) { /* keep the order: append after what is still pending */
-        uint8_t *p = realloc(t->pending, t->pending_len - t->pending_pos + len);
-        if (!p) return dc_error(DC_ERR_NOMEM, "out of memory");
-        memmove(p, p + t->pending_pos, t->pending_len - t->pending_pos);
-        t->pending_len -= t->pending_pos;
-        t->pending_pos = 0;
-        memcpy(p + t->pending_len, in, len);
-        t->pending = p;
-        t->pending_len += len;
-        return DC_OK;
-    }
-    if (!t->ready) DC_TRY(consume(t, &in, &len));
-    if (len) { /* a member completed before the chunk ended: keep the rest for dc_tar_next */
-        free(t->pending);
-        t->pending = malloc(len);
-        if (!t->pending) return dc_error(DC_ERR_NOMEM, "out of memory");
-        memcpy(t->pending, in, len);
-        t->pending_len = len;
-        t->pending_pos = 0;
+    const uint8_t *p = buf;
+    if (t->state == ST_ERROR) return DC_OK; /* reported by dc_tar_next / dc_tar_finish */
+    while (len > 0) {
+        size_t n = 0;
+        dc_status st = DC_OK;
+        switch (t->state) {
+        case ST_HEADER:
+            if (t->hdr_fill == 0) t->hdr_offset = t->pos;
+            n = BLOCK - t->hdr_fill;
+            if (n > len) n = len;
+            memcpy(t->hdr + t->hdr_fill, p, n);
+            t->hdr_fill += n;
+            if (t->hdr_fill == BLOCK) {
+                t->hdr_fill = 0;
+                t->pos += (int64_t)n, p += n, len -= n;
+                st = header_done(t);
+                n = 0;
+            }
+            break;
+        case ST_EXT:
+            n = t->ext_len - t->ext_fill;
+            if (n > len) n = len;
+            memcpy(t->ext_buf + t->ext_fill, p, n);
+            t->ext_fill += n;
+            if (t->ext_fill == t->ext_len) {
+                t->ext_buf[t->ext_len] = 0;
+                t->pos += (int64_t)n, p += n, len -= n;
+                st = ext_done(t);
+                n = 0;
+            }
+            break;
+        case ST_DATA: {
+            size_t want = (size_t)t->cur.size - t->cur_fill;
+            n = want < len ? want : len;
+            if (t->cur_fill + n > t->cur_cap) { /* grow: the header's size is only believed as data comes */
+                size_t cap = t->cur_cap * 2;
+                if (cap < t->cur_fill + n) cap = t->cur_fill + n;
+                if (cap > (size_t)t->cur.size) cap = (size_t)t->cur.size;
+                uint8_t *d = realloc(t->cur.data, cap);
+                if (!d) {
+                    st = fail(t, DC_ERR_NOMEM, "tar: out of memory for member '%.200s' (%lld bytes)", t->cur.name,
+                              (long long)t->cur.size);
+                    break;
+                }
+                t->cur.data = d;
+                t->cur_cap = cap;
+            }
+            memcpy(t->cur.data + t->cur_fill, p, n);
+            t->cur_fill += n;
+            if (t->cur_fill == (size_t)t->cur.size) {
+                t->pos += (int64_t)n, p += n, len -= n;
+                st = data_done(t);
+                n = 0;
+            }
+            break;
+        }
+        case ST_SKIP:
+            n = t->skip_left < (int64_t)len ? (size_t)t->skip_left : len;
+            t->skip_left -= (int64_t)n;
+            if (t->skip_left == 0) {
+                t->pos += (int64_t)n, p += n, len -= n;
+                n = 0;
+                t->state = ST_HEADER;
+                if (t->skip_after == AFTER_MEMBER) st = queue_push(t, &t->cur);
+            }
+            break;
+        case ST_END: n = len; break;
+        default: return DC_OK; /* ST_ERROR */
+        }
+        t->pos += (int64_t)n, p += n, len -= n;
+        if (st == DC_ERR_NOMEM) return st;
+        if (st != DC_OK) return DC_OK; /* a format error: sticky, reported in order by dc_tar_next */
     }
     return DC_OK;
 }
 
 dc_status dc_tar_next(dc_tar *t, dc_tar_member *m, int *have)
 {
+    member_clear(&t->out);
     *have = 0;
-    if (t->ready == 2) drop_out(t); /* the member handed out last time (freed unless taken) */
-    if (!t->ready && t->pending_pos < t->pending_len) {
-        const uint8_t *in = t->pending + t->pending_pos;
-        size_t len = t->pending_len - t->pending_pos;
-        dc_status st = consume(t, &in, &len);
-        t->pending_pos = t->pending_len - len;
-        if (t->pending_pos == t->pending_len) {
-            free(t->pending);
-            t->pending = NULL;
-            t->pending_len = t->pending_pos = 0;
-        }
-        if (st) return st;
+    if (t->q_len > 0) {
+        t->out = t->queue[t->q_head++];
+        if (--t->q_len == 0) t->q_head = 0;
+        m->name = t->out.name;
+        m->name_len = t->out.name_len;
+        m->size = t->out.size;
+        m->offset = t->out.offset;
+        m->data = t->out.data;
+        *have = 1;
+        return DC_OK;
     }
-    if (t->ready != 1) return DC_OK;
-    m->name = t->out_name;
-    m->name_len = strlen(t->out_name);
-    m->size = t->out_size;
-    m->offset = t->out_offset;
-    m->data = t->out_data;
-    t->ready = 2;
-    *have = 1;
+    if (t->err) return dc_error(t->err, "%s", t->err_msg);
     return DC_OK;
 }
 
 uint8_t *dc_tar_take(dc_tar *t)
 {
-    if (t->ready != 2 || t->taken) return NULL;
-    t->taken = 1;
-    uint8_t *d = t->out_data;
-    if (!d) d = malloc(1); /* a zero-byte member: a buffer the caller can free */
-    t->out_data = NULL;
+    uint8_t *d = t->out.data;
+    t->out.data = NULL;
     return d;
 }
 
 dc_status dc_tar_finish(dc_tar *t)
 {
-    if (t->ready == 2) drop_out(t);
-    if (t->pending_pos < t->pending_len || t->ready == 1)
-        return dc_error(DC_ERR_INTERNAL, "dc_tar_finish with members not taken out yet");
-    if (t->state == ST_END || (t->state == ST_HEADER && t->hdr_have == 0)) return DC_OK;
-    if (t->state == ST_HEADER)
-        return dc_error(DC_ERR_FORMAT, "truncated tar: the stream ended inside a header block at byte %lld",
-                        (long long)t->offset);
-    const char *nm = t->name ? t->name : "(extended header)";
-    return dc_error(DC_ERR_FORMAT,
-                    "truncated tar: member '%s' (header at byte %lld) needs %lld bytes, the stream ended at byte %lld",
-                    nm, (long long)t->member_offset, (long long)(t->size + t->pad - t->have), (long long)t->offset);
+    if (t->err) return dc_error(t->err, "%s", t->err_msg);
+    long long end = (long long)t->pos;
+    switch (t->state) {
+    case ST_END: return DC_OK;
+    case ST_HEADER:
+        if (t->hdr_fill > 0) {
+            int zero = 1;
+            for (size_t i = 0; i < t->hdr_fill && zero; i++) zero = t->hdr[i] == 0;
+            if (zero && t->chain_offset < 0) return DC_OK; /* inside the end-of-archive blocks */
+            return dc_error(DC_ERR_FORMAT,
+                            "truncated tar: the header at byte %lld needs %d bytes, the stream ended at byte %lld",
+                            (long long)t->hdr_offset, BLOCK, end);
+        }
+        if (t->chain_offset >= 0)
+            return dc_error(DC_ERR_FORMAT,
+                            "truncated tar: the extended header at byte %lld has no member header, the stream ended at "
+                            "byte %lld",
+                            (long long)t->chain_offset, end);
+        return DC_OK;
+    case ST_EXT:
+        return dc_error(DC_ERR_FORMAT,
+                        "truncated tar: the extended header at byte %lld needs %zu bytes from byte %lld, the stream "
+                        "ended at byte %lld",
+                        (long long)t->ext_header_offset, t->ext_len, (long long)t->ext_header_offset + BLOCK, end);
+    case ST_DATA:
+        return dc_error(DC_ERR_FORMAT,
+                        "truncated tar: member '%.200s' (header at byte %lld) needs %lld bytes from byte %lld, the "
+                        "stream ended at byte %lld",
+                        t->cur.name, (long long)t->cur.offset, (long long)t->cur.size, (long long)t->cur_data_offset,
+                        end);
+    case ST_SKIP:
+        if (t->skip_after == AFTER_MEMBER)
+            return dc_error(
+                DC_ERR_FORMAT,
+                "truncated tar: member '%.200s' (header at byte %lld) needs %lld bytes of padding up to byte "
+                "%lld, the stream ended at byte %lld",
+                t->cur.name, (long long)t->cur.offset, (long long)pad_of(t->cur.size),
+                (long long)(t->pos + t->skip_left), end);
+        return dc_error(DC_ERR_FORMAT, "truncated tar: %s needs bytes up to byte %lld, the stream ended at byte %lld",
+                        t->skip_what, (long long)(t->pos + t->skip_left), end);
+    default: return dc_error(t->err, "%s", t->err_msg);
+    }
 }
 
+/* ---- WebDataset keys ---------------------------------------------------------------------------- */
+
+/* webdataset's base_plus_ext is the regex  ^((?:.* /|)[^.]+)[.]([^/]*)$  (no space in it): the key is a run of
+ * non-dots ending right before the first '.' of the last component, started at a component start.
+ * When the last component itself starts with '.', the regex backtracks: the run is the whole
+ * previous component and its '/' ("a/.x" -> "a/", "x"), if that component has no '.'. */
 int dc_wds_split(const char *name, size_t name_len, size_t *key_len, const char **field)
 {
-    size_t base = 0;
-    for (size_t i = 0; i < name_len; i++)
-        if (name[i] == '/') base = i + 1;
-    for (size_t i = base; i < name_len; i++) {
-        if (name[i] == '.') {
-            if (i == base) return 0; /* ".hidden": no key */
-            *key_len = i;
-            *field = name + i + 1;
-            return i + 1 < name_len;
+    size_t s = name_len;
+    while (s > 0 && name[s - 1] != '/') s--; /* start of the last component */
+    const char *dot = memchr(name + s, '.', name_len - s);
+    if (!dot) return 0;
+    size_t d = (size_t)(dot - name);
+    if (d == s) {
+        if (s == 0) return 0;
+        size_t p = s - 1; /* the '/' ending the previous component */
+        while (p > 0 && name[p - 1] != '/') {
+            if (name[p - 1] == '.') return 0;
+            p--;
         }
     }
-    return 0;
+    *key_len = d;
+    *field = name + d + 1;
+    return 1;
 }

@@ -1121,6 +1121,7 @@ static int module_exec(PyObject *m)
     if (dc_py_init_ckpt(m) < 0) return -1;
     if (dc_py_init_s3(m) < 0) return -1;
     if (dc_py_init_shards(m) < 0) return -1;
+    if (dc_py_init_decode(m) < 0) return -1;
     if (dc_py_init_comm(m) < 0) return -1;
     return 0;
 }

@@ -67,6 +67,8 @@ int dc_py_init_s3(PyObject *module);   /* s3_py.c: _C.S3Client, _C.S3Upload, _C.
  * with TypeError (not an S3Client) / ValueError (closed). For C pipelines (the data loader). */
 struct dc_s3;
 struct dc_s3 *dc_py_s3_client(PyObject *obj);
+/* decode_py.c: _C.tar_members, _C.jpeg_decode and the other single-sample decoders */
+int dc_py_init_decode(PyObject *module);
 /* A Python exception raised by a hook on the backward thread, stashed until the caller re-enters. */
 void dc_py_stash_exception(void);
 int dc_py_restore_exception(void); /* 1 if one was restored */

@@ -565,30 +565,7 @@ static PyObject *py_shard_count(PyObject *m, PyObject *args, PyObject *kw)
     return PyLong_FromLongLong(n);
 }
 
-/* expand_braces(pattern) -> list of str */
-static PyObject *py_expand_braces(PyObject *m, PyObject *arg)
-{
-    const char *pat = PyUnicode_AsUTF8(arg);
-    if (!pat) return NULL;
-    char **list;
-    int64_t n;
-    dc_status st = dc_pattern_expand(pat, 0, &list, &n);
-    if (st) return dc_py_raise(dc_py_state_of(m), st);
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    for (int64_t i = 0; out && i < n; i++) {
-        PyObject *o = PyUnicode_FromString(list[i]);
-        if (!o) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, o);
-    }
-    dc_pattern_free(list, n);
-    return out;
-}
-
 static PyMethodDef shard_functions[] = {
-    { "expand_braces", py_expand_braces, METH_O, "expand_braces(pattern) -> the names a brace pattern stands for" },
     { "shard_hash", py_shard_hash, METH_VARARGS, "shard_hash(a, b) -> the 64-bit mix the sample order uses" },
     { "shard_permutation", py_shard_permutation, METH_VARARGS, "shard_permutation(n, key) -> a seeded permutation" },
     { "shuffle_simulate", (PyCFunction)(void (*)(void))py_shuffle_simulate, METH_VARARGS | METH_KEYWORDS,
