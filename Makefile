@@ -103,7 +103,8 @@ sanitize: install
 	  $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py $(CURDIR)/tests/test_autograd.py \
 	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py \
 	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py \
-	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py $(CURDIR)/tests/test_checkpoint.py
+	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py $(CURDIR)/tests/test_checkpoint.py \
+	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py
 
 bench: install
 	$(PYTHON) benchmarks/engine.py

@@ -22,7 +22,6 @@ import sys
 import tarfile
 import tempfile
 import textwrap
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -268,7 +267,7 @@ def child_jpeg_pillow(spec):
     t0 = time.perf_counter()
     n = 0
     with ProcessPoolExecutor(2) as ex:
-        for a in ex.map(_pil_one, jpgs, chunksize=8):
+        for _ in ex.map(_pil_one, jpgs, chunksize=8):
             n += 1
     return {"samples": n, "seconds": time.perf_counter() - t0}
 
@@ -393,14 +392,15 @@ def main():
             r = subprocess.run([args.torch_python, "-c", TORCH_CHILD, json.dumps(files)], capture_output=True,
                                text=True, timeout=900)
             if r.returncode == 0:
-                row("PyTorch DataLoader(num_workers=2) + tarfile, local", json.loads(r.stdout.strip().splitlines()[-1]),
-                    base_wds)
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                row("PyTorch DataLoader(num_workers=2) + tarfile, local", res, base_wds)
             else:
                 extra["torch_error"] = r.stderr[-1000:]
 
         jo = run_child("jpeg_ours", {"file": jpeg_file})
         jp = run_child("jpeg_pillow", {"file": jpeg_file})
-        extra["jpeg"] = {"ours_per_s": jo["samples"] / jo["seconds"], "pillow_pool2_per_s": jp["samples"] / jp["seconds"]}
+        extra["jpeg"] = {"ours_per_s": jo["samples"] / jo["seconds"],
+                         "pillow_pool2_per_s": jp["samples"] / jp["seconds"]}
 
         tl = run_child("train", {"endpoint": ngx, "urls": pattern, "budget": budget, "compute_ms": args.compute_ms})
         extra["train_loop"] = tl

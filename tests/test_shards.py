@@ -102,7 +102,8 @@ def test_maxcount_and_maxsize(tmp_path):
     with ShardWriter(str(tmp_path / "d-%03d.tar"), maxsize=5000) as w:
         for i in range(10):
             w.write({"__key__": str(i), "bin": b"\0" * 1500})
-    assert all(sz <= 5000 + 1024 + 10240 for _, _, sz in w.written) and len(w.written) > 2  # + end blocks, record padding
+    # + the end-of-archive blocks and tar's record padding
+    assert all(sz <= 5000 + 1024 + 10240 for _, _, sz in w.written) and len(w.written) > 2
 
 
 # ---- reading ----------------------------------------------------------------------------------------

@@ -59,10 +59,10 @@ int dc_py_init_tensor_type(PyObject *module);
 int dc_py_init_ops(PyObject *module); /* ops_py.c: the _C.ops submodule */
 int dc_py_init_errors(PyObject *module);
 int dc_py_init_loader(PyObject *module);
-int dc_py_init_ckpt(PyObject *module); /* ckpt_py.c: _C.CheckpointWriter, _C.crc32c */
+int dc_py_init_ckpt(PyObject *module);   /* ckpt_py.c: _C.CheckpointWriter, _C.crc32c */
 int dc_py_init_shards(PyObject *module); /* shards_py.c: _C.ShardPipeline and the sample-order helpers */
-int dc_py_init_comm(PyObject *module); /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
-int dc_py_init_s3(PyObject *module);   /* s3_py.c: _C.S3Client, _C.S3Upload, _C.S3Error */
+int dc_py_init_comm(PyObject *module);   /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
+int dc_py_init_s3(PyObject *module);     /* s3_py.c: _C.S3Client, _C.S3Upload, _C.S3Error */
 /* The C client of a _C.S3Client (borrowed: keep a reference to obj while C code uses it), or NULL
  * with TypeError (not an S3Client) / ValueError (closed). For C pipelines (the data loader). */
 struct dc_s3;

@@ -6,8 +6,6 @@ dataloader.py for exactly what runs where."""
 from .collate import default_collate, default_convert
 from .dataloader import DataLoader, WorkerInfo, get_worker_info
 from .dataset import ChainDataset, ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, random_split
-from .shard_writer import ShardWriter
-from .shards import IMAGENET_MEAN, IMAGENET_STD, ShardedDataset, expand_urls, jpeg
 from .sampler import (
     BatchSampler,
     DistributedSampler,
@@ -17,6 +15,8 @@ from .sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from .shard_writer import ShardWriter
+from .shards import IMAGENET_MEAN, IMAGENET_STD, ShardedDataset, expand_urls, jpeg
 
 __all__ = [
     "BatchSampler",
@@ -29,6 +29,8 @@ __all__ = [
     "RandomSampler",
     "Sampler",
     "SequentialSampler",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ShardWriter",
     "ShardedDataset",
     "Subset",
