@@ -104,7 +104,7 @@ sanitize: install
 	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py \
 	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py \
 	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py $(CURDIR)/tests/test_checkpoint.py \
-	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py
+	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py $(CURDIR)/tests/test_cuda_alloc.py
 
 bench: install
 	$(PYTHON) benchmarks/engine.py

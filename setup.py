@@ -70,7 +70,7 @@ MPI = mpi_flags()
 sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
     + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c") + glob.glob("csrc/comm/*.c")
-    + glob.glob("csrc/ckpt/*.c") + glob.glob("csrc/s3/*.c")
+    + glob.glob("csrc/ckpt/*.c") + glob.glob("csrc/s3/*.c") + glob.glob("csrc/alloc/*.c")
 )
 cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]

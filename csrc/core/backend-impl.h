@@ -50,6 +50,10 @@ typedef struct dc_backend {
     void (*cache_info)(size_t *cached, size_t *limit);
     void (*empty_cache)(void);
     dc_kernel_fn kernels[DC_OP_COUNT];
+    /* Optional (NULL: the core launches one by one): n launches of one op (a[i].op all equal, each
+     * with its own tensors and parameters) queued as few kernels as the device can: the fused
+     * multi-tensor optimizer steps (SGD, ADAMW, NORM_POW, SCALE), one launch for many parameters. */
+    dc_status (*launch_many)(int n, const dc_kargs *a);
 } dc_backend;
 
 /* The table registered for a device type (dc_backend_register, ops.h); NULL when none is. The core
@@ -59,6 +63,8 @@ const dc_backend *dc_backend_get(int device_type);
 
 /* Run one kernel on `dev`: DC_ERR_UNSUPPORTED with a clear message if the slot is empty. */
 dc_status dc_launch(dc_device dev, const dc_kargs *a);
+/* n launches of one op on `dev`: through the backend's launch_many when it has one. */
+dc_status dc_launch_many(dc_device dev, int n, const dc_kargs *a);
 /* Fill a dc_kview from a tensor. */
 void dc_kview_of(dc_kview *v, const dc_tensor *t);
 

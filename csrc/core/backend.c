@@ -1,4 +1,5 @@
 /* backend.c: device dispatch. Looks up the kernel table for a device and launches one kernel. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "backend-impl.h"
@@ -120,5 +121,31 @@ dc_status dc_synchronize(dc_device dev)
     const dc_backend *be = dc_backend_get(dev.type);
     if (!be)
         return dc_error(DC_ERR_DEVICE, "synchronize: device %s is not built into this dutycycle", dc_device_str(dev));
+    if (dev.type != DC_CPU) dc_sync_note(DC_SYNC_SYNCHRONIZE);
     return be->synchronize(dev);
+}
+
+/* --- sync points ------------------------------------------------------------------------------ */
+
+static _Atomic int64_t sync_counts[DC_SYNC_KINDS];
+
+void dc_sync_note(dc_sync_kind kind)
+{
+    if ((unsigned)kind < DC_SYNC_KINDS) atomic_fetch_add_explicit(&sync_counts[kind], 1, memory_order_relaxed);
+}
+
+void dc_sync_counts(int64_t out[DC_SYNC_KINDS])
+{
+    for (int k = 0; k < DC_SYNC_KINDS; k++) out[k] = atomic_load_explicit(&sync_counts[k], memory_order_relaxed);
+}
+
+/* --- many launches of one op --------------------------------------------------------------------- */
+
+dc_status dc_launch_many(dc_device dev, int n, const dc_kargs *a)
+{
+    if (n <= 0) return DC_OK;
+    const dc_backend *be = dc_backend_get(dev.type);
+    if (be && be->launch_many) return be->launch_many(n, a);
+    for (int i = 0; i < n; i++) DC_TRY(dc_launch(dev, &a[i]));
+    return DC_OK;
 }

@@ -99,8 +99,14 @@ struct dc_norm_params {
     double p; /* INFINITY: max |x| */
 };
 
+/* t0 *= factor. clip (clip_grad_norm_ with no host sync): t1 is the float64 0-d accumulator that
+ * NORM_POW filled over every gradient (sum |g|^p; max |g| when norm_p is inf); the factor is then
+ * min(1, max_norm / (total + 1e-6)) with total = acc^(1/norm_p) (acc when inf), computed by the kernel
+ * from t1 (torch's clip_grad_norm_: a NaN/inf total gives a NaN/inf-scaled gradient, as there). */
 struct dc_scale_params {
     double factor;
+    int clip;
+    double max_norm, norm_p;
 };
 
 typedef union {

@@ -133,6 +133,20 @@ dc_status dc_adamw_step(int n, dc_tensor *const *params, dc_tensor *const *grads
                         int maximize);
 dc_status dc_total_norm(int n, dc_tensor *const *ts, double p, double *out);
 dc_status dc_scale_(int n, dc_tensor *const *ts, double factor);
+/* clip_grad_norm_ with no host sync: *total_out (new, float64 0-d on the tensors' device) = the
+ * p-norm of all of ts; every tensor scaled by min(1, max_norm / (total + 1e-6)) on the device. All
+ * tensors on one device. */
+dc_status dc_clip_grad_norm_(int n, dc_tensor *const *ts, double max_norm, double p, dc_tensor **total_out);
+
+/* --- host-device synchronisation points, counted where they happen ---------------------------- */
+typedef enum {
+    DC_SYNC_SYNCHRONIZE = 0, /* device / stream / event synchronize */
+    DC_SYNC_D2H = 1,         /* a blocking copy from a device to the host (item(), .cpu(), a norm read) */
+    DC_SYNC_ITEM = 2,        /* item() calls on any device (on the CPU they would be syncs on a GPU) */
+    DC_SYNC_KINDS = 3
+} dc_sync_kind;
+void dc_sync_note(dc_sync_kind kind);
+void dc_sync_counts(int64_t out[DC_SYNC_KINDS]);
 
 #ifdef __cplusplus
 }

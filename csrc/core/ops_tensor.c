@@ -137,9 +137,11 @@ static dc_status move_device(dc_tensor **out, dc_tensor *x, dc_device dev)
     if (x->device.type == DC_CPU) {
         st = dc_backend_get(dev.type)->from_host(dev, dc_data(t), dc_data(src), nbytes);
     } else if (dev.type == DC_CPU) {
+        dc_sync_note(DC_SYNC_D2H); /* note: a device -> host sync point */
         st = dc_backend_get(x->device.type)->to_host(x->device, dc_data(t), dc_data(src), nbytes);
     } else { /* device to device through the host */
         if ((st = dc_empty(&host, x->ndim, x->shape, x->dtype, (dc_device){ DC_CPU, 0 }))) goto done;
+        dc_sync_note(DC_SYNC_D2H);
         if ((st = dc_backend_get(x->device.type)->to_host(x->device, dc_data(host), dc_data(src), nbytes))) goto done;
         st = dc_backend_get(dev.type)->from_host(dev, dc_data(t), dc_data(host), nbytes);
     }

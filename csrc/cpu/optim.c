@@ -223,6 +223,15 @@ dc_status dc_cpu_scale(const dc_kargs *a)
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     cpu_iter it;
     cpu_iter_init(&it, 1, v, 1);
-    cpu_iter_run(&it, dt == DC_FLOAT32 ? scale_f32 : scale_f64, &a->p.scale.factor, DC_CPU_PAR_MIN);
+    double factor = a->p.scale.factor;
+    if (a->p.scale.clip) { /* the clip_grad_norm_ factor from the norm accumulator t1 */
+        if (a->nt < 2 || a->t[1].dtype != DC_FLOAT64)
+            return dc_error(DC_ERR_INTERNAL, "scale: clip needs the float64 norm accumulator as operand 1");
+        double acc = *(const double *)a->t[1].data, p = a->p.scale.norm_p;
+        double total = isinf(p) ? acc : pow(acc, 1.0 / p);
+        double coef = a->p.scale.max_norm / (total + 1e-6);
+        factor = coef > 1.0 ? 1.0 : coef; /* NaN stays NaN, as torch's clamp(max=1) */
+    }
+    cpu_iter_run(&it, dt == DC_FLOAT32 ? scale_f32 : scale_f64, &factor, DC_CPU_PAR_MIN);
     return DC_OK;
 }

@@ -857,6 +857,32 @@ static PyObject *f_grad_norm(PyObject *m, PyObject *args)
     return PyFloat_FromDouble(out);
 }
 
+/* clip_grad_norm_(grads, max_norm, p) -> the total norm as a float64 0-d tensor on the grads' device;
+ * the grads are scaled on the device: no host read */
+static PyObject *f_clip_grad_norm_(PyObject *m, PyObject *args)
+{
+    tensor_list l = { 0 };
+    double max_norm, p;
+    if (!PyArg_ParseTuple(args, "O&dd:clip_grad_norm_", conv_tensor_list, &l, &max_norm, &p)) return NULL;
+    dc_status st;
+    dc_tensor *out = NULL;
+    DC_BEGIN_OP st = dc_clip_grad_norm_(l.n, l.v, max_norm, p, &out);
+    DC_END_OP PyMem_Free(l.v);
+    if (st) return dc_py_raise(dc_py_state_of(m), st);
+    return dc_py_wrap(dc_py_state_of(m), out);
+}
+
+/* sync_counts() -> (synchronize, d2h copies, item calls) since the process started */
+static PyObject *f_sync_counts(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    int64_t c[DC_SYNC_KINDS];
+    dc_sync_counts(c);
+    return Py_BuildValue("(LLL)", (long long)c[DC_SYNC_SYNCHRONIZE], (long long)c[DC_SYNC_D2H],
+                         (long long)c[DC_SYNC_ITEM]);
+}
+
 static PyObject *f_scale_(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -1054,6 +1080,8 @@ static PyMethodDef module_methods[] = {
     F(adamw_step, METH_VARARGS),
     F(grad_norm, METH_VARARGS),
     F(scale_, METH_VARARGS),
+    F(clip_grad_norm_, METH_VARARGS),
+    F(sync_counts, METH_NOARGS),
     F(backward, METH_VARARGS),
     F(set_grad_enabled, METH_O),
     F(is_grad_enabled, METH_NOARGS),
@@ -1123,6 +1151,8 @@ static int module_exec(PyObject *m)
     if (dc_py_init_shards(m) < 0) return -1;
     if (dc_py_init_decode(m) < 0) return -1;
     if (dc_py_init_comm(m) < 0) return -1;
+    if (dc_py_init_alloc(m) < 0) return -1;
+    if (dc_py_init_cuda(m) < 0) return -1;
     return 0;
 }
 

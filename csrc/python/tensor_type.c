@@ -392,6 +392,7 @@ static PyObject *m_item(PyObject *self, PyObject *noargs)
     }
     dc_status st;
     /* note: for device tensors this is a sync point (copy to host) */
+    dc_sync_note(DC_SYNC_ITEM);
     dc_dtype want = t->dtype == DC_BOOL ? DC_BOOL : dc_dtype_is_float(t->dtype) ? DC_FLOAT64 : DC_INT64;
     DC_BEGIN_OP st = dc_to(&c, t, want, (dc_device){ DC_CPU, 0 });
     DC_END_OP if (st) return dc_py_raise(dc_py_state_of_type(Py_TYPE(self)), st);

@@ -583,6 +583,6 @@ def clip_local_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm="
     all-reduce, clips): by global norm or by value."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if gradient_clip_algorithm == "norm":
-        nn.utils.clip_grad_norm_(params, gradient_clip_val)  # note: sync point (the norm is read)
+        nn.utils.clip_grad_norm_(params, gradient_clip_val)  # on the device: no sync
     else:
         nn.utils.clip_grad_value_(params, gradient_clip_val)
