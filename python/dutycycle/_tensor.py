@@ -276,6 +276,12 @@ class Tensor(_C.TensorBase):
                 raise TypeError(f"to() got an unexpected keyword argument {k!r}")
         dt = dt or self.dtype
         dev = dev or self.device
+        if (kwargs.get("non_blocking") and dev.type == "cuda" and self.device.type == "cpu" and dt == self.dtype
+                and self.is_pinned() and self.is_contiguous() and not self.requires_grad):
+            # from page-locked memory: queued on the current stream, no host wait (the pinned block is
+            # kept from reuse until the copy has read it)
+            i = dev.index if dev.index is not None else _cuda_current()
+            return _C.cuda_to_device_async(self, i, _C.cuda_current_stream(i))
         out = _C.to(self, dt.id, *dev._tuple)
         if kwargs.get("copy") and out is self:
             out = _C.clone(self)
@@ -790,8 +796,29 @@ class Tensor(_C.TensorBase):
     def broadcast_to(self, *size):
         return self.expand(*size)
 
-    def pin_memory(self):
-        return self  # CPU memory needs no pinning here; kept so ported loaders run
+    def pin_memory(self, device=None):
+        """A copy in page-locked host memory, from which .to("cuda", non_blocking=True) copies without a
+        host wait. Without a usable GPU there is nothing to pin for: the tensor itself comes back, so
+        ported loaders (pin_memory=True) run on the CPU."""
+        from . import cuda
+
+        if self.device.type != "cpu":
+            raise RuntimeError(f"cannot pin a tensor on {self.device}: only CPU tensors can be pinned")
+        if not cuda.is_available() or self.is_pinned():
+            return self
+        return _C.cuda_pin_memory(self.detach().contiguous())
+
+    def is_pinned(self, device=None):
+        from . import cuda
+
+        return self.device.type == "cpu" and cuda.is_available() and _C.cuda_is_pinned(self)
+
+    def record_stream(self, stream):
+        """Mark this CUDA tensor as used by `stream`: its memory is not reused before the work queued on
+        `stream` by the time it is freed has finished (torch.Tensor.record_stream)."""
+        if self.device.type != "cuda":
+            raise RuntimeError(f"record_stream: expected a CUDA tensor, got one on {self.device}")
+        _C.cuda_record_stream(self, stream._handle)
 
     def reciprocal(self):
         return 1.0 / self
@@ -1249,3 +1276,9 @@ _C.set_tensor_class(Tensor)
 
 
 from . import _indexing  # noqa: E402  (it builds on Tensor and the helpers above)
+
+
+def _cuda_current():
+    from . import cuda
+
+    return cuda.current_device()

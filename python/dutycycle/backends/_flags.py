@@ -11,6 +11,10 @@ def set_float32_matmul_precision(precision):
     if precision not in _PRECISIONS:
         raise ValueError(f"set_float32_matmul_precision: precision must be one of {_PRECISIONS}, got {precision!r}")
     _state["float32_matmul_precision"] = precision
+    from .. import _C
+
+    if hasattr(_C, "cuda_allow_tf32"):  # the CUDA build: cuBLASLt/cuDNN read it from C
+        _C.cuda_allow_tf32(1 if precision != "highest" else 0)
 
 
 def get_float32_matmul_precision():

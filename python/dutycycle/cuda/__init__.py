@@ -1,5 +1,9 @@
 """dutycycle.cuda: is CUDA compiled in, can a GPU be used now, and torch.cuda's seeding functions.
 
+Streams, events and the caching allocator's statistics are here in torch.cuda's shape (``Stream``,
+``Event``, ``stream()``, ``current_stream()``, ``memory_stats()``, ``max_memory_allocated()``,
+``empty_cache()``, ...), with ``sync_counts()``: how many times the host waited for a device.
+
 dutycycle has one random generator for every device (a counter-based stream keyed by (seed,
 offset)), so torch.cuda.manual_seed / manual_seed_all seed that generator, exactly as
 dutycycle.manual_seed does: a script that seeds only through torch.cuda stays reproducible.
@@ -27,13 +31,54 @@ def is_available() -> bool:
 
 
 def synchronize(device=None):
-    """Wait for all work queued on the device (a sync point)."""
+    """Wait for all work queued on the device (a sync point, counted in sync_counts())."""
     if not is_available():
         raise RuntimeError("dutycycle.cuda.synchronize(): no CUDA device is available")
+    _C.synchronize(1, _index(device))
+
+
+def _index(device):
+    """Device index of a torch-style device argument (None: the current device)."""
+    if device is None:
+        return _current
+    if isinstance(device, int) and not isinstance(device, bool):
+        return device
     from .._dtype import as_device
 
-    d = as_device("cuda" if device is None else device)
-    _C.synchronize(1, d.index or 0)
+    d = as_device(device)
+    if d.type != "cuda":
+        raise ValueError(f"expected a cuda device, but got: {d}")
+    return _current if d.index is None else d.index
+
+
+_copy_streams = {}
+
+
+def _copy_to_device_overlapped(t, device):
+    """A CPU tensor on `device` (cuda) without a host wait: staged in pinned memory (a host memcpy
+    unless it is pinned already), copied on the device's copy stream, and the current stream waits
+    for the copy on the device. The copy overlaps the kernels still queued from the previous step:
+    the Trainer moves each batch this way (Lightning's transfer_batch_to_device)."""
+    i = _index(device)
+    if t.requires_grad:  # autograd records the copy: the plain path
+        return t.to(device)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    s = _copy_streams.get(i)
+    if s is None:
+        s = _copy_streams[i] = Stream(i, priority=-1)  # copies first when both are ready
+    pinned = t if t.is_pinned() else t.pin_memory()
+    return _C.cuda_to_device_async(pinned, i, s._handle)
+
+
+def sync_counts():
+    """Host-device synchronisations since the process started: {"synchronize": device, stream and
+    event synchronize calls; "d2h_copy": blocking device -> host copies (item(), .cpu(), .tolist() of a
+    GPU tensor, a norm read on the host); "item": item() calls on any device, the CPU included (each
+    would be a sync on a GPU); "host_syncs": synchronize + d2h_copy}. The Trainer's duty-cycle report
+    shows the per-step count."""
+    s, d, i = _C.sync_counts()
+    return {"synchronize": s, "d2h_copy": d, "item": i, "host_syncs": s + d}
 
 
 _current = 0
@@ -99,6 +144,20 @@ def initial_seed():
     return _initial_seed()
 
 
+from ._streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream  # noqa: E402, F401
+from ._memory import (  # noqa: E402, F401
+    OutOfMemoryError,
+    empty_cache,
+    max_memory_allocated,
+    max_memory_reserved,
+    mem_get_info,
+    memory_allocated,
+    memory_reserved,
+    memory_stats,
+    memory_summary,
+    reset_max_memory_allocated,
+    reset_peak_memory_stats,
+)
 from . import amp  # noqa: E402, F401  (torch.cuda.amp; imported last: it builds on dutycycle.amp)
 
 __getattr__ = missing_names(__name__, "torch.cuda")

@@ -10,6 +10,10 @@ Cost: two perf_counter() calls per tracked region, a few dict updates per step; 
 Regions nest: time spent in an inner region (a comm wait inside the backward) is taken out of the
 outer one (compute), so nothing counts twice.
 
+Host-device syncs (dutycycle.cuda.sync_counts(): device/stream/event synchronize, blocking
+device -> host copies, item() on any device) are counted per step: the report shows how many steps
+made none, which outside the logging interval should be all of them.
+
 On a GPU, host timestamps only measure launches; the trainer synchronises the device (see
 `sync`) at the report points (the log steps and the end of fit), never per step, so the device
 backlog lands in the compute region that ends at such a point.
@@ -32,6 +36,15 @@ LABELS = {
 }
 
 
+def _sync_total():
+    """Host waits so far: synchronize calls + blocking device -> host copies + item() calls (an item()
+    of a GPU tensor is one of each kind: counted once, as the item)."""
+    from .. import _C
+
+    s, d, i = _C.sync_counts()
+    return s + max(d - i, 0) + i
+
+
 class DutyCycle:
     """Per-bucket seconds for the whole run, the latest step and the latest log interval."""
 
@@ -52,6 +65,11 @@ class DutyCycle:
         self._t_interval = None
         self._last_step = None
         self._window = collections.deque(maxlen=self._window_len)
+        self._sync_step = self._sync_start = _sync_total()
+        self.steps = 0
+        self.syncs = 0  # host syncs (d2h copies + synchronize, and item() calls) over all steps
+        self.steps_with_sync = 0
+        self.last_step_syncs = 0
 
     # ---- run and step boundaries -------------------------------------------------------------
     def start(self):
@@ -75,6 +93,12 @@ class DutyCycle:
         self._window.append(split)
         self._step = dict.fromkeys(BUCKETS, 0.0)
         self._t_step = now
+        c = _sync_total()
+        self.last_step_syncs = c - self._sync_step
+        self._sync_step = c
+        self.steps += 1
+        self.syncs += self.last_step_syncs
+        self.steps_with_sync += self.last_step_syncs > 0
 
     # ---- regions -----------------------------------------------------------------------------
     def begin(self, bucket):
@@ -194,6 +218,9 @@ class DutyCycle:
         for b in ALL:
             pct = 100.0 * s[b] / tot if tot > 0 else 0.0
             lines.append(f"  {LABELS[b]:<12}{s[b]:>10.3f}{pct:>8.1f}")
+        if self.steps:
+            lines.append(f"  host syncs   {self.syncs} in {self.steps} steps; "
+                         f"{self.steps - self.steps_with_sync} steps made none")
         return "\n".join(lines)
 
     def __repr__(self):

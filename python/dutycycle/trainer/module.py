@@ -568,7 +568,11 @@ def move_data_to_device(batch, device):
     """Tensors anywhere in batch (dicts, lists, tuples, namedtuples) moved to device; a no-op
     (no copy) when they are already there."""
     if isinstance(batch, dc.Tensor):
-        return batch if batch.device == device else batch.to(device)  # note: host -> device copy
+        if batch.device == device:
+            return batch
+        if device.type == "cuda" and batch.device.type == "cpu":
+            return dc.cuda._copy_to_device_overlapped(batch, device)  # on the copy stream: no host wait
+        return batch.to(device)  # note: host -> device copy
     if isinstance(batch, dict):
         return type(batch)((k, move_data_to_device(v, device)) for k, v in batch.items())
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
