@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 /* tensor.h uses C11 <stdatomic.h> (atomic_long). Before C++23, libstdc++'s <stdatomic.h> declares
  * nothing in C++, so give C++ the same names the C++23 header gives: std::atomic<long> has the
@@ -177,5 +178,104 @@ template <unsigned Allowed, class F> static dc_status dc_dispatch(dc_dtype dt, c
     }
     return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
 }
+
+/* --- geometry --------------------------------------------------------------------------------- */
+
+static inline int64_t view_numel(const dc_kview *v)
+{
+    int64_t n = 1;
+    for (int d = 0; d < v->ndim; d++) n *= v->shape[d];
+    return n;
+}
+
+/* Every operand of an elementwise kernel must have v[0]'s shape (broadcast inputs come with
+ * stride 0, per backend-impl.h); anything else is a bug in the op layer. */
+static inline dc_status check_same_shape(const char *op, int n, const dc_kview *const v[])
+{
+    for (int k = 1; k < n; k++) {
+        int ok = v[k]->ndim == v[0]->ndim;
+        for (int d = 0; ok && d < v[0]->ndim; d++) ok = v[k]->shape[d] == v[0]->shape[d];
+        if (!ok)
+            return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d has shape %s, output %s", op, k,
+                            dc_shape_str(v[k]->ndim, v[k]->shape), dc_shape_str(v[0]->ndim, v[0]->shape));
+    }
+    return DC_OK;
+}
+
+/* Geometry of N same-shape operands with size-1 dims dropped and neighbouring dims merged where
+ * every operand walks them as one (stride[d] == stride[d+1] * shape[d+1]). Contiguous and
+ * scalar-broadcast operands end up 1-D, which the kernels index without any division. */
+template <int N> static inline dc_geom<N> geom_make(const dc_kview *const v[N])
+{
+    dc_geom<N> g;
+    memset(&g, 0, sizeof g);
+    int64_t sh[DC_MAX_DIMS], st[N][DC_MAX_DIMS]; /* innermost first */
+    int nd = 0;
+    for (int d = v[0]->ndim - 1; d >= 0; d--) {
+        int64_t s = v[0]->shape[d];
+        if (s == 1) continue;
+        if (nd > 0) {
+            bool merge = true;
+            for (int k = 0; k < N; k++) merge = merge && v[k]->strides[d] == st[k][nd - 1] * sh[nd - 1];
+            if (merge) {
+                sh[nd - 1] *= s;
+                continue;
+            }
+        }
+        sh[nd] = s;
+        for (int k = 0; k < N; k++) st[k][nd] = v[k]->strides[d];
+        nd++;
+    }
+    if (nd == 0) { /* one element */
+        sh[0] = 1;
+        for (int k = 0; k < N; k++) st[k][0] = 0;
+        nd = 1;
+    }
+    g.ndim = nd;
+    for (int d = 0; d < nd; d++) {
+        g.shape[d] = sh[nd - 1 - d];
+        for (int k = 0; k < N; k++) g.st[k][d] = st[k][nd - 1 - d];
+    }
+    return g;
+}
+
+#define DC_GRID_STRIDE_LOOP(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+/* --- what cuda/device.cu provides to every kernel file ------------------------------------------ */
+
+/* The stream kernels of this thread launch on: the current dutycycle.cuda.Stream (torch.cuda.
+ * stream(s) context), else the device's compute stream. Every launch and async copy in cuda/ uses
+ * it; nothing in cuda/ launches on the legacy default stream. */
+cudaStream_t dc_cuda_stream(void);
+
+/* Scratch device memory from the caching allocator, ordered on dc_cuda_stream(): a kernel may free
+ * it right after queueing the work that uses it (the block is reused only by later work on the
+ * same stream). nbytes == 0 gives NULL. */
+dc_status dc_cuda_scratch(size_t nbytes, void **out);
+void dc_cuda_scratch_free(void *p);
+
+/* Per-device library handles, bound to dc_cuda_stream() on every call; created on first use.
+ * dc_cuda_cublaslt_workspace: a device buffer (>= 32 MiB on sm_90) kept for the handle's life. */
+struct cublasLtContext;
+struct cudnnContext;
+dc_status dc_cuda_cublaslt(struct cublasLtContext **handle, void **workspace, size_t *workspace_bytes);
+dc_status dc_cuda_cudnn(struct cudnnContext **handle);
+
+/* Make the device owning `p` current (one visible GPU: nothing to do). */
+dc_status dc_cuda_use_device_of(const void *p);
+
+/* --- kernel registration ---------------------------------------------------------------------------
+ * Each op-family file fills its slots of the table; backend.cu calls every one of them when the
+ * library loads (they only store function pointers: no CUDA call). */
+void dc_cuda_register_elementwise(dc_kernel_fn *k); /* elementwise.cu: unary, scalar, binary, compare,
+                                                       grad helpers, where, arange, random */
+void dc_cuda_register_reduce(dc_kernel_fn *k);      /* reduce.cu: sum/max/min, argmax/argmin, norm */
+void dc_cuda_register_scan(dc_kernel_fn *k);        /* scan.cu: cumsum, cumprod, argsort, nonzero */
+void dc_cuda_register_nn(dc_kernel_fn *k);          /* nn.cu: softmax, attention softmax, layer/batch norm */
+void dc_cuda_register_linalg(dc_kernel_fn *k);      /* linalg.cu: matmul (cuBLASLt), tril */
+void dc_cuda_register_index(dc_kernel_fn *k);       /* index.cu: gather, scatter_add, index_select/add */
+void dc_cuda_register_optim(dc_kernel_fn *k);       /* optim.cu: sgd, adamw, scale */
+void dc_cuda_register_conv(dc_kernel_fn *k);        /* conv.cu: conv2d (cuDNN), pooling */
 
 #endif

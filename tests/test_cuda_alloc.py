@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-import dutycycle as dc
 from dutycycle import _C
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -5,8 +5,8 @@ blocking device -> host copies)."""
 
 import pytest
 
-import dutycycle as dc
 import dutycycle as L
+import dutycycle as dc
 from dutycycle import nn
 from dutycycle.data import DataLoader, TensorDataset
 

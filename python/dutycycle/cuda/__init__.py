@@ -144,7 +144,7 @@ def initial_seed():
     return _initial_seed()
 
 
-from ._streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream  # noqa: E402, F401
+from . import amp  # noqa: E402, F401  (torch.cuda.amp; imported last: it builds on dutycycle.amp)
 from ._memory import (  # noqa: E402, F401
     OutOfMemoryError,
     empty_cache,
@@ -158,6 +158,6 @@ from ._memory import (  # noqa: E402, F401
     reset_max_memory_allocated,
     reset_peak_memory_stats,
 )
-from . import amp  # noqa: E402, F401  (torch.cuda.amp; imported last: it builds on dutycycle.amp)
+from ._streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream  # noqa: E402, F401
 
 __getattr__ = missing_names(__name__, "torch.cuda")
