@@ -91,11 +91,61 @@ static int gemm_threads(double total_macs, int64_t Bn, int64_t M, int64_t N)
 /* t0 (batch..., M, N) contiguous = t1 (batch..., M, K) @ t2 (batch..., K, N). Batch dims (any
  * number, any strides, 0 for broadcast) are walked here, so attention's (B, H, T, D) views of a
  * fused qkv projection need no copy. */
+/* A view of v's shape in a new contiguous buffer of dtype dt (converted by the copy kernel). */
+static dc_status converted_operand(const dc_kview *v, dc_dtype dt, void **buf, dc_kview *out)
+{
+    dc_kview dst = *v;
+    dst.dtype = dt;
+    int64_t n = cpu_numel(v), cs = 1;
+    for (int d = v->ndim - 1; d >= 0; cs *= v->shape[d], d--) dst.strides[d] = cs;
+    DC_TRY(dc_cpu_alloc((dc_device){ DC_CPU, 0 }, (size_t)(n ? n : 1) * dc_dtype_size(dt), buf));
+    dst.data = *buf;
+    dc_kargs c = { .op = DC_OP_COPY, .nt = 2 };
+    c.t[0] = dst;
+    c.t[1] = *v;
+    DC_TRY(dc_cpu_copy(&c));
+    *out = dst;
+    return DC_OK;
+}
+
+/* bfloat16 / float16 (autocast's matmuls): operands widened to float32, one float32 GEMM, the result
+ * rounded once to the 16-bit dtype -- what cuBLASLt's 16-bit GEMM with float accumulation gives, up
+ * to the summation order. */
+static dc_status matmul_16bit(const dc_kargs *a)
+{
+    const dc_kview *o = &a->t[0];
+    if (a->t[1].dtype != o->dtype) return cpu_bad_dtype(a->op, a->t[1].dtype);
+    if (a->t[2].dtype != o->dtype) return cpu_bad_dtype(a->op, a->t[2].dtype);
+    void *ba = NULL, *bb = NULL, *bo = NULL;
+    dc_kargs f = *a;
+    dc_status st = converted_operand(&a->t[1], DC_FLOAT32, &ba, &f.t[1]);
+    if (!st) st = converted_operand(&a->t[2], DC_FLOAT32, &bb, &f.t[2]);
+    if (!st) {
+        int64_t n = cpu_numel(o);
+        st = dc_cpu_alloc((dc_device){ DC_CPU, 0 }, (size_t)(n ? n : 1) * sizeof(float), &bo);
+        f.t[0] = *o;
+        f.t[0].dtype = DC_FLOAT32;
+        f.t[0].data = bo;
+    }
+    if (!st) st = dc_cpu_matmul(&f);
+    if (!st) {
+        dc_kargs c = { .op = DC_OP_COPY, .nt = 2 };
+        c.t[0] = *o;
+        c.t[1] = f.t[0];
+        st = dc_cpu_copy(&c);
+    }
+    dc_cpu_free((dc_device){ DC_CPU, 0 }, ba);
+    dc_cpu_free((dc_device){ DC_CPU, 0 }, bb);
+    dc_cpu_free((dc_device){ DC_CPU, 0 }, bo);
+    return st;
+}
+
 dc_status dc_cpu_matmul(const dc_kargs *a)
 {
     const dc_kview *o = &a->t[0];
     dc_kview A = a->t[1], Bm = a->t[2];
     const dc_dtype dt = o->dtype;
+    if (dt == DC_BFLOAT16 || dt == DC_FLOAT16) return matmul_16bit(a);
     if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return cpu_bad_dtype(a->op, dt);
     if (A.dtype != dt) return cpu_bad_dtype(a->op, A.dtype);
     if (Bm.dtype != dt) return cpu_bad_dtype(a->op, Bm.dtype);

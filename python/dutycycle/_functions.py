@@ -306,7 +306,7 @@ def matmul(a, b):
 def mm(a, b):
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"mm expects 2-D tensors, got shapes {a.shape} and {b.shape}")
-    return _C.matmul(a, b)
+    return a @ b  # through Tensor.__matmul__: autocast applies
 
 
 def bmm(a, b):
@@ -314,7 +314,7 @@ def bmm(a, b):
         raise ValueError(f"bmm expects 3-D tensors, got shapes {a.shape} and {b.shape}")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"bmm: batch sizes differ: {a.shape} and {b.shape}")
-    return _C.matmul(a, b)
+    return a @ b  # through Tensor.__matmul__: autocast applies
 
 
 # Function forms of Tensor methods (torch.exp(x) is x.exp()), each written out so grep and IDEs

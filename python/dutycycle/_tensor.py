@@ -642,11 +642,15 @@ class Tensor(_C.TensorBase):
     def __matmul__(self, other):
         if not isinstance(other, Tensor):
             raise TypeError(f"matmul: expected a tensor, got {type(other).__name__}")
+        if _autocast_local.__dict__.get("active"):
+            return _C.matmul(*_autocast.lower(self, other))
         return _C.matmul(self, other)
 
     def __rmatmul__(self, other):
         if not isinstance(other, Tensor):
             raise TypeError(f"matmul: expected a tensor, got {type(other).__name__}")
+        if _autocast_local.__dict__.get("active"):
+            return _C.matmul(*_autocast.lower(other, self))
         return _C.matmul(other, self)
 
     def __neg__(self):
@@ -1123,10 +1127,12 @@ class Tensor(_C.TensorBase):
         return _C.argmax(self, dim, keepdim, True)
 
     def softmax(self, dim):
-        return _C.softmax(self, dim)
+        x = _autocast.fp32(self) if _autocast_local.__dict__.get("active") else self
+        return _C.softmax(x, dim)
 
     def log_softmax(self, dim):
-        return _C.softmax(self, dim, True)
+        x = _autocast.fp32(self) if _autocast_local.__dict__.get("active") else self
+        return _C.softmax(x, dim, True)
 
     def all(self, dim=None, keepdim=False):
         """A bool tensor (0-d without dim), as torch: True where every element is nonzero."""
@@ -1276,6 +1282,9 @@ _C.set_tensor_class(Tensor)
 
 
 from . import _indexing  # noqa: E402  (it builds on Tensor and the helpers above)
+from .amp import autocast_mode as _autocast  # noqa: E402  (matmuls and softmax read its per-thread state)
+
+_autocast_local = _autocast._local
 
 
 def _cuda_current():

@@ -151,6 +151,10 @@ def main(argv=None):
     p.add_argument("--root", default="demo_runs", help="where logs and checkpoints go (default ./demo_runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines)")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                   help="Trainer precision (default 32-true; bf16-mixed: bfloat16 matmuls, float32 weights)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where to train (default auto: the GPU when there is one)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         p.error("--steps and --batch-size must be positive")
@@ -169,7 +173,8 @@ def main(argv=None):
                          check_val_every_n_epoch=None, limit_val_batches=4, log_every_n_steps=args.log_every,
                          default_root_dir=args.root, callbacks=[ckpt],
                          logger=dc.loggers.CSVLogger(args.root, name="words"),
-                         enable_progress_bar=not args.no_progress, num_sanity_val_steps=0)
+                         enable_progress_bar=not args.no_progress, num_sanity_val_steps=0,
+                         precision=args.precision, accelerator=args.accelerator)
     trainer.fit(model, datamodule=dm)
     print(f"best checkpoint: {ckpt.best_model_path} (val_loss {float(ckpt.best_model_score):.4f})")
     new = model.sample_words(args.samples, set(dm.words), args.temperature)

@@ -2,11 +2,9 @@
 
 autocast(device_type, dtype=None, enabled=True, cache_enabled=None) is accepted as a context
 manager or a decorator, nests, and is reported by ``is_autocast_enabled()`` /
-``get_autocast_dtype()``. **No op casts inside it yet**: the CPU engine has no bfloat16/float16
-matmul, so under CPU autocast every op runs in float32 (results are float32 where torch's CPU
-autocast would give bfloat16: more precise, never less); the CUDA backend will cast matmuls and
-convolutions inside the region when it lands. A float32 script's numbers are therefore exactly
-those without autocast.
+``get_autocast_dtype()``. Inside it matmuls run in the region's dtype and softmax, norms and
+losses in float32, as torch's autocast (see autocast_mode for the lists); on the CPU the 16-bit
+matmul widens to float32 for the GEMM and rounds the result once. Convolutions are not cast yet.
 
 GradScaler is torch's dynamic loss scaler. Disabled (enabled=False, or device "cuda" without a usable
 GPU, which warns and disables as torch does) it is an exact no-op: scale() returns its argument,

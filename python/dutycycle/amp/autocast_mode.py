@@ -1,6 +1,19 @@
-"""autocast: a region in which torch would run some ops in lower precision. Recorded per thread
-(torch's autocast state is thread-local); see the package docstring for what it changes (on the
-CPU engine: nothing, every op stays float32)."""
+"""autocast: a region in which matmuls run in a lower precision, as torch's autocast. Per thread
+(torch's autocast state is thread-local).
+
+Inside an enabled region for a device type, on tensors of that device:
+- matmuls (``@``, matmul, mm, bmm, F.linear, the two matmuls of scaled_dot_product_attention) cast
+  their floating inputs to the region's dtype (bfloat16 or float16) and return that dtype: torch's
+  "lower precision" list. On the CPU, whose elementwise kernels are float32/float64 only, the
+  inputs are rounded to the region's dtype and the matmul runs and returns float32: the precision
+  of the inputs is the GPU's, the output keeps float32 (torch's CPU autocast returns bfloat16). Parameters (leaves that require grad) are cast once per region and
+  reused (torch's cast cache), so a weight used by several matmuls is copied once; the gradient
+  flows back to the float32 parameter through the cast.
+- softmax, log_softmax, layer_norm, the attention softmax, cross_entropy, nll_loss and mse_loss
+  run in float32 on 16-bit inputs: torch's "float32" list.
+- everything else runs in its inputs' dtype; a 16-bit activation meeting a float32 one promotes to
+  float32 (PyTorch's type promotion).
+Convolutions are not cast yet (they stay float32 under autocast)."""
 
 import functools
 import threading
@@ -45,6 +58,63 @@ def get_autocast_dtype(device_type):
     return _default_dtype(device_type)
 
 
+def _active_types(stack):
+    """{device_type: dtype} of the enabled innermost regions (what the op hooks read)."""
+    out = {}
+    for dev, enabled, dtype in stack:
+        if enabled:
+            out[dev] = dtype
+        else:
+            out.pop(dev, None)
+    return out
+
+
+def _cache():
+    if not hasattr(_local, "cache"):
+        _local.cache = {}
+    return _local.cache
+
+
+def _to(t, dtype):
+    out = t.to(dtype)
+    if t.device.type == "cpu":  # the CPU's elementwise kernels are float32/float64: keep the rounding
+        out = out.to(t.dtype)  # to `dtype`'s precision, compute and return in the input's dtype
+    return out
+
+
+def _cast(t, dtype):
+    if t.dtype == dtype or not t.dtype.is_floating_point or t.dtype.itemsize == 2:
+        return t
+    if t.requires_grad and t.grad_fn is None:  # a parameter: cast once per region
+        c = _cache()
+        hit = c.get(id(t))
+        if hit is not None and hit[0] is t and hit[1] == t._version:
+            return hit[2]
+        out = _to(t, dtype)
+        c[id(t)] = (t, t._version, out)
+        return out
+    return _to(t, dtype)
+
+
+def lower(a, b):
+    """The operands of a matmul-class op under autocast (both unchanged outside a region)."""
+    active = getattr(_local, "active", None)
+    if not active:
+        return a, b
+    dtype = active.get(a.device.type)
+    if dtype is None:
+        return a, b
+    return _cast(a, dtype), _cast(b, dtype)
+
+
+def fp32(x):
+    """A 16-bit input of a float32-list op (softmax, norms, losses) as float32 under autocast."""
+    active = getattr(_local, "active", None)
+    if not active or x.device.type not in active or x.dtype.itemsize != 2 or not x.dtype.is_floating_point:
+        return x
+    return x.float()
+
+
 class autocast:
     """torch.autocast / torch.amp.autocast: a context manager and decorator."""
 
@@ -67,11 +137,17 @@ class autocast:
             self._enabled = False
 
     def __enter__(self):
-        _stack().append((self.device, self._enabled, self.fast_dtype))
+        st = _stack()
+        st.append((self.device, self._enabled, self.fast_dtype))
+        _local.active = _active_types(st)
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        _stack().pop()
+        st = _stack()
+        st.pop()
+        _local.active = _active_types(st)
+        if not st:
+            _cache().clear()  # torch: the cast cache lives as long as the outermost region
         return False
 
     def __call__(self, fn):

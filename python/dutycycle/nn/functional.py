@@ -16,6 +16,11 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+from ..amp import autocast_mode as _ac  # noqa: E402
+
+_ac_local = _ac._local
+
+
 def linear(x, weight, bias=None):
     """x (..., in) @ weight.T (in, out) + bias (out,) -> (..., out)."""
     if x.shape[-1] != weight.shape[1]:
@@ -23,9 +28,14 @@ def linear(x, weight, bias=None):
             f"linear: input has {x.shape[-1]} features, weight expects {weight.shape[1]} (weight {tuple(weight.shape)})"
         )
     lead = tuple(x.shape[:-1])
-    y = x.reshape(-1, x.shape[-1]) @ weight.t()  # (N, out)
+    x2 = x.reshape(-1, x.shape[-1])
+    if _ac_local.__dict__.get("active"):  # autocast: the weight (a leaf) is cast once per region
+        x2, weight = _ac.lower(x2, weight)
+        y = dc._C.matmul(x2, weight.t())  # (N, out), already in autocast's precision
+    else:
+        y = x2 @ weight.t()  # (N, out)
     if bias is not None:
-        y = y + bias
+        y = y + (bias.to(y.dtype) if y.dtype != bias.dtype and _ac_local.__dict__.get("active") else bias)
     return y.view(*lead, weight.shape[0])
 
 
@@ -103,6 +113,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected {shape}")
+    if _ac_local.__dict__.get("active"):  # autocast: a float32-list op
+        x = _ac.fp32(x)
+        if weight is not None and weight.dtype != x.dtype:
+            weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
     return dc._C.layer_norm(x, weight, bias, eps)
 
 
@@ -214,6 +228,10 @@ def embedding(idx, weight):
 
 
 def mse_loss(input, target, reduction="mean"):
+    if _ac_local.__dict__.get("active"):  # autocast: losses in float32
+        input = _ac.fp32(input)
+        if target.dtype.is_floating_point:
+            target = _ac.fp32(target)
     _check_reduction(reduction)
     if tuple(input.shape) != tuple(target.shape):
         raise ValueError(f"mse_loss: input shape {tuple(input.shape)} != target shape {tuple(target.shape)}")
@@ -287,6 +305,10 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    if _ac_local.__dict__.get("active"):  # autocast: losses in float32
+        input = _ac.fp32(input)
+        if target.dtype.is_floating_point:
+            target = _ac.fp32(target)
     """Negative log likelihood from log-probabilities input (N, C) (or (C,)) and int64 targets (N,)."""
     _check_reduction(reduction)
     if weight is not None:
@@ -309,6 +331,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    if _ac_local.__dict__.get("active"):  # autocast: losses in float32
+        input = _ac.fp32(input)
+        if target.dtype.is_floating_point:
+            target = _ac.fp32(target)
     """Softmax cross entropy from logits and int64 class indices.
 
     input (N, C) with target (N,), input (C,) with target (), or class-last input (B, T, ..., C)
@@ -367,7 +393,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
         raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal, not both")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if attn_mask is None:  # scale, causal mask and softmax in one C pass over the (..., Tq, Tk) scores
-        att = dc._C.attn_softmax(q @ k.transpose(-2, -1), scale, is_causal)
+        scores = q @ k.transpose(-2, -1)
+        if _ac_local.__dict__.get("active"):
+            scores = _ac.fp32(scores)  # autocast: the softmax in float32, the second matmul casts back
+        att = dc._C.attn_softmax(scores, scale, is_causal)
     else:
         att = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
         if attn_mask.dtype == dc.bool:

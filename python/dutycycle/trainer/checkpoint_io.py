@@ -350,6 +350,9 @@ def dump_checkpoint(trainer, weights_only=False):
         ckpt["optimizer_states"] = [strategy.optimizer_state(o) for o in trainer.optimizers]
         ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         ckpt["rng_states"] = get_rng_states()
+        prec = trainer.precision_plugin.state_dict()
+        if prec:  # 16-mixed: the loss scaler (Lightning's key)
+            ckpt["MixedPrecision"] = prec
     hp = m.__dict__.get("_hparams")
     if hp:
         ckpt["hyper_parameters"] = _jsonable(dict(hp))
@@ -396,6 +399,8 @@ def restore_training_state(trainer, ckpt):
     sched_states = ckpt.get("lr_schedulers") or []
     for cfg, s in zip(trainer.lr_scheduler_configs, sched_states):
         cfg.scheduler.load_state_dict(s)
+    if ckpt.get("MixedPrecision"):
+        trainer.precision_plugin.load_state_dict(ckpt["MixedPrecision"])
     trainer.position.load_state_dict(trainer, ckpt)
 
 

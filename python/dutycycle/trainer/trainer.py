@@ -202,6 +202,9 @@ class Trainer:
             setattr(self, name, getattr(self.config, name))
         self._fast_dev_run = self.config.fast_dev_run_batches
         self._default_root_dir = self.config.default_root_dir
+        from .precision import plugin_for
+
+        self.precision_plugin = plugin_for(self.precision, self.accelerator)
         self.callbacks = build_callbacks(
             callbacks, self.enable_checkpointing, self.enable_progress_bar, self.enable_model_summary and not barebones
         )
@@ -411,7 +414,8 @@ class Trainer:
         takes = self._hook_cache.get(key)
         if takes is None:
             takes = self._hook_cache[key] = _positional_capacity(getattr(m, name, None))
-        return self._call_hook(name, *(batch, batch_idx, *extra)[:takes], callbacks=False)
+        with self.precision_plugin.forward_context():  # bf16-mixed / 16-mixed: autocast
+            return self._call_hook(name, *(batch, batch_idx, *extra)[:takes], callbacks=False)
 
     def _run(self, fn, *args):
         """Run a trainer entry point; every exception comes through here (on_exception, loggers
@@ -781,6 +785,9 @@ class Trainer:
         if self._stepped and (self.global_step % self.log_every_n_steps == 0 or self.should_stop):
             metrics = self._results.step_log_metrics("train")
             metrics.update(self.duty_cycle.interval_metrics())
+            if self.precision_plugin.scaler is not None:  # 16-mixed: the loss scaler's state
+                metrics["precision/loss_scale"] = self.precision_plugin.scaler.get_scale()
+                metrics["precision/skipped_steps"] = float(self.precision_plugin.skipped_steps)
             self._log_metrics(metrics, step=self.global_step - 1)
         return False
 
@@ -804,6 +811,8 @@ class Trainer:
                 self._backward(loss / acc if acc > 1 else loss)
             if stepping:
                 self._call_hook("on_before_optimizer_step", opt)
+                if self.gradient_clip_val:
+                    self.precision_plugin.unscale_gradients(opt)  # 16-mixed: clip in unscaled units
                 self._call_hook(
                     "configure_gradient_clipping",
                     opt,
@@ -846,16 +855,16 @@ class Trainer:
         Automatic optimization: the closure calls on_before_optimizer_step (after backward) and the
         loop counts the step. Manual: the hook first, then the step, counted here; the lr schedulers
         are the user's to step (Lightning steps none in manual optimization)."""
-        if automatic:
+        def step_fn(opt, clo):
             return self._timed(
                 f"[Strategy]{type(self.strategy).__name__}.optimizer_step",
-                self.strategy.optimizer_step, optimizer, closure, model=self.lightning_module, **kwargs,
+                self.strategy.optimizer_step, opt, clo, model=self.lightning_module, **kwargs,
             )  # fmt: skip
+
+        if automatic:
+            return self.precision_plugin.optimizer_step(optimizer, closure, step_fn)
         self._call_hook("on_before_optimizer_step", optimizer)
-        out = self._timed(
-            f"[Strategy]{type(self.strategy).__name__}.optimizer_step",
-            self.strategy.optimizer_step, optimizer, closure, model=self.lightning_module, **kwargs,
-        )  # fmt: skip
+        out = self.precision_plugin.optimizer_step(optimizer, closure, step_fn)
         self.global_step += 1
         return out
 
@@ -863,6 +872,7 @@ class Trainer:
         """Every backward (automatic, and manual_backward): the strategy runs the module's backward hook."""
         self._call_hook("on_before_backward", loss)
         action = f"[Strategy]{type(self.strategy).__name__}.backward"
+        loss = self.precision_plugin.pre_backward(loss)  # 16-mixed: the scaled loss
         self._timed(action, self.strategy.backward, loss, *args, **kwargs)
         self._call_hook("on_after_backward")
 
