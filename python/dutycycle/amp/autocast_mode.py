@@ -7,8 +7,9 @@ Inside an enabled region for a device type, on tensors of that device:
   "lower precision" list. On the CPU, whose elementwise kernels are float32/float64 only, the
   inputs are rounded to the region's dtype and the matmul runs and returns float32: the precision
   of the inputs is the GPU's, the output keeps float32 (torch's CPU autocast returns bfloat16).
-  Parameters (leaves that require grad) are cast once per region and reused (torch's cast cache), so a weight used by several matmuls is copied once; the gradient
-  flows back to the float32 parameter through the cast.
+  Parameters (leaves that require grad) are cast once per region and reused (torch's cast cache),
+  so a weight used by several matmuls is copied once; the gradient flows back to the float32
+  parameter through the cast.
 - softmax, log_softmax, layer_norm, the attention softmax, cross_entropy, nll_loss and mse_loss
   run in float32 on 16-bit inputs: torch's "float32" list.
 - everything else runs in its inputs' dtype; a 16-bit activation meeting a float32 one promotes to
