@@ -16,7 +16,7 @@ OPENBLAS_OMP := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB := $(if $(wildcard $(OPENBLAS_OMP)/libopenblas.so),-I/usr/include/x86_64-linux-gnu/openblas-openmp -L$(OPENBLAS_OMP) -Wl$(comma)-rpath$(comma)$(OPENBLAS_OMP)) -lopenblas
 CORE_C := csrc/core/status.c csrc/core/dtype.c csrc/core/backend.c $(wildcard csrc/cpu/*.c)
 
-.PHONY: all deps install demo test test-py test-c fuzz-c sanitize bench lint format clean
+.PHONY: all deps install demo test test-py test-c fuzz-c sanitize cuda-sanitize bench lint format clean
 
 all: install
 
@@ -105,6 +105,12 @@ sanitize: install
 	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py \
 	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py $(CURDIR)/tests/test_checkpoint.py \
 	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py $(CURDIR)/tests/test_cuda_alloc.py
+
+# The GPU tests under compute-sanitizer's memcheck (a lent GPU machine: scripts/gpu-check runs it with
+# DC_SANITIZE=1); any out-of-bounds or misaligned device access fails.
+cuda-sanitize:
+	DUTYCYCLE_CUDA_POISON=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
+	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_backend_ops.py -k "cuda or gpu"
 
 bench: install
 	$(PYTHON) benchmarks/engine.py

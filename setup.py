@@ -132,18 +132,30 @@ class BuildExt(build_ext):
             gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
             out_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(out_dir, exist_ok=True)
-            objs = []
+            deps = glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h")) \
+                + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h"))
+            newest_dep = max(os.path.getmtime(p) for p in deps)
+            jobs, objs = [], []
             for src in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
                 obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-                if not os.path.exists(obj) or os.path.getmtime(obj) < max(
-                        os.path.getmtime(p) for p in [src] + glob.glob(os.path.join(ROOT, "cuda", "*.cuh"))
-                        + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h"))):
-                    cmd = [nvcc, "-std=c++17", "-O3", "--threads", "0", "-Xcompiler", "-fPIC",
-                           "-I" + os.path.join(ROOT, "csrc", "core"), "-DDC_WITH_CUDA", *gencode,
-                           "-c", src, "-o", obj]
-                    print(" ".join(cmd), flush=True)
-                    subprocess.check_call(cmd)
                 objs.append(obj)
+                if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(src), newest_dep):
+                    continue
+                jobs.append([nvcc, "-std=c++17", "-O3", "-lineinfo", "--threads", "0", "-Xcompiler", "-fPIC",
+                             "-I" + os.path.join(ROOT, "csrc", "core"), "-DDC_WITH_CUDA", *gencode, "-c", src, "-o", obj])
+            # one nvcc per two cores (each compiles its architectures on two threads: --threads 0)
+            ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = max(1, min(len(jobs), ncpu // 2))
+
+            def compile_one(cmd):
+                print(" ".join(cmd), flush=True)
+                subprocess.check_call(cmd)
+
+            if jobs:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(compile_one, jobs))  # re-raises the first failure
             ext.extra_objects = list(ext.extra_objects or []) + objs
         super().build_extension(ext)
 

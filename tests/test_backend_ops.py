@@ -8,17 +8,23 @@ backward uses are covered by the case of the op whose backward launches them (`c
 `test_every_op_has_a_case` fails when a line is added to ops.def without a case here.
 
 On a machine without a GPU only the CPU column runs; on a lent GPU the "cuda" column runs every op
-that has a CUDA kernel and skips (naming it) every op that has none yet."""
+that has a CUDA kernel and skips (naming it) every op that has none yet, with the device memory
+poisoned (DUTYCYCLE_CUDA_POISON) so unwritten outputs fail."""
 
 import math
 import operator
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pytest
 
-import dutycycle as dc
+# Fresh CUDA memory is filled with 0xFF (NaN) so an output element a kernel never writes fails the
+# comparison (read by the allocator at its first allocation: set before any CUDA tensor exists).
+os.environ.setdefault("DUTYCYCLE_CUDA_POISON", "1")
+
+import dutycycle as dc  # noqa: E402
 
 TABLE = {row["name"]: row for row in dc._C.ops.table()}
 DEVICES = ["cpu"] + (["cuda"] if dc.cuda.is_available() else [])

@@ -226,8 +226,7 @@ static PyObject *f_pin_memory(PyObject *m, PyObject *o)
     if (!st) {
         if (nbytes) memcpy(p, dc_data(t), nbytes);
         st = dc_from_blob(&out, p, nbytes, t->ndim, t->shape, t->strides, t->dtype, (dc_device){ DC_CPU, 0 },
-                          pinned_deleter, p);
-        if (st) dc_cuda_host_free(p);
+                          pinned_deleter, p); /* on failure it ran the deleter */
     }
     DC_END_OP if (st) return dc_py_raise(dc_py_state_of(m), st);
     return dc_py_wrap(dc_py_state_of(m), out);
@@ -292,6 +291,46 @@ static PyObject *f_to_device_async(PyObject *m, PyObject *args)
     return dc_py_wrap(dc_py_state_of(m), out);
 }
 
+/* to_host_async(tensor, stream) -> a CPU tensor in pinned memory that will hold the CUDA tensor's
+ * bytes once `stream` passes this point: `stream` first waits (on the device) for the current
+ * stream's queued work, then copies; the source block is marked as used by `stream` so freeing
+ * the tensor early cannot hand its memory to another kernel. The caller synchronises `stream` once
+ * before reading (checkpoint snapshots: one wait for all tensors). */
+static PyObject *f_to_host_async(PyObject *m, PyObject *args)
+{
+    PyObject *to;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "OO&:cuda_to_host_async", &to, conv_handle, &stream)) return NULL;
+    dc_tensor *t = dc_py_tensor(to, "to_host_async");
+    if (!t) return NULL;
+    if (t->device.type != DC_CUDA || !dc_is_contiguous(t))
+        return PyErr_Format(PyExc_ValueError, "to_host_async: expected a contiguous CUDA tensor, got %s on %s",
+                            DC_SHAPE(t), dc_device_str(t->device));
+    size_t nbytes = (size_t)dc_numel(t) * dc_dtype_size(t->dtype);
+    int dev = t->device.index;
+    void *p = NULL, *ev = NULL;
+    dc_tensor *out = NULL;
+    dc_status st;
+    DC_BEGIN_OP void *cur = dc_cuda_current_stream(dev);
+    st = dc_cuda_host_alloc(nbytes ? nbytes : 1, &p);
+    if (!st) {
+        st = dc_from_blob(&out, p, nbytes, t->ndim, t->shape, NULL, t->dtype, (dc_device){ DC_CPU, 0 }, pinned_deleter,
+                          p); /* on failure it ran the deleter */
+    }
+    if (!st && cur != stream) st = dc_cuda_event_create(0, 0, &ev);
+    if (!st && ev) st = dc_cuda_event_record(ev, cur);
+    if (!st && ev) st = dc_cuda_stream_wait_event(stream, ev);
+    dc_cuda_event_destroy(ev);
+    if (!st) st = dc_cuda_copy_d2h_async(dev, p, dc_data(t), nbytes, stream);
+    if (!st && nbytes && cur != stream) st = dc_cuda_record_stream(dev, t->storage->data, stream);
+    DC_END_OP if (st)
+    {
+        dc_tensor_decref(out);
+        return dc_py_raise(dc_py_state_of(m), st);
+    }
+    return dc_py_wrap(dc_py_state_of(m), out);
+}
+
 static PyObject *f_allow_tf32(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -344,6 +383,7 @@ static PyMethodDef cuda_functions[] = {
     F(is_pinned, METH_O),
     F(host_stats, METH_NOARGS),
     F(to_device_async, METH_VARARGS),
+    F(to_host_async, METH_VARARGS),
     F(allow_tf32, METH_VARARGS),
     F(device_name, METH_VARARGS),
     F(runtime_version, METH_NOARGS),

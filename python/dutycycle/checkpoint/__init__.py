@@ -257,6 +257,7 @@ class Checkpointer:
                     )
             enc = _format.Encoder()
             doc = enc.encode(state)
+            enc.wait()  # CUDA tensors: their snapshot copies are done (note: one sync point per device)
             mine = [
                 e
                 for e in enc.entries.values()

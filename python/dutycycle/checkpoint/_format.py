@@ -130,8 +130,10 @@ def _raw_view(t):
 
 def _dc_entry(t):
     t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()  # a device tensor: copied to the host here (the CUDA backend stages it itself)
+    if t.device.type == "cuda":  # into pinned memory on the copy stream; Encoder.wait() syncs once
+        t = dc.cuda._snapshot_to_host(t)
+    elif t.device.type != "cpu":
+        t = t.cpu()
     if not t.is_contiguous():
         t = t.contiguous()
     return _DC_ST[t.dtype.name], t.shape, _raw_view(t), t
@@ -168,6 +170,12 @@ class Encoder:
 
     def __init__(self):
         self.entries = {}
+
+    def wait(self):
+        """Wait for the device -> pinned host copies of CUDA tensors (one sync per device); before
+        the entries' bytes are read."""
+        if dc.cuda.is_available():
+            dc.cuda._snapshot_wait()
 
     def _add(self, path, st, shape, data, keep, sharded=None):
         name, n = path or "tensor", 1

@@ -71,6 +71,27 @@ def _copy_to_device_overlapped(t, device):
     return _C.cuda_to_device_async(pinned, i, s._handle)
 
 
+_snapshot_pending = set()
+
+
+def _snapshot_to_host(t):
+    """A CUDA tensor's bytes into pinned host memory, queued on the device's copy stream (no host
+    wait): checkpoint snapshots call this per tensor and _snapshot_wait() once for all of them."""
+    i = t.device.index or 0
+    s = _copy_streams.get(i)
+    if s is None:
+        s = _copy_streams[i] = Stream(i, priority=-1)
+    _snapshot_pending.add(i)
+    return _C.cuda_to_host_async(t.detach().contiguous(), s._handle)
+
+
+def _snapshot_wait():
+    """Wait for the snapshots queued by _snapshot_to_host (one sync per device, counted)."""
+    for i in sorted(_snapshot_pending):
+        _copy_streams[i].synchronize()
+    _snapshot_pending.clear()
+
+
 def sync_counts():
     """Host-device synchronisations since the process started: {"synchronize": device, stream and
     event synchronize calls; "d2h_copy": blocking device -> host copies (item(), .cpu(), .tolist() of a
