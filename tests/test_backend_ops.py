@@ -351,6 +351,12 @@ CASES = {
     "attn_softmax": Case(inputs=_x(2, 3, 5, 6), fn=lambda x: dc._C.attn_softmax(x, 0.7, True),
                          ref=lambda x: _np_attn(x, 0.7, True), grad=True, covers=("attn_softmax_backward",),
                          rtol=1e-7, atol=1e-12),
+    "flash_attention": Case(
+        inputs=lambda rng: [rng.uniform(-2, 2, (2, 3, 5, 4)), rng.uniform(-2, 2, (2, 3, 7, 4)),
+                            rng.uniform(-2, 2, (2, 3, 7, 6))],
+        fn=lambda q, k, v: dc._C.flash_attention(q, k, v, 0.6, True),
+        ref=lambda q, k, v: _np_attn(q @ np.swapaxes(k, -1, -2), 0.6, True) @ v, grad=True,
+        covers=("flash_attention_backward",), rtol=1e-7, atol=1e-12),
     "layer_norm": Case(inputs=lambda rng: [rng.uniform(-2, 2, (3, 6)), rng.uniform(0.5, 1.5, (6,)),
                                            rng.uniform(-1, 1, (6,))],
                        fn=lambda x, w, b: dc.nn.functional.layer_norm(x, (6,), w, b), ref=_np_layer_norm, grad=True,

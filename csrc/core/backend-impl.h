@@ -25,7 +25,7 @@ typedef struct {
     dc_dtype dtype;
 } dc_kview;
 
-#define DC_KARGS_MAX_T 8
+#define DC_KARGS_MAX_T 10
 /* One kernel launch: the op, its tensor operands (their order is documented at the op's line in
  * ops.def) and the named parameters of its family (ops.def's `params` column). */
 typedef struct {

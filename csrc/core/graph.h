@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define DC_NODE_MAX_IN    4
-#define DC_NODE_MAX_SAVED 4
+#define DC_NODE_MAX_SAVED 6
 
 typedef struct dc_node dc_node;
 /* Compute gin[k] for each input edge k from gout (the gradient of this node's output). Leave

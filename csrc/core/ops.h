@@ -86,6 +86,9 @@ dc_status dc_argmax(dc_tensor **out, dc_tensor *x, int dim, int keepdim, int is_
 dc_status dc_softmax(dc_tensor **out, dc_tensor *x, int dim, int log);
 /* softmax(scale * x) over the last dim; causal: keys j > i of query row i (dim -2) get weight 0 */
 dc_status dc_attn_softmax(dc_tensor **out, dc_tensor *x, double scale, int causal);
+/* softmax(scale * q k^T, causal mask) v without storing the scores (ops_attn.c): q (..., Tq, D),
+ * k (..., Tk, D), v (..., Tk, Dv), the same batch dims -> (..., Tq, Dv); differentiable */
+dc_status dc_flash_attention(dc_tensor **out, dc_tensor *q, dc_tensor *k, dc_tensor *v, double scale, int causal);
 dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, double eps);
 
 /* --- linear algebra and indexing -------------------------------------------------------------- */

@@ -754,6 +754,17 @@ static PyObject *f_attn_softmax(PyObject *m, PyObject *args)
     RUN_WRAP(dc_attn_softmax(&out, x, scale, causal), out);
 }
 
+static PyObject *f_flash_attention(PyObject *m, PyObject *args)
+{
+    dc_tensor *q, *k, *v, *out;
+    double scale;
+    int causal = 0;
+    if (!PyArg_ParseTuple(args, "O&O&O&d|p:flash_attention", conv_tensor, &q, conv_tensor, &k, conv_tensor, &v, &scale,
+                          &causal))
+        return NULL;
+    RUN_WRAP(dc_flash_attention(&out, q, k, v, scale, causal), out);
+}
+
 static PyObject *f_cumsum(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -1074,6 +1085,7 @@ static PyMethodDef module_methods[] = {
     F(cumsum, METH_VARARGS),
     F(cumprod, METH_VARARGS),
     F(attn_softmax, METH_VARARGS),
+    F(flash_attention, METH_VARARGS),
     F(argsort, METH_VARARGS),
     F(nonzero, METH_O),
     F(sgd_step, METH_VARARGS),

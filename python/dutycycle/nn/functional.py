@@ -377,12 +377,24 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     return loss.sum() / count
 
 
+_FLASH = {}
+
+
+def _flash_on_cuda():
+    """Whether the CUDA kernel table has the fused attention kernel (cached)."""
+    if "cuda" not in _FLASH:
+        row = next((r for r in dc._C.ops.table() if r["name"] == "flash_attention"), None)
+        _FLASH["cuda"] = bool(row and "cuda" in row["devices"])
+    return _FLASH["cuda"]
+
+
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """softmax(q @ k^T * scale + mask) @ v for q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv).
 
     attn_mask: bool (True = may attend) or float (added to the scores), broadcastable to
-    (..., Tq, Tk). Dropout on the attention weights is applied whenever dropout_p > 0 (pass 0.0
-    in eval mode, as torch expects).
+    (..., Tq, Tk). On CUDA, without a mask or dropout, it runs the fused flash-attention kernel (the
+    scores are never stored); on the CPU the composition below (BLAS matmuls) is faster. Dropout on
+    the attention weights is applied whenever dropout_p > 0 (pass 0.0 in eval mode, as torch expects).
     """
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
@@ -392,6 +404,13 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal, not both")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if attn_mask is None and dropout_p == 0.0 and q.device.type == "cuda" and _flash_on_cuda():
+        # fused: the (..., Tq, Tk) scores are never stored, forward or backward
+        if _ac_local.__dict__.get("active"):
+            q, k = _ac.lower(q, k)
+            v = _ac.lower(v, v)[0]
+        if q.dtype == k.dtype == v.dtype and q.dim() == k.dim() == v.dim() and q.shape[:-2] == k.shape[:-2]:
+            return dc._C.flash_attention(q, k, v, float(scale), bool(is_causal))
     if attn_mask is None:  # scale, causal mask and softmax in one C pass over the (..., Tq, Tk) scores
         scores = q @ k.transpose(-2, -1)
         if _ac_local.__dict__.get("active"):
