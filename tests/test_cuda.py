@@ -383,3 +383,42 @@ def test_op_without_cuda_kernel_raises_clearly():
     assert "exp" in msg and "cuda" in msg, msg
     # the error is clean: the tensor and the device still work
     np.testing.assert_array_equal(to_numpy(x + x), np.full(3, 2.0, np.float32))
+
+
+# --- the torch.cuda API on a machine without a GPU: clean answers and clean errors ----------------
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU answers")
+def test_memory_functions_without_gpu_report_nothing():
+    assert dc.cuda.memory_stats() == {}
+    assert dc.cuda.memory_allocated() == dc.cuda.max_memory_allocated() == 0
+    assert dc.cuda.memory_reserved() == dc.cuda.max_memory_reserved() == 0
+    dc.cuda.reset_peak_memory_stats()
+    dc.cuda.empty_cache()
+    assert "no CUDA device" in dc.cuda.memory_summary()
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        dc.cuda.mem_get_info()
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU answers")
+def test_streams_and_events_without_gpu_raise_clearly():
+    for make in (dc.cuda.Stream, dc.cuda.Event, dc.cuda.current_stream, dc.cuda.default_stream):
+        with pytest.raises(RuntimeError, match="no CUDA device is available"):
+            make()
+    with dc.cuda.stream(None):  # torch: stream(None) is a no-op context
+        pass
+
+
+def test_pin_memory_and_record_stream_on_the_cpu():
+    t = dc.arange(6, dtype=dc.float32)
+    p = t.pin_memory()
+    if not HAS_GPU:
+        assert p is t and not t.is_pinned()  # nothing to pin for: ported loaders still run
+    else:
+        assert p.is_pinned() and p.tolist() == t.tolist()
+    with pytest.raises(RuntimeError, match="expected a CUDA tensor"):
+        t.record_stream(None)
+    assert t.to("cpu", non_blocking=True) is t
+
+
+def test_out_of_memory_error_is_torchs_name():
+    assert dc.cuda.OutOfMemoryError is MemoryError
