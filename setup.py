@@ -130,7 +130,8 @@ class BuildExt(build_ext):
             for a in archs:
                 gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
             gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-            out_dir = os.path.join(self.build_temp, "cuda")
+            # a fixed folder (not pip's throw-away build_temp): a rebuild recompiles only changed .cu files
+            out_dir = os.path.join(ROOT, "build", "cuda-sm" + "-".join(archs))
             os.makedirs(out_dir, exist_ok=True)
             deps = glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h")) \
                 + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h"))

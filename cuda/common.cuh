@@ -277,5 +277,8 @@ void dc_cuda_register_linalg(dc_kernel_fn *k);      /* linalg.cu: matmul (cuBLAS
 void dc_cuda_register_index(dc_kernel_fn *k);       /* index.cu: gather, scatter_add, index_select/add */
 void dc_cuda_register_optim(dc_kernel_fn *k);       /* optim.cu: sgd, adamw, scale */
 void dc_cuda_register_conv(dc_kernel_fn *k);        /* conv.cu: conv2d (cuDNN), pooling */
+void dc_cuda_register_random(dc_kernel_fn *k);      /* random.cu: arange, rand, randn, randint (called by
+                                                       dc_cuda_register_elementwise) */
+void dc_cuda_register_attention(dc_kernel_fn *k);   /* attention.cu: fused flash attention */
 
 #endif

@@ -55,7 +55,7 @@ dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_d
                         start, end, step);
     int64_t n = (int64_t)ceil((end - start) / step);
     dc_tensor *t;
-    if (dev.type != DC_CPU) {
+    if (dev.type != DC_CPU && !dc_op_has_kernel(DC_OP_ARANGE, dev.type)) {
         dc_tensor *c;
         DC_TRY(dc_arange(&c, start, end, step, dt, (dc_device){ DC_CPU, 0 }));
         dc_status st = dc_to(out, c, dt, dev);
@@ -83,6 +83,22 @@ dc_status dc_random(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape,
     /* Generated on the host in float64/int64 so every device and dtype sees the same stream. Uniform
      * bf16/fp16 are drawn in their own dtype: rounding a float64 draw up to 1.0 would break [0, 1). */
     dc_device cpu = { DC_CPU, 0 };
+    int direct_dt = kind != DC_OP_RANDINT || dt == DC_INT64 || dt == DC_INT32 || dt == DC_FLOAT32 || dt == DC_FLOAT64;
+    if (dev.type != DC_CPU && direct_dt && dc_op_has_kernel(kind, dev.type)) {
+        /* on the device, in dt: its kernel draws the same numbers as the CPU path below (counter-based,
+         * keyed by (seed, offset + i)), with no host work or copy (dropout masks every step) */
+        dc_tensor *t;
+        DC_TRY(dc_empty(&t, ndim, shape, dt, dev));
+        int64_t n = dc_numel(t);
+        uint64_t seed, offset;
+        dc_rng_reserve(kind == DC_OP_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
+        dc_kargs a = kargs_of(kind);
+        kargs_add(&a, t);
+        a.p.random = (struct dc_random_params){ .seed = seed, .offset = offset, .low = low, .high = high };
+        DC_TRY(dc_launch_or_free(t, &a));
+        *out = t;
+        return DC_OK;
+    }
     int half = dt == DC_BFLOAT16 || dt == DC_FLOAT16;
     dc_dtype gen = kind == DC_OP_RANDINT                                ? DC_INT64
                    : (dt == DC_FLOAT32 || (kind == DC_OP_RAND && half)) ? dt
