@@ -91,6 +91,14 @@ def _np_attn(x, scale, causal):
     return _np_softmax(z, -1)
 
 
+def _np_ce(x, t, ignore, eps):
+    m = x.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
+    safe = np.where(t == ignore, 0, t)
+    loss = lse - (1 - eps) * x[np.arange(len(t)), safe] - eps * x.mean(-1)
+    return np.where(t == ignore, 0.0, loss)
+
+
 def np_conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, pad_end=None):
     """Direct loops over output positions: the reference the C kernels and the torch comparison
     share (tests/test_conv.py)."""
@@ -357,6 +365,11 @@ CASES = {
         fn=lambda q, k, v: dc._C.flash_attention(q, k, v, 0.6, True),
         ref=lambda q, k, v: _np_attn(q @ np.swapaxes(k, -1, -2), 0.6, True) @ v, grad=True,
         covers=("flash_attention_backward",), rtol=1e-7, atol=1e-12),
+    "cross_entropy": Case(
+        inputs=lambda rng: [rng.uniform(-3, 3, (6, 9)), np.array([0, 8, -100, 3, 4, 1], dtype=np.int64)],
+        fn=lambda x, t: dc._C.cross_entropy(x, t, -100, 0.1),
+        ref=lambda x, t: _np_ce(x, t, -100, 0.1), grad=True, grad_inputs=(0,),
+        covers=("cross_entropy_backward",), rtol=1e-7, atol=1e-12),
     "layer_norm": Case(inputs=lambda rng: [rng.uniform(-2, 2, (3, 6)), rng.uniform(0.5, 1.5, (6,)),
                                            rng.uniform(-1, 1, (6,))],
                        fn=lambda x, w, b: dc.nn.functional.layer_norm(x, (6,), w, b), ref=_np_layer_norm, grad=True,

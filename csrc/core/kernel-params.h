@@ -40,6 +40,11 @@ struct dc_attn_params {
     int causal;   /* mask keys j > i of query row i */
 };
 
+struct dc_ce_params {
+    int64_t ignore_index;   /* rows with this target add nothing */
+    double label_smoothing; /* eps in [0, 1] */
+};
+
 struct dc_layernorm_params {
     double eps;
     int has_w, has_b;
@@ -118,6 +123,7 @@ typedef union {
     struct dc_scalar_params scalar;
     struct dc_dim_params dim;
     struct dc_attn_params attn;
+    struct dc_ce_params ce;
     struct dc_layernorm_params layernorm;
     struct dc_conv_params conv;
     struct dc_pool_params pool;

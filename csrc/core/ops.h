@@ -89,6 +89,11 @@ dc_status dc_attn_softmax(dc_tensor **out, dc_tensor *x, double scale, int causa
 /* softmax(scale * q k^T, causal mask) v without storing the scores (ops_attn.c): q (..., Tq, D),
  * k (..., Tk, D), v (..., Tk, Dv), the same batch dims -> (..., Tq, Dv); differentiable */
 dc_status dc_flash_attention(dc_tensor **out, dc_tensor *q, dc_tensor *k, dc_tensor *v, double scale, int causal);
+/* per-row cross entropy of logits (N, C) against int64 targets (N,) fused with the softmax (ops_loss.c):
+ * (N,) float32 (float64 for float64 logits); rows with target == ignore_index give 0; differentiable
+ * in the logits */
+dc_status dc_cross_entropy(dc_tensor **out, dc_tensor *logits, dc_tensor *target, int64_t ignore_index,
+                           double label_smoothing);
 dc_status dc_layer_norm(dc_tensor **out, dc_tensor *x, dc_tensor *w, dc_tensor *b, double eps);
 
 /* --- linear algebra and indexing -------------------------------------------------------------- */

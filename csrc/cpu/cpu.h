@@ -380,6 +380,8 @@ dc_status dc_cpu_attn_softmax(const dc_kargs *a);
 dc_status dc_cpu_attn_softmax_bwd(const dc_kargs *a);
 dc_status dc_cpu_flash_attn(const dc_kargs *a); /* attention.c */
 dc_status dc_cpu_flash_attn_bwd(const dc_kargs *a);
+dc_status dc_cpu_cross_entropy(const dc_kargs *a); /* loss.c */
+dc_status dc_cpu_cross_entropy_bwd(const dc_kargs *a);
 dc_status dc_cpu_layernorm(const dc_kargs *a);
 dc_status dc_cpu_layernorm_bwd(const dc_kargs *a);
 /* linalg.c */

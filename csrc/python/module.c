@@ -765,6 +765,15 @@ static PyObject *f_flash_attention(PyObject *m, PyObject *args)
     RUN_WRAP(dc_flash_attention(&out, q, k, v, scale, causal), out);
 }
 
+static PyObject *f_cross_entropy(PyObject *m, PyObject *args)
+{
+    dc_tensor *x, *t, *out;
+    long long ignore = -100;
+    double eps = 0;
+    if (!PyArg_ParseTuple(args, "O&O&|Ld:cross_entropy", conv_tensor, &x, conv_tensor, &t, &ignore, &eps)) return NULL;
+    RUN_WRAP(dc_cross_entropy(&out, x, t, (int64_t)ignore, eps), out);
+}
+
 static PyObject *f_cumsum(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -1086,6 +1095,7 @@ static PyMethodDef module_methods[] = {
     F(cumprod, METH_VARARGS),
     F(attn_softmax, METH_VARARGS),
     F(flash_attention, METH_VARARGS),
+    F(cross_entropy, METH_VARARGS),
     F(argsort, METH_VARARGS),
     F(nonzero, METH_O),
     F(sgd_step, METH_VARARGS),

@@ -305,11 +305,11 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log likelihood from log-probabilities input (N, C) (or (C,)) and int64 targets (N,)."""
     if _ac_local.__dict__.get("active"):  # autocast: losses in float32
         input = _ac.fp32(input)
         if target.dtype.is_floating_point:
             target = _ac.fp32(target)
-    """Negative log likelihood from log-probabilities input (N, C) (or (C,)) and int64 targets (N,)."""
     _check_reduction(reduction)
     if weight is not None:
         raise NotImplementedError("nll_loss: class weights are not supported")
@@ -331,18 +331,20 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-    if _ac_local.__dict__.get("active"):  # autocast: losses in float32
-        input = _ac.fp32(input)
-        if target.dtype.is_floating_point:
-            target = _ac.fp32(target)
     """Softmax cross entropy from logits and int64 class indices.
 
     input (N, C) with target (N,), input (C,) with target (), or class-last input (B, T, ..., C)
     with target (B, T, ...) (nanoGPT layout; note torch puts C second for >2-D inputs).
     Targets equal to ignore_index add nothing and are left out of the 'mean' denominator
     (all ignored -> nan, as in torch). label_smoothing mixes in the uniform distribution:
-    loss = (1 - eps) * nll + eps * mean_c(-log p_c).
+    loss = (1 - eps) * nll + eps * mean_c(-log p_c). On CUDA the softmax is fused into the loss
+    (the cross_entropy op: no (N, C) probability matrix is kept for backward).
     """
+    raw_input = input
+    if _ac_local.__dict__.get("active"):  # autocast: losses in float32
+        input = _ac.fp32(input)
+        if target.dtype.is_floating_point:
+            target = _ac.fp32(target)
     _check_reduction(reduction)
     if not isinstance(input, dc.Tensor) or not isinstance(target, dc.Tensor):
         raise TypeError("cross_entropy: input and target must be Tensors")
@@ -362,6 +364,13 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     C = input.shape[-1]
     logits = input.reshape(-1, C)  # (N, C)
     tgt = target.reshape(-1)  # (N,)
+    if input.device.type == "cuda" and _has_cuda_kernel("cross_entropy"):
+        # fused with the softmax: only the row logsumexp is kept for backward, not (N, C) probabilities;
+        # 16-bit logits are read as they are (computed in float32, loss in float32)
+        if raw_input.dtype.itemsize == 2:
+            logits = raw_input.reshape(-1, C)
+        loss = dc._C.cross_entropy(logits, tgt, int(ignore_index), float(label_smoothing))  # (N,)
+        return _ce_reduce(loss, tgt, target, ignore_index, reduction)
     logp = logits.log_softmax(-1)  # (N, C)
     ignored = tgt == ignore_index  # (N,) bool
     safe = tgt.masked_fill(ignored, 0)  # gather needs in-range indices on ignored rows
@@ -369,6 +378,10 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     if label_smoothing > 0.0:
         loss = loss * (1.0 - label_smoothing) - logp.mean(-1) * label_smoothing
     loss = loss.masked_fill(ignored, 0.0)
+    return _ce_reduce(loss, tgt, target, ignore_index, reduction)
+
+
+def _ce_reduce(loss, tgt, target, ignore_index, reduction):
     if reduction == "none":
         return loss.view(*target.shape)
     if reduction == "sum":
@@ -377,15 +390,20 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
     return loss.sum() / count
 
 
+def _has_cuda_kernel(op):
+    """Whether the CUDA kernel table fills op's slot (cached)."""
+    if op not in _FLASH:
+        row = next((r for r in dc._C.ops.table() if r["name"] == op), None)
+        _FLASH[op] = bool(row and "cuda" in row["devices"])
+    return _FLASH[op]
+
+
 _FLASH = {}
 
 
 def _flash_on_cuda():
     """Whether the CUDA kernel table has the fused attention kernel (cached)."""
-    if "cuda" not in _FLASH:
-        row = next((r for r in dc._C.ops.table() if r["name"] == "flash_attention"), None)
-        _FLASH["cuda"] = bool(row and "cuda" in row["devices"])
-    return _FLASH["cuda"]
+    return _has_cuda_kernel("flash_attention")
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
