@@ -272,14 +272,14 @@ void dc_cuda_register_elementwise(dc_kernel_fn *k); /* elementwise.cu: unary, sc
                                                        grad helpers, where, arange, random */
 void dc_cuda_register_reduce(dc_kernel_fn *k);      /* reduce.cu: sum/max/min, argmax/argmin, norm */
 void dc_cuda_register_scan(dc_kernel_fn *k);        /* scan.cu: cumsum, cumprod, argsort, nonzero */
-void dc_cuda_register_nn(
-    dc_kernel_fn *k); /* nn.cu: softmax, attention softmax, layer norm (batch norm: batchnorm.cu) */
-void dc_cuda_register_linalg(dc_kernel_fn *k);    /* linalg.cu: matmul (cuBLASLt), tril */
-void dc_cuda_register_index(dc_kernel_fn *k);     /* index.cu: gather, scatter_add, index_select/add */
-void dc_cuda_register_optim(dc_kernel_fn *k);     /* optim.cu: sgd, adamw, scale */
-void dc_cuda_register_conv(dc_kernel_fn *k);      /* conv.cu: conv2d (cuDNN), pooling */
-void dc_cuda_register_random(dc_kernel_fn *k);    /* random.cu: arange, rand, randn, randint (called by
-                                                     dc_cuda_register_elementwise) */
-void dc_cuda_register_attention(dc_kernel_fn *k); /* attention.cu: fused flash attention */
+void dc_cuda_register_nn(dc_kernel_fn *k);          /* nn.cu: softmax, attention softmax, layer norm; batchnorm.cu */
+void dc_cuda_register_linalg(dc_kernel_fn *k);      /* linalg.cu: matmul (cuBLASLt), tril */
+void dc_cuda_register_index(dc_kernel_fn *k);       /* index.cu: gather, scatter_add, index_select/add */
+void dc_cuda_register_optim(dc_kernel_fn *k);       /* optim.cu: sgd, adamw, scale */
+void dc_cuda_register_conv(dc_kernel_fn *k);        /* conv.cu: conv2d (cuDNN), pooling */
+void dc_cuda_register_random(dc_kernel_fn *k);      /* random.cu: arange, rand, randn, randint (called by
+                                                       dc_cuda_register_elementwise) */
+void dc_cuda_register_attention(dc_kernel_fn *k);   /* attention.cu: fused flash attention */
+void dc_cuda_register_loss(dc_kernel_fn *k);        /* loss.cu: cross entropy fused with the softmax */
 
 #endif
