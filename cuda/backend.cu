@@ -179,6 +179,8 @@ static dc_backend table_make(void)
     dc_cuda_register_index(b.kernels);
     dc_cuda_register_optim(b.kernels);
     dc_cuda_register_conv(b.kernels);
+    dc_cuda_register_loss(b.kernels);
+    dc_cuda_register_attention(b.kernels);
     return b;
 }
 

@@ -66,7 +66,9 @@ dc_status dc_cpu_cross_entropy(const dc_kargs *a)
         double l = m + log(sum);
         st(lse, i * lse->strides[0], l);
         int64_t c = tg[i * t->strides[0]];
-        st(loss, i * loss->strides[0], c == ignore ? 0.0 : l - (1.0 - eps) * ld(x, i * C + c) - eps * mean);
+        /* eps == 0: no mean term at all (a masked -inf logit would make 0 * -inf = NaN) */
+        st(loss, i * loss->strides[0],
+           c == ignore ? 0.0 : l - (1.0 - eps) * ld(x, i * C + c) - (eps > 0 ? eps * mean : 0.0));
     }
     return DC_OK;
 }
