@@ -71,6 +71,24 @@ dc_status dc_arange(dc_tensor **out, double start, double end, double step, dc_d
     return DC_OK;
 }
 
+/* A new tensor of (ndim, shape, dt) on dev filled by random op `kind` from the next stretch of the
+ * global counter-based stream (randn takes two counters per element). */
+static dc_status random_draw(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape, int64_t low, int64_t high,
+                             dc_dtype dt, dc_device dev)
+{
+    dc_tensor *t;
+    DC_TRY(dc_empty(&t, ndim, shape, dt, dev));
+    int64_t n = dc_numel(t);
+    uint64_t seed, offset;
+    dc_rng_reserve(kind == DC_OP_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
+    dc_kargs a = kargs_of(kind);
+    kargs_add(&a, t);
+    a.p.random = (struct dc_random_params){ .seed = seed, .offset = offset, .low = low, .high = high };
+    DC_TRY(dc_launch_or_free(t, &a));
+    *out = t;
+    return DC_OK;
+}
+
 dc_status dc_random(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape, int64_t low, int64_t high, dc_dtype dt,
                     dc_device dev)
 {
@@ -80,50 +98,26 @@ dc_status dc_random(dc_tensor **out, dc_op kind, int ndim, const int64_t *shape,
     if (kind != DC_OP_RANDINT && dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16)
         return dc_error(DC_ERR_DTYPE, "%s: expected a floating-point dtype, got %s", dc_op_names[kind],
                         dc_dtype_name(dt));
+    /* A device with the kernel draws in dt itself: the same numbers as the host path below (counter-
+     * based, keyed by (seed, offset + i)), with no host work or copy (dropout masks every step). */
+    int direct_dt = kind != DC_OP_RANDINT || dt == DC_INT64 || dt == DC_INT32 || dt == DC_FLOAT32 || dt == DC_FLOAT64;
+    if (dev.type != DC_CPU && direct_dt && dc_op_has_kernel(kind, dev.type))
+        return random_draw(out, kind, ndim, shape, low, high, dt, dev);
     /* Generated on the host in float64/int64 so every device and dtype sees the same stream. Uniform
      * bf16/fp16 are drawn in their own dtype: rounding a float64 draw up to 1.0 would break [0, 1). */
-    dc_device cpu = { DC_CPU, 0 };
-    int direct_dt = kind != DC_OP_RANDINT || dt == DC_INT64 || dt == DC_INT32 || dt == DC_FLOAT32 || dt == DC_FLOAT64;
-    if (dev.type != DC_CPU && direct_dt && dc_op_has_kernel(kind, dev.type)) {
-        /* on the device, in dt: its kernel draws the same numbers as the CPU path below (counter-based,
-         * keyed by (seed, offset + i)), with no host work or copy (dropout masks every step) */
-        dc_tensor *t;
-        DC_TRY(dc_empty(&t, ndim, shape, dt, dev));
-        int64_t n = dc_numel(t);
-        uint64_t seed, offset;
-        dc_rng_reserve(kind == DC_OP_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
-        dc_kargs a = kargs_of(kind);
-        kargs_add(&a, t);
-        a.p.random = (struct dc_random_params){ .seed = seed, .offset = offset, .low = low, .high = high };
-        DC_TRY(dc_launch_or_free(t, &a));
-        *out = t;
-        return DC_OK;
-    }
     int half = dt == DC_BFLOAT16 || dt == DC_FLOAT16;
     dc_dtype gen = kind == DC_OP_RANDINT                                ? DC_INT64
                    : (dt == DC_FLOAT32 || (kind == DC_OP_RAND && half)) ? dt
                                                                         : DC_FLOAT64;
     dc_tensor *t;
-    DC_TRY(dc_empty(&t, ndim, shape, gen, cpu));
-    int64_t n = dc_numel(t);
-    uint64_t seed, offset;
-    dc_rng_reserve(kind == DC_OP_RANDN ? 2 * (uint64_t)n : (uint64_t)n, &seed, &offset);
-    dc_kargs a = kargs_of(kind);
-    kargs_add(&a, t);
-    a.p.random = (struct dc_random_params){ .seed = seed, .offset = offset, .low = low, .high = high };
-    dc_status st = n ? dc_launch(cpu, &a) : DC_OK;
-    if (st == DC_OK && (gen != dt || dev.type != DC_CPU)) {
-        dc_tensor *c;
-        st = dc_to(&c, t, dt, dev);
-        dc_tensor_decref(t);
-        t = st ? NULL : c;
+    DC_TRY(random_draw(&t, kind, ndim, shape, low, high, gen, (dc_device){ DC_CPU, 0 }));
+    if (gen == dt && dev.type == DC_CPU) {
+        *out = t;
+        return DC_OK;
     }
-    if (st) {
-        dc_tensor_decref(t);
-        return st;
-    }
-    *out = t;
-    return DC_OK;
+    dc_status st = dc_to(out, t, dt, dev);
+    dc_tensor_decref(t);
+    return st;
 }
 
 /* --- copies ------------------------------------------------------------------------------------ */

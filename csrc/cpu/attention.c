@@ -16,19 +16,6 @@ static int contiguous3(const dc_kview *v, int64_t a, int64_t b, int64_t c)
            v->strides[1] == c && v->strides[0] == b * c;
 }
 
-static double ld(const dc_kview *v, int64_t i)
-{
-    return v->dtype == DC_FLOAT64 ? ((const double *)v->data)[i] : (double)((const float *)v->data)[i];
-}
-
-static void st(const dc_kview *v, int64_t i, double x)
-{
-    if (v->dtype == DC_FLOAT64)
-        ((double *)v->data)[i] = x;
-    else
-        ((float *)v->data)[i] = (float)x;
-}
-
 /* Scaled scores of query row i of head h against its visible keys, into s[0..nk); returns nk. */
 static int64_t row_scores(const dc_kview *q, const dc_kview *k, int64_t h, int64_t i, int64_t Tq, int64_t Tk, int64_t D,
                           double scale, int causal, double *s)
@@ -38,7 +25,7 @@ static int64_t row_scores(const dc_kview *q, const dc_kview *k, int64_t h, int64
     for (int64_t j = 0; j < nk; j++) {
         const int64_t ko = (h * Tk + j) * D;
         double acc = 0;
-        for (int64_t d = 0; d < D; d++) acc += ld(q, qo + d) * ld(k, ko + d);
+        for (int64_t d = 0; d < D; d++) acc += cpu_view_get(q, qo + d) * cpu_view_get(k, ko + d);
         s[j] = scale * acc;
     }
     return nk;
@@ -86,10 +73,10 @@ dc_status dc_cpu_flash_attn(const dc_kargs *a)
                     double p = exp(s[j] - m);
                     l += p;
                     const int64_t vo = (h * Tk + j) * Dv;
-                    for (int64_t d = 0; d < Dv; d++) acc[d] += p * ld(v, vo + d);
+                    for (int64_t d = 0; d < Dv; d++) acc[d] += p * cpu_view_get(v, vo + d);
                 }
-                for (int64_t d = 0; d < Dv; d++) st(o, r * Dv + d, l > 0 ? acc[d] / l : 0.0);
-                st(lse, r, l > 0 ? m + log(l) : -INFINITY);
+                for (int64_t d = 0; d < Dv; d++) cpu_view_set(o, r * Dv + d, l > 0 ? acc[d] / l : 0.0);
+                cpu_view_set(lse, r, l > 0 ? m + log(l) : -INFINITY);
             }
         }
         free(s);
@@ -131,27 +118,27 @@ dc_status dc_cpu_flash_attn_bwd(const dc_kargs *a)
                 for (int64_t i = 0; i < Tq; i++) {
                     const int64_t r = h * Tq + i;
                     int64_t nk = row_scores(q, k, h, i, Tq, Tk, D, scale, causal, s);
-                    const double L = ld(lse, r), dl = ld(delta, r);
+                    const double L = cpu_view_get(lse, r), dl = cpu_view_get(delta, r);
                     for (int64_t d = 0; d < D; d++) gq[d] = 0;
                     for (int64_t j = 0; j < nk; j++) {
                         const double p = exp(s[j] - L);
                         const int64_t vo = (h * Tk + j) * Dv, ko = (h * Tk + j) * D;
                         double dp = 0;
                         for (int64_t d = 0; d < Dv; d++) {
-                            const double g = ld(dout, r * Dv + d);
-                            dp += g * ld(v, vo + d);
+                            const double g = cpu_view_get(dout, r * Dv + d);
+                            dp += g * cpu_view_get(v, vo + d);
                             gv[j * Dv + d] += p * g;
                         }
                         const double ds = p * (dp - dl) * scale;
                         for (int64_t d = 0; d < D; d++) {
-                            gq[d] += ds * ld(k, ko + d);
-                            gk[j * D + d] += ds * ld(q, r * D + d);
+                            gq[d] += ds * cpu_view_get(k, ko + d);
+                            gk[j * D + d] += ds * cpu_view_get(q, r * D + d);
                         }
                     }
-                    for (int64_t d = 0; d < D; d++) st(dq, r * D + d, gq[d]);
+                    for (int64_t d = 0; d < D; d++) cpu_view_set(dq, r * D + d, gq[d]);
                 }
-                for (int64_t x = 0; x < Tk * D; x++) st(dk, h * Tk * D + x, gk[x]);
-                for (int64_t x = 0; x < Tk * Dv; x++) st(dv, h * Tk * Dv + x, gv[x]);
+                for (int64_t x = 0; x < Tk * D; x++) cpu_view_set(dk, h * Tk * D + x, gk[x]);
+                for (int64_t x = 0; x < Tk * Dv; x++) cpu_view_set(dv, h * Tk * Dv + x, gv[x]);
             }
         }
         free(s);

@@ -86,6 +86,21 @@ static inline size_t cpu_esize(const dc_kview *v)
     return dc_dtype_size(v->dtype);
 }
 
+/* One element of a float32 or float64 view as double, and back (the fused attention and loss
+ * reference kernels, which accumulate in double whatever the input's precision). */
+static inline double cpu_view_get(const dc_kview *v, int64_t i)
+{
+    return v->dtype == DC_FLOAT64 ? ((const double *)v->data)[i] : (double)((const float *)v->data)[i];
+}
+
+static inline void cpu_view_set(const dc_kview *v, int64_t i, double x)
+{
+    if (v->dtype == DC_FLOAT64)
+        ((double *)v->data)[i] = x;
+    else
+        ((float *)v->data)[i] = (float)x;
+}
+
 /* The uniform "op does not support dtype" error every kernel returns. */
 static inline dc_status cpu_bad_dtype(dc_op op, dc_dtype d)
 {

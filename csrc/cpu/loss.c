@@ -5,19 +5,6 @@
 
 #include "cpu.h"
 
-static double ld(const dc_kview *v, int64_t i)
-{
-    return v->dtype == DC_FLOAT64 ? ((const double *)v->data)[i] : (double)((const float *)v->data)[i];
-}
-
-static void st(const dc_kview *v, int64_t i, double x)
-{
-    if (v->dtype == DC_FLOAT64)
-        ((double *)v->data)[i] = x;
-    else
-        ((float *)v->data)[i] = (float)x;
-}
-
 static dc_status check(const dc_kargs *a, const dc_kview *x, const dc_kview *t, int nfloat)
 {
     if (x->dtype != DC_FLOAT32 && x->dtype != DC_FLOAT64) return cpu_bad_dtype(a->op, x->dtype);
@@ -56,19 +43,19 @@ dc_status dc_cpu_cross_entropy(const dc_kargs *a)
 #pragma omp parallel for schedule(static) num_threads(N *C > 65536 ? cpu_max_threads() : 1)
     for (int64_t i = 0; i < N; i++) {
         double m = -INFINITY, sum = 0, mean = 0;
-        for (int64_t j = 0; j < C; j++) m = fmax(m, ld(x, i * C + j));
+        for (int64_t j = 0; j < C; j++) m = fmax(m, cpu_view_get(x, i * C + j));
         for (int64_t j = 0; j < C; j++) {
-            double v = ld(x, i * C + j);
+            double v = cpu_view_get(x, i * C + j);
             sum += exp(v - m);
             mean += v;
         }
         mean /= (double)(C ? C : 1);
         double l = m + log(sum);
-        st(lse, i * lse->strides[0], l);
+        cpu_view_set(lse, i * lse->strides[0], l);
         int64_t c = tg[i * t->strides[0]];
         /* eps == 0: no mean term at all (a masked -inf logit would make 0 * -inf = NaN) */
-        st(loss, i * loss->strides[0],
-           c == ignore ? 0.0 : l - (1.0 - eps) * ld(x, i * C + c) - (eps > 0 ? eps * mean : 0.0));
+        cpu_view_set(loss, i * loss->strides[0],
+                     c == ignore ? 0.0 : l - (1.0 - eps) * cpu_view_get(x, i * C + c) - (eps > 0 ? eps * mean : 0.0));
     }
     return DC_OK;
 }
@@ -86,12 +73,13 @@ dc_status dc_cpu_cross_entropy_bwd(const dc_kargs *a)
     for (int64_t i = 0; i < N; i++) {
         int64_t c = tg[i * t->strides[0]];
         if (c == ignore) {
-            for (int64_t j = 0; j < C; j++) st(dx, i * C + j, 0.0);
+            for (int64_t j = 0; j < C; j++) cpu_view_set(dx, i * C + j, 0.0);
             continue;
         }
-        double gi = ld(g, i * g->strides[0]), L = ld(lse, i * lse->strides[0]);
+        double gi = cpu_view_get(g, i * g->strides[0]), L = cpu_view_get(lse, i * lse->strides[0]);
         for (int64_t j = 0; j < C; j++)
-            st(dx, i * C + j, gi * (exp(ld(x, i * C + j) - L) - (j == c ? 1.0 - eps : 0.0) - eps / (double)C));
+            cpu_view_set(dx, i * C + j,
+                         gi * (exp(cpu_view_get(x, i * C + j) - L) - (j == c ? 1.0 - eps : 0.0) - eps / (double)C));
     }
     return DC_OK;
 }

@@ -797,19 +797,6 @@ static dc_status decode_field(dc_pipe *p, const sample_t *s, field_t *f, decoded
     return DC_OK;
 }
 
-static size_t dtype_size(dc_dtype t)
-{
-    switch (t) {
-    case DC_FLOAT64:
-    case DC_INT64: return 8;
-    case DC_FLOAT32:
-    case DC_INT32: return 4;
-    case DC_BFLOAT16:
-    case DC_FLOAT16:
-    case DC_INT16: return 2;
-    default: return 1;
-    }
-}
 
 static const char *kind_name(int k)
 {
