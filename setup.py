@@ -11,10 +11,11 @@ Environment:
                          `mpicc -show` (MPICH); MPICC names another wrapper
 """
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -58,7 +59,7 @@ def mpi_flags():
         return comp.split(), link.split()
     except (OSError, subprocess.CalledProcessError) as e:
         if flag == "1":
-            raise SystemExit(f"DUTYCYCLE_MPI=1 but MPI's flags are unavailable ({e}); install libopenmpi-dev")
+            raise SystemExit(f"DUTYCYCLE_MPI=1 but MPI's flags are unavailable ({e}); install libopenmpi-dev") from e
         print(f"dutycycle: building without MPI ({e}): _C.Comm will raise DistributedError", flush=True)
         return None
 
@@ -116,10 +117,37 @@ if WITH_CUDA:
     libraries += ["cudart", "cublasLt", "cudnn", "nccl", "stdc++"]
 
 
+NCPU = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parallel_compile(cc):
+    """Make the C compiler `cc` compile an extension's sources on every core (distutils compiles
+    one extension's sources one after another)."""
+
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = cc._setup_compile(output_dir, macros, include_dirs, sources,
+                                                                            depends, extra_postargs)
+        cc_args = cc._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj):
+            if obj in build:
+                src, ext = build[obj]
+                cc._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        with ThreadPoolExecutor(NCPU) as pool:
+            list(pool.map(one, objects))  # re-raises the first failure
+        return objects
+
+    cc.compile = compile
+
+
 class BuildExt(build_ext):
-    """Compile cuda/*.cu with nvcc into objects, then link them into the extension."""
+    """Compile cuda/*.cu with nvcc into objects, then link them into the extension; the C sources
+    compile in parallel."""
 
     def build_extension(self, ext):
+        parallel_compile(self.compiler)
         if WITH_CUDA:
             home = cuda_home()
             nvcc = os.path.join(home, "bin", "nvcc")
@@ -133,28 +161,39 @@ class BuildExt(build_ext):
             # a fixed folder (not pip's throw-away build_temp): a rebuild recompiles only changed .cu files
             out_dir = os.path.join(ROOT, "build", "cuda-sm" + "-".join(archs))
             os.makedirs(out_dir, exist_ok=True)
-            deps = glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h")) \
-                + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h"))
-            newest_dep = max(os.path.getmtime(p) for p in deps)
+            # Each object is keyed by the hash of its source, every header it may include and the
+            # flags (not by mtimes): objects compiled on another machine, or copied with fresh
+            # mtimes, are reused exactly when they were built from the same text the same way.
+            deps = sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h"))
+                          + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h"))
+                          + glob.glob(os.path.join(ROOT, "csrc", "core", "*.def"))
+                          + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h")))
+            dep_hash = hashlib.sha256()
+            for p in deps:
+                dep_hash.update(os.path.relpath(p, ROOT).encode() + b"\0" + open(p, "rb").read() + b"\0")
             jobs, objs = [], []
             for src in sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu"))):
                 obj = os.path.join(out_dir, os.path.basename(src) + ".o")
                 objs.append(obj)
-                if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(src), newest_dep):
+                flags = ["-std=c++17", "-O3", "-lineinfo", "--threads", "0", "-Xcompiler", "-fPIC", "-DDC_WITH_CUDA",
+                         *gencode]
+                key = hashlib.sha256(dep_hash.digest() + open(src, "rb").read() + " ".join(flags).encode()).hexdigest()
+                stamp = obj + ".key"
+                if os.path.exists(obj) and os.path.exists(stamp) and open(stamp).read().strip() == key:
                     continue
-                jobs.append([nvcc, "-std=c++17", "-O3", "-lineinfo", "--threads", "0", "-Xcompiler", "-fPIC",
-                             "-I" + os.path.join(ROOT, "csrc", "core"), "-DDC_WITH_CUDA", *gencode, "-c", src, "-o", obj])
+                cmd = [nvcc, *flags, "-I" + os.path.join(ROOT, "csrc", "core"), "-c", src, "-o", obj]
+                jobs.append((cmd, stamp, key))
             # one nvcc per two cores (each compiles its architectures on two threads: --threads 0)
-            ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            workers = max(1, min(len(jobs), ncpu // 2))
+            workers = max(1, min(len(jobs), NCPU // 2))
 
-            def compile_one(cmd):
+            def compile_one(job):
+                cmd, stamp, key = job
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)
+                with open(stamp, "w") as f:
+                    f.write(key + "\n")
 
             if jobs:
-                from concurrent.futures import ThreadPoolExecutor
-
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(compile_one, jobs))  # re-raises the first failure
             ext.extra_objects = list(ext.extra_objects or []) + objs

@@ -215,6 +215,30 @@ def run_case(rows, name, fn):
         return None
 
 
+def table(rows, card, peak):
+    import dutycycle as dc
+
+    lines = [f"# GPU benchmark: {card}", "", f"host {platform.node()}, Python {sys.version.split()[0]}, "
+             f"dutycycle {dc.__version__}, CUDA runtime {dc._C.cuda_runtime_version()}", "",
+             f"MFU peak: {peak / 1e12:.1f} TFLOP/s dense bf16" if peak else "MFU peak: unknown card", "", "```"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['case']:<52} FAILED {r['error']}")
+        elif "tokens_s" in r:
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['step_ms']:8.1f} ms {r['tokens_s']:10.0f} tok/s"
+                         f"  MFU {mfu}")
+        elif "GB_s" in r:
+            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['GB_s']:8.1f} GB/s vs copy {r['copy_GB_s']:.1f} GB/s "
+                         f"= {100 * r['ratio']:.0f}%")
+        elif "images_s" in r:
+            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['step_ms']:8.1f} ms {r['images_s']:10.1f} img/s")
+        else:
+            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['ms']:8.2f} ms")
+    lines.append("```")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps (the gpu-check time box)")
@@ -250,24 +274,34 @@ def main(argv=None):
         rows.append({"case": "GPT-2 124M B=16 T=1024 bf16-mixed", "impl": label, "step_ms": 1e3 * s, "tokens_s": tok,
                      "mfu": flops / peak if peak else None})
 
+    slug = "".join(c if c.isalnum() else "-" for c in card).strip("-").lower() or "gpu"
+    os.makedirs(args.out, exist_ok=True)
+
+    def write():  # after every case: a run cut short by its time box still leaves its table
+        text = table(rows, card, peak)
+        with open(os.path.join(args.out, f"gpu-{slug}.md"), "w") as f:
+            f.write(text + "\n")
+        with open(os.path.join(args.out, f"gpu-{slug}.json"), "w") as f:
+            json.dump({"card": card, "rows": rows}, f, indent=1, default=lambda o: None if o != o else o)
+        return text
+
     model = opt = None
     if res:
         s, n_params, model, opt = res
         gpt_row("dutycycle", s)
+    write()
     if have_torch:
         s = run_case(rows, "gpt2 torch eager", lambda: torch_gpt2(B, T, warm, iters, False))
         if s:
             gpt_row("PyTorch eager", s)
-        if not args.skip_compile:
-            s = run_case(rows, "gpt2 torch.compile", lambda: torch_gpt2(B, T, warm, iters, True))
-            if s:
-                gpt_row("torch.compile", s)
+        write()
     if model is not None:
         r = run_case(rows, "adamw", lambda: dc_adamw(model, opt, warm, iters))
         if r:
             bw, copy_bw = r
             rows.append({"case": "fused AdamW (GPT-2 params)", "impl": "dutycycle", "GB_s": bw / 1e9,
                          "copy_GB_s": copy_bw / 1e9, "ratio": bw / copy_bw})
+        write()
     model = opt = None  # free GPT-2 before the next cases
     dc.cuda.empty_cache()
     s = run_case(rows, "attention dutycycle", lambda: dc_attention(16, 12, 1024, 64, warm, iters))
@@ -278,37 +312,18 @@ def main(argv=None):
         if s:
             rows.append({"case": "causal attention fwd+bwd B16 H12 T1024 D64 bf16", "impl": "torch SDPA",
                          "ms": 1e3 * s})
+    write()
     s = run_case(rows, "dit dutycycle", lambda: dc_dit(32, warm, iters))
     if s:
         rows.append({"case": "DiT-B/2 256x256 (32x32x4 latents) B=32 bf16-mixed", "impl": "dutycycle",
                      "step_ms": 1e3 * s, "images_s": 32 / s})
-
-    lines = [f"# GPU benchmark: {card}", "", f"host {platform.node()}, Python {sys.version.split()[0]}, "
-             f"dutycycle {dc.__version__}, CUDA runtime {dc._C.cuda_runtime_version()}", "",
-             f"MFU peak: {peak / 1e12:.1f} TFLOP/s dense bf16" if peak else "MFU peak: unknown card", "", "```"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['case']:<52} FAILED {r['error']}")
-        elif "tokens_s" in r:
-            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['step_ms']:8.1f} ms {r['tokens_s']:10.0f} tok/s"
-                         f"  MFU {mfu}")
-        elif "GB_s" in r:
-            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['GB_s']:8.1f} GB/s vs copy {r['copy_GB_s']:.1f} GB/s "
-                         f"= {100 * r['ratio']:.0f}%")
-        elif "images_s" in r:
-            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['step_ms']:8.1f} ms {r['images_s']:10.1f} img/s")
-        else:
-            lines.append(f"{r['case']:<40} {r['impl']:<14} {r['ms']:8.2f} ms")
-    lines.append("```")
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in card).strip("-").lower() or "gpu"
-    with open(os.path.join(args.out, f"gpu-{slug}.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, f"gpu-{slug}.json"), "w") as f:
-        json.dump({"card": card, "rows": rows}, f, indent=1, default=lambda o: None if o != o else o)
+    write()
+    # last: torch.compile spends a minute or more compiling before its first step
+    if have_torch and not args.skip_compile:
+        s = run_case(rows, "gpt2 torch.compile", lambda: torch_gpt2(B, T, warm, iters, True))
+        if s:
+            gpt_row("torch.compile", s)
+    print(write())
     return 0 if not any("error" in r for r in rows) else 1
 
 

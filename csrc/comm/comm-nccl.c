@@ -15,6 +15,7 @@
  *
  * The control plane (fingerprints, heartbeats, the watchdog) is the MPI one of comm-mpi.c.
  * Compiled only with DC_WITH_CUDA and DC_WITH_MPI. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include "comm-impl.h"
 
 #ifdef DC_COMM_NCCL
