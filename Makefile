@@ -104,7 +104,8 @@ sanitize: install
 	  $(CURDIR)/tests/test_tensor.py $(CURDIR)/tests/test_errors.py $(CURDIR)/tests/test_interop.py \
 	  $(CURDIR)/tests/test_data.py $(CURDIR)/tests/test_loader_c.py $(CURDIR)/tests/test_memory.py \
 	  $(CURDIR)/tests/test_backend_ops.py $(CURDIR)/tests/test_ops_in_c.py $(CURDIR)/tests/test_checkpoint.py \
-	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py $(CURDIR)/tests/test_cuda_alloc.py
+	  $(CURDIR)/tests/test_shards.py $(CURDIR)/tests/test_shard_decode.py $(CURDIR)/tests/test_cuda_alloc.py \
+	  $(CURDIR)/tests/test_cuda_plans.py
 
 # The GPU tests under compute-sanitizer's memcheck (a lent GPU machine: scripts/gpu-check runs it with
 # DC_SANITIZE=1); any out-of-bounds or misaligned device access fails.

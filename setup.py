@@ -71,7 +71,7 @@ MPI = mpi_flags()
 sources = sorted(
     glob.glob("csrc/core/*.c") + glob.glob("csrc/autograd/*.c") + glob.glob("csrc/cpu/*.c")
     + glob.glob("csrc/python/*.c") + glob.glob("csrc/loader/*.c") + glob.glob("csrc/comm/*.c")
-    + glob.glob("csrc/ckpt/*.c") + glob.glob("csrc/s3/*.c") + glob.glob("csrc/alloc/*.c")
+    + glob.glob("csrc/ckpt/*.c") + glob.glob("csrc/s3/*.c") + glob.glob("csrc/alloc/*.c") + glob.glob("csrc/plan/*.c")
 )
 cflags = ["-std=c11", "-O3", "-fopenmp", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-unknown-pragmas"]
@@ -167,7 +167,8 @@ class BuildExt(build_ext):
             deps = sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h"))
                           + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h"))
                           + glob.glob(os.path.join(ROOT, "csrc", "core", "*.def"))
-                          + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h")))
+                          + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h"))
+                          + glob.glob(os.path.join(ROOT, "csrc", "plan", "*.h")))
             dep_hash = hashlib.sha256()
             for p in deps:
                 dep_hash.update(os.path.relpath(p, ROOT).encode() + b"\0" + open(p, "rb").read() + b"\0")

@@ -29,6 +29,7 @@
 
 #include <mutex>
 
+#include "../csrc/plan/plan.h"
 #include "common.cuh"
 
 /* linalg.cu: torch.backends.cuda.matmul.allow_tf32's equivalent (also governs cuDNN fp32 convs). */
@@ -311,9 +312,7 @@ struct plan_cand {
 
 struct plan {
     plan_key key;
-    bool used;
     bool direct; /* cuDNN rejected the configuration: the direct kernel runs it */
-    uint64_t stamp;
     cudnnTensorDescriptor_t xd, yd;
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
@@ -324,9 +323,8 @@ struct plan {
 /* 64 plans cover a network's layers x (forward, two gradients) several times over; more shapes
  * than that (varying image sizes) evict the least recently used. */
 #define PLAN_CACHE 64
-static plan g_plans[PLAN_CACHE];
-static uint64_t g_plan_clock;
-static std::mutex g_plan_mu; /* guards g_plans, and the descriptors while a call uses them */
+static dc_plan_cache *g_plans = NULL; /* csrc/plan's LRU, made at the first convolution */
+static std::mutex g_plan_mu;          /* guards g_plans, and the descriptors while a call uses them */
 
 /* Workspace above this is taken only when no candidate needs less (an FFT algorithm's gigabytes
  * would stay held by the caching allocator). */
@@ -351,13 +349,13 @@ static cudnnMathType_t requested_math(const plan_key &k)
     return CUDNN_DEFAULT_MATH;
 }
 
-static void plan_release(plan *p)
+static void plan_release(void *payload)
 {
+    plan *p = (plan *)payload;
     if (p->xd) (void)cudnnDestroyTensorDescriptor(p->xd);
     if (p->yd) (void)cudnnDestroyTensorDescriptor(p->yd);
     if (p->wd) (void)cudnnDestroyFilterDescriptor(p->wd);
     if (p->cd) (void)cudnnDestroyConvolutionDescriptor(p->cd);
-    memset(p, 0, sizeof *p);
 }
 
 /* Keep the heuristic's successful, deterministic algorithms (perf: its results, best first). */
@@ -470,29 +468,22 @@ static dc_status plan_build(cudnnHandle_t h, plan *p)
     return DC_OK;
 }
 
-/* The plan for k: cached, or built into the least recently used slot. Caller holds g_plan_mu. */
+/* The plan for k: cached, or built into the least recently used slot (the plan got last is never
+ * the one evicted: a caller may hold two). Caller holds g_plan_mu. */
 static dc_status plan_get(cudnnHandle_t h, const plan_key &k, plan **out)
 {
-    plan *victim = &g_plans[0];
-    for (int i = 0; i < PLAN_CACHE; i++) {
-        plan *p = &g_plans[i];
-        if (p->used && memcmp(&p->key, &k, sizeof k) == 0) {
-            p->stamp = ++g_plan_clock;
-            *out = p;
-            return DC_OK;
+    if (!g_plans) DC_TRY(dc_plan_cache_new(PLAN_CACHE, sizeof k, sizeof(plan), plan_release, &g_plans));
+    bool fresh = false;
+    plan *p = (plan *)dc_plan_cache_get(g_plans, &k, &fresh);
+    if (fresh) {
+        p->key = k;
+        dc_status st = plan_build(h, p);
+        if (st) {
+            dc_plan_cache_drop(g_plans, p);
+            return st;
         }
-        if (victim->used && (!p->used || p->stamp < victim->stamp)) victim = p;
     }
-    plan_release(victim);
-    victim->key = k;
-    dc_status st = plan_build(h, victim);
-    if (st) {
-        plan_release(victim);
-        return st;
-    }
-    victim->used = true;
-    victim->stamp = ++g_plan_clock;
-    *out = victim;
+    *out = p;
     return DC_OK;
 }
 
@@ -995,6 +986,16 @@ static dc_status k_avg_pool2d_bwd(const dc_kargs *a)
         typedef decltype(tag) T;
         return avg_pool_backward<T>((T *)a->t[0].data, (const T *)a->t[1].data, g, n, dc_cuda_stream());
     });
+}
+
+/* The convolution plan cache's counts (zeros before the first convolution). */
+extern "C" void dc_cuda_conv_cache_stats(dc_plan_cache_stats *s)
+{
+    std::lock_guard<std::mutex> lock(g_plan_mu);
+    if (g_plans)
+        dc_plan_cache_get_stats(g_plans, s);
+    else
+        *s = dc_plan_cache_stats{ PLAN_CACHE, 0, 0, 0, 0 };
 }
 
 /* --- registration ------------------------------------------------------------------------------ */

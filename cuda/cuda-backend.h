@@ -11,6 +11,7 @@
 
 #include "../csrc/alloc/alloc.h"
 #include "../csrc/core/status.h"
+#include "../csrc/plan/plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,6 +65,10 @@ dc_status dc_cuda_copy_d2h_async(int dev, void *dst, const void *src, size_t n, 
 /* matmul (linalg.cu): tf32 for float32 GEMMs and convolutions (torch.backends.cuda.matmul.allow_tf32) */
 void dc_cuda_set_allow_tf32(int on);
 int dc_cuda_get_allow_tf32(void);
+/* The plan caches of the cuBLASLt matmuls (linalg.cu) and the cuDNN convolutions (conv.cu):
+ * dutycycle.cuda.plan_cache_stats(); a warm training step makes no miss. */
+void dc_cuda_matmul_cache_stats(dc_plan_cache_stats *s);
+void dc_cuda_conv_cache_stats(dc_plan_cache_stats *s);
 
 #ifdef __cplusplus
 }

@@ -15,9 +15,10 @@
  * too). The CPU kernel has float32/float64 only; the 16-bit types are here for autocast.
  *
  * Plans: descriptors, layouts and the heuristic's algorithm are cached per problem (a small LRU
- * keyed by plan_key, compared with memcmp), so a training step's matmuls cost one
- * cublasLtMatmul each once warm. cuBLASLt is deterministic for a fixed algorithm on a fixed GPU,
- * and a key always maps to the same algorithm, so results repeat bit for bit run to run.
+ * keyed by dc_mm_key, compared with memcmp: csrc/plan, host code tested on the CPU), so a
+ * training step's matmuls cost one cublasLtMatmul each once warm. cuBLASLt is deterministic for a
+ * fixed algorithm on a fixed GPU, and a key always maps to the same algorithm, so results repeat
+ * bit for bit run to run.
  *
  * TRIL: t0 = tril(t1, diagonal) (triu with p.tril.upper), any dtype (moves raw bits; zero bits
  * are zero in every dtype). */
@@ -26,6 +27,7 @@
 #include <atomic>
 #include <mutex>
 
+#include "../csrc/plan/plan.h"
 #include "common.cuh"
 
 /* Everything up to the exported functions at the end is file-local (kernels and types too). */
@@ -123,121 +125,28 @@ static dc_status contiguous_copy(const dc_kview *v, scratch_guard *buf, dc_kview
 
 static std::atomic<int> g_allow_tf32(0);
 
-/* One input as cuBLASLt reads it: stored column-major (rows, cols, ld), used as op(stored). */
-struct blas_mat {
-    cublasOperation_t op;
-    int64_t rows, cols, ld;
-};
-
-/* cuBLAS wants P^T, the transpose of the row-major (r, c) matrix P with element strides (sr, sc).
- * Unit-stride columns: P^T is column-major (c, r) with ld = sr, used as is (N). Unit-stride rows:
- * P is column-major (r, c) with ld = sc, used transposed (T). Size-1 dims make their stride
- * irrelevant (the same rule as mat_layout in csrc/cpu/linalg.c). false: neither (copy it). */
-static bool blas_view(int64_t r, int64_t c, int64_t sr, int64_t sc, blas_mat *m)
-{
-    int64_t min_n = c > 1 ? c : 1, min_t = r > 1 ? r : 1;
-    if ((sc == 1 || c == 1) && (r == 1 || sr >= min_n)) {
-        *m = { CUBLAS_OP_N, c, r, r == 1 ? min_n : sr };
-        return true;
-    }
-    if ((sr == 1 || r == 1) && (c == 1 || sc >= min_t)) {
-        *m = { CUBLAS_OP_T, r, c, c == 1 ? min_t : sc };
-        return true;
-    }
-    return false;
-}
-
-/* Do batch dims [lo, nb) of v walk as one stride (flat inner batch index b -> b * stride)? Size-1
- * dims don't count; all-broadcast gives stride 0. */
-static bool batch_collapse(const dc_kview *v, int lo, int nb, int64_t *stride)
-{
-    int64_t s = 0, span = 1;
-    bool have = false;
-    for (int d = nb - 1; d >= lo; d--) {
-        if (v->shape[d] == 1) continue;
-        if (!have) {
-            s = v->strides[d];
-            have = true;
-        } else if (v->strides[d] != s * span) {
-            return false;
-        }
-        span *= v->shape[d];
-    }
-    *stride = s;
-    return true;
-}
-
-/* Element offset of outer batch `b` (row-major over dims [0, split)) in v. */
-static int64_t outer_offset(const dc_kview *v, int split, int64_t b)
-{
-    int64_t off = 0;
-    for (int d = split - 1; d >= 0; d--) {
-        off += (b % v->shape[d]) * v->strides[d];
-        b /= v->shape[d];
-    }
-    return off;
-}
-
-/* Largest power of two (<= 256, cuBLASLt's default assumption) dividing x. */
-static uint32_t align_of(uint64_t x)
-{
-    if (x == 0) return 256;
-    uint64_t a = x & (~x + 1);
-    return a >= 256 ? 256u : (uint32_t)a;
-}
-
-/* Alignment every pointer the host loop passes for v can rely on: its base and each looped
- * outer dim's byte stride. */
-static uint32_t operand_align(const dc_kview *v, int split, size_t es)
-{
-    uint32_t a = align_of((uint64_t)(uintptr_t)v->data);
-    for (int d = 0; d < split; d++)
-        if (v->shape[d] > 1) {
-            uint32_t s = align_of((uint64_t)(v->strides[d] * (int64_t)es));
-            if (s < a) a = s;
-        }
-    return a;
-}
-
-/* Everything that decides the descriptors and the algorithm. All int64 (no padding), zeroed
- * before filling, compared with memcmp. a/b are cuBLAS's A and B (our B and A). */
-struct plan_key {
-    int64_t device, dtype, compute; /* compute: cublasComputeType_t (tf32 or not) */
-    int64_t m, n, k, batch;
-    int64_t op_a, op_b;
-    int64_t rows_a, cols_a, ld_a, stride_a;
-    int64_t rows_b, cols_b, ld_b, stride_b;
-    int64_t ld_c, stride_c;
-    int64_t align_a, align_b, align_c;
-    int64_t workspace;
-};
-
+/* A cached plan: the descriptors, layouts and algorithm of one dc_mm_key (csrc/plan: the key and
+ * the LRU cache holding these are host code, unit-tested on the CPU). */
 struct plan {
-    plan_key key;
-    bool used;
-    uint64_t last_use;
+    dc_mm_key key;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc; /* D uses C's layout */
     cublasLtMatmulAlgo_t algo;
 };
 
 #define PLAN_CACHE_SIZE 64
-/* Host-loop outer batches beyond this many: copy the operand instead (one pass beats many calls). */
-#define MATMUL_MAX_LOOP 8
 
-static std::mutex g_plan_mu; /* guards everything below, and each plan while cublasLtMatmul reads it */
-static plan g_plans[PLAN_CACHE_SIZE];
-static uint64_t g_plan_tick;
-static long g_plan_hits, g_plan_misses;
+static std::mutex g_plan_mu;          /* guards the cache, and each plan while cublasLtMatmul reads it */
+static dc_plan_cache *g_plans = NULL; /* made at the first matmul */
 
-static void plan_destroy(plan *p)
+static void plan_release(void *payload)
 {
     /* host-side objects: safe to drop once cublasLtMatmul has returned */
+    plan *p = (plan *)payload;
     if (p->desc) (void)cublasLtMatmulDescDestroy(p->desc);
     if (p->la) (void)cublasLtMatrixLayoutDestroy(p->la);
     if (p->lb) (void)cublasLtMatrixLayoutDestroy(p->lb);
     if (p->lc) (void)cublasLtMatrixLayoutDestroy(p->lc);
-    memset(p, 0, sizeof *p);
 }
 
 static dc_status layout_make(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld,
@@ -255,7 +164,7 @@ static dc_status layout_make(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_
 
 static dc_status heuristic(cublasLtHandle_t h, plan *p)
 {
-    const plan_key *k = &p->key;
+    const dc_mm_key *k = &p->key;
     cublasLtMatmulPreference_t pref = NULL;
     DC_CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = (uint64_t)k->workspace;
@@ -292,19 +201,23 @@ static dc_status heuristic(cublasLtHandle_t h, plan *p)
     return DC_OK;
 }
 
-/* Descriptors, layouts and algorithm of key into *p (zeroed); on failure *p holds what was made
- * so far, for plan_destroy. */
-static dc_status plan_build(cublasLtHandle_t h, const plan_key *k, plan *p)
+/* Descriptors, layouts and algorithm of p->key into *p (otherwise zeroed); on failure *p holds
+ * what was made so far, for plan_release. */
+static dc_status plan_build(cublasLtHandle_t h, plan *p)
 {
-    p->key = *k;
+    const dc_mm_key *k = &p->key;
     const dc_dtype dt = (dc_dtype)k->dtype;
     cudaDataType_t data = dt == DC_FLOAT64    ? CUDA_R_64F
                           : dt == DC_BFLOAT16 ? CUDA_R_16BF
                           : dt == DC_FLOAT16  ? CUDA_R_16F
                                               : CUDA_R_32F;
     cudaDataType_t scale = dt == DC_FLOAT64 ? CUDA_R_64F : CUDA_R_32F;
-    DC_CUBLAS_TRY(cublasLtMatmulDescCreate(&p->desc, (cublasComputeType_t)k->compute, scale));
-    cublasOperation_t opa = (cublasOperation_t)k->op_a, opb = (cublasOperation_t)k->op_b;
+    cublasComputeType_t compute = k->compute == DC_MM_COMPUTE_64F             ? CUBLAS_COMPUTE_64F
+                                  : k->compute == DC_MM_COMPUTE_32F_FAST_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                              : CUBLAS_COMPUTE_32F;
+    DC_CUBLAS_TRY(cublasLtMatmulDescCreate(&p->desc, compute, scale));
+    cublasOperation_t opa = k->op_a == DC_MM_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opb = k->op_b == DC_MM_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
     DC_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     DC_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     DC_TRY(layout_make(&p->la, data, k->rows_a, k->cols_a, k->ld_a, k->batch, k->stride_a));
@@ -314,37 +227,26 @@ static dc_status plan_build(cublasLtHandle_t h, const plan_key *k, plan *p)
 }
 
 /* The plan for key: cached, or built into the least recently used slot. Caller holds g_plan_mu. */
-static dc_status plan_get(cublasLtHandle_t h, const plan_key *key, plan **out)
+static dc_status plan_get(cublasLtHandle_t h, const dc_mm_key *key, plan **out)
 {
-    plan *lru = &g_plans[0];
-    for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
-        plan *p = &g_plans[i];
-        if (p->used && memcmp(&p->key, key, sizeof *key) == 0) {
-            p->last_use = ++g_plan_tick;
-            g_plan_hits++;
-            *out = p;
-            return DC_OK;
+    if (!g_plans) DC_TRY(dc_plan_cache_new(PLAN_CACHE_SIZE, sizeof *key, sizeof(plan), plan_release, &g_plans));
+    bool fresh = false;
+    plan *p = (plan *)dc_plan_cache_get(g_plans, key, &fresh);
+    if (fresh) {
+        p->key = *key;
+        dc_status st = plan_build(h, p);
+        if (st) {
+            dc_plan_cache_drop(g_plans, p);
+            return st;
         }
-        if (!p->used ? lru->used : (lru->used && p->last_use < lru->last_use)) lru = p;
     }
-    g_plan_misses++;
-    plan fresh;
-    memset(&fresh, 0, sizeof fresh);
-    dc_status st = plan_build(h, key, &fresh);
-    if (st) {
-        plan_destroy(&fresh);
-        return st;
-    }
-    if (lru->used) plan_destroy(lru);
-    *lru = fresh;
-    lru->used = true;
-    lru->last_use = ++g_plan_tick;
-    *out = lru;
+    *out = p;
     return DC_OK;
 }
 
 /* DC_OP_MATMUL: t0 (batch..., M, N) contiguous = t1 (batch..., M, K) @ t2 (batch..., K, N); t1, t2
- * any strides (0 = broadcast batch); all one float dtype. */
+ * any strides (0 = broadcast batch); all one float dtype. How each input is read (in place,
+ * host-looped outer batches, or a contiguous copy) is csrc/plan/matmul.c's dc_mm_choose. */
 static dc_status k_matmul(const dc_kargs *a)
 {
     if (a->nt < 3) return dc_error(DC_ERR_INTERNAL, "cuda matmul: %d operands, want 3", a->nt);
@@ -383,42 +285,11 @@ static dc_status k_matmul(const dc_kargs *a)
         return DC_OK;
     }
 
-    /* --- how each input is read: in place, host-looped outer batches, or a contiguous copy --- */
-    blas_mat ma, mb; /* ma: cuBLAS's A = our B^T (m x k = N x K); mb: cuBLAS's B = our A^T (K x M) */
-    bool copy_a = !blas_view(M, K, A.strides[nd - 2], A.strides[nd - 1], &mb);
-    bool copy_b = !blas_view(K, N, B.strides[nd - 2], B.strides[nd - 1], &ma);
-    int64_t sa = 0, sb = 0; /* batch strides of our A and B */
-    const bool col_a = copy_a || batch_collapse(&A, 0, nb, &sa), col_b = copy_b || batch_collapse(&B, 0, nb, &sb);
-    int split = 0; /* batch dims [0, split) looped here, [split, nb) one batched call */
-    if (!(col_a && col_b)) {
-        for (split = 1; split < nb; split++)
-            if ((copy_a || batch_collapse(&A, split, nb, &sa)) && (copy_b || batch_collapse(&B, split, nb, &sb))) break;
-        int64_t outer = 1;
-        for (int d = 0; d < split; d++) outer *= o->shape[d];
-        if (outer > MATMUL_MAX_LOOP) {
-            copy_a = copy_a || !col_a;
-            copy_b = copy_b || !col_b;
-            split = 0;
-        }
-    }
+    dc_mm_layout L;
+    dc_mm_choose(o, &A, &B, &L);
     scratch_guard buf_a, buf_b;
-    if (copy_a) {
-        DC_TRY(contiguous_copy(&a->t[1], &buf_a, &A, stream));
-        blas_view(M, K, A.strides[nd - 2], A.strides[nd - 1], &mb);
-    }
-    if (copy_b) {
-        DC_TRY(contiguous_copy(&a->t[2], &buf_b, &B, stream));
-        blas_view(K, N, B.strides[nd - 2], B.strides[nd - 1], &ma);
-    }
-    /* contiguous copies collapse over any suffix; the others were checked for this split */
-    batch_collapse(&A, split, nb, &sa);
-    batch_collapse(&B, split, nb, &sb);
-    int64_t outer = 1, inner = 1;
-    for (int d = 0; d < split; d++) outer *= o->shape[d];
-    for (int d = split; d < nb; d++) inner *= o->shape[d];
-    if (inner > INT32_MAX)
-        return dc_error(DC_ERR_UNSUPPORTED, "cuda matmul: %lld matrices in one batch (cuBLASLt takes < 2^31)",
-                        (long long)inner);
+    if (L.copy_a) DC_TRY(contiguous_copy(&a->t[1], &buf_a, &A, stream));
+    if (L.copy_b) DC_TRY(contiguous_copy(&a->t[2], &buf_b, &B, stream));
 
     cublasLtHandle_t h;
     void *ws;
@@ -426,40 +297,12 @@ static dc_status k_matmul(const dc_kargs *a)
     DC_TRY(dc_cuda_cublaslt(&h, &ws, &ws_bytes));
     int dev = 0;
     DC_CUDA_TRY(cudaGetDevice(&dev));
-    plan_key key;
-    memset(&key, 0, sizeof key);
-    key.device = dev;
-    key.dtype = dt;
-    key.compute = dt == DC_FLOAT64                               ? CUBLAS_COMPUTE_64F
-                  : dt != DC_FLOAT32                             ? CUBLAS_COMPUTE_32F
-                  : g_allow_tf32.load(std::memory_order_relaxed) ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                 : CUBLAS_COMPUTE_32F;
-    key.m = N;
-    key.n = M;
-    key.k = K;
-    key.batch = inner;
-    key.op_a = ma.op;
-    key.rows_a = ma.rows;
-    key.cols_a = ma.cols;
-    key.ld_a = ma.ld;
-    key.op_b = mb.op;
-    key.rows_b = mb.rows;
-    key.cols_b = mb.cols;
-    key.ld_b = mb.ld;
-    key.ld_c = N;
-    if (inner > 1) { /* a single matrix ignores the batch strides: keep them out of the key */
-        key.stride_a = sb;
-        key.stride_b = sa;
-        key.stride_c = M * N;
-    }
-    key.align_a = operand_align(&B, split, es);
-    key.align_b = operand_align(&A, split, es);
-    key.align_c = operand_align(o, 0, es); /* outer steps of C: inner*M*N elements, below */
-    if (split > 0) {
-        uint32_t s = align_of((uint64_t)(inner * M * N * (int64_t)es));
-        if (s < key.align_c) key.align_c = s;
-    }
-    key.workspace = (int64_t)ws_bytes;
+    const int compute = dt == DC_FLOAT64                               ? DC_MM_COMPUTE_64F
+                        : dt != DC_FLOAT32                             ? DC_MM_COMPUTE_32F
+                        : g_allow_tf32.load(std::memory_order_relaxed) ? DC_MM_COMPUTE_32F_FAST_TF32
+                                                                       : DC_MM_COMPUTE_32F;
+    dc_mm_key key;
+    DC_TRY(dc_mm_plan(o, &A, &B, dev, compute, (int64_t)ws_bytes, &L, &key));
 
     const float one_f = 1.0f, zero_f = 0.0f;
     const double one_d = 1.0, zero_d = 0.0;
@@ -470,10 +313,10 @@ static dc_status k_matmul(const dc_kargs *a)
     std::lock_guard<std::mutex> lk(g_plan_mu);
     plan *p;
     DC_TRY(plan_get(h, &key, &p));
-    for (int64_t ob = 0; ob < outer; ob++) {
-        const char *pa = A.data + outer_offset(&A, split, ob) * (int64_t)es;
-        const char *pb = B.data + outer_offset(&B, split, ob) * (int64_t)es;
-        char *pc = o->data + ob * inner * M * N * (int64_t)es;
+    for (int64_t ob = 0; ob < L.outer; ob++) {
+        const char *pa = A.data + dc_mm_outer_offset(&A, L.split, ob) * (int64_t)es;
+        const char *pb = B.data + dc_mm_outer_offset(&B, L.split, ob) * (int64_t)es;
+        char *pc = o->data + ob * L.inner * M * N * (int64_t)es;
         DC_CUBLAS_TRY(cublasLtMatmul(h, p->desc, alpha, pb, p->la, pa, p->lb, beta, pc, p->lc, pc, p->lc, &p->algo, ws,
                                      ws_bytes, stream));
     }
@@ -579,15 +422,14 @@ extern "C" int dc_cuda_get_allow_tf32(void)
     return g_allow_tf32.load(std::memory_order_relaxed);
 }
 
-/* For the tests: lookups that found a plan, lookups that built one, plans held now. */
-extern "C" void dc_cuda_matmul_cache_stats(long *hits, long *misses, long *entries)
+/* The matmul plan cache's counts (zeros before the first matmul). */
+extern "C" void dc_cuda_matmul_cache_stats(dc_plan_cache_stats *s)
 {
     std::lock_guard<std::mutex> lk(g_plan_mu);
-    long e = 0;
-    for (int i = 0; i < PLAN_CACHE_SIZE; i++) e += g_plans[i].used;
-    if (hits) *hits = g_plan_hits;
-    if (misses) *misses = g_plan_misses;
-    if (entries) *entries = e;
+    if (g_plans)
+        dc_plan_cache_get_stats(g_plans, s);
+    else
+        *s = dc_plan_cache_stats{ PLAN_CACHE_SIZE, 0, 0, 0, 0 };
 }
 
 /* --- registration ------------------------------------------------------------------------------ */

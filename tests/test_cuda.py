@@ -397,6 +397,8 @@ def test_memory_functions_without_gpu_report_nothing():
     assert "no CUDA device" in dc.cuda.memory_summary()
     with pytest.raises(RuntimeError, match="no CUDA device"):
         dc.cuda.mem_get_info()
+    plans = dc.cuda.plan_cache_stats()  # no plan was ever built (empty dicts without CUDA built in)
+    assert set(plans) == {"matmul", "conv"} and all(p.get("misses", 0) == 0 for p in plans.values())
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU answers")

@@ -127,9 +127,12 @@ def test_steady_state_makes_no_cuda_malloc():
         opt.step()
         if i == 2:
             before = dc.cuda.memory_stats()["num_device_alloc"]
+            plans = dc.cuda.plan_cache_stats()["matmul"]
     dc.cuda.synchronize()
     s = dc.cuda.memory_stats()
     assert s["num_device_alloc"] == before, s
+    warm = dc.cuda.plan_cache_stats()["matmul"]  # warm steps build no cuBLASLt plan
+    assert warm["misses"] == plans["misses"] > 0 and warm["hits"] > plans["hits"], (plans, warm)
     assert dc.cuda.max_memory_allocated() >= dc.cuda.memory_allocated() > 0
     assert dc.cuda.memory_reserved() >= dc.cuda.memory_allocated()
     del lin, opt, x, loss

@@ -137,7 +137,8 @@ static PyObject *f_event_elapsed(PyObject *m, PyObject *args)
     return PyFloat_FromDouble(ms);
 }
 
-PyObject *dc_py_cache_stats_dict(const dc_cache_stats *s); /* alloc_py.c */
+PyObject *dc_py_cache_stats_dict(const dc_cache_stats *s);           /* alloc_py.c */
+PyObject *dc_py_plan_cache_stats_dict(const dc_plan_cache_stats *s); /* plan_py.c */
 
 static PyObject *f_memory_stats(PyObject *m, PyObject *args)
 {
@@ -340,6 +341,20 @@ static PyObject *f_allow_tf32(PyObject *m, PyObject *args)
     return PyBool_FromLong(dc_cuda_get_allow_tf32());
 }
 
+static PyObject *f_plan_cache_stats(PyObject *m, PyObject *noargs)
+{
+    (void)m;
+    (void)noargs;
+    dc_plan_cache_stats mm, cv;
+    dc_cuda_matmul_cache_stats(&mm);
+    dc_cuda_conv_cache_stats(&cv);
+    PyObject *a = dc_py_plan_cache_stats_dict(&mm), *b = a ? dc_py_plan_cache_stats_dict(&cv) : NULL;
+    PyObject *d = b ? Py_BuildValue("{sOsO}", "matmul", a, "conv", b) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return d;
+}
+
 static PyObject *f_device_name(PyObject *m, PyObject *args)
 {
     (void)m;
@@ -385,6 +400,7 @@ static PyMethodDef cuda_functions[] = {
     F(to_device_async, METH_VARARGS),
     F(to_host_async, METH_VARARGS),
     F(allow_tf32, METH_VARARGS),
+    F(plan_cache_stats, METH_NOARGS),
     F(device_name, METH_VARARGS),
     F(runtime_version, METH_NOARGS),
     { NULL, NULL, 0, NULL },

@@ -1174,6 +1174,7 @@ static int module_exec(PyObject *m)
     if (dc_py_init_decode(m) < 0) return -1;
     if (dc_py_init_comm(m) < 0) return -1;
     if (dc_py_init_alloc(m) < 0) return -1;
+    if (dc_py_init_plan(m) < 0) return -1;
     if (dc_py_init_cuda(m) < 0) return -1;
     return 0;
 }

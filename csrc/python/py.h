@@ -64,6 +64,7 @@ int dc_py_init_shards(PyObject *module); /* shards_py.c: _C.ShardPipeline and th
 int dc_py_init_comm(PyObject *module);   /* comm_py.c: _C.Comm, _C.Work, the distributed exceptions */
 int dc_py_init_s3(PyObject *module);     /* s3_py.c: _C.S3Client, _C.S3Upload, _C.S3Error */
 int dc_py_init_alloc(PyObject *module);  /* alloc_py.c: _C.CacheAllocator (the caching allocator, tested on CPU) */
+int dc_py_init_plan(PyObject *module);   /* plan_py.c: _C.PlanCache, _C.matmul_plan (csrc/plan, tested on CPU) */
 int dc_py_init_cuda(PyObject *module);   /* cuda_py.c: _C.cuda_* (streams, events, memory statistics, pinned memory) */
 /* The C client of a _C.S3Client (borrowed: keep a reference to obj while C code uses it), or NULL
  * with TypeError (not an S3Client) / ValueError (closed). For C pipelines (the data loader). */

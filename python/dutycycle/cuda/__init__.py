@@ -102,6 +102,16 @@ def sync_counts():
     return {"synchronize": s, "d2h_copy": d, "item": i, "host_syncs": s + d}
 
 
+def plan_cache_stats():
+    """The plan caches of the cuBLASLt matmuls and the cuDNN convolutions: {"matmul": {...}, "conv":
+    {...}}, each with slots, used, hits, misses (plans built) and evictions. Once a training loop is
+    warm its steps make no miss; misses that keep growing mean shapes that keep changing (or more
+    distinct problems than slots). Empty dicts on a build without CUDA."""
+    if not is_built():
+        return {"matmul": {}, "conv": {}}
+    return _C.cuda_plan_cache_stats()
+
+
 _current = 0
 
 
