@@ -7,10 +7,11 @@
  * ncclCommGetAsyncError, bounded by the communicator's timeout.
  *
  * Streams: NCCL runs on a stream of its own. When an operation is issued (in the caller's thread)
- * an event is recorded on the compute stream (the legacy default stream, on which every dutycycle
- * kernel runs for now), and the NCCL stream waits for it before the collective: the collective
- * sees the buffer as the kernels issued before it left it, and compute issued after it is not held
- * up. Completion is an event on the NCCL stream that the progress thread polls; dc_work_wait
+ * an event is recorded on that thread's current stream (dutycycle.cuda.current_stream(): the
+ * compute stream unless a `with dutycycle.cuda.stream(s)` block is active, so gradients made on a
+ * side stream are waited for too), and the NCCL stream waits for it before the collective: the
+ * collective sees the buffer as the kernels issued before it left it, and compute issued after it
+ * is not held up. Completion is an event on the NCCL stream that the progress thread polls; dc_work_wait
  * returns once it fired, so the host may hand the result to the next kernel.
  *
  * The control plane (fingerprints, heartbeats, the watchdog) is the MPI one of comm-mpi.c.
@@ -28,6 +29,8 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include "../../cuda/cuda-backend.h"
+
 typedef struct {
     ncclComm_t nc;
     cudaStream_t stream;
@@ -37,7 +40,7 @@ typedef struct {
 } nccl_state;
 
 typedef struct {
-    cudaEvent_t ready; /* recorded on the compute stream at issue */
+    cudaEvent_t ready; /* recorded on the issuing thread's current stream at issue */
     cudaEvent_t done;  /* recorded on the NCCL stream after the collective */
 } nccl_work;
 _Static_assert(sizeof(nccl_work) <= sizeof(((dc_work *)0)->be), "nccl_work must fit dc_work.be");
@@ -134,18 +137,18 @@ static void nccl_free(dc_comm *c)
     c->be_state = NULL;
 }
 
-/* In the caller's thread, at issue: mark where the compute stream is. */
+/* In the caller's thread, at issue: mark where its current stream is. */
 static dc_status nccl_issue(dc_comm *c, dc_work *w)
 {
     nccl_state *s = NS(c);
     nccl_work *m = NW(w);
     cudaSetDevice(s->device);
     cudaError_t ce = cudaEventCreateWithFlags(&m->ready, cudaEventDisableTiming);
-    if (ce == cudaSuccess) ce = cudaEventRecord(m->ready, cudaStreamLegacy);
+    if (ce == cudaSuccess) ce = cudaEventRecord(m->ready, (cudaStream_t)dc_cuda_current_stream(s->device));
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&m->done, cudaEventDisableTiming);
     if (ce != cudaSuccess) {
         char b[96];
-        return dc_error(DC_ERR_CUDA, "%s: %s: recording the compute stream's event failed: %s", who(c, b, sizeof b),
+        return dc_error(DC_ERR_CUDA, "%s: %s: recording the current stream's event failed: %s", who(c, b, sizeof b),
                         dc_coll_op_name(w->op), cudaGetErrorString(ce));
     }
     return DC_OK;
