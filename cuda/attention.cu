@@ -89,11 +89,6 @@ struct fa_m {
     static __device__ __forceinline__ double max(double a, double b) { return fmax(a, b); }
 };
 
-/* 16 bytes of T: one vector load/store. */
-template <class T> struct alignas(16) fa_pack16 {
-    T v[16 / sizeof(T)];
-};
-
 /* dst (ROWS, LD) <- rows row0 .. row0 + ROWS - 1 of src (nrows, ncols) as type S; rows past nrows
  * and columns past ncols (up to HD) are zero, the padding the tiles compute on. NT threads. */
 template <class T, class S, int ROWS, int HD, int LD, int NT>
@@ -106,16 +101,16 @@ __device__ __forceinline__ void fa_load_rows(S *dst, const T *src, int64_t row0,
         const int r = e / CH, c0 = (e % CH) * V;
         const int64_t row = row0 + r;
         const bool in = row < nrows;
-        fa_pack16<T> p;
+        dc_pack16<T> p;
         if (in && vec && c0 + V <= ncols) {
-            p = *reinterpret_cast<const fa_pack16<T> *>(src + row * ncols + c0);
+            p = *reinterpret_cast<const dc_pack16<T> *>(src + row * ncols + c0);
         } else {
 #pragma unroll
             for (int t = 0; t < V; t++) p.v[t] = in && c0 + t < ncols ? src[row * ncols + c0 + t] : dc_store<T>(0.0f);
         }
         S *d = dst + r * LD + c0;
         if constexpr (std::is_same<S, T>::value) {
-            *reinterpret_cast<fa_pack16<T> *>(d) = p;
+            *reinterpret_cast<dc_pack16<T> *>(d) = p;
         } else {
 #pragma unroll
             for (int t = 0; t < V; t++) d[t] = (S)dc_load(p.v[t]);
@@ -168,11 +163,11 @@ __device__ __forceinline__ void fa_tile_dot(A (&s)[fa_simt_cfg<A, HD>::RM][fa_si
         for (int c = 0; c < RM; c++) s[r][c] = 0;
 #pragma unroll 4
     for (int d = 0; d < HD; d += VW) {
-        fa_pack16<A> x[RM], y[RM];
+        dc_pack16<A> x[RM], y[RM];
 #pragma unroll
-        for (int r = 0; r < RM; r++) x[r] = *reinterpret_cast<const fa_pack16<A> *>(X + (ty + 16 * r) * C::LD + d);
+        for (int r = 0; r < RM; r++) x[r] = *reinterpret_cast<const dc_pack16<A> *>(X + (ty + 16 * r) * C::LD + d);
 #pragma unroll
-        for (int c = 0; c < RM; c++) y[c] = *reinterpret_cast<const fa_pack16<A> *>(Y + (tx + 16 * c) * C::LD + d);
+        for (int c = 0; c < RM; c++) y[c] = *reinterpret_cast<const dc_pack16<A> *>(Y + (tx + 16 * c) * C::LD + d);
 #pragma unroll
         for (int r = 0; r < RM; r++)
 #pragma unroll
@@ -202,7 +197,7 @@ __device__ __forceinline__ void fa_tile_accum(A (&acc)[fa_simt_cfg<A, HD>::RM][f
             for (int r = 0; r < RM; r++) pj[r] = __shfl_sync(0xffffffffu, p[r][c], (lane & 16) | t);
 #pragma unroll
             for (int n = 0; n < NV; n++) {
-                const fa_pack16<A> y = *reinterpret_cast<const fa_pack16<A> *>(Y + j * C::LD + n * 16 * VW + tx * VW);
+                const dc_pack16<A> y = *reinterpret_cast<const dc_pack16<A> *>(Y + j * C::LD + n * 16 * VW + tx * VW);
 #pragma unroll
                 for (int r = 0; r < RM; r++)
 #pragma unroll
@@ -996,11 +991,6 @@ static dc_status fa_head_dims(const char *op, int64_t D, int64_t Dv)
     return DC_OK;
 }
 
-static bool fa_aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 /* The first operand holding data: which device to run on (t0 may be empty, e.g. Dv == 0). */
 static const void *fa_some_data(const dc_kargs *a, int n)
 {
@@ -1048,7 +1038,7 @@ static dc_status k_flash_attn(const dc_kargs *a)
         P.scale = (fa_acc<T>)a->p.attn.scale;
         P.causal = a->p.attn.causal != 0;
         const int V = 16 / (int)sizeof(T);
-        P.vec = D % V == 0 && Dv % V == 0 && fa_aligned16(P.q) && fa_aligned16(P.k) && fa_aligned16(P.v);
+        P.vec = D % V == 0 && Dv % V == 0 && dc_aligned16(P.q) && dc_aligned16(P.k) && dc_aligned16(P.v);
         return flash_attn_forward<T>(P, dc_cuda_stream());
     });
 }
@@ -1099,8 +1089,8 @@ static dc_status k_flash_attn_bwd(const dc_kargs *a)
         P.scale = (fa_acc<T>)a->p.attn.scale;
         P.causal = a->p.attn.causal != 0;
         const int V = 16 / (int)sizeof(T);
-        P.vec = D % V == 0 && Dv % V == 0 && fa_aligned16(P.q) && fa_aligned16(P.k) && fa_aligned16(P.v) &&
-                fa_aligned16(P.dout);
+        P.vec = D % V == 0 && Dv % V == 0 && dc_aligned16(P.q) && dc_aligned16(P.k) && dc_aligned16(P.v) &&
+                dc_aligned16(P.dout);
         return flash_attn_backward<T>(P, dc_cuda_stream());
     });
 }

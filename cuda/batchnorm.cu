@@ -37,107 +37,14 @@
     (DC_DT_BIT(DC_FLOAT32) | DC_DT_BIT(DC_FLOAT64) | DC_DT_BIT(DC_BFLOAT16) | DC_DT_BIT(DC_FLOAT16))
 #endif
 
-/* --- small device helpers (file-local copies of nn.cu's) --------------------------------------- */
-
-namespace
-{
-
 template <class T> using acc_t = typename dc_acc<T>::type; /* float, or double for float64 */
 
-/* 16 bytes of T: the unit of a vector load (4 floats, 2 doubles, 8 halves). */
-template <class T> struct alignas(16) pack16 {
-    T v[16 / sizeof(T)];
-};
-
-/* V consecutive elements at p (16-byte aligned when V > 1) -> compute type. */
-template <class T, int V> __device__ __forceinline__ void load_vals(const T *p, acc_t<T> *out)
-{
-    if constexpr (V == 1) {
-        out[0] = dc_load(p[0]);
-    } else {
-        const pack16<T> q = *reinterpret_cast<const pack16<T> *>(p);
-#pragma unroll
-        for (int k = 0; k < V; k++) out[k] = dc_load(q.v[k]);
-    }
-}
-
-template <class T, int V> __device__ __forceinline__ void store_vals(T *p, const acc_t<T> *in)
-{
-    if constexpr (V == 1) {
-        p[0] = dc_store<T>(in[0]);
-    } else {
-        pack16<T> q;
-#pragma unroll
-        for (int k = 0; k < V; k++) q.v[k] = dc_store<T>(in[k]);
-        *reinterpret_cast<pack16<T> *>(p) = q;
-    }
-}
-
-/* A value as it comes back after a store to T and a load (the CPU's `(T)mean`). */
-template <class T> __device__ __forceinline__ acc_t<T> round_to(double v)
-{
-    return dc_load(dc_store<T>(v));
-}
-
-template <class A> __device__ __forceinline__ A warp_sum(A v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over all threads of the (1-D or 2-D) block; every thread gets the same bits. red: >= 32
- * entries of shared memory; blockDim a multiple of 32. */
-template <class A> __device__ __forceinline__ A block_sum(A v, A *red)
-{
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nw = (blockDim.x * blockDim.y) >> 5;
-    v = warp_sum(v);
-    if ((tid & 31) == 0) red[tid >> 5] = v;
-    __syncthreads();
-    A t = red[0];
-    for (int k = 1; k < nw; k++) t += red[k];
-    __syncthreads(); /* red may be reused by the next call */
-    return t;
-}
-
-} // namespace
-
-/* --- small host helpers (file-local copies of nn.cu's) ----------------------------------------- */
-
-static bool aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15u) == 0;
-}
+/* --- small host helper (a file-local copy of nn.cu's) ------------------------------------------ */
 
 /* DC_ERR_UNSUPPORTED naming op and dtype unless dt is one of this file's dtypes. */
 static dc_status nn_dtype(dc_op op, dc_dtype dt)
 {
     return dc_dispatch<DC_CUDA_NN_DTYPES>(dt, dc_op_names[op], [](auto) { return DC_OK; });
-}
-
-/* Operands k with bit k of `present` set: there, of dtype dt, contiguous when contig. Violations
- * are op-layer bugs. */
-static dc_status nn_operands(const dc_kargs *a, unsigned present, dc_dtype dt, bool contig)
-{
-    const char *op = dc_op_names[a->op];
-    for (int k = 0; k < DC_KARGS_MAX_T; k++) {
-        if (!(present >> k & 1u)) continue;
-        if (k >= a->nt) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d missing (%d given)", op, k, a->nt);
-        const dc_kview *v = &a->t[k];
-        if (v->dtype != dt)
-            return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d is %s, expected %s", op, k, dc_dtype_name(v->dtype),
-                            dc_dtype_name(dt));
-        if (!v->data && view_numel(v) > 0) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d has no data", op, k);
-        if (contig) {
-            int64_t s = 1;
-            for (int d = v->ndim - 1; d >= 0; d--) {
-                if (v->shape[d] != 1 && v->strides[d] != s)
-                    return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d must be contiguous", op, k);
-                s *= v->shape[d];
-            }
-        }
-    }
-    return DC_OK;
 }
 
 /* ================================ batch norm ================================================= */
@@ -175,13 +82,13 @@ __global__ void __launch_bounds__(256)
         for (int64_t n = n0 + threadIdx.y; n < n1; n += blockDim.y)
             for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) t0 += (double)dc_load(x[n * CL + base + i]);
         const double cnt = (double)(n1 - n0) * (double)(i1 - i0);
-        const double cm = block_sum(t0, red) / cnt;
+        const double cm = dc_block_sum(t0, red) / cnt;
         for (int64_t n = n0 + threadIdx.y; n < n1; n += blockDim.y)
             for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
                 const double d = (double)dc_load(x[n * CL + base + i]) - cm;
                 t1 += d * d;
             }
-        t1 = block_sum(t1, red);
+        t1 = dc_block_sum(t1, red);
         if (threadIdx.x == 0 && threadIdx.y == 0) part[blk] = bn_part{ cnt, cm, t1 };
     } else {
         const double m = (double)dc_load(mean[c]);
@@ -192,8 +99,8 @@ __global__ void __launch_bounds__(256)
                 t0 += g;
                 t1 += g * ((double)dc_load(x[e]) - m);
             }
-        t0 = block_sum(t0, red);
-        t1 = block_sum(t1, red);
+        t0 = dc_block_sum(t0, red);
+        t1 = dc_block_sum(t1, red);
         if (threadIdx.x == 0 && threadIdx.y == 0) part[blk] = bn_part{ t0, t1, 0 };
     }
 }
@@ -255,8 +162,8 @@ __global__ void __launch_bounds__(256)
     mean[c] = dc_store<T>(mu);
     rstd[c] = dc_store<T>(r);
     const double wv = w ? (double)dc_load(w[c]) : 1.0, bv = b ? (double)dc_load(b[c]) : 0.0;
-    coef[2 * c] = round_to<T>(wv * r);
-    coef[2 * c + 1] = round_to<T>(bv - mu * wv * r);
+    coef[2 * c] = dc_round_to<T>(wv * r);
+    coef[2 * c + 1] = dc_round_to<T>(bv - mu * wv * r);
 }
 
 /* Backward, per channel: dw = sum(dy * (x - mean)) * rstd, db = sum(dy); coef[4c..4c+3] = a1 = w * rstd,
@@ -275,10 +182,10 @@ __global__ void __launch_bounds__(256)
     if (dw) dw[c] = dc_store<T>(sgx * r);
     if (db) db[c] = dc_store<T>(sg);
     const double wv = w ? (double)dc_load(w[c]) : 1.0, k = wv * r;
-    coef[4 * c] = round_to<T>(k);
-    coef[4 * c + 1] = training ? round_to<T>(k * r * r * sgx / cnt) : acc_t<T>(0);
-    coef[4 * c + 2] = training ? round_to<T>(k * sg / cnt) : acc_t<T>(0);
-    coef[4 * c + 3] = round_to<T>(m);
+    coef[4 * c] = dc_round_to<T>(k);
+    coef[4 * c + 1] = training ? dc_round_to<T>(k * r * r * sgx / cnt) : acc_t<T>(0);
+    coef[4 * c + 2] = training ? dc_round_to<T>(k * sg / cnt) : acc_t<T>(0);
+    coef[4 * c + 3] = dc_round_to<T>(m);
 }
 
 /* out = x * scale + shift (forward) or a1 * dy - a2 * (x - mean) - a3 (backward), the channel of
@@ -295,7 +202,7 @@ __global__ void __launch_bounds__(256)
     for (I e = ((I)blockIdx.x * blockDim.x + threadIdx.x) * V; e < total; e += stride) {
         const I c = (e / L) % C;
         A v[V];
-        load_vals<T, V>(x + e, v);
+        dc_load_vals<T, V>(x + e, v);
         if (!Bwd) {
             const A sc = coef[2 * c], sh = coef[2 * c + 1];
 #pragma unroll
@@ -303,11 +210,11 @@ __global__ void __launch_bounds__(256)
         } else {
             const A a1 = coef[4 * c], a2 = coef[4 * c + 1], a3 = coef[4 * c + 2], mt = coef[4 * c + 3];
             A d[V];
-            load_vals<T, V>(dy + e, d);
+            dc_load_vals<T, V>(dy + e, d);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = a1 * d[k] - a2 * (v[k] - mt) - a3;
         }
-        store_vals<T, V>(out + e, v);
+        dc_store_vals<T, V>(out + e, v);
     }
 }
 
@@ -356,7 +263,7 @@ static dc_status batchnorm_apply(T *out, const T *x, const T *dy, const acc_t<T>
 {
     const int64_t total = N * C * L, V = (int64_t)(16 / sizeof(T));
     if (total == 0) return DC_OK;
-    const bool vec = L % V == 0 && aligned16(out) && aligned16(x) && (!Bwd || aligned16(dy));
+    const bool vec = L % V == 0 && dc_aligned16(out) && dc_aligned16(x) && (!Bwd || dc_aligned16(dy));
     const unsigned nb = dc_cuda_blocks(vec ? total / V : total);
     const bool small = total <= 0x7fffffff; /* index + grid stride stays below 2^32 */
     if (vec && small)
@@ -453,8 +360,8 @@ static dc_status k_batchnorm(const dc_kargs *a)
     DC_TRY(nn_dtype(a->op, dt));
     if (!bp->has_running && !bp->training)
         return dc_error(DC_ERR_INTERNAL, "cuda batch_norm: eval mode needs running stats");
-    DC_TRY(nn_operands(a, 0x0fu | (bp->has_w ? 0x10u : 0) | (bp->has_b ? 0x20u : 0) | (bp->has_running ? 0xc0u : 0), dt,
-                       true));
+    DC_TRY(dc_check_operands(
+        a, 0x0fu | (bp->has_w ? 0x10u : 0) | (bp->has_b ? 0x20u : 0) | (bp->has_running ? 0xc0u : 0), dt, true));
     int64_t N = 0, C = 0, L = 0;
     DC_TRY(bn_dims(a, &a->t[3], &N, &C, &L));
     if (C == 0) return DC_OK;
@@ -474,7 +381,7 @@ static dc_status k_batchnorm_bwd(const dc_kargs *a)
     if (a->nt < 7) return dc_error(DC_ERR_INTERNAL, "cuda batch_norm_backward: %d operands, want 8", a->nt);
     const dc_dtype dt = a->t[0].dtype;
     DC_TRY(nn_dtype(a->op, dt));
-    DC_TRY(nn_operands(a, 0x79u | (bp->has_w ? 0x82u : 0) | (bp->has_b ? 0x04u : 0), dt, true));
+    DC_TRY(dc_check_operands(a, 0x79u | (bp->has_w ? 0x82u : 0) | (bp->has_b ? 0x04u : 0), dt, true));
     int64_t N = 0, C = 0, L = 0;
     DC_TRY(bn_dims(a, &a->t[4], &N, &C, &L));
     if (C == 0) return DC_OK;

@@ -1,5 +1,6 @@
 /* common.cuh: what every file in cuda/ shares: the core's C headers made includable from CUDA C++,
- * the DC_CUDA_TRY error macro, launch geometry and the dtype <-> compute-type helpers.
+ * the DC_CUDA_TRY error macro, launch geometry, the dtype <-> compute-type helpers, 16-byte vector
+ * loads and block sums, dtype dispatch, operand checks and the scratch guard.
  *
  * Private to cuda/; the rest of dutycycle sees only dc_cuda_backend_get() and the two diagnostics
  * in backend.cu. */
@@ -143,6 +144,72 @@ template <class T, class A> __device__ __forceinline__ T dc_store(A a)
     return dc_store_impl<T>::go(a);
 }
 
+/* --- 16-byte vector loads, warp and block sums ------------------------------------------------ */
+/* The row kernels' helpers (nn.cu, batchnorm.cu, loss.cu; attention.cu's tiles use dc_pack16).
+ * Values move in the compute type typename dc_acc<T>::type: float, or double for float64. */
+
+/* 16 bytes of T: the unit of a vector load (4 floats, 2 doubles, 8 halves). */
+template <class T> struct alignas(16) dc_pack16 {
+    T v[16 / sizeof(T)];
+};
+
+/* V consecutive elements at p (16-byte aligned when V > 1) <-> compute type. */
+template <class T, int V> __device__ __forceinline__ void dc_load_vals(const T *p, typename dc_acc<T>::type *out)
+{
+    if constexpr (V == 1) {
+        out[0] = dc_load(p[0]);
+    } else {
+        const dc_pack16<T> q = *reinterpret_cast<const dc_pack16<T> *>(p);
+#pragma unroll
+        for (int k = 0; k < V; k++) out[k] = dc_load(q.v[k]);
+    }
+}
+
+template <class T, int V> __device__ __forceinline__ void dc_store_vals(T *p, const typename dc_acc<T>::type *in)
+{
+    if constexpr (V == 1) {
+        p[0] = dc_store<T>(in[0]);
+    } else {
+        dc_pack16<T> q;
+#pragma unroll
+        for (int k = 0; k < V; k++) q.v[k] = dc_store<T>(in[k]);
+        *reinterpret_cast<dc_pack16<T> *>(p) = q;
+    }
+}
+
+/* A value as it comes back after a store to T and a load (the CPU's `(T)mean`). */
+template <class T> __device__ __forceinline__ typename dc_acc<T>::type dc_round_to(double v)
+{
+    return dc_load(dc_store<T>(v));
+}
+
+template <class A> __device__ __forceinline__ A dc_warp_sum(A v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over all threads of the (1-D or 2-D) block; every thread gets the same bits. red: >= 32
+ * entries of shared memory; blockDim a multiple of 32. */
+template <class A> __device__ __forceinline__ A dc_block_sum(A v, A *red)
+{
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nw = (blockDim.x * blockDim.y) >> 5;
+    v = dc_warp_sum(v);
+    if ((tid & 31) == 0) red[tid >> 5] = v;
+    __syncthreads();
+    A t = red[0];
+    for (int k = 1; k < nw; k++) t += red[k];
+    __syncthreads(); /* red may be reused by the next call */
+    return t;
+}
+
+/* Host side: whether p allows 16-byte vector loads. */
+static inline bool dc_aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15u) == 0;
+}
+
 /* Calls f(T()) with T the storage type of dt. Only dtypes whose bit is set in Allowed
  * (1 << dc_dtype) are instantiated and accepted; any other gives DC_ERR_UNSUPPORTED naming op and
  * dtype. */
@@ -179,6 +246,19 @@ template <unsigned Allowed, class F> static dc_status dc_dispatch(dc_dtype dt, c
     return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
 }
 
+/* Calls f(S()) with S an unsigned type of the element size: kernels that only move bits. */
+template <class F> static dc_status dc_dispatch_bits(dc_dtype dt, const char *op, F &&f)
+{
+    if ((unsigned)dt < DC_DTYPE_COUNT) switch (dc_dtype_size(dt)) {
+        case 1: return f(uint8_t());
+        case 2: return f(uint16_t());
+        case 4: return f(uint32_t());
+        case 8: return f(uint64_t());
+        default: break;
+        }
+    return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
+}
+
 /* --- geometry --------------------------------------------------------------------------------- */
 
 static inline int64_t view_numel(const dc_kview *v)
@@ -198,6 +278,36 @@ static inline dc_status check_same_shape(const char *op, int n, const dc_kview *
         if (!ok)
             return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d has shape %s, output %s", op, k,
                             dc_shape_str(v[k]->ndim, v[k]->shape), dc_shape_str(v[0]->ndim, v[0]->shape));
+    }
+    return DC_OK;
+}
+
+/* Row-major contiguous (size-1 dims may have any stride). */
+static inline bool dc_view_contiguous(const dc_kview *v)
+{
+    int64_t s = 1;
+    for (int d = v->ndim - 1; d >= 0; d--) {
+        if (v->shape[d] != 1 && v->strides[d] != s) return false;
+        s *= v->shape[d];
+    }
+    return true;
+}
+
+/* Operands k with bit k of `present` set: there, of dtype dt, contiguous when contig. Violations
+ * are op-layer bugs. */
+static inline dc_status dc_check_operands(const dc_kargs *a, unsigned present, dc_dtype dt, bool contig)
+{
+    const char *op = dc_op_names[a->op];
+    for (int k = 0; k < DC_KARGS_MAX_T; k++) {
+        if (!(present >> k & 1u)) continue;
+        if (k >= a->nt) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d missing (%d given)", op, k, a->nt);
+        const dc_kview *v = &a->t[k];
+        if (v->dtype != dt)
+            return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d is %s, expected %s", op, k, dc_dtype_name(v->dtype),
+                            dc_dtype_name(dt));
+        if (!v->data && view_numel(v) > 0) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d has no data", op, k);
+        if (contig && !dc_view_contiguous(v))
+            return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d must be contiguous", op, k);
     }
     return DC_OK;
 }
@@ -255,11 +365,21 @@ cudaStream_t dc_cuda_stream(void);
 dc_status dc_cuda_scratch(size_t nbytes, void **out);
 void dc_cuda_scratch_free(void *p);
 
-/* Per-device library handles, bound to dc_cuda_stream() on every call; created on first use.
- * dc_cuda_cublaslt_workspace: a device buffer (>= 32 MiB on sm_90) kept for the handle's life. */
+/* Scratch freed (stream-ordered) when the guard goes out of scope, on every path. */
+struct dc_scratch_guard {
+    void *p = nullptr;
+    ~dc_scratch_guard()
+    {
+        if (p) dc_cuda_scratch_free(p);
+    }
+};
+
+/* Per-device library handles, created on first use. cuBLASLt takes its stream and workspace per
+ * call: linalg.cu takes the workspace as stream-ordered scratch, so matmuls on two streams never
+ * share one. */
 struct cublasLtContext;
 struct cudnnContext;
-dc_status dc_cuda_cublaslt(struct cublasLtContext **handle, void **workspace, size_t *workspace_bytes);
+dc_status dc_cuda_cublaslt(struct cublasLtContext **handle);
 dc_status dc_cuda_cudnn(struct cudnnContext **handle);
 
 /* Make the device owning `p` current (one visible GPU: nothing to do). */

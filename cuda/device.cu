@@ -584,13 +584,10 @@ extern "C" dc_status dc_cuda_event_elapsed_ms(void *start, void *end, float *ms)
 
 /* --- library handles ---------------------------------------------------------------------------------- */
 
-#define DC_CUBLASLT_WORKSPACE ((size_t)32 << 20) /* NVIDIA's recommendation for Hopper */
-
 static cublasLtHandle_t g_lt[DC_MAX_GPUS];
-static void *g_lt_ws[DC_MAX_GPUS];
 static cudnnHandle_t g_dnn[DC_MAX_GPUS];
 
-dc_status dc_cuda_cublaslt(struct cublasLtContext **handle, void **workspace, size_t *workspace_bytes)
+dc_status dc_cuda_cublaslt(struct cublasLtContext **handle)
 {
     int d = current_device();
     DC_TRY(check_device(d));
@@ -601,14 +598,9 @@ dc_status dc_cuda_cublaslt(struct cublasLtContext **handle, void **workspace, si
         if (r != CUBLAS_STATUS_SUCCESS) {
             g_lt[d] = NULL;
             st = dc_error(DC_ERR_CUDA, "cuda:%d: cublasLtCreate failed (status %d)", d, (int)r);
-        } else if (cudaMalloc(&g_lt_ws[d], DC_CUBLASLT_WORKSPACE) != cudaSuccess) {
-            (void)cudaGetLastError();
-            g_lt_ws[d] = NULL; /* cuBLASLt runs without a workspace, on fewer algorithms */
         }
     }
     *handle = g_lt[d];
-    *workspace = g_lt_ws[d];
-    *workspace_bytes = g_lt_ws[d] ? DC_CUBLASLT_WORKSPACE : 0;
     pthread_mutex_unlock(&g_cache_lock);
     return st;
 }

@@ -31,38 +31,6 @@ namespace
 
 /* --- small helpers ----------------------------------------------------------------------------- */
 
-static bool view_contiguous(const dc_kview *v)
-{
-    int64_t s = 1;
-    for (int d = v->ndim - 1; d >= 0; d--) {
-        if (v->shape[d] != 1 && v->strides[d] != s) return false;
-        s *= v->shape[d];
-    }
-    return true;
-}
-
-/* Scratch freed (stream-ordered) when the entry returns, on every path. */
-struct scratch_guard {
-    void *p = nullptr;
-    ~scratch_guard()
-    {
-        if (p) dc_cuda_scratch_free(p);
-    }
-};
-
-/* Calls f(S()) with S an unsigned type of the element size: kernels that only move bits. */
-template <class F> static dc_status dispatch_bits(dc_dtype dt, const char *op, F &&f)
-{
-    if ((unsigned)dt < DC_DTYPE_COUNT) switch (dc_dtype_size(dt)) {
-        case 1: return f(uint8_t());
-        case 2: return f(uint16_t());
-        case 4: return f(uint32_t());
-        case 8: return f(uint64_t());
-        default: break;
-        }
-    return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
-}
-
 /* The accumulating ops: what the CPU kernels accept. */
 #define DT_SCATTER (DC_DT_BIT(DC_FLOAT32) | DC_DT_BIT(DC_FLOAT64))
 
@@ -134,7 +102,7 @@ static dc_status gather_launch(dc_op op, const dc_kview *out, const dc_kview *sr
     if (n == 0) return DC_OK;
     const int64_t size = src->ndim ? src->shape[dim] : 1, sd = src->ndim ? src->strides[dim] : 0;
     dc_geom<3> g = geom_make<3>(v);
-    return dispatch_bits(out->dtype, dc_op_names[op], [&](auto tag) {
+    return dc_dispatch_bits(out->dtype, dc_op_names[op], [&](auto tag) {
         typedef decltype(tag) S;
         if (g.ndim == 1)
             gather_kernel<S, true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(
@@ -217,7 +185,7 @@ static dc_status k_index_select(const dc_kargs *a)
     if (view_numel(o) == 0) return DC_OK;
     DC_TRY(dc_cuda_use_device_of(o->data));
     cudaStream_t stream = dc_cuda_stream();
-    if (x->ndim && view_contiguous(x) && view_contiguous(o)) {
+    if (x->ndim && dc_view_contiguous(x) && dc_view_contiguous(o)) {
         /* whole rows of `inner` elements per index, in the widest units rows and pointers allow */
         int64_t outer = 1, inner = 1;
         for (int d = 0; d < dim; d++) outer *= x->shape[d];
@@ -248,7 +216,7 @@ static dc_status k_index_select(const dc_kargs *a)
 /* Scratch for a stable radix sort of n (uint64 key, int64 value) pairs: double buffers and CUB's
  * temp storage, in one allocation. Keys are < 2^end_bit, so only those bits are sorted. */
 struct pair_sort {
-    scratch_guard mem;
+    dc_scratch_guard mem;
     uint64_t *keys[2];
     int64_t *vals[2];
     void *temp;
@@ -533,7 +501,7 @@ static dc_status k_index_add(const dc_kargs *a)
     if (n == 0 || view_numel(x) == 0) return DC_OK;
     DC_TRY(dc_cuda_use_device_of(o->data));
     cudaStream_t stream = dc_cuda_stream();
-    if (o->ndim && view_contiguous(o) && view_contiguous(x) && n > SCATTER_SHORT_ROW) {
+    if (o->ndim && dc_view_contiguous(o) && dc_view_contiguous(x) && n > SCATTER_SHORT_ROW) {
         /* embedding backward: sort the n indices once, one block per run of equal indices */
         int64_t outer = 1, inner = 1;
         for (int d = 0; d < dim; d++) outer *= o->shape[d];

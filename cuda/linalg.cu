@@ -52,38 +52,6 @@ static dc_status cublas_fail(cublasStatus_t s, const char *call, const char *fil
 
 /* --- small helpers ----------------------------------------------------------------------------- */
 
-static bool view_contiguous(const dc_kview *v)
-{
-    int64_t s = 1;
-    for (int d = v->ndim - 1; d >= 0; d--) {
-        if (v->shape[d] != 1 && v->strides[d] != s) return false;
-        s *= v->shape[d];
-    }
-    return true;
-}
-
-/* Scratch freed (stream-ordered) when the entry returns, on every path. */
-struct scratch_guard {
-    void *p = nullptr;
-    ~scratch_guard()
-    {
-        if (p) dc_cuda_scratch_free(p);
-    }
-};
-
-/* Calls f(S()) with S an unsigned type of the element size: kernels that only move bits. */
-template <class F> static dc_status dispatch_bits(dc_dtype dt, const char *op, F &&f)
-{
-    if ((unsigned)dt < DC_DTYPE_COUNT) switch (dc_dtype_size(dt)) {
-        case 1: return f(uint8_t());
-        case 2: return f(uint16_t());
-        case 4: return f(uint32_t());
-        case 8: return f(uint64_t());
-        default: break;
-        }
-    return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
-}
-
 /* dst <- src, same shape, raw element bits; dst contiguous. */
 template <class S, bool OneD> __global__ void copy_bits_kernel(S *dst, const S *src, dc_geom<2> g, int64_t n)
 {
@@ -97,7 +65,7 @@ template <class S, bool OneD> __global__ void copy_bits_kernel(S *dst, const S *
 
 /* A contiguous scratch copy of `v` (a broadcast batch is materialised). *out gets v's shape with
  * row-major strides and the scratch pointer; the caller's guard frees it. One pass over v. */
-static dc_status contiguous_copy(const dc_kview *v, scratch_guard *buf, dc_kview *out, cudaStream_t stream)
+static dc_status contiguous_copy(const dc_kview *v, dc_scratch_guard *buf, dc_kview *out, cudaStream_t stream)
 {
     dc_kview dst = *v;
     int64_t n = view_numel(v), cs = 1;
@@ -106,7 +74,7 @@ static dc_status contiguous_copy(const dc_kview *v, scratch_guard *buf, dc_kview
     dst.data = (char *)buf->p;
     const dc_kview *vv[2] = { &dst, v };
     dc_geom<2> g = geom_make<2>(vv);
-    DC_TRY(dispatch_bits(v->dtype, "matmul", [&](auto tag) {
+    DC_TRY(dc_dispatch_bits(v->dtype, "matmul", [&](auto tag) {
         typedef decltype(tag) S;
         if (g.ndim == 1)
             copy_bits_kernel<S, true>
@@ -134,7 +102,8 @@ struct plan {
     cublasLtMatmulAlgo_t algo;
 };
 
-#define PLAN_CACHE_SIZE 64
+#define PLAN_CACHE_SIZE  64
+#define MATMUL_WORKSPACE ((size_t)32 << 20) /* NVIDIA's recommendation for Hopper */
 
 static std::mutex g_plan_mu;          /* guards the cache, and each plan while cublasLtMatmul reads it */
 static dc_plan_cache *g_plans = NULL; /* made at the first matmul */
@@ -276,7 +245,7 @@ static dc_status k_matmul(const dc_kargs *a)
                         (long long)A.shape[nd - 2], (long long)K, (long long)B.shape[nd - 2],
                         (long long)B.shape[nd - 1], (long long)M, (long long)N);
     if (Bn == 0 || M == 0 || N == 0) return DC_OK;
-    if (!view_contiguous(o)) return dc_error(DC_ERR_INTERNAL, "cuda matmul: output is not contiguous");
+    if (!dc_view_contiguous(o)) return dc_error(DC_ERR_INTERNAL, "cuda matmul: output is not contiguous");
     DC_TRY(dc_cuda_use_device_of(o->data));
     cudaStream_t stream = dc_cuda_stream();
     const size_t es = dc_dtype_size(dt);
@@ -287,14 +256,22 @@ static dc_status k_matmul(const dc_kargs *a)
 
     dc_mm_layout L;
     dc_mm_choose(o, &A, &B, &L);
-    scratch_guard buf_a, buf_b;
+    dc_scratch_guard buf_a, buf_b;
     if (L.copy_a) DC_TRY(contiguous_copy(&a->t[1], &buf_a, &A, stream));
     if (L.copy_b) DC_TRY(contiguous_copy(&a->t[2], &buf_b, &B, stream));
 
     cublasLtHandle_t h;
-    void *ws;
-    size_t ws_bytes;
-    DC_TRY(dc_cuda_cublaslt(&h, &ws, &ws_bytes));
+    DC_TRY(dc_cuda_cublaslt(&h));
+    /* The workspace: scratch of this stream, reused (from the caching allocator) by the next
+     * matmul on it, never by one on another stream running at the same time. Without memory for
+     * it cuBLASLt runs with none, on fewer algorithms (a plan of its own: the size is keyed). */
+    dc_scratch_guard wsbuf;
+    size_t ws_bytes = MATMUL_WORKSPACE;
+    if (dc_cuda_scratch(ws_bytes, &wsbuf.p) != DC_OK) {
+        wsbuf.p = nullptr;
+        ws_bytes = 0;
+    }
+    void *ws = wsbuf.p;
     int dev = 0;
     DC_CUDA_TRY(cudaGetDevice(&dev));
     const int compute = dt == DC_FLOAT64                               ? DC_MM_COMPUTE_64F
@@ -391,10 +368,10 @@ static dc_status k_tril(const dc_kargs *a)
         g.rs[k] = v[k]->strides[nd - 2];
         g.cs[k] = v[k]->strides[nd - 1];
     }
-    const bool contig = view_contiguous(o) && view_contiguous(x);
+    const bool contig = dc_view_contiguous(o) && dc_view_contiguous(x);
     const int64_t diag = a->p.tril.diagonal;
     const int upper = a->p.tril.upper != 0;
-    return dispatch_bits(o->dtype, "tril", [&](auto tag) {
+    return dc_dispatch_bits(o->dtype, "tril", [&](auto tag) {
         typedef decltype(tag) S;
         if (contig)
             tril_kernel<S, true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>((S *)o->data, (const S *)x->data, g,

@@ -55,35 +55,6 @@ __device__ __forceinline__ double ce_exp(double x)
     return exp(x);
 }
 
-/* 16 bytes of T: the unit of a vector load (4 floats, 2 doubles, 8 halves). */
-template <class T> struct alignas(16) ce_pack {
-    T v[16 / sizeof(T)];
-};
-
-/* V consecutive elements at p (16-byte aligned when V > 1) <-> compute type. */
-template <class T, int V> __device__ __forceinline__ void load_vals(const T *p, acc_t<T> *out)
-{
-    if constexpr (V == 1) {
-        out[0] = dc_load(p[0]);
-    } else {
-        const ce_pack<T> q = *reinterpret_cast<const ce_pack<T> *>(p);
-#pragma unroll
-        for (int k = 0; k < V; k++) out[k] = dc_load(q.v[k]);
-    }
-}
-
-template <class T, int V> __device__ __forceinline__ void store_vals(T *p, const acc_t<T> *in)
-{
-    if constexpr (V == 1) {
-        p[0] = dc_store<T>(in[0]);
-    } else {
-        ce_pack<T> q;
-#pragma unroll
-        for (int k = 0; k < V; k++) q.v[k] = dc_store<T>(in[k]);
-        *reinterpret_cast<ce_pack<T> *>(p) = q;
-    }
-}
-
 /* Where row r's 16-byte-aligned body starts (elements before it go to the scalar prologue); 0 when
  * V == 1. r is element aligned (the host checks the base pointer). */
 template <class T, int V> __device__ __forceinline__ int row_prologue(const T *r, int C)
@@ -182,12 +153,12 @@ __global__ void __launch_bounds__(G > 256 ? G : 256, G > 256 ? 1024 / G : 4)
         for (; k + (U - 1) * G < nvec; k += U * G) {
             A v[U * V];
 #pragma unroll
-            for (int u = 0; u < U; u++) load_vals<T, V>(xv + (k + u * G) * V, v + u * V);
+            for (int u = 0; u < U; u++) dc_load_vals<T, V>(xv + (k + u * G) * V, v + u * V);
             ce_fold<U * V>(st, v);
         }
         for (; k < nvec; k += G) {
             A v[V];
-            load_vals<T, V>(xv + k * V, v);
+            dc_load_vals<T, V>(xv + k * V, v);
             ce_fold<V>(st, v);
         }
         if (lane < C - tail0) {
@@ -260,9 +231,9 @@ __global__ void __launch_bounds__(G > 256 ? G : 256, G > 256 ? 1024 / G : 4)
             A o[V];
 #pragma unroll
             for (int q = 0; q < V; q++) o[q] = f;
-            if (lane < pre) store_vals<T, 1>(dr + lane, o);
-            for (int k = lane; k < nvec; k += G) store_vals<T, V>(dv + k * V, o);
-            if (lane < C - tail0) store_vals<T, 1>(dr + tail0 + lane, o);
+            if (lane < pre) dc_store_vals<T, 1>(dr + lane, o);
+            for (int k = lane; k < nvec; k += G) dc_store_vals<T, V>(dv + k * V, o);
+            if (lane < C - tail0) dc_store_vals<T, 1>(dr + tail0 + lane, o);
             continue;
         }
 
@@ -277,7 +248,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256, G > 256 ? 1024 / G : 4)
         for (; k + (U - 1) * G < nvec; k += U * G) {
             A v[U * V];
 #pragma unroll
-            for (int u = 0; u < U; u++) load_vals<T, V>(xv + (k + u * G) * V, v + u * V);
+            for (int u = 0; u < U; u++) dc_load_vals<T, V>(xv + (k + u * G) * V, v + u * V);
 #pragma unroll
             for (int u = 0; u < U; u++) {
 #pragma unroll
@@ -285,18 +256,18 @@ __global__ void __launch_bounds__(G > 256 ? G : 256, G > 256 ? 1024 / G : 4)
                     const int j = pre + (k + u * G) * V + q;
                     v[u * V + q] = gi * (ce_exp(v[u * V + q] - L) - (j == t ? c_hot : A(0)) - c_all);
                 }
-                store_vals<T, V>(dv + (k + u * G) * V, v + u * V);
+                dc_store_vals<T, V>(dv + (k + u * G) * V, v + u * V);
             }
         }
         for (; k < nvec; k += G) {
             A v[V];
-            load_vals<T, V>(xv + k * V, v);
+            dc_load_vals<T, V>(xv + k * V, v);
 #pragma unroll
             for (int q = 0; q < V; q++) {
                 const int j = pre + k * V + q;
                 v[q] = gi * (ce_exp(v[q] - L) - (j == t ? c_hot : A(0)) - c_all);
             }
-            store_vals<T, V>(dv + k * V, v);
+            dc_store_vals<T, V>(dv + k * V, v);
         }
         if (lane < C - tail0) {
             const int j = tail0 + lane;

@@ -52,62 +52,6 @@ struct dm {
     static __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
 };
 
-/* 16 bytes of T: the unit of a vector load (4 floats, 2 doubles, 8 halves). */
-template <class T> struct alignas(16) pack16 {
-    T v[16 / sizeof(T)];
-};
-
-/* V consecutive elements at p (16-byte aligned when V > 1) -> compute type. */
-template <class T, int V> __device__ __forceinline__ void load_vals(const T *p, acc_t<T> *out)
-{
-    if constexpr (V == 1) {
-        out[0] = dc_load(p[0]);
-    } else {
-        const pack16<T> q = *reinterpret_cast<const pack16<T> *>(p);
-#pragma unroll
-        for (int k = 0; k < V; k++) out[k] = dc_load(q.v[k]);
-    }
-}
-
-template <class T, int V> __device__ __forceinline__ void store_vals(T *p, const acc_t<T> *in)
-{
-    if constexpr (V == 1) {
-        p[0] = dc_store<T>(in[0]);
-    } else {
-        pack16<T> q;
-#pragma unroll
-        for (int k = 0; k < V; k++) q.v[k] = dc_store<T>(in[k]);
-        *reinterpret_cast<pack16<T> *>(p) = q;
-    }
-}
-
-/* A value as it comes back after a store to T and a load (the CPU's `(T)mean`). */
-template <class T> __device__ __forceinline__ acc_t<T> round_to(double v)
-{
-    return dc_load(dc_store<T>(v));
-}
-
-template <class A> __device__ __forceinline__ A warp_sum(A v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over all threads of the (1-D or 2-D) block; every thread gets the same bits. red: >= 32
- * entries of shared memory; blockDim a multiple of 32. */
-template <class A> __device__ __forceinline__ A block_sum(A v, A *red)
-{
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nw = (blockDim.x * blockDim.y) >> 5;
-    v = warp_sum(v);
-    if ((tid & 31) == 0) red[tid >> 5] = v;
-    __syncthreads();
-    A t = red[0];
-    for (int k = 1; k < nw; k++) t += red[k];
-    __syncthreads(); /* red may be reused by the next call */
-    return t;
-}
-
 /* Sum over the G threads of a row group: a butterfly within G lanes, or the whole block (G > 32,
  * blockDim.x == G). */
 template <int G, class A> __device__ __forceinline__ A group_sum(A v, A *red)
@@ -117,7 +61,7 @@ template <int G, class A> __device__ __forceinline__ A group_sum(A v, A *red)
         for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, G);
         return v;
     } else {
-        return block_sum(v, red);
+        return dc_block_sum(v, red);
     }
 }
 
@@ -203,7 +147,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
     A m = -INFINITY, s = 0;
     for (int64_t j0 = (int64_t)lane * V; j0 < n; j0 += (int64_t)G * V) {
         A z[V];
-        load_vals<T, V>(xr + j0, z);
+        dc_load_vals<T, V>(xr + j0, z);
         A pm = -INFINITY;
 #pragma unroll
         for (int k = 0; k < V; k++) {
@@ -225,7 +169,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
     for (int64_t j0 = (int64_t)lane * V; j0 < len; j0 += (int64_t)G * V) {
         A o[V];
         if (j0 < n) {
-            load_vals<T, V>(xr + j0, o);
+            dc_load_vals<T, V>(xr + j0, o);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 const A z = scaled ? scale * o[k] : o[k];
@@ -235,7 +179,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
 #pragma unroll
             for (int k = 0; k < V; k++) o[k] = 0;
         }
-        store_vals<T, V>(yr + j0, o);
+        dc_store_vals<T, V>(yr + j0, o);
     }
 }
 
@@ -262,8 +206,8 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
     A s = 0;
     for (int64_t j0 = (int64_t)lane * V; j0 < n; j0 += (int64_t)G * V) {
         A d[V], yv[V];
-        load_vals<T, V>(dyr + j0, d);
-        if (mode != SM_LOG) load_vals<T, V>(yr + j0, yv);
+        dc_load_vals<T, V>(dyr + j0, d);
+        if (mode != SM_LOG) dc_load_vals<T, V>(yr + j0, yv);
 #pragma unroll
         for (int k = 0; k < V; k++)
             if (j0 + k < n) s += mode == SM_LOG ? d[k] : d[k] * yv[k];
@@ -274,8 +218,8 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
         A o[V];
         if (j0 < n) {
             A d[V];
-            load_vals<T, V>(dyr + j0, d);
-            load_vals<T, V>(yr + j0, o);
+            dc_load_vals<T, V>(dyr + j0, d);
+            dc_load_vals<T, V>(yr + j0, o);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 if (mode == SM_SOFTMAX)
@@ -289,7 +233,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
 #pragma unroll
             for (int k = 0; k < V; k++) o[k] = 0;
         }
-        store_vals<T, V>(dxr + j0, o);
+        dc_store_vals<T, V>(dxr + j0, o);
     }
 }
 
@@ -461,11 +405,6 @@ template <int N> struct sm_rows {
     bool contig, vec;
 };
 
-static bool aligned16(const void *p)
-{
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 template <int N> static sm_rows<N> sm_rows_of(const dc_kview *const v[N], int dim, size_t esize)
 {
     sm_rows<N> r;
@@ -491,7 +430,7 @@ template <int N> static sm_rows<N> sm_rows_of(const dc_kview *const v[N], int di
     const int64_t V = (int64_t)(16 / esize);
     r.vec = r.contig && r.L % V == 0;
     for (int k = 0; k < N && r.vec; k++) {
-        r.vec = aligned16(v[k]->data);
+        r.vec = dc_aligned16(v[k]->data);
         for (int d = 0; d < r.g.ndim && r.vec; d++) r.vec = r.g.st[k][d] % V == 0;
     }
     return r;
@@ -529,31 +468,6 @@ static dc_status nn_dtype(dc_op op, dc_dtype dt)
     return dc_dispatch<DC_CUDA_NN_DTYPES>(dt, dc_op_names[op], [](auto) { return DC_OK; });
 }
 
-/* Operands k with bit k of `present` set: there, of dtype dt, contiguous when contig. Violations
- * are op-layer bugs. */
-static dc_status nn_operands(const dc_kargs *a, unsigned present, dc_dtype dt, bool contig)
-{
-    const char *op = dc_op_names[a->op];
-    for (int k = 0; k < DC_KARGS_MAX_T; k++) {
-        if (!(present >> k & 1u)) continue;
-        if (k >= a->nt) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d missing (%d given)", op, k, a->nt);
-        const dc_kview *v = &a->t[k];
-        if (v->dtype != dt)
-            return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d is %s, expected %s", op, k, dc_dtype_name(v->dtype),
-                            dc_dtype_name(dt));
-        if (!v->data && view_numel(v) > 0) return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d has no data", op, k);
-        if (contig) {
-            int64_t s = 1;
-            for (int d = v->ndim - 1; d >= 0; d--) {
-                if (v->shape[d] != 1 && v->strides[d] != s)
-                    return dc_error(DC_ERR_INTERNAL, "cuda %s: operand %d must be contiguous", op, k);
-                s *= v->shape[d];
-            }
-        }
-    }
-    return DC_OK;
-}
-
 /* dim of a softmax: -1 for a 0-d view (one element), else normalised and range-checked as the CPU. */
 static dc_status softmax_dim(const dc_kargs *a, const dc_kview *v, int *dim)
 {
@@ -581,7 +495,7 @@ template <int N> static dc_status k_softmax(const dc_kargs *a)
     for (int k = 0; k < N; k++) v[k] = &a->t[k];
     const dc_dtype dt = v[N == 2 ? 1 : 0]->dtype; /* x, or dx: the CPU's first check */
     DC_TRY(nn_dtype(a->op, dt));
-    DC_TRY(nn_operands(a, (1u << N) - 1u, dt, false));
+    DC_TRY(dc_check_operands(a, (1u << N) - 1u, dt, false));
     DC_TRY(check_same_shape(op, N, v));
     if (view_numel(v[0]) == 0) return DC_OK;
     int dim = -1;
@@ -608,7 +522,7 @@ static dc_status attn_operands(const dc_kargs *a, int n, int64_t *rows, int64_t 
     const dc_kview *v[3] = { &a->t[0], &a->t[1], n > 2 ? &a->t[2] : &a->t[1] };
     const dc_dtype dt = v[0]->dtype;
     DC_TRY(nn_dtype(a->op, dt));
-    DC_TRY(nn_operands(a, (1u << n) - 1u, dt, true));
+    DC_TRY(dc_check_operands(a, (1u << n) - 1u, dt, true));
     if (v[0]->ndim < 1) return dc_error(DC_ERR_INTERNAL, "cuda %s: operands must be at least 1-d", op);
     DC_TRY(check_same_shape(op, n, v));
     *L = v[0]->shape[v[0]->ndim - 1];
@@ -643,7 +557,7 @@ template <int N> static dc_status k_attn_softmax(const dc_kargs *a)
         typedef decltype(tag) T;
         const acc_t<T> scale = (acc_t<T>)a->p.attn.scale;
         bool vec = L % (int64_t)(16 / sizeof(T)) == 0;
-        for (int k = 0; k < N; k++) vec = vec && aligned16(a->t[k].data);
+        for (int k = 0; k < N; k++) vec = vec && dc_aligned16(a->t[k].data);
         const dc_geom<N> g = attn_geom<N>(rows, L);
         if constexpr (N == 2)
             return softmax_rows_launch<T>((T *)a->t[0].data, (const T *)a->t[1].data, g, rows, L, SM_ATTN, scale, Tq,
@@ -677,7 +591,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
     A s = 0;
     for (int64_t j0 = (int64_t)lane * V; j0 < len; j0 += (int64_t)G * V) {
         A v[V];
-        load_vals<T, V>(xr + j0, v);
+        dc_load_vals<T, V>(xr + j0, v);
 #pragma unroll
         for (int k = 0; k < V; k++) s += v[k];
     }
@@ -685,7 +599,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
     A q = 0;
     for (int64_t j0 = (int64_t)lane * V; j0 < len; j0 += (int64_t)G * V) {
         A v[V];
-        load_vals<T, V>(xr + j0, v);
+        dc_load_vals<T, V>(xr + j0, v);
 #pragma unroll
         for (int k = 0; k < V; k++) {
             const A d = v[k] - mu;
@@ -697,12 +611,12 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
         mean[row] = dc_store<T>(mu);
         rstd[row] = dc_store<T>(rs);
     }
-    const A m = round_to<T>(mu), r = round_to<T>(rs); /* the stored statistics, as the backward sees them */
+    const A m = dc_round_to<T>(mu), r = dc_round_to<T>(rs); /* the stored statistics, as the backward sees them */
     for (int64_t j0 = (int64_t)lane * V; j0 < len; j0 += (int64_t)G * V) {
         A v[V], wv[V], bv[V];
-        load_vals<T, V>(xr + j0, v);
-        if (w) load_vals<T, V>(w + j0, wv);
-        if (b) load_vals<T, V>(b + j0, bv);
+        dc_load_vals<T, V>(xr + j0, v);
+        if (w) dc_load_vals<T, V>(w + j0, wv);
+        if (b) dc_load_vals<T, V>(b + j0, bv);
 #pragma unroll
         for (int k = 0; k < V; k++) {
             A t = (v[k] - m) * r;
@@ -710,7 +624,7 @@ __global__ void __launch_bounds__(G > 256 ? G : 256)
             if (b) t = t + bv[k];
             v[k] = t;
         }
-        store_vals<T, V>(yr + j0, v);
+        dc_store_vals<T, V>(yr + j0, v);
     }
 }
 
@@ -758,9 +672,9 @@ __global__ void __launch_bounds__(256)
         A sg = 0, sgx = 0;
         for (int64_t j0 = (int64_t)lane * V; j0 < D; j0 += 32 * V) {
             A g[V], xv[V], wv[V];
-            load_vals<T, V>(dyr + j0, g);
-            load_vals<T, V>(xr + j0, xv);
-            if (has_w) load_vals<T, V>(w + j0, wv);
+            dc_load_vals<T, V>(dyr + j0, g);
+            dc_load_vals<T, V>(xr + j0, xv);
+            if (has_w) dc_load_vals<T, V>(w + j0, wv);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 const A gk = has_w ? g[k] * wv[k] : g[k], xh = (xv[k] - m) * r;
@@ -768,8 +682,8 @@ __global__ void __launch_bounds__(256)
                 sgx += gk * xh;
             }
         }
-        sg = warp_sum(sg);
-        sgx = warp_sum(sgx);
+        sg = dc_warp_sum(sg);
+        sgx = dc_warp_sum(sgx);
         if (lane == 0) {
             s_m[i] = m, s_r[i] = r;
             s_mg[i] = sg * invD, s_mgx[i] = sgx * invD;
@@ -783,13 +697,13 @@ __global__ void __launch_bounds__(256)
         A pw[V], pb[V], wv[V];
 #pragma unroll
         for (int k = 0; k < V; k++) pw[k] = 0, pb[k] = 0, wv[k] = 1;
-        if (has_w) load_vals<T, V>(w + j0, wv);
+        if (has_w) dc_load_vals<T, V>(w + j0, wv);
         for (int i = 0; i < nr; i++) {
             const int64_t n = n0 + i;
             const A m = s_m[i], r = s_r[i], mg = s_mg[i], mgx = s_mgx[i];
             A d[V], v[V];
-            load_vals<T, V>(dy + n * D + j0, d);
-            load_vals<T, V>(x + n * D + j0, v);
+            dc_load_vals<T, V>(dy + n * D + j0, d);
+            dc_load_vals<T, V>(x + n * D + j0, v);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 const A xh = (v[k] - m) * r, gk = has_w ? d[k] * wv[k] : d[k];
@@ -797,7 +711,7 @@ __global__ void __launch_bounds__(256)
                 pw[k] += d[k] * xh;
                 pb[k] += d[k];
             }
-            store_vals<T, V>(dx + n * D + j0, v);
+            dc_store_vals<T, V>(dx + n * D + j0, v);
         }
         if (pp) {
 #pragma unroll
@@ -879,7 +793,7 @@ static dc_status k_layernorm(const dc_kargs *a)
     if (a->nt < 4) return dc_error(DC_ERR_INTERNAL, "cuda layer_norm: %d operands, want 6", a->nt);
     const dc_dtype dt = a->t[3].dtype;
     DC_TRY(nn_dtype(a->op, dt));
-    DC_TRY(nn_operands(a, 0x0fu | (lp->has_w ? 0x10u : 0) | (lp->has_b ? 0x20u : 0), dt, true));
+    DC_TRY(dc_check_operands(a, 0x0fu | (lp->has_w ? 0x10u : 0) | (lp->has_b ? 0x20u : 0), dt, true));
     int64_t N = 0, D = 0;
     ln_dims(&a->t[3], &N, &D);
     if (N == 0 || D == 0) return DC_OK;
@@ -894,8 +808,8 @@ static dc_status k_layernorm(const dc_kargs *a)
         T *y = (T *)a->t[0].data, *mean = (T *)a->t[1].data, *rstd = (T *)a->t[2].data;
         const T *x = (const T *)a->t[3].data;
         const T *w = lp->has_w ? (const T *)a->t[4].data : NULL, *b = lp->has_b ? (const T *)a->t[5].data : NULL;
-        const bool vec = D % (int64_t)(16 / sizeof(T)) == 0 && aligned16(y) && aligned16(x) && (!w || aligned16(w)) &&
-                         (!b || aligned16(b));
+        const bool vec = D % (int64_t)(16 / sizeof(T)) == 0 && dc_aligned16(y) && dc_aligned16(x) &&
+                         (!w || dc_aligned16(w)) && (!b || dc_aligned16(b));
         return layernorm_forward<T>(y, mean, rstd, x, w, b, N, D, lp->eps, vec, stream);
     });
 }
@@ -909,7 +823,7 @@ static dc_status k_layernorm_bwd(const dc_kargs *a)
     if (a->nt < 7) return dc_error(DC_ERR_INTERNAL, "cuda layer_norm_backward: %d operands, want 8", a->nt);
     const dc_dtype dt = a->t[4].dtype;
     DC_TRY(nn_dtype(a->op, dt));
-    DC_TRY(nn_operands(a, 0x79u | (has_w ? 0x82u : 0) | (has_b ? 0x04u : 0), dt, true));
+    DC_TRY(dc_check_operands(a, 0x79u | (has_w ? 0x82u : 0) | (has_b ? 0x04u : 0), dt, true));
     int64_t N = 0, D = 0;
     ln_dims(&a->t[4], &N, &D);
     if (D == 0) return DC_OK;
@@ -933,8 +847,8 @@ static dc_status k_layernorm_bwd(const dc_kargs *a)
         const T *dy = (const T *)a->t[3].data, *x = (const T *)a->t[4].data;
         const T *mean = (const T *)a->t[5].data, *rstd = (const T *)a->t[6].data;
         const T *w = has_w ? (const T *)a->t[7].data : NULL;
-        const bool vec = D % (int64_t)(16 / sizeof(T)) == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) &&
-                         (!w || aligned16(w));
+        const bool vec = D % (int64_t)(16 / sizeof(T)) == 0 && dc_aligned16(dx) && dc_aligned16(dy) &&
+                         dc_aligned16(x) && (!w || dc_aligned16(w));
         return layernorm_backward<T>(dx, dw, db, dy, x, mean, rstd, w, N, D, has_w, has_b, vec, stream);
     });
 }

@@ -53,28 +53,12 @@ struct b8 {
 /* the CPU scans and sorts take every dtype but the 16-bit floats */
 #define DT_SCAN (DT_EVERY & ~DC_DT_BIT(DC_BFLOAT16) & ~DC_DT_BIT(DC_FLOAT16))
 
-/* dc_dispatch over all ten dtypes (bool as b8, so it is not confused with uint8). */
+/* dc_dispatch over all ten dtypes: bool comes as b8 (so it is not confused with uint8), uint8 /
+ * int8 / int16 are added here, the six others go through dc_dispatch (with bool masked out, so a
+ * bool that Allowed lacks gets dc_dispatch's DC_ERR_UNSUPPORTED like any other dtype). */
 template <unsigned Allowed, class F> static dc_status dispatch_any(dc_dtype dt, const char *op, F &&f)
 {
     switch (dt) {
-    case DC_FLOAT32:
-        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT32)) return f(float());
-        break;
-    case DC_FLOAT64:
-        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT64)) return f(double());
-        break;
-    case DC_BFLOAT16:
-        if constexpr (Allowed & DC_DT_BIT(DC_BFLOAT16)) return f(__nv_bfloat16());
-        break;
-    case DC_FLOAT16:
-        if constexpr (Allowed & DC_DT_BIT(DC_FLOAT16)) return f(__half());
-        break;
-    case DC_INT32:
-        if constexpr (Allowed & DC_DT_BIT(DC_INT32)) return f(int32_t());
-        break;
-    case DC_INT64:
-        if constexpr (Allowed & DC_DT_BIT(DC_INT64)) return f(int64_t());
-        break;
     case DC_BOOL:
         if constexpr (Allowed & DC_DT_BIT(DC_BOOL)) return f(b8());
         break;
@@ -89,7 +73,7 @@ template <unsigned Allowed, class F> static dc_status dispatch_any(dc_dtype dt, 
         break;
     default: break;
     }
-    return dc_error(DC_ERR_UNSUPPORTED, "op '%s' has no CUDA kernel for dtype %s", op, dc_dtype_name(dt));
+    return dc_dispatch<Allowed & DC_DT_ALL & ~DC_DT_BIT(DC_BOOL)>(dt, op, f);
 }
 
 /* Scan types of storage type T: A the accumulator (double for floats; uint64 for integers and bool,
