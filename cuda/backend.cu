@@ -6,6 +6,7 @@
  *
  * Streams, memory and which device a kernel runs on: see device.cu. */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <atomic>
@@ -160,6 +161,146 @@ static dc_status k_copy(const dc_kargs *a)
     });
 }
 
+/* --- 16-bit floats through the float32 kernels ---------------------------------------------------
+ * As csrc/cpu/widen.c: a kernel that refuses a bfloat16/float16 operand (DC_ERR_UNSUPPORTED:
+ * reductions, scans, index_add, convolutions, the optimizer steps) runs again on float32 copies of
+ * every 16-bit operand, and each element it changed is rounded back (nearest even). Which operands
+ * a kernel writes is observed, not declared: each 16-bit operand keeps a snapshot of its raw bits,
+ * and only elements whose float32 value no longer equals the widened snapshot are stored. All of it
+ * on the current stream, scratch from the caching allocator. Correct, not fast: precision="bf16-true"
+ * pays two extra passes over those ops' operands. */
+
+static dc_kernel_fn g_kernels[DC_OP_COUNT]; /* the families' own kernels */
+
+__device__ __forceinline__ float widen16(uint16_t h, bool bf16)
+{
+    return bf16 ? __uint_as_float((uint32_t)h << 16) : __half2float(__ushort_as_half(h));
+}
+
+/* o[0]: the float32 copy and the snapshot (contiguous), o[1]: the operand */
+template <bool OneD>
+__global__ void widen_kernel(float *f32, uint16_t *snap, const uint16_t *src, dc_geom<2> g, int64_t n, bool bf16)
+{
+    DC_GRID_STRIDE_LOOP(i, n)
+    {
+        int64_t o[2];
+        dc_geom_offsets<2, OneD>(g, i, o);
+        const uint16_t h = src[o[1]];
+        snap[o[0]] = h;
+        f32[o[0]] = widen16(h, bf16);
+    }
+}
+
+/* o[0]: the operand, o[1]: the float32 copy and the snapshot */
+template <bool OneD>
+__global__ void narrow_kernel(uint16_t *dst, const float *f32, const uint16_t *snap, dc_geom<2> g, int64_t n, bool bf16)
+{
+    DC_GRID_STRIDE_LOOP(i, n)
+    {
+        int64_t o[2];
+        dc_geom_offsets<2, OneD>(g, i, o);
+        const float f = f32[o[1]];
+        if (__float_as_uint(f) != __float_as_uint(widen16(snap[o[1]], bf16)))
+            dst[o[0]] = bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(f)) : __half_as_ushort(__float2half_rn(f));
+    }
+}
+
+static bool is16(dc_dtype d)
+{
+    return d == DC_BFLOAT16 || d == DC_FLOAT16;
+}
+
+static dc_kview contiguous_like(const dc_kview *v, void *data, dc_dtype dt)
+{
+    dc_kview c = *v;
+    c.data = (char *)data;
+    c.dtype = dt;
+    int64_t s = 1;
+    for (int d = v->ndim - 1; d >= 0; d--) {
+        c.strides[d] = s;
+        s *= v->shape[d];
+    }
+    return c;
+}
+
+/* One pass: widen (to_f32) or narrow; a and b the geometry's two views. */
+static dc_status convert(bool to_f32, const dc_kview *a, const dc_kview *b, float *f32, uint16_t *snap, uint16_t *x,
+                         bool bf16, cudaStream_t stream)
+{
+    const int64_t n = view_numel(a);
+    const dc_kview *vv[2] = { a, b };
+    dc_geom<2> g = geom_make<2>(vv);
+    if (to_f32) {
+        if (g.ndim == 1)
+            widen_kernel<true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(f32, snap, x, g, n, bf16);
+        else
+            widen_kernel<false><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(f32, snap, x, g, n, bf16);
+    } else {
+        if (g.ndim == 1)
+            narrow_kernel<true><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(x, f32, snap, g, n, bf16);
+        else
+            narrow_kernel<false><<<dc_cuda_blocks(n), DC_CUDA_THREADS, 0, stream>>>(x, f32, snap, g, n, bf16);
+    }
+    DC_CUDA_CHECK_LAUNCH();
+    return DC_OK;
+}
+
+static dc_status launch_widened(const dc_kargs *a, dc_kernel_fn fn)
+{
+    dc_kargs w = *a;
+    dc_scratch_guard f32[DC_KARGS_MAX_T], snap[DC_KARGS_MAX_T];
+    bool placed = false;
+    for (int k = 0; k < a->nt; k++) {
+        const dc_kview *v = &a->t[k];
+        if (!is16(v->dtype)) continue;
+        if (!placed) {
+            placed = true;
+            DC_TRY(dc_cuda_use_device_of(v->data));
+        }
+        const int64_t n = view_numel(v);
+        DC_TRY(dc_cuda_scratch((size_t)n * sizeof(float), &f32[k].p));
+        DC_TRY(dc_cuda_scratch((size_t)n * sizeof(uint16_t), &snap[k].p));
+        w.t[k] = contiguous_like(v, f32[k].p, DC_FLOAT32);
+        if (n)
+            DC_TRY(convert(true, &w.t[k], v, (float *)f32[k].p, (uint16_t *)snap[k].p, (uint16_t *)v->data,
+                           v->dtype == DC_BFLOAT16, dc_cuda_stream()));
+    }
+    DC_TRY(fn(&w));
+    for (int k = 0; k < a->nt; k++) {
+        const dc_kview *v = &a->t[k];
+        if (!is16(v->dtype) || view_numel(v) == 0) continue;
+        DC_TRY(convert(false, v, &w.t[k], (float *)f32[k].p, (uint16_t *)snap[k].p, (uint16_t *)v->data,
+                       v->dtype == DC_BFLOAT16, dc_cuda_stream()));
+    }
+    return DC_OK; /* the scratch goes back stream-ordered: the queued passes still see it */
+}
+
+static bool has16(const dc_kargs *a)
+{
+    for (int k = 0; k < a->nt; k++)
+        if (is16(a->t[k].dtype)) return true;
+    return false;
+}
+
+/* Every slot the families filled: their kernel, and the float32 fallback when it refused a 16-bit
+ * dtype (its message names it). Should the fallback fail too, the kernel's own error stands. */
+static dc_status k_any(const dc_kargs *a)
+{
+    dc_kernel_fn fn = g_kernels[a->op];
+    dc_status st = fn(a);
+    if (st != DC_ERR_UNSUPPORTED || !has16(a) || !strstr(dc_last_error(), "float16")) return st;
+    char first[512];
+    snprintf(first, sizeof first, "%s", dc_last_error());
+    dc_status st2 = launch_widened(a, fn);
+    if (st2 == DC_ERR_UNSUPPORTED) return dc_error(st, "%s", first);
+    return st2;
+}
+
+extern "C" int dc_cuda_launch_has_16bit(const dc_kargs *a)
+{
+    return has16(a);
+}
+
 /* --- the table -------------------------------------------------------------------------------- */
 
 extern "C" void dc_cuda_fill_table(dc_backend *b); /* device.cu: memory, copies, sync, launch_many */
@@ -181,6 +322,10 @@ static dc_backend table_make(void)
     dc_cuda_register_conv(b.kernels);
     dc_cuda_register_loss(b.kernels);
     dc_cuda_register_attention(b.kernels);
+    for (int op = 0; op < DC_OP_COUNT; op++) {
+        g_kernels[op] = b.kernels[op];
+        if (b.kernels[op]) b.kernels[op] = k_any; /* an empty slot stays empty: the op has no CUDA kernel */
+    }
     return b;
 }
 

@@ -635,11 +635,19 @@ static int table_device_count(void)
 }
 
 extern "C" dc_status dc_cuda_optim_launch_many(int n, const dc_kargs *a);
+extern "C" int dc_cuda_launch_has_16bit(const dc_kargs *a); /* backend.cu */
 
 static dc_status launch_many(int n, const dc_kargs *a)
 {
+    const dc_backend *b = dc_cuda_backend_get();
+    bool any16 = false;
+    for (int i = 0; i < n && !any16; i++) any16 = dc_cuda_launch_has_16bit(&a[i]);
+    if (any16 && n > 0 && b->kernels[a[0].op]) { /* 16-bit tensors (bf16-true): each through the table's
+                                                  * float32 fallback, one by one (NORM_POW adds into t0) */
+        for (int i = 0; i < n; i++) DC_TRY(b->kernels[a[i].op](&a[i]));
+        return DC_OK;
+    }
     if (n > 0 && n < 2 && a[0].op != DC_OP_NORM_POW) { /* one tensor: the table's kernel */
-        const dc_backend *b = dc_cuda_backend_get();
         if (b->kernels[a[0].op]) return b->kernels[a[0].op](&a[0]);
     }
     return dc_cuda_optim_launch_many(n, a);

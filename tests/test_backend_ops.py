@@ -513,3 +513,37 @@ def test_op(name, device, rng):
         case.fn(*cpu).sum().backward()
         for k in which:
             np.testing.assert_allclose(_np_of(dev[k].grad), _np_of(cpu[k].grad), rtol=1e-9, atol=1e-12)
+
+
+# ---- 16-bit floats on the CPU --------------------------------------------------------------------
+# The CPU kernels compute in float32/float64; a bfloat16/float16 launch runs on float32 copies and
+# rounds what the kernel wrote (csrc/cpu/widen.c). Each op's case on 16-bit inputs must therefore
+# equal the float32 op on the same (rounded) values, rounded once: bit for bit where the case is
+# one op, within the 16-bit type's resolution where the case composes several.
+_ONE_ROUNDING = {"add", "mul", "exp", "tanh", "gelu", "softmax", "layer_norm", "sum", "matmul", "where", "relu"}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.check is None and "float32" in c.dtypes))
+def test_op_in_16_bit_on_the_cpu(name, dtype, rng):
+    case = CASES[name]
+    inputs = case.inputs(rng)
+    low = getattr(dc, dtype)
+    xs16 = [_to(a, "float32", "cpu").to(low) if a.dtype != np.int64 else _to(a, "float32", "cpu") for a in inputs]
+    xs32 = [x.float() if x.dtype == low else x for x in xs16]
+    out16 = case.fn(*xs16)
+    out32 = case.fn(*xs32)
+    if not out32.dtype.is_floating_point:  # comparisons, argmax: exactly the float32 answer
+        assert np.array_equal(_np_of(out16), _np_of(out32)), name
+        return
+    if out16.dtype != low:  # ops that make their own dtype (arange) or keep float32 (a loss): as is
+        assert out16.dtype == out32.dtype, (name, out16.dtype, out32.dtype)
+        np.testing.assert_allclose(_np_of(out16), _np_of(out32), rtol=1e-6, atol=1e-6, err_msg=name)
+        return
+    got = out16.float().numpy()
+    want = out32.to(low).float().numpy()
+    if name in _ONE_ROUNDING:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    else:
+        tol = 2.0 ** -7 if dtype == "bfloat16" else 2.0 ** -10
+        np.testing.assert_allclose(got, want, rtol=4 * tol, atol=4 * tol, err_msg=name)

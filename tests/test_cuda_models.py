@@ -1,6 +1,7 @@
 """GPU end-to-end checks (marked `gpu`, skipped without a CUDA device; scripts/gpu-check runs them on a
 lent GPU): GPT and DiT train on the GPU and match the CPU's first-step loss, bf16-mixed converges like
-float32, Trainer(accelerator="gpu") runs the demo, the caching allocator makes no cudaMalloc in the
+float32, bf16-true trains like on the CPU (16-bit operands of kernels without 16-bit code through
+float32 copies), Trainer(accelerator="gpu") runs the demo, the caching allocator makes no cudaMalloc in the
 steady state, streams/events/pinned copies behave as torch's, and a 1-GPU NCCL communicator runs."""
 
 import copy
@@ -102,6 +103,63 @@ def test_bf16_mixed_converges_like_float32_on_gpu(tmp_path):
 
     f32, b16 = fit("32-true"), fit("bf16-mixed")
     assert f32 < 0.1 and abs(b16 - f32) < 0.25 * f32
+
+
+def test_bf16_true_trains_on_gpu_like_on_the_cpu(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_precision import Seen
+
+    import dutycycle as L
+    from dutycycle.data import DataLoader, TensorDataset
+
+    def fit(accelerator):
+        dc.manual_seed(0)
+        x = dc.randn(512, 8)
+        y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
+        m = Seen()
+        tr = L.Trainer(max_epochs=3, precision="bf16-true", accelerator=accelerator, default_root_dir=str(tmp_path),
+                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, gradient_clip_val=1.0)
+        tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
+        assert all(p.dtype == dc.bfloat16 for p in m.parameters())
+        dev = m.net[0].weight.device
+        with dc.no_grad():
+            return nn.functional.mse_loss(m.net(x.to(dev).bfloat16()).float(), y.to(dev)).item()
+
+    cpu, gpu = fit("cpu"), fit("gpu")
+    assert gpu < 0.2 and abs(gpu - cpu) < 0.3 * cpu, (cpu, gpu)
+
+
+def test_16_bit_ops_without_16_bit_kernels_run_through_float32_like_the_cpu():
+    # reductions, scans, index_add (embedding backward), convolutions and the optimizer steps have
+    # float32/float64 CUDA kernels: 16-bit operands go through float32 copies (cuda/backend.cu)
+    dc.manual_seed(0)
+    for dt in (dc.bfloat16, dc.float16):
+        x = dc.randn(64, 33).to(dt)
+        for f in (lambda t: t.sum(), lambda t: t.sum(1), lambda t: t.amax(0), lambda t: t.cumsum(1),
+                  lambda t: t.norm()):
+            np.testing.assert_allclose(f(x.cuda()).float().cpu().numpy(), f(x).float().numpy(), rtol=2e-2, atol=2e-2)
+        emb_cpu = nn.Embedding(50, 16).to(dt)
+        emb_gpu = copy.deepcopy(emb_cpu).cuda()
+        idx = dc.randint(0, 50, (8, 12))
+        emb_cpu(idx).float().sum().backward()
+        emb_gpu(idx.cuda()).float().sum().backward()
+        np.testing.assert_allclose(emb_gpu.weight.grad.float().cpu().numpy(), emb_cpu.weight.grad.float().numpy())
+        w = dc.randn(8, 4, 3, 3).to(dt)
+        img = dc.randn(2, 4, 9, 9).to(dt)
+        np.testing.assert_allclose(nn.functional.conv2d(img.cuda(), w.cuda()).float().cpu().numpy(),
+                                   nn.functional.conv2d(img, w).float().numpy(), rtol=2e-2, atol=5e-2)
+        lin = nn.Linear(16, 16).to(dt)
+        lin_gpu = copy.deepcopy(lin).cuda()
+        for mod in (lin, lin_gpu):
+            opt = dc.optim.AdamW(mod.parameters(), lr=1e-2)
+            dev = mod.weight.device
+            mod(dc.ones(4, 16, dtype=dt).to(dev)).float().pow(2).sum().backward()
+            nn.utils.clip_grad_norm_(mod.parameters(), 0.5)
+            opt.step()
+            assert opt.state[mod.weight]["exp_avg"].dtype == dt
+        np.testing.assert_allclose(lin_gpu.weight.float().cpu().numpy(), lin.weight.float().numpy(), rtol=1e-2,
+                                   atol=1e-2)
 
 
 def test_trainer_gpu_runs_the_demo(tmp_path):

@@ -1,7 +1,8 @@
 """Mixed precision on every machine: autocast's casts (matmuls low, softmax/norms/losses float32),
 the Trainer's precision plugins ("bf16-mixed", "16-mixed" with dynamic loss scaling: skipped steps,
-scale back-off and growth, the scaler in checkpoints), and a bf16-mixed demo run that converges like
-float32. On the CPU the 16-bit matmul rounds its inputs as a GPU would and computes in float32."""
+scale back-off and growth, the scaler in checkpoints; "bf16-true", "16-true", "64-true": weights,
+inputs, optimizer state and the default dtype in one dtype), and a bf16-mixed demo run that converges
+like float32. On the CPU the 16-bit matmul rounds its inputs as a GPU would and computes in float32."""
 
 import csv
 
@@ -181,10 +182,89 @@ def test_loss_scale_grows_after_clean_steps():
     assert scaler.get_scale() == 16.0
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "transformer-engine"])
+@pytest.mark.parametrize("precision", ["transformer-engine", "transformer-engine-float16"])
 def test_unsupported_precisions_say_so(precision):
     with pytest.raises(ValueError, match="not supported yet"):
         L.Trainer(precision=precision)
+
+
+# --- "bf16-true" / "16-true" / "64-true": the whole model in one dtype ----------------------------
+
+class Seen(Regressor):
+    """Records what a training step sees: its input's dtype and the default dtype there."""
+
+    def training_step(self, batch, batch_idx):
+        self.dtypes.add((batch[0].dtype, dc.get_default_dtype(), dc.zeros(1).dtype, batch[1].dtype))
+        return super().training_step(batch, batch_idx)
+
+
+def fit_true(tmp_path, precision, epochs=5):
+    dc.manual_seed(0)
+    x = dc.randn(512, 8)
+    y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
+    m = Seen()
+    tr = L.Trainer(max_epochs=epochs, precision=precision, default_root_dir=str(tmp_path), logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   gradient_clip_val=1.0)
+    tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
+    with dc.no_grad():
+        mse = nn.functional.mse_loss(m.net(x.to(m.net[0].weight.dtype)).float(), y).item()
+    return tr, m, mse
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16-true", dc.bfloat16), ("16-true", dc.float16),
+                                             ("64-true", dc.float64)])
+def test_true_precision_puts_weights_inputs_state_and_defaults_in_one_dtype(tmp_path, precision, dtype):
+    _, _, mse32 = fit(tmp_path, "32-true")
+    tr, m, mse = fit_true(tmp_path, precision)
+    assert tr.precision == precision and tr.precision_plugin.scaler is None
+    assert all(p.dtype == dtype for p in m.parameters())
+    state = tr.optimizers[0].state[m.net[0].weight]
+    assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == dtype  # as torch's AdamW on such weights
+    assert {d for d in m.dtypes if isinstance(d, tuple)} == {(dtype, dtype, dtype, dtype)}  # targets are floats too
+    assert dc.get_default_dtype() == dc.float32  # restored after each step
+    if dtype == dc.float64:
+        assert abs(mse - mse32) < 0.02 * mse32, (mse, mse32)
+    elif dtype == dc.bfloat16:
+        assert mse < 0.1 and abs(mse - mse32) < 0.3 * mse32, (mse, mse32)
+    else:  # float16 without master weights or loss scaling: Adam's second moment underflows, as in torch
+        assert mse < 0.25, (mse, mse32)
+
+
+def test_64_true_is_exactly_a_float64_loop(tmp_path):
+    tr, m, _ = fit_true(tmp_path, "64-true", epochs=1)
+    dc.manual_seed(0)
+    x = dc.randn(512, 8)
+    y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
+    ref = Seen().double()
+    opt = dc.optim.AdamW(ref.parameters(), lr=3e-3)
+    for i in range(0, 512, 32):
+        xb, yb = x[i:i + 32].double(), y[i:i + 32].double()
+        opt.zero_grad()
+        nn.functional.mse_loss(ref.net(xb), yb).backward()
+        nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
+
+
+def test_bf16_true_checkpoint_holds_bf16_weights_and_resumes(tmp_path):
+    tr, m, _ = fit_true(tmp_path, "bf16-true", epochs=1)
+    path = tmp_path / "t.ckpt"
+    tr.save_checkpoint(str(path))
+    sd = dc.load(str(path))["state_dict"]
+    assert sd["net.0.weight"].dtype == dc.bfloat16
+    m2 = Seen()
+    tr2 = L.Trainer(max_epochs=2, precision="bf16-true", default_root_dir=str(tmp_path), logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    x = dc.randn(64, 8)
+    tr2.fit(m2, DataLoader(TensorDataset(x, x[:, :1]), batch_size=32), ckpt_path=str(path))
+    assert m2.net[0].weight.dtype == dc.bfloat16 and tr2.global_step == 16 + 2
+
+
+def test_64_alias_warns_and_maps():
+    with pytest.warns(UserWarning, match="64-true"):
+        assert L.Trainer(precision=64, logger=False).precision == "64-true"
 
 
 def test_old_aliases_warn_and_map():

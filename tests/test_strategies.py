@@ -228,7 +228,7 @@ def test_trainer_config_has_the_trainers_arguments_and_defaults():
         ({"accelerator": "tpu"}, ValueError, "accelerator='tpu' is not known"),
         ({"devices": "x"}, ValueError, "devices='x' is not an int"),
         ({"precision": "8-bit"}, ValueError, "precision='8-bit' is not known"),
-        ({"precision": 64}, ValueError, "not supported yet"),
+        ({"precision": "transformer-engine"}, ValueError, "not supported yet"),
         ({"fast_dev_run": -1}, ValueError, "fast_dev_run=-1 must be a bool or an int >= 0"),
         ({"max_time": "1:00"}, ValueError, "expected the string format 'DD:HH:MM:SS'"),
         ({"max_time": 5}, TypeError, "max_time must be"),

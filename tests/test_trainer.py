@@ -434,9 +434,10 @@ def test_accelerator_precision_strategy_devices_deterministic_benchmark():
     assert Trainer(precision="32", accelerator="auto", logger=False).precision == "32-true"
     for p in ("bf16-mixed", "16-mixed"):  # accepted on the CPU too (tests/test_precision.py)
         assert Trainer(precision=p, accelerator="cpu", logger=False).precision == p
-    for p in ("bf16-true", "16-true"):
-        with pytest.raises(ValueError, match="not supported yet"):
-            Trainer(precision=p, accelerator="cpu", logger=False)
+    for p in ("bf16-true", "16-true", "64-true"):
+        assert Trainer(precision=p, accelerator="cpu", logger=False).precision == p
+    with pytest.raises(ValueError, match="not supported yet"):
+        Trainer(precision="transformer-engine", accelerator="cpu", logger=False)
     if not dc.cuda.is_available():
         for a in ("gpu", "cuda"):
             with pytest.raises(RuntimeError, match="no CUDA device"):

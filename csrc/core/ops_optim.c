@@ -10,8 +10,8 @@
 static dc_status check_pair(dc_tensor *p, dc_tensor *g, int k, const char *op, const char *what)
 {
     if (!g) return dc_error(DC_ERR_VALUE, "%s: %s %d is missing", op, what, k);
-    if (p->dtype != DC_FLOAT32 && p->dtype != DC_FLOAT64)
-        return dc_error(DC_ERR_DTYPE, "%s: parameter %d has dtype %s; expected float32 or float64", op, k,
+    if (!dc_dtype_is_float(p->dtype)) /* 16-bit: precision="bf16-true"; the math is float32 */
+        return dc_error(DC_ERR_DTYPE, "%s: parameter %d has dtype %s; expected a float dtype", op, k,
                         dc_dtype_name(p->dtype));
     if (g->dtype != p->dtype)
         return dc_error(DC_ERR_DTYPE, "%s: %s %d has dtype %s but its parameter is %s", op, what, k,

@@ -16,9 +16,6 @@ static dc_status cumsum_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 static dc_status scan_impl(dc_tensor **out, dc_tensor *x, int dim, int reverse)
 {
     DC_TRY(wrap_dim(&dim, x->ndim, "cumsum"));
-    if (x->dtype == DC_BFLOAT16 || x->dtype == DC_FLOAT16)
-        return dc_error(DC_ERR_DTYPE, "cumsum: %s is not supported on this device yet; use .float()",
-                        dc_dtype_name(x->dtype));
     /* integers and bool sum into int64, as torch.cumsum does */
     dc_dtype odt = dc_dtype_is_float(x->dtype) ? x->dtype : DC_INT64;
     dc_tensor *y;
@@ -57,9 +54,6 @@ static dc_status cumprod_backward(dc_node *n, dc_tensor *g, dc_tensor **gin)
 dc_status dc_cumprod(dc_tensor **out, dc_tensor *x, int dim)
 {
     DC_TRY(wrap_dim(&dim, x->ndim, "cumprod"));
-    if (x->dtype == DC_BFLOAT16 || x->dtype == DC_FLOAT16)
-        return dc_error(DC_ERR_DTYPE, "cumprod: %s is not supported on this device yet; use .float()",
-                        dc_dtype_name(x->dtype));
     dc_dtype odt = dc_dtype_is_float(x->dtype) ? x->dtype : DC_INT64; /* as torch.cumprod */
     dc_tensor *y;
     DC_TRY(dc_empty(&y, x->ndim, x->shape, odt, x->device));

@@ -1,9 +1,11 @@
 /* backend.c: the CPU kernel table and host memory. Every slot of dc_op is filled (generated from
- * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c, conv.c, linalg.c and
- * optim.c. */
+ * ops.def's kernel-group column); the kernels live in elementwise.c, random.c, reduce.c, nn.c,
+ * conv.c, linalg.c and optim.c, and 16-bit launches they refuse run through widen.c. */
 #include "cpu.h"
 
 #include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 
 static int cpu_device_count(void)
 {
@@ -23,6 +25,27 @@ static dc_status cpu_synchronize(dc_device dev)
     return DC_OK;
 }
 
+/* Every op of ops.def, by its kernel group: op X of group g runs dc_cpu_g. */
+static const dc_kernel_fn cpu_kernels[DC_OP_COUNT] = {
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) [DC_OP_##id] = dc_cpu_##kern,
+#include "../core/ops.def"
+#undef DC_OP
+};
+
+/* Every launch: the op's kernel; a bfloat16/float16 launch its kernel refuses (the message names
+ * the dtype) runs on float32 copies (widen.c). Should that fail too, the kernel's own error stands. */
+static dc_status cpu_launch(const dc_kargs *a)
+{
+    dc_kernel_fn fn = cpu_kernels[a->op];
+    dc_status st = fn(a);
+    if (st != DC_ERR_DTYPE || !dc_cpu_has_16bit(a) || !strstr(dc_last_error(), "float16")) return st;
+    char first[512];
+    snprintf(first, sizeof first, "%s", dc_last_error());
+    dc_status st2 = dc_cpu_launch_widened(a, fn);
+    if (st2 == DC_ERR_DTYPE) return dc_error(st, "%s", first);
+    return st2;
+}
+
 static const dc_backend cpu_backend = {
     .name = "cpu",
     .device_count = cpu_device_count,
@@ -33,9 +56,8 @@ static const dc_backend cpu_backend = {
     .synchronize = cpu_synchronize,
     .cache_info = dc_cpu_cache_info,
     .empty_cache = dc_cpu_empty_cache,
-    /* Every op of ops.def, by its kernel group: op X of group g runs dc_cpu_g. */
     .kernels = {
-#define DC_OP(id, name, fam, kern, bwd, saves, params, node) [DC_OP_##id] = dc_cpu_##kern,
+#define DC_OP(id, name, fam, kern, bwd, saves, params, node) [DC_OP_##id] = cpu_launch,
 #include "../core/ops.def"
 #undef DC_OP
     },

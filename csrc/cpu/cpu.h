@@ -101,6 +101,11 @@ static inline void cpu_view_set(const dc_kview *v, int64_t i, double x)
         ((float *)v->data)[i] = (float)x;
 }
 
+/* widen.c: run kernel fn on float32 copies of a's bfloat16/float16 operands and round back what
+ * it changed; does a have such an operand. */
+dc_status dc_cpu_launch_widened(const dc_kargs *a, dc_kernel_fn fn);
+int dc_cpu_has_16bit(const dc_kargs *a);
+
 /* The uniform "op does not support dtype" error every kernel returns. */
 static inline dc_status cpu_bad_dtype(dc_op op, dc_dtype d)
 {

@@ -370,7 +370,9 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean", label_smoo
         if raw_input.dtype.itemsize == 2:
             logits = raw_input.reshape(-1, C)
         loss = dc._C.cross_entropy(logits, tgt, int(ignore_index), float(label_smoothing))  # (N,)
-        return _ce_reduce(loss, tgt, target, ignore_index, reduction)
+        out = _ce_reduce(loss, tgt, target, ignore_index, reduction)
+        # torch's dtype: that of the (autocast-cast) input; reduced in float32, rounded once
+        return out if out.dtype == input.dtype else out.to(input.dtype)
     logp = logits.log_softmax(-1)  # (N, C)
     ignored = tgt == ignore_index  # (N,) bool
     safe = tgt.masked_fill(ignored, 0)  # gather needs in-range indices on ignored rows

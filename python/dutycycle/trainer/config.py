@@ -20,8 +20,9 @@ import dutycycle as dc
 
 _PRECISIONS_OK = {"32-true": "32-true", "32": "32-true", 32: "32-true", None: "32-true",
                   "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed", "16-mixed": "16-mixed", "16": "16-mixed",
-                  16: "16-mixed"}
-_PRECISIONS_LATER = {"64-true", "64", 64, "bf16-true", "16-true", "transformer-engine", "transformer-engine-float16"}
+                  16: "16-mixed", "bf16-true": "bf16-true", "16-true": "16-true", "64-true": "64-true",
+                  "64": "64-true", 64: "64-true"}
+_PRECISIONS_LATER = {"transformer-engine", "transformer-engine-float16"}
 
 _warned = set()
 
@@ -197,16 +198,17 @@ class TrainerConfig:
 
     def _parse_precision(self, precision):
         if precision in _PRECISIONS_OK:
-            if precision in ("bf16", "16", 16):
+            if precision in ("bf16", "16", 16, "64", 64):
                 _warn_once(("precision", precision),
                            f"precision={precision!r} is supported for historical reasons but its usage is discouraged. "
                            f"Please set your precision to {_PRECISIONS_OK[precision]!r} instead!")
             return _PRECISIONS_OK[precision]
         if precision in _PRECISIONS_LATER:
-            raise ValueError(f"precision={precision!r} is not supported yet (16-bit parameters need 16-bit optimizer "
-                             "kernels); use precision='bf16-mixed' (float32 weights, bfloat16 matmuls) or '32-true'")
+            raise ValueError(f"precision={precision!r} is not supported yet (Transformer Engine's fp8 is not "
+                             "built in); use precision='bf16-mixed' (float32 weights, bfloat16 matmuls) or '32-true'")
         raise ValueError(
-            f"precision={precision!r} is not known; expected '32-true' (or '32'/32), 'bf16-mixed', '16-mixed'"
+            f"precision={precision!r} is not known; expected '32-true' (or '32'/32), 'bf16-mixed', '16-mixed', "
+            "'bf16-true', '16-true' or '64-true'"
         )
 
     # ---- loop limits --------------------------------------------------------------------------------

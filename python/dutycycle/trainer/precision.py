@@ -10,8 +10,13 @@
   gradients hold inf/NaN is skipped and the scale halves; after growth_interval clean steps it
   doubles. Skipped steps are counted (``skipped_steps``), logged as "precision/skipped_steps" and
   warned about once. Reading the inf/NaN flag is one host sync per optimizer step (as in torch).
-- "bf16-true" / "16-true": parameters in 16-bit as well -- not supported yet (the fused optimizer
-  kernels are float32/float64), rejected by the Trainer's argument check.
+- "bf16-true" / "16-true" / "64-true": the whole model in that dtype (Lightning's HalfPrecision and
+  DoublePrecision): the LightningModule's floating parameters and buffers are converted at setup
+  (before configure_optimizers, so the optimizer holds the converted parameters and keeps its state
+  in their dtype), floating tensors of each batch are converted after the transfer hooks, and the
+  default dtype is that dtype inside the steps (tensors made there without a dtype get it). The
+  optimizer kernels compute each update in float32 and round once into the 16-bit parameters.
+  No master weights: small updates can vanish in bfloat16 (use "bf16-mixed" for that).
 
 The scaler's state goes into checkpoints (Lightning's "MixedPrecision" key) and comes back on resume.
 """
@@ -36,6 +41,12 @@ class Precision:
 
     def forward_context(self):
         return contextlib.nullcontext()
+
+    def convert_module(self, module):
+        return module
+
+    def convert_input(self, batch):
+        return batch
 
     def pre_backward(self, loss):
         return loss
@@ -107,8 +118,51 @@ class MixedPrecision(Precision):
             self.scaler.load_state_dict(state)
 
 
+class TruePrecision(Precision):
+    """ "bf16-true", "16-true", "64-true": parameters, inputs and the default dtype in one dtype."""
+
+    _DTYPES = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64"}
+
+    def __init__(self, precision, device_type="cpu"):
+        super().__init__(device_type)
+        self.name = precision
+        self.dtype = getattr(dc, self._DTYPES[precision])
+
+    def convert_module(self, module):
+        return module.to(self.dtype)
+
+    def convert_input(self, batch):
+        return _convert_floats(batch, self.dtype)
+
+    @contextlib.contextmanager
+    def forward_context(self):
+        old = dc.get_default_dtype()
+        dc.set_default_dtype(self.dtype)
+        try:
+            yield
+        finally:
+            dc.set_default_dtype(old)
+
+
+def _convert_floats(batch, dtype):
+    """Floating tensors anywhere in batch (dicts, lists, tuples, namedtuples) converted to dtype;
+    integer tensors (labels, token ids) and everything else left as they are."""
+    if isinstance(batch, dc.Tensor):
+        return batch.to(dtype) if batch.dtype.is_floating_point and batch.dtype != dtype else batch
+    if isinstance(batch, dict):
+        return type(batch)((k, _convert_floats(v, dtype)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_convert_floats(v, dtype) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_convert_floats(v, dtype) for v in batch)
+    return batch
+
+
 def plugin_for(precision, device_type):
-    """The plugin for a parsed precision string ("32-true", "bf16-mixed", "16-mixed")."""
+    """The plugin for a parsed precision string ("32-true", "bf16-mixed", "16-mixed", "bf16-true",
+    "16-true", "64-true")."""
     if precision in ("bf16-mixed", "16-mixed"):
         return MixedPrecision(precision, device_type)
+    if precision in TruePrecision._DTYPES:
+        return TruePrecision(precision, device_type)
     return Precision(device_type)

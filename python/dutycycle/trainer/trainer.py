@@ -526,6 +526,7 @@ class Trainer:
             getattr(lg, "experiment", None)
         self._call_hook("setup", stage=stage, datamodule=True)
         self._call_hook("configure_model", callbacks=False)
+        self.precision_plugin.convert_module(self.lightning_module)  # bf16-true/16-true/64-true: in place
         self.strategy.setup(self)  # note: host -> device copy of the parameters (on a GPU)
 
     def _rank_zero_loggers(self):
@@ -893,7 +894,7 @@ class Trainer:
             and type(self.datamodule).on_after_batch_transfer is not LightningDataModule.on_after_batch_transfer
         ):
             batch = self.datamodule.on_after_batch_transfer(batch, dataloader_idx)
-        return batch
+        return self.precision_plugin.convert_input(batch)  # *-true: floating inputs in the model's dtype
 
     def _update_lr_schedulers(self, interval, plateau=False):
         """Lightning's _update_learning_rates: the schedulers of `interval` whose frequency divides the
