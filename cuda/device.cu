@@ -640,10 +640,11 @@ extern "C" int dc_cuda_launch_has_16bit(const dc_kargs *a); /* backend.cu */
 static dc_status launch_many(int n, const dc_kargs *a)
 {
     const dc_backend *b = dc_cuda_backend_get();
+    /* SGD and AdamW step 16-bit tensors themselves; SCALE and NORM_POW on 16-bit gradients go one by
+     * one through the table's float32 fallback (NORM_POW adds into t0) */
     bool any16 = false;
     for (int i = 0; i < n && !any16; i++) any16 = dc_cuda_launch_has_16bit(&a[i]);
-    if (any16 && n > 0 && b->kernels[a[0].op]) { /* 16-bit tensors (bf16-true): each through the table's
-                                                  * float32 fallback, one by one (NORM_POW adds into t0) */
+    if (any16 && n > 0 && a[0].op != DC_OP_SGD && a[0].op != DC_OP_ADAMW && b->kernels[a[0].op]) {
         for (int i = 0; i < n; i++) DC_TRY(b->kernels[a[i].op](&a[i]));
         return DC_OK;
     }

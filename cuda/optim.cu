@@ -2,12 +2,13 @@
  * computed on the device) and the multi-tensor launcher that queues a whole parameter list as one
  * kernel per chunk of tensors (backend-impl.h's launch_many slot), NORM_POW included.
  *
- * Reference: csrc/cpu/optim.c. Every step computes in the parameter's own precision with the CPU's
- * exact operation order; the arithmetic goes through the __f*_rn / __d*_rn intrinsics so nvcc does not
- * contract a*b+c into an FMA (the CPU is built as ISO C11, -ffp-contract=off): CUDA and CPU results
- * are then equal bit for bit (IEEE division and square root on both sides). The scalar
- * coefficients (lr/bc1, 1/sqrt(bc2), ...) are computed on the host in double, as optim.c does, and
- * rounded to the param dtype once.
+ * Reference: csrc/cpu/optim.c. Every step computes in the parameter's own precision (bfloat16 and
+ * float16 parameters, gradients and moments in float32, each result rounded once: the numbers of
+ * the CPU's float32 fallback for them, csrc/cpu/widen.c) with the CPU's exact operation order; the arithmetic goes
+ * through the __f*_rn / __d*_rn intrinsics so nvcc does not contract a*b+c into an FMA (the CPU is built as ISO C11,
+ * -ffp-contract=off): CUDA and CPU results are then equal bit for bit (IEEE division and square root on both sides).
+ * The scalar coefficients (lr/bc1, 1/sqrt(bc2), ...) are computed on the host in double, as optim.c does, and rounded
+ * to the param dtype once.
  *
  * Multi-tensor layout (PyTorch's multi_tensor_apply, with a binary search instead of a per-block
  * table): a tl_meta struct passed BY VALUE as the kernel argument (__grid_constant__: read in place
@@ -119,7 +120,7 @@ template <bool V, class T> __device__ __forceinline__ pk<T> pk_load(const T *p, 
     } else {
         pk<T> r;
 #pragma unroll
-        for (int l = 0; l < pk<T>::W; l++) r.v[l] = l < nl ? p[l] : T(0);
+        for (int l = 0; l < pk<T>::W; l++) r.v[l] = l < nl ? p[l] : T();
         return r;
     }
 }
@@ -228,8 +229,20 @@ __global__ void __launch_bounds__(TL_THREADS)
 
 /* --- SGD ---------------------------------------------------------------------------------------------- */
 
+/* Storage S (float, double, bfloat16, half) is read into its compute type T (float for the 16-bit
+ * ones, as csrc/cpu/widen.c computes them: the same numbers bit for bit) and rounded back once. */
+template <class S> __device__ __forceinline__ typename dc_acc<S>::type ld(S x)
+{
+    return dc_load(x);
+}
+template <class S, class T> __device__ __forceinline__ S st(T x)
+{
+    return dc_store<S>(x);
+}
+
 /* t0 param, t1 grad, t2 momentum buffer (when has_buf): optim.c's DEF_SGD. */
-template <class T> struct sgd_op {
+template <class S> struct sgd_op {
+    typedef typename dc_acc<S>::type T;
     static constexpr int D = 3;
     struct P {
         T lr, mom, damp1, wd, sign; /* damp1 = (T)(1 - dampening) */
@@ -238,23 +251,24 @@ template <class T> struct sgd_op {
     template <class M> __device__ static void chunk(const M &m, int t, int64_t, int64_t lo, int len)
     {
         const P q = m.prm[m.pidx[t]];
-        T *p = (T *)m.ptr[0][t] + lo;
-        const T *gr = (const T *)m.ptr[1][t] + lo;
-        T *buf = q.has_buf ? (T *)m.ptr[2][t] + lo : nullptr;
+        S *p = (S *)m.ptr[0][t] + lo;
+        const S *gr = (const S *)m.ptr[1][t] + lo;
+        S *buf = q.has_buf ? (S *)m.ptr[2][t] + lo : nullptr;
         const bool al = aligned16(p) && aligned16(gr) && (!buf || aligned16(buf));
-        tl_chunk_loop<T>(len, al, [&](int off, int nl, auto vec) {
+        tl_chunk_loop<S>(len, al, [&](int off, int nl, auto vec) {
             constexpr bool V = decltype(vec)::value;
-            pk<T> pv = pk_load<V>(p + off, nl), gv = pk_load<V>(gr + off, nl), bv;
+            pk<S> pv = pk_load<V>(p + off, nl), gv = pk_load<V>(gr + off, nl), bv;
             if (buf) bv = pk_load<V>(buf + off, nl);
 #pragma unroll
-            for (int l = 0; l < pk<T>::W; l++) {
-                T g = rn_add(rn_mul(q.sign, gv.v[l]), rn_mul(q.wd, pv.v[l]));
+            for (int l = 0; l < pk<S>::W; l++) {
+                const T pi = ld(pv.v[l]);
+                T g = rn_add(rn_mul(q.sign, ld(gv.v[l])), rn_mul(q.wd, pi));
                 if (buf) {
-                    T b = q.first ? g : rn_add(rn_mul(q.mom, bv.v[l]), rn_mul(q.damp1, g));
-                    bv.v[l] = b;
+                    T b = q.first ? g : rn_add(rn_mul(q.mom, ld(bv.v[l])), rn_mul(q.damp1, g));
+                    bv.v[l] = st<S>(b);
                     g = q.nesterov ? rn_add(g, rn_mul(q.mom, b)) : b;
                 }
-                pv.v[l] = rn_sub(pv.v[l], rn_mul(q.lr, g));
+                pv.v[l] = st<S>(rn_sub(pi, rn_mul(q.lr, g)));
             }
             if (buf) pk_store<V>(buf + off, bv, nl);
             pk_store<V>(p + off, pv, nl);
@@ -264,8 +278,10 @@ template <class T> struct sgd_op {
 
 /* --- AdamW -------------------------------------------------------------------------------------------- */
 
-/* t0 param, t1 grad, t2 exp_avg, t3 exp_avg_sq: optim.c's DEF_ADAMW. */
-template <class T> struct adamw_op {
+/* t0 param, t1 grad, t2 exp_avg, t3 exp_avg_sq: optim.c's DEF_ADAMW. The moments are kept in the
+ * parameter's dtype (torch's AdamW on 16-bit parameters), each rounded once per step. */
+template <class S> struct adamw_op {
+    typedef typename dc_acc<S>::type T;
     static constexpr int D = 4;
     struct P {
         T b1, b2, eps, decay, step, inv_sqrt_bc2, sign; /* decay = 1 - lr*wd, step = lr/bc1 */
@@ -274,23 +290,23 @@ template <class T> struct adamw_op {
     {
         const P q = m.prm[m.pidx[t]];
         const T omb1 = rn_sub(T(1), q.b1), omb2 = rn_sub(T(1), q.b2);
-        T *p = (T *)m.ptr[0][t] + lo, *mm = (T *)m.ptr[2][t] + lo, *vv = (T *)m.ptr[3][t] + lo;
-        const T *gr = (const T *)m.ptr[1][t] + lo;
+        S *p = (S *)m.ptr[0][t] + lo, *mm = (S *)m.ptr[2][t] + lo, *vv = (S *)m.ptr[3][t] + lo;
+        const S *gr = (const S *)m.ptr[1][t] + lo;
         const bool al = aligned16(p) && aligned16(gr) && aligned16(mm) && aligned16(vv);
-        tl_chunk_loop<T>(len, al, [&](int off, int nl, auto vec) {
+        tl_chunk_loop<S>(len, al, [&](int off, int nl, auto vec) {
             constexpr bool V = decltype(vec)::value;
-            pk<T> pv = pk_load<V>(p + off, nl), gv = pk_load<V>(gr + off, nl);
-            pk<T> mv = pk_load<V>(mm + off, nl), vs = pk_load<V>(vv + off, nl);
+            pk<S> pv = pk_load<V>(p + off, nl), gv = pk_load<V>(gr + off, nl);
+            pk<S> mv = pk_load<V>(mm + off, nl), vs = pk_load<V>(vv + off, nl);
 #pragma unroll
-            for (int l = 0; l < pk<T>::W; l++) {
-                T g = rn_mul(q.sign, gv.v[l]);
-                T mi = rn_add(rn_mul(q.b1, mv.v[l]), rn_mul(omb1, g));
-                T vi = rn_add(rn_mul(q.b2, vs.v[l]), rn_mul(rn_mul(omb2, g), g));
-                mv.v[l] = mi;
-                vs.v[l] = vi;
+            for (int l = 0; l < pk<S>::W; l++) {
+                T g = rn_mul(q.sign, ld(gv.v[l]));
+                T mi = rn_add(rn_mul(q.b1, ld(mv.v[l])), rn_mul(omb1, g));
+                T vi = rn_add(rn_mul(q.b2, ld(vs.v[l])), rn_mul(rn_mul(omb2, g), g));
+                mv.v[l] = st<S>(mi);
+                vs.v[l] = st<S>(vi);
                 /* p*decay - (step*mi) / (sqrt(vi)*inv_sqrt_bc2 + eps) */
                 T den = rn_add(rn_mul(rn_sqrt(vi), q.inv_sqrt_bc2), q.eps);
-                pv.v[l] = rn_sub(rn_mul(pv.v[l], q.decay), rn_div(rn_mul(q.step, mi), den));
+                pv.v[l] = st<S>(rn_sub(rn_mul(ld(pv.v[l]), q.decay), rn_div(rn_mul(q.step, mi), den)));
             }
             pk_store<V>(mm + off, mv, nl);
             pk_store<V>(vv + off, vs, nl);
@@ -515,7 +531,10 @@ template <class Op> using tl_many_list = tl_list<Op, tl_max_tensors<Op::D, typen
 
 template <class T> static constexpr dc_dtype dtype_of()
 {
-    return std::is_same<T, float>::value ? DC_FLOAT32 : DC_FLOAT64;
+    return std::is_same<T, float>::value           ? DC_FLOAT32
+           : std::is_same<T, double>::value        ? DC_FLOAT64
+           : std::is_same<T, __nv_bfloat16>::value ? DC_BFLOAT16
+                                                   : DC_FLOAT16;
 }
 
 /* Row-major contiguous, size-1 dims ignored (cpu_is_contig). */
@@ -560,13 +579,14 @@ static dc_status bad_dtype(const dc_kargs *a, dc_dtype dt)
                     dc_dtype_name(dt));
 }
 
-/* The first n operands: float32/float64, one dtype, one element count, contiguous. */
+/* The first n operands: one float dtype (16-bit ones computed in float32), one element count,
+ * contiguous. */
 static dc_status check_contig(const dc_kargs *a, int n)
 {
     const char *op = dc_op_names[a->op];
     if (a->nt < n) return dc_error(DC_ERR_INTERNAL, "cuda %s: %d operands, want %d", op, a->nt, n);
     const dc_dtype dt = a->t[0].dtype;
-    if (dt != DC_FLOAT32 && dt != DC_FLOAT64) return bad_dtype(a, dt);
+    if (dt != DC_FLOAT32 && dt != DC_FLOAT64 && dt != DC_BFLOAT16 && dt != DC_FLOAT16) return bad_dtype(a, dt);
     const int64_t numel = view_numel(&a->t[0]);
     for (int k = 0; k < n; k++) {
         if (a->t[k].dtype != dt)
@@ -587,10 +607,11 @@ static dc_status sgd_check(const dc_kargs *a)
     return check_contig(a, a->p.sgd.momentum != 0 ? 3 : 2);
 }
 
-/* optim.c's casts: each coefficient computed in double, rounded to T once. */
-template <class T> static typename sgd_op<T>::P sgd_prm(const struct dc_sgd_params *hp)
+/* optim.c's casts: each coefficient computed in double, rounded to the compute type T once. */
+template <class S> static typename sgd_op<S>::P sgd_prm(const struct dc_sgd_params *hp)
 {
-    typename sgd_op<T>::P q;
+    typedef typename sgd_op<S>::T T;
+    typename sgd_op<S>::P q;
     memset(&q, 0, sizeof q);
     q.lr = (T)hp->lr;
     q.mom = (T)hp->momentum;
@@ -613,9 +634,10 @@ static dc_status adamw_check(const dc_kargs *a)
     return DC_OK;
 }
 
-template <class T> static typename adamw_op<T>::P adamw_prm(const struct dc_adamw_params *hp)
+template <class S> static typename adamw_op<S>::P adamw_prm(const struct dc_adamw_params *hp)
 {
-    typename adamw_op<T>::P q;
+    typedef typename adamw_op<S>::T T;
+    typename adamw_op<S>::P q;
     memset(&q, 0, sizeof q);
     q.b1 = (T)hp->beta1;
     q.b2 = (T)hp->beta2;
@@ -671,7 +693,19 @@ template <class T> static dc_status scale_strided(const dc_kview *v, int64_t n, 
     return DC_OK;
 }
 
-/* DC_OP_SGD: t0 param -= lr * step(t1 grad, t2 momentum buffer when momentum != 0); float32/64. */
+/* Calls f(S()) for the storage type of an optimizer step's float dtype (checked before). */
+template <class F> static dc_status optim_dispatch(dc_dtype dt, F &&f)
+{
+    switch (dt) {
+    case DC_FLOAT32: return f(float());
+    case DC_FLOAT64: return f(double());
+    case DC_BFLOAT16: return f(__nv_bfloat16());
+    default: return f(__half());
+    }
+}
+
+/* DC_OP_SGD: t0 param -= lr * step(t1 grad, t2 momentum buffer when momentum != 0); float32/64,
+ * bfloat16/float16 (computed in float32). */
 static dc_status k_sgd(const dc_kargs *a)
 {
     DC_TRY(sgd_check(a));
@@ -679,11 +713,14 @@ static dc_status k_sgd(const dc_kargs *a)
     if (n == 0) return DC_OK;
     DC_TRY(dc_cuda_use_device_of(a->t[0].data));
     void *ptr[3] = { a->t[0].data, a->t[1].data, a->nt > 2 ? a->t[2].data : NULL };
-    if (a->t[0].dtype == DC_FLOAT32) return tl_one<sgd_op<float>>(ptr, n, sgd_prm<float>(&a->p.sgd));
-    return tl_one<sgd_op<double>>(ptr, n, sgd_prm<double>(&a->p.sgd));
+    return optim_dispatch(a->t[0].dtype, [&](auto tag) {
+        typedef decltype(tag) S;
+        return tl_one<sgd_op<S>>(ptr, n, sgd_prm<S>(&a->p.sgd));
+    });
 }
 
-/* DC_OP_ADAMW: t0 param, t1 grad, t2 exp_avg, t3 exp_avg_sq, updated in place; float32/64. */
+/* DC_OP_ADAMW: t0 param, t1 grad, t2 exp_avg, t3 exp_avg_sq, updated in place; float32/64,
+ * bfloat16/float16 (computed in float32). */
 static dc_status k_adamw(const dc_kargs *a)
 {
     DC_TRY(adamw_check(a));
@@ -691,8 +728,10 @@ static dc_status k_adamw(const dc_kargs *a)
     if (n == 0) return DC_OK;
     DC_TRY(dc_cuda_use_device_of(a->t[0].data));
     void *ptr[4] = { a->t[0].data, a->t[1].data, a->t[2].data, a->t[3].data };
-    if (a->t[0].dtype == DC_FLOAT32) return tl_one<adamw_op<float>>(ptr, n, adamw_prm<float>(&a->p.adamw));
-    return tl_one<adamw_op<double>>(ptr, n, adamw_prm<double>(&a->p.adamw));
+    return optim_dispatch(a->t[0].dtype, [&](auto tag) {
+        typedef decltype(tag) S;
+        return tl_one<adamw_op<S>>(ptr, n, adamw_prm<S>(&a->p.adamw));
+    });
 }
 
 /* DC_OP_SCALE: t0 *= factor (or clip_grad_norm_'s factor from t1, computed on the device); t0
@@ -895,8 +934,16 @@ extern "C" dc_status dc_cuda_optim_launch_many(int n, const dc_kargs *a)
     DC_TRY(dc_cuda_use_device_of(a[0].t[0].data));
     cudaStream_t stream = dc_cuda_stream();
     switch (op) {
-    case DC_OP_SGD: DC_TRY(sgd_many<float>(n, a, stream)); return sgd_many<double>(n, a, stream);
-    case DC_OP_ADAMW: DC_TRY(adamw_many<float>(n, a, stream)); return adamw_many<double>(n, a, stream);
+    case DC_OP_SGD:
+        DC_TRY(sgd_many<float>(n, a, stream));
+        DC_TRY(sgd_many<double>(n, a, stream));
+        DC_TRY(sgd_many<__nv_bfloat16>(n, a, stream));
+        return sgd_many<__half>(n, a, stream);
+    case DC_OP_ADAMW:
+        DC_TRY(adamw_many<float>(n, a, stream));
+        DC_TRY(adamw_many<double>(n, a, stream));
+        DC_TRY(adamw_many<__nv_bfloat16>(n, a, stream));
+        return adamw_many<__half>(n, a, stream);
     case DC_OP_SCALE: DC_TRY(scale_many<float>(n, a, stream)); return scale_many<double>(n, a, stream);
     default: return norm_many(n, a, stream);
     }

@@ -547,3 +547,38 @@ def test_op_in_16_bit_on_the_cpu(name, dtype, rng):
     else:
         tol = 2.0 ** -7 if dtype == "bfloat16" else 2.0 ** -10
         np.testing.assert_allclose(got, want, rtol=4 * tol, atol=4 * tol, err_msg=name)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.check is None and "float32" in c.dtypes))
+def test_op_in_bfloat16_on_cuda_against_the_cpu(name, rng):
+    # the CUDA column in bfloat16: native 16-bit kernels and the float32 fallback alike, against the
+    # CPU's 16-bit path (the float32 op rounded once), within bfloat16's tolerance
+    if "cuda" not in TABLE[name]["devices"]:
+        pytest.skip(f"op {name} has no cuda kernel yet")
+    case = CASES[name]
+    inputs = case.inputs(rng)
+    outs = []
+    for device in ("cpu", "cuda"):
+        xs = [_to(a, "float32", device).to(dc.bfloat16) if a.dtype != np.int64 else _to(a, "float32", device)
+              for a in inputs]
+        outs.append(_np_of(case.fn(*xs)))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-2, atol=1e-2, err_msg=name)
+
+
+_TF32_OPS = [n for n in ("matmul", "conv2d", "conv_transpose2d") if n in CASES]
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("name", _TF32_OPS)
+def test_tf32_ops_on_cuda_within_1e_3(name, rng):
+    case = CASES[name]
+    inputs = case.inputs(rng)
+    cpu = _np_of(case.fn(*[_to(a, "float32", "cpu") for a in inputs]))
+    old = dc.backends.cuda.matmul.allow_tf32, dc.backends.cudnn.allow_tf32
+    dc.backends.cuda.matmul.allow_tf32 = dc.backends.cudnn.allow_tf32 = True
+    try:
+        got = _np_of(case.fn(*[_to(a, "float32", "cuda") for a in inputs]))
+    finally:
+        dc.backends.cuda.matmul.allow_tf32, dc.backends.cudnn.allow_tf32 = old
+    np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(cpu).max())), err_msg=name)

@@ -797,7 +797,6 @@ static dc_status decode_field(dc_pipe *p, const sample_t *s, field_t *f, decoded
     return DC_OK;
 }
 
-
 static const char *kind_name(int k)
 {
     return k == DC_COL_TENSOR ? "an array" : k == DC_COL_TEXT ? "text" : k == DC_COL_JSON ? "JSON" : "bytes";
