@@ -210,19 +210,6 @@ static bool is16(dc_dtype d)
     return d == DC_BFLOAT16 || d == DC_FLOAT16;
 }
 
-static dc_kview contiguous_like(const dc_kview *v, void *data, dc_dtype dt)
-{
-    dc_kview c = *v;
-    c.data = (char *)data;
-    c.dtype = dt;
-    int64_t s = 1;
-    for (int d = v->ndim - 1; d >= 0; d--) {
-        c.strides[d] = s;
-        s *= v->shape[d];
-    }
-    return c;
-}
-
 /* One pass: widen (to_f32) or narrow; a and b the geometry's two views. */
 static dc_status convert(bool to_f32, const dc_kview *a, const dc_kview *b, float *f32, uint16_t *snap, uint16_t *x,
                          bool bf16, cudaStream_t stream)
@@ -260,7 +247,7 @@ static dc_status launch_widened(const dc_kargs *a, dc_kernel_fn fn)
         const int64_t n = view_numel(v);
         DC_TRY(dc_cuda_scratch((size_t)n * sizeof(float), &f32[k].p));
         DC_TRY(dc_cuda_scratch((size_t)n * sizeof(uint16_t), &snap[k].p));
-        w.t[k] = contiguous_like(v, f32[k].p, DC_FLOAT32);
+        w.t[k] = dc_kview_contiguous(v, f32[k].p, DC_FLOAT32);
         if (n)
             DC_TRY(convert(true, &w.t[k], v, (float *)f32[k].p, (uint16_t *)snap[k].p, (uint16_t *)v->data,
                            v->dtype == DC_BFLOAT16, dc_cuda_stream()));

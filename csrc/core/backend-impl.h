@@ -25,6 +25,20 @@ typedef struct {
     dc_dtype dtype;
 } dc_kview;
 
+/* v's shape with row-major contiguous strides, over `data` of dtype dt (a scratch copy's view). */
+static inline dc_kview dc_kview_contiguous(const dc_kview *v, void *data, dc_dtype dt)
+{
+    dc_kview c = *v;
+    c.data = (char *)data;
+    c.dtype = dt;
+    int64_t s = 1;
+    for (int d = v->ndim - 1; d >= 0; d--) {
+        c.strides[d] = s;
+        s *= v->shape[d];
+    }
+    return c;
+}
+
 #define DC_KARGS_MAX_T 10
 /* One kernel launch: the op, its tensor operands (their order is documented at the op's line in
  * ops.def) and the named parameters of its family (ops.def's `params` column). */

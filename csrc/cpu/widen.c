@@ -63,19 +63,6 @@ static void narrow_run(char **p, const int64_t *s, int64_t n, const void *ctx)
     }
 }
 
-static dc_kview contiguous_like(const dc_kview *v, void *data, dc_dtype dt)
-{
-    dc_kview c = *v;
-    c.data = data;
-    c.dtype = dt;
-    int64_t s = 1;
-    for (int d = v->ndim - 1; d >= 0; d--) {
-        c.strides[d] = s;
-        s *= v->shape[d];
-    }
-    return c;
-}
-
 dc_status dc_cpu_launch_widened(const dc_kargs *a, dc_kernel_fn fn)
 {
     dc_kargs w = *a;
@@ -93,9 +80,9 @@ dc_status dc_cpu_launch_widened(const dc_kargs *a, dc_kernel_fn fn)
                           dc_op_names[a->op], dc_dtype_name(v->dtype), (long long)n);
             break;
         }
-        w.t[k] = contiguous_like(v, f32[k], DC_FLOAT32);
+        w.t[k] = dc_kview_contiguous(v, f32[k], DC_FLOAT32);
         if (n) {
-            dc_kview snap = contiguous_like(v, raw[k], v->dtype);
+            dc_kview snap = dc_kview_contiguous(v, raw[k], v->dtype);
             const dc_kview *vv[3] = { &w.t[k], &snap, v };
             cpu_iter it;
             cpu_iter_init(&it, 3, vv, 0);
@@ -106,7 +93,7 @@ dc_status dc_cpu_launch_widened(const dc_kargs *a, dc_kernel_fn fn)
     for (int k = 0; k < a->nt && !st; k++) {
         const dc_kview *v = &a->t[k];
         if (!f32[k] || cpu_numel(v) == 0) continue;
-        dc_kview snap = contiguous_like(v, raw[k], v->dtype);
+        dc_kview snap = dc_kview_contiguous(v, raw[k], v->dtype);
         const dc_kview *vv[3] = { v, &w.t[k], &snap };
         cpu_iter it;
         cpu_iter_init(&it, 3, vv, 0);
