@@ -151,8 +151,10 @@ def main(argv=None):
     p.add_argument("--root", default="demo_runs", help="where logs and checkpoints go (default ./demo_runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                   help="Trainer precision (default 32-true; bf16-mixed: bfloat16 matmuls, float32 weights)")
+    p.add_argument("--precision", default="32-true",
+                   choices=["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"],
+                   help="Trainer precision (default 32-true; bf16-mixed: bfloat16 matmuls, float32 weights; "
+                        "bf16-true: the whole model in bfloat16)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where to train (default auto: the GPU when there is one)")
     args = p.parse_args(argv)
