@@ -161,15 +161,15 @@ class BuildExt(build_ext):
             # a fixed folder (not pip's throw-away build_temp): a rebuild recompiles only changed .cu files
             out_dir = os.path.join(ROOT, "build", "cuda-sm" + "-".join(archs))
             os.makedirs(out_dir, exist_ok=True)
-            # Each object is keyed by the hash of its source, every header it may include and the
-            # flags (not by mtimes): objects compiled on another machine, or copied with fresh
-            # mtimes, are reused exactly when they were built from the same text the same way.
+            # Each object is keyed by the hash of its source, every header it may include, the flags
+            # and nvcc's version (not by mtimes): objects compiled on another machine, or copied with
+            # fresh mtimes, are reused exactly when they were built from the same text the same way.
             deps = sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cuh")) + glob.glob(os.path.join(ROOT, "cuda", "*.h"))
                           + glob.glob(os.path.join(ROOT, "csrc", "core", "*.h"))
                           + glob.glob(os.path.join(ROOT, "csrc", "core", "*.def"))
                           + glob.glob(os.path.join(ROOT, "csrc", "alloc", "*.h"))
                           + glob.glob(os.path.join(ROOT, "csrc", "plan", "*.h")))
-            dep_hash = hashlib.sha256()
+            dep_hash = hashlib.sha256(subprocess.check_output([nvcc, "--version"]))
             for p in deps:
                 dep_hash.update(os.path.relpath(p, ROOT).encode() + b"\0" + open(p, "rb").read() + b"\0")
             jobs, objs = [], []

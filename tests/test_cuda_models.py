@@ -83,50 +83,17 @@ def test_model_trains_on_gpu_and_matches_cpu_first_step(case):
 
 
 def test_bf16_mixed_converges_like_float32_on_gpu(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_precision import Regressor  # noqa: F401  (same module as the CPU test)
+    from test_precision import fit  # the CPU test's task and model
 
-    import dutycycle as L
-    from dutycycle.data import DataLoader, TensorDataset
-
-    def fit(precision):
-        dc.manual_seed(0)
-        x = dc.randn(512, 8)
-        y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
-        m = Regressor()
-        tr = L.Trainer(max_epochs=5, precision=precision, accelerator="gpu", default_root_dir=str(tmp_path),
-                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False)
-        tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
-        with dc.no_grad():
-            return nn.functional.mse_loss(m.net(x.cuda()), y.cuda()).item()
-
-    f32, b16 = fit("32-true"), fit("bf16-mixed")
+    f32, b16 = fit(tmp_path, "32-true", accelerator="gpu")[2], fit(tmp_path, "bf16-mixed", accelerator="gpu")[2]
     assert f32 < 0.1 and abs(b16 - f32) < 0.25 * f32
 
 
 def test_bf16_true_trains_on_gpu_like_on_the_cpu(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_precision import Seen
+    from test_precision import fit_true
 
-    import dutycycle as L
-    from dutycycle.data import DataLoader, TensorDataset
-
-    def fit(accelerator):
-        dc.manual_seed(0)
-        x = dc.randn(512, 8)
-        y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
-        m = Seen()
-        tr = L.Trainer(max_epochs=3, precision="bf16-true", accelerator=accelerator, default_root_dir=str(tmp_path),
-                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, gradient_clip_val=1.0)
-        tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
-        assert all(p.dtype == dc.bfloat16 for p in m.parameters())
-        dev = m.net[0].weight.device
-        with dc.no_grad():
-            return nn.functional.mse_loss(m.net(x.to(dev).bfloat16()).float(), y.to(dev)).item()
-
-    cpu, gpu = fit("cpu"), fit("gpu")
+    (_, m_cpu, cpu), (_, m_gpu, gpu) = (fit_true(tmp_path, "bf16-true", 3, a) for a in ("cpu", "gpu"))
+    assert all(p.dtype == dc.bfloat16 and p.device.type == "cuda" for p in m_gpu.parameters())
     assert gpu < 0.2 and abs(gpu - cpu) < 0.3 * cpu, (cpu, gpu)
 
 

@@ -119,17 +119,20 @@ class Regressor(L.LightningModule):
         return dc.optim.AdamW(self.parameters(), lr=3e-3)
 
 
-def fit(tmp_path, precision, epochs=5, **kw):
+def fit(tmp_path, precision, epochs=5, accelerator="cpu", module=None, **kw):
+    """Train a Regressor (or module()) on a fixed regression task; (trainer, model, final mse). Also
+    the GPU tests' helper (tests/test_cuda_models.py)."""
     dc.manual_seed(0)
     x = dc.randn(512, 8)
     y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
-    m = Regressor(**kw)
-    tr = L.Trainer(max_epochs=epochs, precision=precision, default_root_dir=str(tmp_path), logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    m = module() if module is not None else Regressor(**kw)
+    tr = L.Trainer(max_epochs=epochs, precision=precision, accelerator=accelerator, default_root_dir=str(tmp_path),
+                   logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                    gradient_clip_val=1.0)
     tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
+    w = m.net[0].weight  # the model's device and dtype (float32 master weights under *-mixed)
     with dc.no_grad():
-        mse = nn.functional.mse_loss(m.net(x), y).item()
+        mse = nn.functional.mse_loss(m.net(x.to(w.device).to(w.dtype)).float(), y.to(w.device)).item()
     return tr, m, mse
 
 
@@ -198,18 +201,8 @@ class Seen(Regressor):
         return super().training_step(batch, batch_idx)
 
 
-def fit_true(tmp_path, precision, epochs=5):
-    dc.manual_seed(0)
-    x = dc.randn(512, 8)
-    y = (x[:, :1] * 2 - x[:, 1:2]).tanh()
-    m = Seen()
-    tr = L.Trainer(max_epochs=epochs, precision=precision, default_root_dir=str(tmp_path), logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   gradient_clip_val=1.0)
-    tr.fit(m, DataLoader(TensorDataset(x, y), batch_size=32))
-    with dc.no_grad():
-        mse = nn.functional.mse_loss(m.net(x.to(m.net[0].weight.dtype)).float(), y).item()
-    return tr, m, mse
+def fit_true(tmp_path, precision, epochs=5, accelerator="cpu"):
+    return fit(tmp_path, precision, epochs, accelerator, module=Seen)
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16-true", dc.bfloat16), ("16-true", dc.float16),

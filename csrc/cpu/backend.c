@@ -5,7 +5,6 @@
 
 #include <pthread.h>
 #include <stdio.h>
-#include <string.h>
 
 static int cpu_device_count(void)
 {
@@ -32,13 +31,14 @@ static const dc_kernel_fn cpu_kernels[DC_OP_COUNT] = {
 #undef DC_OP
 };
 
-/* Every launch: the op's kernel; a bfloat16/float16 launch its kernel refuses (the message names
- * the dtype) runs on float32 copies (widen.c). Should that fail too, the kernel's own error stands. */
+/* Every launch: the op's kernel; a bfloat16/float16 launch its kernel refuses (DC_ERR_DTYPE: the op
+ * layer has checked that the operands' dtypes agree, so a kernel's refusal is the dtype itself)
+ * runs on float32 copies (widen.c). Refused again, the kernel's own error stands. */
 static dc_status cpu_launch(const dc_kargs *a)
 {
     dc_kernel_fn fn = cpu_kernels[a->op];
     dc_status st = fn(a);
-    if (st != DC_ERR_DTYPE || !dc_cpu_has_16bit(a) || !strstr(dc_last_error(), "float16")) return st;
+    if (st != DC_ERR_DTYPE || !dc_cpu_has_16bit(a)) return st;
     char first[512];
     snprintf(first, sizeof first, "%s", dc_last_error());
     dc_status st2 = dc_cpu_launch_widened(a, fn);

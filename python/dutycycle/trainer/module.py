@@ -564,22 +564,32 @@ class LightningDataModule(HyperparametersMixin):
         return dm
 
 
+def apply_to_tensors(batch, fn):
+    """batch with fn applied to every tensor in it (dicts, lists, tuples, namedtuples, nested);
+    everything else left as it is."""
+    if isinstance(batch, dc.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return type(batch)((k, apply_to_tensors(v, fn)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(apply_to_tensors(v, fn) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(apply_to_tensors(v, fn) for v in batch)
+    return batch
+
+
 def move_data_to_device(batch, device):
     """Tensors anywhere in batch (dicts, lists, tuples, namedtuples) moved to device; a no-op
     (no copy) when they are already there."""
-    if isinstance(batch, dc.Tensor):
-        if batch.device == device:
-            return batch
-        if device.type == "cuda" and batch.device.type == "cpu":
-            return dc.cuda._copy_to_device_overlapped(batch, device)  # on the copy stream: no host wait
-        return batch.to(device)  # note: host -> device copy
-    if isinstance(batch, dict):
-        return type(batch)((k, move_data_to_device(v, device)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_data_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_data_to_device(v, device) for v in batch)
-    return batch
+
+    def move(t):
+        if t.device == device:
+            return t
+        if device.type == "cuda" and t.device.type == "cpu":
+            return dc.cuda._copy_to_device_overlapped(t, device)  # on the copy stream: no host wait
+        return t.to(device)  # note: host -> device copy
+
+    return apply_to_tensors(batch, move)
 
 
 def clip_local_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm="norm"):

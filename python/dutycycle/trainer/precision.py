@@ -28,6 +28,8 @@ import warnings
 
 import dutycycle as dc
 
+from .module import apply_to_tensors
+
 
 class Precision:
     """ "32-true": every hook a no-op."""
@@ -145,17 +147,9 @@ class TruePrecision(Precision):
 
 
 def _convert_floats(batch, dtype):
-    """Floating tensors anywhere in batch (dicts, lists, tuples, namedtuples) converted to dtype;
-    integer tensors (labels, token ids) and everything else left as they are."""
-    if isinstance(batch, dc.Tensor):
-        return batch.to(dtype) if batch.dtype.is_floating_point and batch.dtype != dtype else batch
-    if isinstance(batch, dict):
-        return type(batch)((k, _convert_floats(v, dtype)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_convert_floats(v, dtype) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_convert_floats(v, dtype) for v in batch)
-    return batch
+    """Floating tensors anywhere in batch converted to dtype; integer tensors (labels, token ids)
+    and everything else left as they are."""
+    return apply_to_tensors(batch, lambda t: t.to(dtype) if t.dtype.is_floating_point and t.dtype != dtype else t)
 
 
 def plugin_for(precision, device_type):
